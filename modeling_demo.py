@@ -1,0 +1,489 @@
+"""DeMo (AAAI 2025): decoupled feature-based mixture of experts for multi-modal (RGB / NIR / TIR) object ReID.
+
+One vision tower (CLIP or ViT) encodes the three images of a triple. PIFE fuses each modality's class token with
+its pooled patches, HDM decouples the three modalities into 7 features (R, N, T, RN, RT, NT, RNT) with learnable
+queries, and ATMoE weights 7 experts with attention between the fused query and the decoupled features.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_outputs import ModelOutput
+from transformers.models.clip.modeling_clip import CLIPEncoderLayer
+from transformers.models.vit.modeling_vit import ViTLayer
+
+try:
+    from .configuration_demo import DeMoConfig
+except ImportError:  # imported as a top-level module from a checkout
+    from configuration_demo import DeMoConfig
+
+MODALITIES = ("rgb", "nir", "tir")
+# Modality combinations of the decoupled features, in the order used everywhere (paper eq. 3-8, Fig. 6).
+EXPERT_NAMES = ("R", "N", "T", "RN", "RT", "NT", "RNT")
+EXPERT_COMBINATIONS = ((0,), (1,), (2,), (0, 1), (0, 2), (1, 2), (0, 1, 2))
+
+
+@dataclass
+class DeMoModelOutput(ModelOutput):
+    """
+    Output of [`DeMoModel`].
+
+    Args:
+        embeddings (`torch.FloatTensor` of shape `(batch_size, dim)`):
+            Retrieval feature selected by `config.inference_features` (taken before the BN-necks).
+        ori_embeddings (`torch.FloatTensor` of shape `(batch_size, 3 * C)`):
+            concat(f_R, f_N, f_T), the per-modality features.
+        moe_embeddings (`torch.FloatTensor` of shape `(batch_size, 7 * C)`, *optional*):
+            The ATMoE (or plain HDM) feature; `None` without HDM.
+        logits (`tuple[torch.FloatTensor]`):
+            Identity logits, one tensor per supervised head.
+        features (`tuple[torch.FloatTensor]`):
+            Pre-BN features aligned with `logits`; the triplet loss is applied to these.
+        expert_weights (`torch.FloatTensor` of shape `(batch_size, heads, 7)`, *optional*):
+            Gating weights over the experts R, N, T, RN, RT, NT, RNT.
+    """
+
+    embeddings: torch.FloatTensor | None = None
+    ori_embeddings: torch.FloatTensor | None = None
+    moe_embeddings: torch.FloatTensor | None = None
+    logits: tuple[torch.FloatTensor, ...] | None = None
+    features: tuple[torch.FloatTensor, ...] | None = None
+    expert_weights: torch.FloatTensor | None = None
+
+
+class QuickGELU(nn.Module):
+    """The GELU approximation CLIP was trained with: x * sigmoid(1.702 x)."""
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return hidden_states * torch.sigmoid(1.702 * hidden_states)
+
+
+def resize_position_embedding(table: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Resize a `(1 + rows * cols, D)` position table to `grid`, bilinearly (align_corners=False); CLS row kept."""
+    cls_row, patch_rows = table[:1], table[1:]
+    old = int(round(math.sqrt(patch_rows.shape[0])))
+    if old * old != patch_rows.shape[0]:
+        raise ValueError(f"pretrained position table has {patch_rows.shape[0]} patch rows, not a square grid")
+    if (old, old) == tuple(grid):
+        return table.clone()
+    patches = patch_rows.reshape(1, old, old, -1).permute(0, 3, 1, 2).float()
+    patches = F.interpolate(patches, size=tuple(grid), mode="bilinear", align_corners=False)
+    patches = patches.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1).to(table.dtype)
+    return torch.cat([cls_row, patches], dim=0)
+
+
+class DeMoVisionEmbeddings(nn.Module):
+    """Patch embedding + class token (with the camera's SIE vector) + position table sized for `image_size`."""
+
+    def __init__(self, config: DeMoConfig):
+        super().__init__()
+        vision = config.vision_config
+        self.hidden_size = vision.hidden_size
+        self.sie_coefficient = config.sie_coefficient
+        self.patch_embedding = nn.Conv2d(
+            vision.num_channels,
+            vision.hidden_size,
+            kernel_size=vision.patch_size,
+            stride=vision.patch_size,
+            bias=config.backbone_type == "vit",
+        )
+        rows, cols = config.patch_grid
+        self.class_embedding = nn.Parameter(torch.zeros(vision.hidden_size))
+        self.position_embedding = nn.Parameter(torch.zeros(1 + rows * cols, vision.hidden_size))
+        if config.num_cameras > 0:
+            self.camera_embedding = nn.Parameter(torch.zeros(config.num_cameras, vision.hidden_size))
+        else:
+            self.register_parameter("camera_embedding", None)
+
+    def forward(self, pixel_values: torch.Tensor, camera_ids: torch.Tensor | None = None) -> torch.Tensor:
+        patches = self.patch_embedding(pixel_values.to(self.patch_embedding.weight.dtype))
+        patches = patches.flatten(2).transpose(1, 2)
+        cls = self.class_embedding.to(patches.dtype).expand(patches.shape[0], 1, -1)
+        if self.camera_embedding is not None and camera_ids is not None:
+            # SIE is added to the class token before the position embedding.
+            cls = cls + self.sie_coefficient * self.camera_embedding[camera_ids].unsqueeze(1).to(patches.dtype)
+        tokens = torch.cat([cls, patches], dim=1)
+        return tokens + self.position_embedding.to(patches.dtype)
+
+
+class DeMoVisionTower(nn.Module):
+    """CLIP or ViT image encoder returning every token in the feature space (CLIP: after ln_post and projection)."""
+
+    def __init__(self, config: DeMoConfig):
+        super().__init__()
+        vision = config.vision_config
+        eps = vision.layer_norm_eps
+        self.embeddings = DeMoVisionEmbeddings(config)
+        is_clip = config.backbone_type == "clip"
+        layer_class = CLIPEncoderLayer if is_clip else ViTLayer
+        self.pre_layernorm = nn.LayerNorm(vision.hidden_size, eps=eps) if is_clip else nn.Identity()
+        self.layers = nn.ModuleList(layer_class(vision) for _ in range(vision.num_hidden_layers))
+        self.post_layernorm = nn.LayerNorm(vision.hidden_size, eps=eps)
+        self.projection = nn.Linear(vision.hidden_size, vision.projection_dim, bias=False) if is_clip else nn.Identity()
+
+    def forward(self, pixel_values: torch.Tensor, camera_ids: torch.Tensor | None = None) -> torch.Tensor:
+        hidden_states = self.pre_layernorm(self.embeddings(pixel_values, camera_ids))
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, None)
+        return self.projection(self.post_layernorm(hidden_states))
+
+
+class DeMoPatchIntegration(nn.Module):
+    """PIFE for one modality: QuickGELU(Linear(LayerNorm([cls, mean(patches)]))) (paper eq. 2)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(2 * dim)
+        self.dense = nn.Linear(2 * dim, dim)
+        self.act = QuickGELU()
+
+    def forward(self, cls_token: torch.Tensor, patch_tokens: torch.Tensor) -> torch.Tensor:
+        fused = torch.cat([cls_token, patch_tokens.mean(dim=1)], dim=-1)
+        return self.act(self.dense(self.norm(fused)))
+
+
+class DeMoHierarchicalDecoupling(nn.Module):
+    """HDM: one learnable query per modality combination cross-attends to that combination's tokens (eq. 3-8)."""
+
+    def __init__(self, dim: int, dropout: float):
+        super().__init__()
+        num_heads = max(1, dim // 64)
+        self.queries = nn.Parameter(torch.zeros(len(EXPERT_COMBINATIONS), dim))
+        self.attentions = nn.ModuleList(
+            nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True) for _ in EXPERT_COMBINATIONS
+        )
+
+    def forward(self, modality_features: torch.Tensor, patch_tokens: torch.Tensor) -> torch.Tensor:
+        """`modality_features` (B, 3, C) and `patch_tokens` (B, 3, L, C) -> decoupled features (B, 7, C)."""
+        batch = modality_features.shape[0]
+        # Keys of modality m: [f_m, F_m] (eq. 3).
+        keys = torch.cat([modality_features.unsqueeze(2), patch_tokens], dim=2)
+        decoupled = []
+        for query, attention, combination in zip(self.queries, self.attentions, EXPERT_COMBINATIONS):
+            memory = keys[:, list(combination)].flatten(1, 2)
+            query = query.to(memory.dtype).expand(batch, 1, -1)
+            out, _ = attention(query, memory, memory, need_weights=False)
+            decoupled.append(out.squeeze(1))
+        return torch.stack(decoupled, dim=1)
+
+
+class DeMoExpert(nn.Module):
+    """One expert on one head's chunk: BN(QuickGELU(Linear(x))) (eq. 14)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dense = nn.Linear(dim, dim)
+        self.act = QuickGELU()
+        self.norm = nn.BatchNorm1d(dim)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.act(self.dense(hidden_states)))
+
+
+class DeMoAttentionGate(nn.Module):
+    """ATMoE gating: a reduced query attends over the 7 decoupled features, per head (eq. 9-13)."""
+
+    def __init__(self, dim: int, num_experts: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.scale = (dim // num_heads) ** -0.5
+        self.reduction = nn.Linear(num_experts * dim, dim)
+        self.reduction_act = QuickGELU()
+        self.reduction_norm = nn.BatchNorm1d(dim)
+        self.q_proj = nn.Linear(dim, dim, bias=False)
+        self.k_proj = nn.Linear(dim, dim, bias=False)
+
+    def forward(self, decoupled: torch.Tensor) -> torch.Tensor:
+        """`decoupled` (B, 7, C) -> weights (B, heads, 7), summing to 1 over the experts."""
+        batch, num_experts, dim = decoupled.shape
+        query = self.reduction_norm(self.reduction_act(self.reduction(decoupled.flatten(1))))
+        query = self.q_proj(query).view(batch, self.num_heads, 1, dim // self.num_heads)
+        keys = self.k_proj(decoupled).view(batch, num_experts, self.num_heads, -1).transpose(1, 2)
+        scores = (query * keys).sum(-1) * self.scale
+        return scores.softmax(dim=-1)
+
+
+class DeMoSimpleGate(nn.Module):
+    """Baseline gating of paper Table 6: a linear score per decoupled feature and a softmax over the experts."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.score = nn.Linear(dim, 1)
+
+    def forward(self, decoupled: torch.Tensor) -> torch.Tensor:
+        weights = self.score(decoupled).squeeze(-1).softmax(dim=-1)
+        return weights.unsqueeze(1).expand(-1, self.num_heads, -1)
+
+
+class DeMoMixtureOfExperts(nn.Module):
+    """ATMoE: per-head experts on each head's chunk of every decoupled feature, weighted by the gate (eq. 14-15)."""
+
+    def __init__(self, dim: int, num_heads: int, gating: str):
+        super().__init__()
+        num_experts = len(EXPERT_COMBINATIONS)
+        self.num_heads = num_heads
+        self.concat = gating != "simple_add"
+        if gating == "attention":
+            self.gate = DeMoAttentionGate(dim, num_experts, num_heads)
+        else:
+            self.gate = DeMoSimpleGate(dim, num_heads)
+        head_dim = dim // num_heads
+        self.experts = nn.ModuleList(
+            nn.ModuleList(DeMoExpert(head_dim) for _ in range(num_experts)) for _ in range(num_heads)
+        )
+
+    def forward(self, decoupled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`decoupled` (B, 7, C) -> (feature (B, 7C) or (B, C) for simple_add, weights (B, heads, 7))."""
+        weights = self.gate(decoupled)
+        chunks = decoupled.chunk(self.num_heads, dim=-1)
+        per_head = []
+        for head, (experts, chunk) in enumerate(zip(self.experts, chunks)):
+            outputs = torch.stack([expert(chunk[:, e]) for e, expert in enumerate(experts)], dim=1)
+            per_head.append(outputs * weights[:, head].unsqueeze(-1))
+        # (B, 7, heads * head_dim): each expert's output re-assembled from its head chunks, experts in order.
+        weighted = torch.cat(per_head, dim=-1)
+        feature = weighted.flatten(1) if self.concat else weighted.sum(dim=1)
+        return feature, weights
+
+
+class DeMoPreTrainedModel(PreTrainedModel):
+    config_class = DeMoConfig
+    config: DeMoConfig
+    base_model_prefix = "demo"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["CLIPEncoderLayer", "ViTLayer"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        std = self.config.initializer_range
+        if isinstance(module, DeMoVisionEmbeddings):
+            init.normal_(module.class_embedding, std=module.hidden_size**-0.5)
+            init.normal_(module.position_embedding, std=std)
+            if module.camera_embedding is not None:
+                init.trunc_normal_(module.camera_embedding, std=0.02)
+        elif isinstance(module, DeMoHierarchicalDecoupling):
+            init.normal_(module.queries, std=module.queries.shape[-1] ** -0.5)
+        elif isinstance(module, nn.BatchNorm1d):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+            if getattr(module, "running_mean", None) is not None:
+                init.zeros_(module.running_mean)
+                init.ones_(module.running_var)
+                init.zeros_(module.num_batches_tracked)
+        elif isinstance(module, nn.Linear) and getattr(module, "is_classifier", False):
+            init.normal_(module.weight, std=0.001)
+        else:
+            super()._init_weights(module)
+
+
+class DeMoModel(DeMoPreTrainedModel):
+    """DeMo for multi-modal ReID: `pixel_values` (B, 3 modalities, 3, H, W) in the order RGB, NIR, TIR."""
+
+    def __init__(self, config: DeMoConfig):
+        super().__init__(config)
+        # The tower's layers read the attention backend from the vision sub-config: give them the resolved one.
+        config.vision_config._attn_implementation = config._attn_implementation or "sdpa"
+        dim = config.feature_dim
+        self.vision_tower = DeMoVisionTower(config)
+        if config.use_pife:
+            self.patch_integration = nn.ModuleDict({m: DeMoPatchIntegration(dim) for m in MODALITIES})
+        if config.use_hdm:
+            self.decoupling = DeMoHierarchicalDecoupling(dim, config.hdm_dropout)
+        if config.use_atmoe:
+            self.mixture_of_experts = DeMoMixtureOfExperts(dim, config.atmoe_heads, config.gating)
+
+        head_dims = {"ori": 3 * dim} if config.direct_classifier else {m: dim for m in MODALITIES}
+        if config.use_hdm:
+            simple_add = config.use_atmoe and config.gating == "simple_add"
+            head_dims["moe"] = dim if simple_add else len(EXPERT_COMBINATIONS) * dim
+        # BN-neck (bias frozen, as in the strong ReID baseline) + bias-free classifier per supervised feature.
+        self.bnnecks = nn.ModuleDict({name: nn.BatchNorm1d(d) for name, d in head_dims.items()})
+        for bnneck in self.bnnecks.values():
+            bnneck.bias.requires_grad_(False)
+        self.classifiers = nn.ModuleDict(
+            {name: nn.Linear(d, config.num_labels, bias=False) for name, d in head_dims.items()}
+        )
+        for classifier in self.classifiers.values():
+            classifier.is_classifier = True
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.vision_tower.embeddings.patch_embedding
+
+    def _check_inputs(self, pixel_values, camera_ids, modality_mask):
+        height, width = self.config.image_size
+        expected = f"(batch, 3, 3, {height}, {width}) for the RGB, NIR and TIR images"
+        if pixel_values.dim() != 5 or pixel_values.shape[1:3] != (3, 3):
+            raise ValueError(f"pixel_values must have shape {expected}, got {tuple(pixel_values.shape)}")
+        if tuple(pixel_values.shape[-2:]) != (height, width):
+            raise ValueError(
+                f"pixel_values has image size {tuple(pixel_values.shape[-2:])}, but the model was configured for "
+                f"image_size=({height}, {width}); resize the images (shape {expected})"
+            )
+        batch = pixel_values.shape[0]
+        if camera_ids is not None:
+            if camera_ids.shape != (batch,):
+                raise ValueError(f"camera_ids must have shape ({batch},), got {tuple(camera_ids.shape)}")
+            if self.config.num_cameras == 0:
+                raise ValueError("camera_ids were given but the model has no camera embedding (num_cameras=0)")
+            if bool(((camera_ids < 0) | (camera_ids >= self.config.num_cameras)).any()):
+                raise ValueError(
+                    f"camera_ids must be in [0, {self.config.num_cameras}) (num_cameras={self.config.num_cameras}), "
+                    f"got values {sorted(set(camera_ids.tolist()))}"
+                )
+        if modality_mask is not None and modality_mask.shape != (batch, 3):
+            raise ValueError(f"modality_mask must have shape ({batch}, 3) (RGB, NIR, TIR), got {tuple(modality_mask.shape)}")
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        camera_ids: torch.Tensor | None = None,
+        modality_mask: torch.Tensor | None = None,
+        **kwargs,
+    ) -> DeMoModelOutput:
+        r"""
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, 3, height, width)`):
+                Normalized RGB, NIR and TIR images of each triple (mean = std = 0.5).
+            camera_ids (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+                0-based camera of each triple, for the Side Information Embedding.
+            modality_mask (`torch.BoolTensor` of shape `(batch_size, 3)`, *optional*):
+                False marks a missing modality; its normalized pixels are replaced by zeros.
+        """
+        self._check_inputs(pixel_values, camera_ids, modality_mask)
+        batch = pixel_values.shape[0]
+        if modality_mask is not None:
+            pixel_values = pixel_values * modality_mask.to(pixel_values.dtype)[:, :, None, None, None]
+
+        # One tower pass over all 3 * B images; the camera id is shared by the images of a triple.
+        tower_cameras = camera_ids.repeat_interleave(3) if camera_ids is not None else None
+        tokens = self.vision_tower(pixel_values.flatten(0, 1), tower_cameras)
+        tokens = tokens.view(batch, 3, tokens.shape[1], tokens.shape[2])
+        cls_tokens, patch_tokens = tokens[:, :, 0], tokens[:, :, 1:]
+
+        if self.config.use_pife:
+            modality_features = torch.stack(
+                [self.patch_integration[m](cls_tokens[:, i], patch_tokens[:, i]) for i, m in enumerate(MODALITIES)],
+                dim=1,
+            )
+        else:
+            modality_features = cls_tokens
+        ori_embeddings = modality_features.flatten(1)
+
+        moe_embeddings = expert_weights = None
+        if self.config.use_hdm:
+            decoupled = self.decoupling(modality_features, patch_tokens)
+            if self.config.use_atmoe:
+                moe_embeddings, expert_weights = self.mixture_of_experts(decoupled)
+            else:
+                moe_embeddings = decoupled.flatten(1)
+
+        if self.config.direct_classifier:
+            features = {"ori": ori_embeddings}
+        else:
+            features = {m: modality_features[:, i] for i, m in enumerate(MODALITIES)}
+        if moe_embeddings is not None:
+            features["moe"] = moe_embeddings
+        logits = tuple(self.classifiers[name](self.bnnecks[name](feat)) for name, feat in features.items())
+
+        if self.config.inference_features == "ori" or moe_embeddings is None:
+            embeddings = ori_embeddings
+        elif self.config.inference_features == "moe":
+            embeddings = moe_embeddings
+        else:
+            embeddings = torch.cat([ori_embeddings, moe_embeddings], dim=-1)
+
+        return DeMoModelOutput(
+            embeddings=embeddings,
+            ori_embeddings=ori_embeddings,
+            moe_embeddings=moe_embeddings,
+            logits=logits,
+            features=tuple(features.values()),
+            expert_weights=expert_weights,
+        )
+
+    @classmethod
+    def from_vision_pretrained(cls, pretrained_model_name_or_path, config: DeMoConfig | None = None, **config_kwargs):
+        """Build a DeMo model around a pretrained HF CLIP or ViT tower (the rest randomly initialised).
+
+        Accepts a `CLIPModel` / `CLIPVisionModel(WithProjection)` or `ViTModel` checkpoint (hub id or directory).
+        The position table is resized once, here, from the pretrained grid to `config.image_size`. Without `config`,
+        one is built from the checkpoint's vision config and `config_kwargs`.
+        """
+        from transformers import AutoConfig, CLIPVisionModelWithProjection, ViTModel
+
+        source_config = AutoConfig.from_pretrained(pretrained_model_name_or_path)
+        model_type = source_config.model_type
+        if model_type in ("clip", "clip_vision_model"):
+            source = CLIPVisionModelWithProjection.from_pretrained(pretrained_model_name_or_path)
+            backbone_type = "clip"
+        elif model_type == "vit":
+            source = ViTModel.from_pretrained(pretrained_model_name_or_path, add_pooling_layer=False)
+            backbone_type = "vit"
+        else:
+            raise ValueError(
+                f"{pretrained_model_name_or_path} is a {model_type!r} checkpoint; expected a CLIP or ViT checkpoint"
+            )
+        if config is None:
+            config = DeMoConfig(vision_config=source.config.to_dict(), **config_kwargs)
+        if config.backbone_type != backbone_type:
+            raise ValueError(f"config.backbone_type={config.backbone_type!r} but the checkpoint is {backbone_type!r}")
+        for field in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "patch_size"):
+            if getattr(config.vision_config, field) != getattr(source.config, field):
+                raise ValueError(
+                    f"vision_config.{field}={getattr(config.vision_config, field)} does not match the checkpoint's "
+                    f"{getattr(source.config, field)} ({pretrained_model_name_or_path})"
+                )
+        model = cls(config)
+        state = tower_state_dict_from_hf(source.state_dict(), backbone_type, config.patch_grid)
+        missing, unexpected = model.vision_tower.load_state_dict(state, strict=False)
+        allowed_missing = {"embeddings.camera_embedding"}
+        if unexpected or set(missing) - allowed_missing:
+            raise ValueError(f"tower weights do not fit: missing {missing}, unexpected {unexpected}")
+        return model
+
+
+def tower_state_dict_from_hf(state: dict, backbone_type: str, grid: tuple[int, int]) -> dict:
+    """Rename an HF `CLIPVisionModelWithProjection` / `ViTModel` state dict to `DeMoVisionTower` names."""
+    out = {}
+    if backbone_type == "clip":
+        for key, value in state.items():
+            if key == "visual_projection.weight":
+                out["projection.weight"] = value
+            elif key.startswith("vision_model."):
+                name = key[len("vision_model.") :]
+                name = name.replace("pre_layrnorm.", "pre_layernorm.").replace("encoder.layers.", "layers.")
+                if name == "embeddings.position_embedding.weight":
+                    out["embeddings.position_embedding"] = resize_position_embedding(value, grid)
+                elif name != "embeddings.position_ids":
+                    out[name] = value
+    else:
+        for key, value in state.items():
+            name = key[len("vit.") :] if key.startswith("vit.") else key
+            if name == "embeddings.cls_token":
+                out["embeddings.class_embedding"] = value.reshape(-1)
+            elif name == "embeddings.position_embeddings":
+                out["embeddings.position_embedding"] = resize_position_embedding(value.reshape(value.shape[-2], -1), grid)
+            elif name.startswith("embeddings.patch_embeddings.projection."):
+                out[name.replace("patch_embeddings.projection", "patch_embedding")] = value
+            elif name.startswith("layernorm."):
+                out[name.replace("layernorm.", "post_layernorm.")] = value
+            elif name.startswith("layers."):
+                out[name] = value
+    return out
+
+
+DeMoConfig.register_for_auto_class()
+DeMoModel.register_for_auto_class("AutoModel")
+
+__all__ = ["DeMoModel", "DeMoPreTrainedModel", "DeMoModelOutput", "EXPERT_NAMES"]

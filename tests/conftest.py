@@ -1,0 +1,37 @@
+"""Shared fixtures: tiny randomly initialised DeMo models (no Hub access exists here)."""
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture
+def tiny_config():
+    from demo_reid.backbones import tiny_demo_config
+
+    return tiny_demo_config(num_labels=6, num_cameras=3, image_size=(32, 16))
+
+
+@pytest.fixture
+def tiny_model(tiny_config):
+    from modeling_demo import DeMoModel
+
+    torch.manual_seed(0)
+    return DeMoModel(tiny_config).eval()
+
+
+def random_triples(batch: int, image_size=(32, 16), seed: int = 0) -> torch.Tensor:
+    """Normalized-looking pixel values (B, 3, 3, H, W) in [-1, 1]."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(batch, 3, 3, *image_size, generator=generator) * 2 - 1

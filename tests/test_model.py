@@ -1,0 +1,284 @@
+"""DeMoModel: paper Table 5 sizes, outputs, gradients, bad input, pretrained towers and remote-code loading."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from conftest import random_triples
+from safetensors.torch import load_file, save_file
+from torch.nn import functional as F
+from transformers import CLIPConfig, CLIPModel, CLIPVisionModelWithProjection, ViTModel
+
+from configuration_demo import DeMoConfig
+from demo_reid.backbones import clip_vit_b16_vision_config, tiny_demo_config, tiny_vision_config
+from demo_reid.complexity import count_macs, count_trainable_parameters
+from modeling_demo import DeMoModel
+
+# Paper Table 5 (RGBNT201: 171 identities, 4 cameras, 256x128, ATMoE with 4 heads).
+TABLE5_VARIANTS = {
+    "A": dict(use_pife=False, use_hdm=False, use_atmoe=False),
+    "B": dict(use_pife=True, use_hdm=False, use_atmoe=False),
+    "C": dict(use_pife=True, use_hdm=True, use_atmoe=False),
+    "D": dict(use_pife=True, use_hdm=True, use_atmoe=True),
+}
+TABLE5_PARAMS = {"A": 86_407_680, "B": 87_988_224, "C": 95_962_624, "D": 98_792_960}
+TABLE5_GMACS = {"A": 34.28, "D": 35.10}
+
+
+def clip_b16_demo_config(**modules) -> DeMoConfig:
+    return DeMoConfig(
+        vision_config=clip_vit_b16_vision_config(),
+        image_size=(256, 128),
+        num_labels=171,
+        num_cameras=4,
+        atmoe_heads=4,
+        direct_classifier=True,
+        **modules,
+    )
+
+
+@pytest.mark.parametrize("variant", sorted(TABLE5_PARAMS))
+def test_trainable_parameters_match_paper_table5(variant):
+    with torch.device("meta"):
+        model = DeMoModel(clip_b16_demo_config(**TABLE5_VARIANTS[variant]))
+    assert count_trainable_parameters(model) == TABLE5_PARAMS[variant]
+
+
+@pytest.mark.parametrize("variant", sorted(TABLE5_GMACS))
+def test_macs_per_triple_match_paper_table5(variant):
+    model = DeMoModel(clip_b16_demo_config(**TABLE5_VARIANTS[variant]))
+    gmacs = count_macs(model) / 1e9
+    assert gmacs == pytest.approx(TABLE5_GMACS[variant], rel=0.02)
+
+
+def test_output_shapes_and_expert_weights(tiny_model, tiny_config):
+    C = tiny_config.feature_dim
+    out = tiny_model(random_triples(2), camera_ids=torch.tensor([0, 2]))
+    assert out.ori_embeddings.shape == (2, 3 * C)
+    assert out.moe_embeddings.shape == (2, 7 * C)
+    assert out.embeddings.shape == (2, 10 * C)
+    assert torch.equal(out.embeddings, torch.cat([out.ori_embeddings, out.moe_embeddings], dim=-1))
+    assert [t.shape for t in out.logits] == [(2, tiny_config.num_labels)] * 2
+    assert [f.shape[-1] for f in out.features] == [3 * C, 7 * C]
+    assert out.expert_weights.shape == (2, tiny_config.atmoe_heads, 7)
+    torch.testing.assert_close(out.expert_weights.sum(-1), torch.ones(2, tiny_config.atmoe_heads))
+
+
+def test_per_modality_classifiers_supervise_each_modality():
+    config = tiny_demo_config(direct_classifier=False, inference_features="moe")
+    model = DeMoModel(config).eval()
+    out = model(random_triples(2), camera_ids=torch.tensor([0, 1]))
+    C = config.feature_dim
+    assert len(out.logits) == len(out.features) == 4
+    assert [f.shape[-1] for f in out.features] == [C, C, C, 7 * C]
+    assert torch.equal(out.embeddings, out.moe_embeddings)
+    for i in range(3):
+        assert torch.equal(out.features[i], out.ori_embeddings[:, i * C : (i + 1) * C])
+
+
+@pytest.mark.parametrize("gating,moe_dim_factor", [("simple_add", 1), ("simple_concat", 7)])
+def test_simple_gating_variants(gating, moe_dim_factor):
+    config = tiny_demo_config(gating=gating)
+    model = DeMoModel(config).eval()
+    out = model(random_triples(2), camera_ids=torch.tensor([0, 1]))
+    assert out.moe_embeddings.shape == (2, moe_dim_factor * config.feature_dim)
+    # Simple gating: one softmax over the experts shared by all heads.
+    assert torch.allclose(out.expert_weights[:, 0], out.expert_weights[:, 1])
+    torch.testing.assert_close(out.expert_weights.sum(-1), torch.ones(2, config.atmoe_heads))
+
+
+def test_gradients_reach_every_trainable_parameter(tiny_config):
+    torch.manual_seed(0)
+    model = DeMoModel(tiny_config).train()
+    out = model(random_triples(6, seed=1), camera_ids=torch.tensor([0, 1, 2, 0, 1, 2]))
+    labels = torch.tensor([0, 1, 2, 3, 4, 5])
+    loss = sum(F.cross_entropy(logits, labels) for logits in out.logits)
+    loss = loss + sum(feature.pow(2).mean() for feature in out.features)
+    loss.backward()
+    without_grad = [
+        name for name, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)
+    ]
+    assert without_grad == []
+    frozen = sorted(name for name, p in model.named_parameters() if not p.requires_grad)
+    assert frozen == ["bnnecks.moe.bias", "bnnecks.ori.bias"]
+
+
+def test_eval_is_deterministic_and_batch_size_one_works(tiny_model):
+    pixels = random_triples(1)
+    first = tiny_model(pixels, camera_ids=torch.tensor([1])).embeddings
+    second = tiny_model(pixels, camera_ids=torch.tensor([1])).embeddings
+    assert first.shape[0] == 1
+    assert torch.equal(first, second)
+
+
+def test_camera_embedding_changes_the_feature(tiny_model):
+    pixels = random_triples(1)
+    a = tiny_model(pixels, camera_ids=torch.tensor([0])).embeddings
+    b = tiny_model(pixels, camera_ids=torch.tensor([2])).embeddings
+    assert not torch.allclose(a, b)
+
+
+def test_missing_modality_is_zeroed_normalized_pixels(tiny_model):
+    pixels = random_triples(2)
+    cams = torch.tensor([0, 1])
+    mask = torch.tensor([[False, True, True], [True, True, False]])
+    masked = tiny_model(pixels, camera_ids=cams, modality_mask=mask).embeddings
+    zeroed = pixels.clone()
+    zeroed[0, 0] = 0
+    zeroed[1, 2] = 0
+    torch.testing.assert_close(masked, tiny_model(zeroed, camera_ids=cams).embeddings)
+    assert not torch.allclose(masked, tiny_model(pixels, camera_ids=cams).embeddings)
+
+
+@pytest.mark.parametrize(
+    "shape,match",
+    [
+        ((2, 3, 32, 16), "pixel_values must have shape"),
+        ((2, 2, 3, 32, 16), "pixel_values must have shape"),
+        ((2, 3, 3, 64, 32), "image_size=\\(32, 16\\)"),
+    ],
+)
+def test_bad_pixel_values_raise_value_error(tiny_model, shape, match):
+    with pytest.raises(ValueError, match=match):
+        tiny_model(torch.zeros(shape))
+
+
+def test_camera_id_out_of_range_raises_value_error(tiny_model):
+    with pytest.raises(ValueError, match=r"camera_ids must be in \[0, 3\)"):
+        tiny_model(random_triples(2), camera_ids=torch.tensor([0, 3]))
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(gating="softmax"), "gating must be one of"),
+        (dict(use_hdm=False, use_atmoe=True), "use_atmoe=True needs use_hdm=True"),
+        (dict(inference_features="cls"), "inference_features must be one of"),
+        (dict(image_size=(30, 16)), "multiples of patch_size"),
+        (dict(atmoe_heads=3), "atmoe_heads=3 must divide"),
+    ],
+)
+def test_bad_config_raises_value_error(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        tiny_demo_config(**kwargs)
+
+
+def test_config_round_trips_through_json(tmp_path, tiny_config):
+    tiny_config.save_pretrained(tmp_path)
+    loaded = DeMoConfig.from_pretrained(tmp_path)
+    assert loaded.image_size == (32, 16)
+    assert loaded.vision_config.to_dict() == tiny_config.vision_config.to_dict()
+    assert loaded.num_labels == 6 and loaded.num_cameras == 3 and loaded.backbone_type == "clip"
+
+
+def test_save_pretrained_loads_in_fresh_process_with_remote_code(tmp_path, tiny_model):
+    model_dir, work_dir = tmp_path / "model", tmp_path / "empty"
+    work_dir.mkdir()
+    tiny_model.save_pretrained(model_dir)
+    files = {p.name for p in model_dir.iterdir()}
+    assert {"model.safetensors", "config.json", "modeling_demo.py", "configuration_demo.py"} <= files
+    assert not any(name.endswith((".bin", ".pt", ".pth")) for name in files)
+    auto_map = json.loads((model_dir / "config.json").read_text())["auto_map"]
+    assert auto_map == {"AutoConfig": "configuration_demo.DeMoConfig", "AutoModel": "modeling_demo.DeMoModel"}
+
+    pixels, cams = random_triples(3, seed=5), torch.tensor([0, 1, 2])
+    save_file({"pixel_values": pixels, "camera_ids": cams}, tmp_path / "inputs.safetensors")
+    expected = tiny_model(pixels, camera_ids=cams).embeddings
+    script = textwrap.dedent(
+        f"""
+        import sys
+        # The project must not be importable: only the files shipped in the checkpoint may be used.
+        for name in ("configuration_demo", "modeling_demo", "demo_reid"):
+            sys.modules[name] = None
+        import torch
+        from safetensors.torch import load_file, save_file
+        from transformers import AutoModel
+        model = AutoModel.from_pretrained({str(model_dir)!r}, trust_remote_code=True).eval()
+        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        inputs = load_file({str(tmp_path / "inputs.safetensors")!r})
+        with torch.no_grad():
+            out = model(inputs["pixel_values"], camera_ids=inputs["camera_ids"])
+        save_file({{"embeddings": out.embeddings.contiguous()}}, {str(tmp_path / "out.safetensors")!r})
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=work_dir, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    loaded = load_file(tmp_path / "out.safetensors")["embeddings"]
+    assert (loaded - expected).abs().max().item() < 1e-6
+
+
+def _tiny_clip_vision(tmp_path, image_size=32):
+    torch.manual_seed(0)
+    source = CLIPVisionModelWithProjection(tiny_vision_config("clip", image_size=image_size)).eval()
+    source.save_pretrained(tmp_path / "clip")
+    return source, tmp_path / "clip"
+
+
+def test_from_vision_pretrained_clip_matches_hf_tower(tmp_path):
+    source, path = _tiny_clip_vision(tmp_path)
+    # Same square size as pretraining: our class token must equal HF's projected image embedding.
+    model = DeMoModel.from_vision_pretrained(path, image_size=(32, 32), num_labels=4, num_cameras=0).eval()
+    pixels = random_triples(2, image_size=(32, 32))
+    with torch.no_grad():
+        ours = model.vision_tower(pixels[:, 0])
+        theirs = source(pixel_values=pixels[:, 0])
+    torch.testing.assert_close(ours[:, 0], theirs.image_embeds, atol=1e-5, rtol=1e-5)
+    projected = source.visual_projection(source.vision_model.post_layernorm(theirs.last_hidden_state))
+    torch.testing.assert_close(ours, projected, atol=1e-5, rtol=1e-5)
+
+
+def test_from_vision_pretrained_resizes_position_table_bilinearly(tmp_path):
+    source, path = _tiny_clip_vision(tmp_path)
+    model = DeMoModel.from_vision_pretrained(path, image_size=(64, 32), num_labels=4, num_cameras=2)
+    table = source.vision_model.embeddings.position_embedding.weight.detach()  # 1 + 4x4 rows
+    resized = model.vision_tower.embeddings.position_embedding.detach()
+    assert resized.shape == (1 + 8 * 4, table.shape[1])
+    torch.testing.assert_close(resized[0], table[0])
+    grid = table[1:].reshape(4, 4, -1)
+    # Bilinear, align_corners=False, 4x4 -> 8x4: columns unchanged, rows 0 and 7 equal to the border rows,
+    # row 1 = 0.75 * row0 + 0.25 * row1 of the source grid.
+    new = resized[1:].reshape(8, 4, -1)
+    torch.testing.assert_close(new[0], grid[0])
+    torch.testing.assert_close(new[7], grid[3])
+    torch.testing.assert_close(new[1], 0.75 * grid[0] + 0.25 * grid[1])
+    torch.testing.assert_close(new[2], 0.25 * grid[0] + 0.75 * grid[1])
+
+
+def test_from_vision_pretrained_accepts_full_clip_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, vocab_size=99)
+    clip = CLIPModel(CLIPConfig(text_config=text, vision_config=tiny_vision_config("clip").to_dict(), projection_dim=64))
+    clip.save_pretrained(tmp_path / "clip_full")
+    model = DeMoModel.from_vision_pretrained(tmp_path / "clip_full", image_size=(32, 16), num_labels=4)
+    torch.testing.assert_close(model.vision_tower.projection.weight, clip.visual_projection.weight)
+    torch.testing.assert_close(
+        model.vision_tower.layers[1].mlp.fc2.weight, clip.vision_model.encoder.layers[1].mlp.fc2.weight
+    )
+
+
+def test_from_vision_pretrained_vit_matches_hf_tower(tmp_path):
+    torch.manual_seed(0)
+    source = ViTModel(tiny_vision_config("vit"), add_pooling_layer=False).eval()
+    source.save_pretrained(tmp_path / "vit")
+    model = DeMoModel.from_vision_pretrained(tmp_path / "vit", image_size=(32, 32), num_labels=4).eval()
+    assert model.config.backbone_type == "vit" and model.config.feature_dim == 32
+    pixels = random_triples(2, image_size=(32, 32))
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model.vision_tower(pixels[:, 1]), source(pixel_values=pixels[:, 1]).last_hidden_state, atol=1e-5, rtol=1e-5
+        )
+
+
+def test_from_vision_pretrained_rejects_mismatched_config(tmp_path):
+    _, path = _tiny_clip_vision(tmp_path)
+    config = tiny_demo_config(vision_overrides=dict(num_hidden_layers=3))
+    with pytest.raises(ValueError, match="num_hidden_layers"):
+        DeMoModel.from_vision_pretrained(path, config=config)
