@@ -1,0 +1,131 @@
+"""Converter from the authors' checkpoints: a state dict written here in their key layout round-trips exactly."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import random_triples
+
+from demo_reid.backbones import tiny_demo_config
+from modeling_demo import DeMoModel
+
+SCRIPT = Path(__file__).resolve().parents[1] / "data_scripts" / "convert_original_checkpoint.py"
+ORIGINAL_EXPERTS = ["r", "n", "t", "rn", "rt", "nt", "rnt"]
+
+
+def to_original_layout(model: DeMoModel, ddp_prefix: bool) -> dict:
+    """Write `model` in the original implementation's key names, by hand, independently of the converter."""
+    sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    config = model.config
+    o = {}
+    b = "BACKBONE.base."
+    o[b + "conv1.weight"] = sd["vision_tower.embeddings.patch_embedding.weight"]
+    o[b + "class_embedding"] = sd["vision_tower.embeddings.class_embedding"]
+    o[b + "positional_embedding"] = sd["vision_tower.embeddings.position_embedding"]
+    o["BACKBONE.cv_embed"] = sd["vision_tower.embeddings.camera_embedding"].unsqueeze(1)
+    for n in ("weight", "bias"):
+        o[f"{b}ln_pre.{n}"] = sd[f"vision_tower.pre_layernorm.{n}"]
+        o[f"{b}ln_post.{n}"] = sd[f"vision_tower.post_layernorm.{n}"]
+    o[b + "proj"] = sd["vision_tower.projection.weight"].t()
+    for i in range(config.vision_config.num_hidden_layers):
+        src, dst = f"vision_tower.layers.{i}.", f"{b}transformer.resblocks.{i}."
+        for n in ("weight", "bias"):
+            o[f"{dst}attn.in_proj_{n}"] = torch.cat([sd[f"{src}self_attn.{p}_proj.{n}"] for p in "qkv"])
+            o[f"{dst}attn.out_proj.{n}"] = sd[f"{src}self_attn.out_proj.{n}"]
+            o[f"{dst}ln_1.{n}"] = sd[f"{src}layer_norm1.{n}"]
+            o[f"{dst}mlp.c_fc.{n}"] = sd[f"{src}mlp.fc1.{n}"]
+            o[f"{dst}mlp.c_proj.{n}"] = sd[f"{src}mlp.fc2.{n}"]
+            o[f"{dst}ln_2.{n}"] = sd[f"{src}layer_norm2.{n}"]
+    for m in ("rgb", "nir", "tir"):
+        for n in ("weight", "bias"):
+            o[f"{m}_reduce.0.{n}"] = sd[f"patch_integration.{m}.norm.{n}"]
+            o[f"{m}_reduce.1.{n}"] = sd[f"patch_integration.{m}.dense.{n}"]
+    for idx, e in enumerate(ORIGINAL_EXPERTS):
+        o[f"generalFusion.{e}_token"] = sd["decoupling.queries"][idx].reshape(1, 1, -1)
+        for n in ("in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias"):
+            o[f"generalFusion.{e}.{n}"] = sd[f"decoupling.attentions.{idx}.{n}"]
+    gate = "generalFusion.moe.gating_network.gate."
+    bn_keys = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+    for n in ("weight", "bias"):
+        o[f"{gate}linear_re.0.{n}"] = sd[f"mixture_of_experts.gate.reduction.{n}"]
+    for n in bn_keys:
+        o[f"{gate}linear_re.2.{n}"] = sd[f"mixture_of_experts.gate.reduction_norm.{n}"]
+    o[gate + "q_.weight"] = sd["mixture_of_experts.gate.q_proj.weight"]
+    o[gate + "k_.weight"] = sd["mixture_of_experts.gate.k_proj.weight"]
+    for h in range(config.atmoe_heads):
+        for e in range(7):
+            src, dst = f"mixture_of_experts.experts.{h}.{e}.", f"generalFusion.moe.experts.{h}.expertHead.{e}.mlp."
+            for n in ("weight", "bias"):
+                o[f"{dst}0.{n}"] = sd[f"{src}dense.{n}"]
+            for n in bn_keys:
+                o[f"{dst}2.{n}"] = sd[f"{src}norm.{n}"]
+    heads = {"ori": ""} if config.direct_classifier else {"rgb": "_r", "nir": "_n", "tir": "_t"}
+    heads["moe"] = "_moe"
+    for name, suffix in heads.items():
+        o[f"classifier{suffix}.weight"] = sd[f"classifiers.{name}.weight"]
+        for n in bn_keys:
+            o[f"bottleneck{suffix}.{n}"] = sd[f"bnnecks.{name}.{n}"]
+    if ddp_prefix:
+        o = {"module." + k: v for k, v in o.items()}
+    return o
+
+
+def trained_looking_model(**overrides) -> DeMoModel:
+    """A tiny model whose BN running statistics are not the defaults, so their mapping is under test."""
+    torch.manual_seed(0)
+    config = tiny_demo_config(
+        num_labels=5, num_cameras=3, vision_overrides=dict(hidden_size=64, num_attention_heads=1), **overrides
+    )
+    model = DeMoModel(config).train()
+    with torch.no_grad():
+        model(random_triples(4, seed=3), camera_ids=torch.tensor([0, 1, 2, 1]))
+    return model.eval()
+
+
+def run_converter(*args):
+    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize(
+    "overrides,ddp_prefix",
+    [(dict(direct_classifier=True, atmoe_heads=2), False), (dict(direct_classifier=False, atmoe_heads=4), True)],
+)
+def test_round_trip_reproduces_retrieval_features(tmp_path, overrides, ddp_prefix):
+    model = trained_looking_model(**overrides)
+    torch.save(to_original_layout(model, ddp_prefix), tmp_path / "model.pth")
+    result = run_converter("--checkpoint", tmp_path / "model.pth", "--image-size", 32, 16, "--output", tmp_path / "hf")
+    assert result.returncode == 0, result.stderr
+    converted = DeMoModel.from_pretrained(tmp_path / "hf").eval()
+    assert converted.config.num_labels == 5
+    assert converted.config.num_cameras == 3
+    assert converted.config.atmoe_heads == overrides["atmoe_heads"]
+    assert converted.config.direct_classifier == overrides["direct_classifier"]
+    assert converted.config.vision_config.hidden_size == 64
+    assert converted.config.vision_config.num_hidden_layers == 2
+    pixels, cams = random_triples(3, seed=9), torch.tensor([2, 0, 1])
+    with torch.no_grad():
+        expected = model(pixels, camera_ids=cams)
+        got = converted(pixels, camera_ids=cams)
+    torch.testing.assert_close(got.embeddings, expected.embeddings, atol=1e-6, rtol=0)
+    for a, b in zip(got.logits, expected.logits):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+
+
+def test_unmapped_tensor_is_reported_and_nothing_is_written(tmp_path):
+    state = to_original_layout(trained_looking_model(), ddp_prefix=False)
+    state["some_extra_head.weight"] = torch.zeros(2)
+    torch.save(state, tmp_path / "model.pth")
+    result = run_converter("--checkpoint", tmp_path / "model.pth", "--image-size", 32, 16, "--output", tmp_path / "hf")
+    assert result.returncode == 2
+    assert "some_extra_head.weight" in result.stderr
+    assert not (tmp_path / "hf").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pth"]
+
+
+def test_non_clip_checkpoint_is_rejected_with_a_clear_error(tmp_path):
+    torch.save({"base.patch_embed.proj.weight": torch.zeros(4, 3, 16, 16)}, tmp_path / "vit.pth")
+    result = run_converter("--checkpoint", tmp_path / "vit.pth", "--image-size", 256, 128, "--output", tmp_path / "o")
+    assert result.returncode == 2
+    assert "BACKBONE.base.conv1.weight" in result.stderr and "CLIP" in result.stderr
