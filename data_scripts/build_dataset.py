@@ -1,0 +1,70 @@
+#!/usr/bin/env python
+"""Convert a downloaded RGBNT201 / RGBNT100 / MSVR310 / WMVEID863 release into a DatasetDict.
+
+    python data_scripts/build_dataset.py --name RGBNT201 --root /data --output data/rgbnt201 \
+        [--captions /data/next_captions/201] [--skip-incomplete] [--push-to-hub user/rgbnt201]
+
+The Arrow files are built in a temporary folder next to --output and renamed into place at the
+end, so a failure (bad file, Ctrl-C) never leaves a partial dataset at --output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a plain checkout too
+
+from demo_reid.dataset_builder import LAYOUTS, DatasetLayoutError, build_dataset, save_dataset  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--name", required=True, choices=sorted(LAYOUTS) + ["MSVWild863"], help="dataset layout")
+    p.add_argument("--root", required=True, type=Path, help="the dataset folder, or the folder containing it")
+    p.add_argument("--output", required=True, type=Path, help="where to save_to_disk the DatasetDict")
+    p.add_argument("--captions", type=Path, default=None,
+                   help="folder with {train,test}_{RGB,NI,TI}.json caption lists (NEXT format)")
+    p.add_argument("--skip-incomplete", action="store_true",
+                   help="drop (and count) triples with a modality file missing instead of failing")
+    p.add_argument("--allow-size-mismatch", action="store_true",
+                   help="keep triples whose modality images differ in size (the collator resizes each)")
+    p.add_argument("--num-proc", type=int, default=None, help="processes decoding images (default: 1)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    p.add_argument("--push-to-hub", metavar="REPO_ID", default=None, help="also push_to_hub to this dataset repo")
+    p.add_argument("--private", action="store_true", help="with --push-to-hub: create a private repo")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    output = args.output.expanduser().absolute()
+    if output.exists() and not args.overwrite:
+        print(f"error: --output {output} already exists (pass --overwrite to replace it)", file=sys.stderr)
+        return 2
+    output.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{output.name}.build-", dir=output.parent))
+    try:
+        dsdict = build_dataset(args.name, args.root, captions_dir=args.captions, skip_incomplete=args.skip_incomplete,
+                               num_proc=args.num_proc, allow_size_mismatch=args.allow_size_mismatch, cache_dir=work)
+        save_dataset(dsdict, output, overwrite=args.overwrite)
+        print(dsdict)
+        print(f"saved to {output}")
+        if args.push_to_hub:
+            dsdict.push_to_hub(args.push_to_hub, private=args.private)
+            print(f"pushed to https://huggingface.co/datasets/{args.push_to_hub}")
+    except (DatasetLayoutError, FileExistsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
