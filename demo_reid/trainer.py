@@ -1,0 +1,489 @@
+"""``DeMoTrainer``: a ``transformers.Trainer`` for multi-modal ReID (CE + triplet, P x K batches, DeMo lr recipe).
+
+What it changes, and why:
+
+- ``get_train_dataloader``: batches come from :class:`~demo_reid.sampler.PKBatchSampler` (P ids x K images per
+  device, rank-aware), every index tagged with its augmentation seed; the loader is *not* passed through
+  ``accelerator.prepare`` because accelerate would re-shard an already rank-aware batch sampler.
+- ``compute_loss``: tensor augmentation on the training device, then ``id_w * CE_ls + tri_w * triplet`` summed over
+  every (logits, features) pair the model returns. The loss is the mean over one complete P x K batch, so the
+  Trainer divides it by the accumulation steps (``loss_is_scaled_for_ga = False``): exact under accumulation since
+  all micro-batches have the same size.
+- ``create_optimizer``: Adam with three groups (tower, head weights, head biases x2); ``create_scheduler`` adds the
+  per-epoch ``demo_cosine`` / ``demo_cosine_plain`` schedules.
+- ``evaluate``: query/gallery retrieval (mAP, CMC, mINP) through :mod:`demo_reid.evaluation`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from transformers import Trainer, TrainerCallback
+
+from .augment import ReIDAugment
+from .data import ReIDCollator
+from .losses import reid_loss
+from .sampler import PKBatchSampler, SeededBatchSampler
+from .scheduler import SCHEDULER_TYPES, DeMoCosineLR
+
+__all__ = [
+    "DeMoTrainer",
+    "EpochDataLoader",
+    "RunInfoCallback",
+    "SeededCollator",
+    "SeededDataset",
+    "all_gather_with_grad",
+    "collect_run_info",
+    "build_param_groups",
+]
+
+TRAIN_COLUMNS = ("rgb", "nir", "tir", "pid", "label", "camid", "sceneid")
+TOWER_PREFIX = "vision_tower."
+
+
+class SeededDataset(Dataset):
+    """Reads ``(index, seed)`` keys from :class:`SeededBatchSampler`; adds the seed to the row as ``aug_seed``."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        index, seed = key
+        row = dict(self.dataset[int(index)])
+        row["aug_seed"] = seed
+        return row
+
+    def __getitems__(self, keys):
+        indices = [int(i) for i, _ in keys]
+        if hasattr(self.dataset, "column_names"):  # datasets.Dataset: one batched read
+            columns = self.dataset[indices]
+            rows = [{k: v[j] for k, v in columns.items()} for j in range(len(indices))]
+        else:
+            rows = [dict(self.dataset[i]) for i in indices]
+        for row, (_, seed) in zip(rows, keys):
+            row["aug_seed"] = seed
+        return rows
+
+
+class SeededCollator:
+    """Wraps a row collator: pulls ``aug_seed`` out of the rows into an ``aug_seeds`` (B,) int64 tensor."""
+
+    def __init__(self, collator):
+        self.collator = collator
+
+    def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        seeds = [row["aug_seed"] for row in rows]
+        batch = self.collator([{k: v for k, v in row.items() if k != "aug_seed"} for row in rows])
+        batch["aug_seeds"] = torch.tensor(seeds, dtype=torch.int64)
+        return batch
+
+
+class EpochDataLoader(DataLoader):
+    """A DataLoader whose ``set_epoch`` reaches its batch sampler (the Trainer calls it at every epoch start)."""
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.batch_sampler, "set_epoch"):
+            self.batch_sampler.set_epoch(epoch)
+
+
+def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``tensor`` from all processes (rank order); only this rank's slice carries gradient."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return tensor
+    world = torch.distributed.get_world_size()
+    if world == 1:
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(world)]
+    torch.distributed.all_gather(parts, tensor.detach().contiguous())
+    parts[torch.distributed.get_rank()] = tensor
+    return torch.cat(parts, dim=0)
+
+
+def build_param_groups(
+    model: torch.nn.Module,
+    learning_rate: float,
+    bias_lr_factor: float,
+    vision_tower_lr: float,
+    weight_decay: float,
+) -> list[dict]:
+    """Adam groups of the recipe: every ``vision_tower.*`` parameter at ``vision_tower_lr``; other weights at
+    ``learning_rate``; other biases at ``learning_rate * bias_lr_factor``; ``weight_decay`` everywhere."""
+    groups = {"head": [], "head_bias": [], "vision_tower": []}  # head first: the Trainer logs group 0
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        name = name.removeprefix("module.")
+        if name.startswith(TOWER_PREFIX):
+            groups["vision_tower"].append(param)
+        elif name.endswith("bias"):
+            groups["head_bias"].append(param)
+        else:
+            groups["head"].append(param)
+    lrs = {"vision_tower": vision_tower_lr, "head": learning_rate, "head_bias": learning_rate * bias_lr_factor}
+    if not groups["vision_tower"]:
+        raise ValueError(
+            f"found no trainable parameter named `{TOWER_PREFIX}*`: the model must expose its tower as `vision_tower`"
+        )
+    return [
+        {"params": params, "lr": lrs[name], "weight_decay": weight_decay, "name": name}
+        for name, params in groups.items()
+        if params
+    ]
+
+
+def _git_revision() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def collect_run_info(config: Mapping[str, Any] | None = None, **extra) -> dict:
+    """Resolved config, seed, library versions and git revision, for ``run_info.json``."""
+    import accelerate
+    import datasets
+    import transformers
+
+    info = {
+        "config": dict(config or {}),
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "datasets": datasets.__version__,
+            "accelerate": accelerate.__version__,
+            "numpy": np.__version__,
+        },
+        "git_revision": _git_revision(),
+        "platform": platform.platform(),
+    }
+    info.update(extra)
+    return info
+
+
+class RunInfoCallback(TrainerCallback):
+    """Writes ``run_info.json`` into the output dir at train start and into every checkpoint."""
+
+    def __init__(self, info: dict):
+        self.info = info
+
+    def _write(self, folder: str | os.PathLike) -> None:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / "run_info.json").write_text(json.dumps(self.info, indent=2, default=str) + "\n")
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self._write(args.output_dir)
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if folder.is_dir():
+                self._write(folder)
+
+
+class DeMoTrainer(Trainer):
+    """Trainer for :class:`modeling_demo.DeMoModel` (see the module docstring for what is overridden).
+
+    Args:
+        model, args, callbacks, ...: as for ``transformers.Trainer``; ``args`` is a
+            :class:`~demo_reid.training_args.DeMoTrainingArguments`.
+        train_dataset: the ``train`` split (needs a ``label`` column).
+        query_dataset / gallery_dataset: splits for :meth:`evaluate`.
+        data_collator: row collator for training (default: ``ReIDCollator(image_size, train=True)``).
+        eval_collator: row collator for evaluation (default: ``ReIDCollator(image_size, train=False)``).
+        augment: tensor augmentation (default: built from ``args``).
+    """
+
+    # compute_loss returns the mean over one full P x K batch; the Trainer divides by the accumulation steps.
+    loss_is_scaled_for_ga = False
+
+    def __init__(
+        self,
+        model=None,
+        args=None,
+        train_dataset=None,
+        query_dataset=None,
+        gallery_dataset=None,
+        data_collator=None,
+        eval_collator=None,
+        augment: ReIDAugment | None = None,
+        **kwargs,
+    ):
+        if model is None:
+            raise ValueError("DeMoTrainer needs `model` (a DeMoModel)")
+        image_size = tuple(model.config.image_size)
+        if data_collator is None:
+            data_collator = ReIDCollator(image_size=image_size, train=True)
+        self.eval_collator = eval_collator or ReIDCollator(image_size=image_size, train=False)
+        if train_dataset is not None and hasattr(train_dataset, "column_names"):
+            missing = [c for c in TRAIN_COLUMNS if c not in train_dataset.column_names]
+            if missing:
+                raise ValueError(f"`train_dataset` lacks column(s) {missing}; has {train_dataset.column_names}")
+            train_dataset = train_dataset.select_columns(list(TRAIN_COLUMNS))
+        self.query_dataset = query_dataset
+        self.gallery_dataset = gallery_dataset
+        eval_dataset = None
+        if query_dataset is not None and gallery_dataset is not None:
+            eval_dataset = {"query": query_dataset, "gallery": gallery_dataset}
+        super().__init__(
+            model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+            data_collator=data_collator, **kwargs,
+        )
+        # The loss does not need `num_items_in_batch` (see the class docstring); skipping it also skips the
+        # per-step all-gather of label counts that the Trainer would do under DDP.
+        self.model_accepts_loss_kwargs = False
+        self.augment = augment or ReIDAugment(
+            flip_prob=self.args.flip_prob,
+            padding=self.args.padding,
+            erasing_prob=self.args.erasing_prob,
+            independent_modalities=self.args.independent_modality_augment,
+        )
+        self._loss_parts = {"id_loss": 0.0, "triplet_loss": 0.0, "n": 0}
+        self._pk_sampler: PKBatchSampler | None = None
+        self.select_best_on_test = False
+
+    # ---- data -------------------------------------------------------------------------------------------------
+
+    def _train_labels(self) -> list[int]:
+        ds = self.train_dataset
+        if hasattr(ds, "column_names"):
+            return [int(v) for v in ds["label"]]
+        if hasattr(ds, "labels"):
+            return [int(v) for v in ds.labels]
+        raise ValueError("`train_dataset` must be a datasets.Dataset with a `label` column (or expose `.labels`)")
+
+    def get_pk_sampler(self) -> PKBatchSampler:
+        """The rank-aware P x K sampler of this run (built once; its epoch is set by the Trainer)."""
+        if self._pk_sampler is None:
+            if self.train_dataset is None:
+                raise ValueError("DeMoTrainer: training requires a train_dataset")
+            self._pk_sampler = PKBatchSampler(
+                self._train_labels(),
+                num_identities=self.args.num_identities,
+                num_instances=self.args.num_instances,
+                seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
+                num_replicas=self.args.world_size,
+                rank=self.args.process_index,
+            )
+        return self._pk_sampler
+
+    def get_train_dataloader(self) -> DataLoader:
+        sampler = self.get_pk_sampler()
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        num_workers = self.args.dataloader_num_workers
+        kwargs = {}
+        if num_workers > 0:
+            kwargs["persistent_workers"] = self.args.dataloader_persistent_workers
+            kwargs["prefetch_factor"] = self.args.dataloader_prefetch_factor
+            if self.args.dataloader_multiprocessing_context:
+                kwargs["multiprocessing_context"] = self.args.dataloader_multiprocessing_context
+        return EpochDataLoader(
+            SeededDataset(self.train_dataset),
+            batch_sampler=SeededBatchSampler(sampler, seed=seed),
+            collate_fn=SeededCollator(self.data_collator),
+            num_workers=num_workers,
+            pin_memory=self.args.dataloader_pin_memory and torch.cuda.is_available(),
+            **kwargs,
+        )
+
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps per epoch, as the Trainer counts them."""
+        batches = len(self.get_pk_sampler())
+        ga = self.args.gradient_accumulation_steps
+        return max(batches // ga + int(batches % ga > 0), 1)
+
+    # ---- optimisation -----------------------------------------------------------------------------------------
+
+    def create_optimizer(self, model=None) -> torch.optim.Optimizer:
+        if self.optimizer is None:
+            groups = build_param_groups(
+                self.model if model is None else model,
+                self.args.learning_rate,
+                self.args.bias_lr_factor,
+                self.args.vision_tower_lr,
+                self.args.weight_decay,
+            )
+            self.optimizer = torch.optim.Adam(
+                groups,
+                lr=self.args.learning_rate,
+                betas=(self.args.adam_beta1, self.args.adam_beta2),
+                eps=self.args.adam_epsilon,
+            )
+        return self.optimizer
+
+    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
+        if self.lr_scheduler is None and self.args.lr_scheduler_type in SCHEDULER_TYPES:
+            steps_per_epoch = self.steps_per_epoch()
+            if self.args.max_steps > 0:
+                num_epochs = math.ceil(num_training_steps / steps_per_epoch)
+            else:
+                num_epochs = math.ceil(self.args.num_train_epochs)
+            lr = self.args.learning_rate
+            self.lr_scheduler = DeMoCosineLR(
+                optimizer or self.optimizer,
+                num_epochs=num_epochs,
+                steps_per_epoch=steps_per_epoch,
+                warmup_epochs=self.args.warmup_epochs,
+                warmup_start_lr=self.args.warmup_factor * lr,
+                min_lr=self.args.min_lr_factor * lr,
+                noise=self.args.lr_scheduler_type == "demo_cosine",
+                noise_seed=self.args.lr_noise_seed,
+            )
+            self._created_lr_scheduler = True
+            return self.lr_scheduler
+        return super().create_scheduler(num_training_steps, optimizer)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """``sum_pairs(id_w * CE_ls + tri_w * triplet)`` over the model's (logits, features) pairs (eq. 16-17).
+
+        ``num_items_in_batch`` is not needed: every micro-batch is a full P x K batch (see the class docstring).
+        """
+        if "labels" not in inputs:
+            raise ValueError(f"training batches need `labels`; got keys {sorted(inputs)}")
+        labels = inputs["labels"]
+        pixel_values = inputs["pixel_values"]
+        seeds = inputs.get("aug_seeds")
+        if model.training and seeds is not None:
+            pixel_values = self.augment(pixel_values, seeds)
+        outputs = model(
+            pixel_values=pixel_values,
+            camera_ids=inputs.get("camera_ids"),
+            modality_mask=inputs.get("modality_mask"),
+        )
+        config = self.accelerator.unwrap_model(model).config
+        pool_features = pool_labels = None
+        if self.args.gather_features and self.args.world_size > 1:
+            pool_features = [all_gather_with_grad(f) for f in outputs.features]
+            pool_labels = all_gather_with_grad(labels)
+        out = reid_loss(
+            outputs.logits,
+            outputs.features,
+            labels,
+            id_loss_weight=config.id_loss_weight,
+            triplet_loss_weight=config.triplet_loss_weight,
+            label_smoothing=config.label_smoothing,
+            triplet_margin=config.triplet_margin,
+            pool_features=pool_features,
+            pool_labels=pool_labels,
+        )
+        if model.training:
+            self._loss_parts["id_loss"] += out.id_loss
+            self._loss_parts["triplet_loss"] += out.triplet_loss
+            self._loss_parts["n"] += 1
+        return (out.loss, outputs) if return_outputs else out.loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Adds the mean ID and triplet parts since the last log to training logs."""
+        if "loss" in logs and self._loss_parts["n"]:
+            n = self._loss_parts["n"]
+            for key in ("id_loss", "triplet_loss"):
+                value = self._loss_parts[key]
+                logs[key] = round(float(value) / n, 6)
+            self._loss_parts = {"id_loss": 0.0, "triplet_loss": 0.0, "n": 0}
+        super().log(logs, start_time)
+
+    # ---- evaluation -------------------------------------------------------------------------------------------
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """mAP / Rank-1/5/10 / mINP (percent) on query vs gallery through :mod:`demo_reid.evaluation`.
+
+        The headline numbers are those of the model's retrieval feature (``config.inference_features``); the
+        other feature sets are logged as ``eval_<name>_mAP`` / ``eval_<name>_Rank-1``.
+        """
+        from .evaluation import evaluate_retrieval
+
+        if eval_dataset is not None:
+            query, gallery = eval_dataset["query"], eval_dataset["gallery"]
+        else:
+            query, gallery = self.query_dataset, self.gallery_dataset
+        if query is None or gallery is None:
+            raise ValueError("evaluation needs `query_dataset` and `gallery_dataset`")
+        results = evaluate_retrieval(
+            self.model,
+            query,
+            gallery,
+            batch_size=self.args.per_device_eval_batch_size,
+            accelerator=self.accelerator,
+            progress=False,
+        )
+        main = self.accelerator.unwrap_model(self.model).config.inference_features
+        main = main if main in results else next(iter(results))
+        metrics = {
+            f"{metric_key_prefix}_{k}": float(v)
+            for k, v in results[main].items()
+            if k in ("mAP", "Rank-1", "Rank-5", "Rank-10", "mINP")
+        }
+        for name, res in results.items():
+            if name != main:
+                metrics[f"{metric_key_prefix}_{name}_mAP"] = float(res["mAP"])
+                metrics[f"{metric_key_prefix}_{name}_Rank-1"] = float(res["Rank-1"])
+        self.log(dict(metrics))
+        if self.select_best_on_test:
+            metrics[f"{metric_key_prefix}_selection"] = "best epoch selected on TEST split (optimistic)"
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+    # ---- model card -------------------------------------------------------------------------------------------
+
+    model_card_info: dict | None = None
+
+    def create_model_card(self, *args, **kwargs) -> None:
+        """README.md with dataset, recipe and metrics (used by ``push_to_hub`` and written at the end of train.py)."""
+        if not self.is_world_process_zero():
+            return
+        info = self.model_card_info or {}
+        metrics = info.get("metrics", {})
+        recipe = info.get("recipe", {})
+        lines = [
+            "---",
+            "library_name: transformers",
+            "tags:",
+            "- re-identification",
+            "- multi-modal",
+            "- demo",
+            "---",
+            "",
+            f"# {info.get('name', Path(self.args.output_dir).name)}",
+            "",
+            "DeMo (AAAI 2025) multi-modal (RGB / NIR / TIR) object re-identification model, trained with "
+            "`train.py` of this repository. Load with `AutoModel.from_pretrained(path, trust_remote_code=True)`.",
+            "",
+            f"- Dataset: {info.get('dataset', 'unknown')}",
+            f"- Backbone: {info.get('backbone', 'unknown')}",
+            "",
+            "## Recipe",
+            "",
+            "| option | value |",
+            "|---|---|",
+            *[f"| {k} | {v} |" for k, v in recipe.items()],
+            "",
+            "## Results (final epoch unless stated)",
+            "",
+            "| metric | value |",
+            "|---|---|",
+            *[f"| {k} | {v:.2f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()],
+            "",
+        ]
+        Path(self.args.output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(self.args.output_dir) / "README.md").write_text("\n".join(lines))

@@ -1,0 +1,284 @@
+"""Arguments of ``train.py``: the DeMo recipe on top of ``TrainingArguments``, presets and YAML loading.
+
+Precedence (lowest first): dataclass defaults < ``--preset`` < ``--config FILE.yaml`` < command-line flags.
+Every field has a ``help`` string, so ``python train.py --help`` documents every option; flags take both the
+``--snake_case`` and ``--kebab-case`` spelling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import torch
+import yaml
+from transformers import HfArgumentParser, TrainingArguments
+from transformers.trainer_utils import IntervalStrategy, SaveStrategy
+
+from .scheduler import SCHEDULER_TYPES
+
+__all__ = [
+    "PRESETS",
+    "DeMoScriptArguments",
+    "DeMoTrainingArguments",
+    "build_parser",
+    "parse_args",
+    "resolve_defaults",
+]
+
+
+# The original recipes (DeMo configs). The optimizer / loss / augmentation settings shared by all of them are the
+# dataclass defaults below: Adam, lr 3.5e-4 (bias x2), tower 5e-6, wd 1e-4, SIE 1.0, flip 0.5, pad 10, erasing 0.5,
+# ID 0.25, triplet 1.0, label smoothing 0.1, soft-margin triplet.
+PRESETS: dict[str, dict] = {
+    # The embedded default of `python train.py`: tiny CLIP-shaped tower from random init on the synthetic
+    # RGBNT201-layout set, a few minutes on 2 CPU cores. The lrs are raised because nothing is pretrained.
+    "synthetic": {
+        "backbone": "tiny",
+        "image_height": 64,
+        "image_width": 32,
+        "tiny_hidden_size": 96,
+        "tiny_num_layers": 3,
+        "tiny_patch_size": 8,
+        "atmoe_heads": 4,
+        "direct_classifier": True,
+        "num_identities": 8,
+        "num_instances": 4,
+        "num_train_epochs": 20,
+        "warmup_epochs": 2,
+        "learning_rate": 1e-3,
+        "vision_tower_lr": 1e-3,
+        "padding": 4,
+        "output_dir": "outputs/demo-synthetic",
+    },
+    "rgbnt201": {
+        "image_height": 256,
+        "image_width": 128,
+        "num_identities": 8,
+        "num_instances": 8,
+        "direct_classifier": True,
+        "atmoe_heads": 4,
+        "num_train_epochs": 50,
+        "warmup_epochs": 10,
+        "output_dir": "outputs/demo-rgbnt201",
+    },
+    "rgbnt100": {
+        "image_height": 128,
+        "image_width": 256,
+        "num_identities": 8,
+        "num_instances": 16,
+        "direct_classifier": False,
+        "atmoe_heads": 8,
+        "num_train_epochs": 30,
+        "warmup_epochs": 5,
+        "output_dir": "outputs/demo-rgbnt100",
+    },
+    "msvr310": {
+        "image_height": 128,
+        "image_width": 256,
+        "num_identities": 16,
+        "num_instances": 4,
+        "direct_classifier": False,
+        "atmoe_heads": 8,
+        "num_train_epochs": 50,
+        "warmup_epochs": 10,
+        "output_dir": "outputs/demo-msvr310",
+    },
+}
+
+
+@dataclass
+class DeMoScriptArguments:
+    """What to train on and which model to build (everything that is not a Trainer setting)."""
+
+    config: str | None = field(default=None, metadata={"help": "YAML file of option: value pairs (any option below)."})
+    preset: str = field(
+        default="synthetic",
+        metadata={
+            "help": "Recipe to start from: synthetic (the CPU demo), rgbnt201, rgbnt100 or msvr310.",
+            "choices": sorted(PRESETS),
+        },
+    )
+    dataset: str | None = field(
+        default=None,
+        metadata={"help": "Path of a DatasetDict saved with save_to_disk (train/query/gallery). "
+                  "Default: build the synthetic RGBNT201-layout set under --synthetic-dir."},
+    )
+    synthetic_dir: str = field(
+        default="outputs/synthetic-rgbnt201", metadata={"help": "Where the synthetic dataset is built / reused."}
+    )
+    backbone: str = field(
+        default="clip-b16",
+        metadata={"help": "tiny | clip-b16 | vit-b16 (random init, shapes only) or a CLIP / ViT checkpoint "
+                  "(Hub id or local directory) loaded with DeMoModel.from_vision_pretrained."},
+    )
+    image_height: int = field(default=256, metadata={"help": "Input height of every modality image."})
+    image_width: int = field(default=128, metadata={"help": "Input width of every modality image."})
+    tiny_hidden_size: int = field(default=96, metadata={"help": "--backbone tiny: transformer width."})
+    tiny_num_layers: int = field(default=3, metadata={"help": "--backbone tiny: number of transformer layers."})
+    tiny_patch_size: int = field(default=8, metadata={"help": "--backbone tiny: patch size."})
+    atmoe_heads: int = field(default=4, metadata={"help": "ATMoE gating heads."})
+    direct_classifier: bool = field(
+        default=True, metadata={"help": "One classifier on concat(f_R, f_N, f_T) instead of one per modality."}
+    )
+    sie_coefficient: float = field(default=1.0, metadata={"help": "Scale of the camera (SIE) embedding."})
+    id_loss_weight: float = field(default=0.25, metadata={"help": "Weight of the label-smoothed ID loss."})
+    triplet_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the triplet loss."})
+    label_smoothing: float = field(default=0.1, metadata={"help": "Label smoothing of the ID loss."})
+    triplet_margin: float | None = field(
+        default=None, metadata={"help": "Triplet margin; unset = soft-margin triplet (softplus)."}
+    )
+    resume: bool = field(default=False, metadata={"help": "Continue from the last checkpoint in --output-dir."})
+    select_best_on_test: bool = field(
+        default=False,
+        metadata={"help": "Keep the epoch with the best *test* (query/gallery) mAP. Optimistic; labelled in the "
+                  "output. Default: report the final epoch."},
+    )
+    crash_after_steps: int | None = field(
+        default=None,
+        metadata={"help": "Testing aid: raise SimulatedCrash right after the checkpoint at this step is written."},
+    )
+
+
+@dataclass
+class DeMoTrainingArguments(TrainingArguments):
+    """``TrainingArguments`` with the DeMo recipe as defaults plus P x K sampling, lr groups and augmentation."""
+
+    output_dir: str | None = field(default=None, metadata={"help": "Where checkpoints and the final model go."})
+    num_identities: int = field(default=8, metadata={"help": "P: identities per per-device batch."})
+    num_instances: int = field(default=8, metadata={"help": "K: images per identity in a batch."})
+    learning_rate: float = field(default=3.5e-4, metadata={"help": "Lr of the new (non-tower) modules' weights."})
+    bias_lr_factor: float = field(default=2.0, metadata={"help": "Bias lr = learning_rate x this (outside the tower)."})
+    vision_tower_lr: float = field(default=5e-6, metadata={"help": "Lr of every vision-tower parameter (biases too)."})
+    weight_decay: float = field(default=1e-4, metadata={"help": "Weight decay of every group (L2, as Adam's)."})
+    lr_scheduler_type: str = field(
+        default="demo_cosine",
+        metadata={"help": "demo_cosine (the original: per-epoch cosine, warm-up, seeded noise), demo_cosine_plain "
+                  "(no noise), or any transformers scheduler name (stepped per optimizer step)."},
+    )
+    warmup_epochs: int = field(default=10, metadata={"help": "demo_cosine: linear warm-up epochs."})
+    warmup_factor: float = field(default=0.1, metadata={"help": "demo_cosine: warm-up starts at this x learning_rate."})
+    min_lr_factor: float = field(default=0.001, metadata={"help": "demo_cosine: floor lr = this x learning_rate."})
+    lr_noise_seed: int = field(default=42, metadata={"help": "demo_cosine: seed of the multiplicative lr noise."})
+    flip_prob: float = field(default=0.5, metadata={"help": "Horizontal flip probability."})
+    padding: int = field(default=10, metadata={"help": "Black padding before the random crop (pixels)."})
+    erasing_prob: float = field(default=0.5, metadata={"help": "Random erasing probability (per-pixel noise)."})
+    independent_modality_augment: bool = field(
+        default=False,
+        metadata={"help": "Draw flip/crop/erasing independently per modality (the original); default shares one "
+                  "geometry across the aligned RGB/NIR/TIR images."},
+    )
+    gather_features: bool = field(
+        default=False, metadata={"help": "Mine triplets among the features of all processes (all_gather)."}
+    )
+    deterministic: bool = field(
+        default=False, metadata={"help": "Deterministic kernels (torch.use_deterministic_algorithms, cuDNN, cuBLAS)."}
+    )
+    num_train_epochs: float = field(default=50, metadata={"help": "Training epochs."})
+    max_grad_norm: float = field(default=0.0, metadata={"help": "Gradient clipping; 0 = off (the original)."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep False: the collator needs the images."})
+    logging_steps: float = field(default=10, metadata={"help": "Log every N optimizer steps."})
+    save_strategy: SaveStrategy | str = field(
+        default="epoch", metadata={"help": "When to write checkpoints: no | epoch | steps."}
+    )
+    save_total_limit: int | None = field(default=2, metadata={"help": "Keep at most this many checkpoints."})
+    eval_strategy: IntervalStrategy | str = field(
+        default="no", metadata={"help": "Periodic query/gallery evaluation: no | epoch | steps."}
+    )
+    dataloader_num_workers: int = field(default=0, metadata={"help": "Data loader worker processes."})
+
+    def __post_init__(self):
+        if self.lr_scheduler_type in SCHEDULER_TYPES:
+            custom = self.lr_scheduler_type
+            self.lr_scheduler_type = "constant"  # validated by the parent, replaced below
+        else:
+            custom = None
+        if self.output_dir is None:
+            self.output_dir = PRESETS["synthetic"]["output_dir"]
+        if self.deterministic:
+            self.full_determinism = True
+        # Multi-process on a machine without a GPU (torchrun / accelerate with use_cpu): run DDP on CPU with gloo
+        # instead of silently training one independent process per rank.
+        cpu_launch = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+        if cpu_launch or (int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()):
+            self.use_cpu = True
+        super().__post_init__()
+        if custom is not None:
+            self.lr_scheduler_type = custom
+        for name in ("num_identities", "num_instances", "warmup_epochs"):
+            if getattr(self, name) < (0 if name == "warmup_epochs" else 1):
+                raise ValueError(f"`{name}` must be positive, got {getattr(self, name)}")
+        if self.num_identities < 2:
+            raise ValueError(f"`num_identities` (P) must be >= 2 for batch-hard mining, got {self.num_identities}")
+        for name in ("flip_prob", "erasing_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"`{name}` must be in [0, 1], got {getattr(self, name)}")
+        # The batch sampler decides the batch; keep the Trainer's bookkeeping consistent with it.
+        self.per_device_train_batch_size = self.num_identities * self.num_instances
+
+    @property
+    def uses_demo_schedule(self) -> bool:
+        return self.lr_scheduler_type in SCHEDULER_TYPES
+
+
+def build_parser() -> HfArgumentParser:
+    return HfArgumentParser((DeMoScriptArguments, DeMoTrainingArguments), description=__doc__)
+
+
+def _field_names() -> set[str]:
+    return {f.name for cls in (DeMoScriptArguments, DeMoTrainingArguments) for f in fields(cls)}
+
+
+def load_yaml(path: str | Path) -> dict:
+    """Read a YAML config; keys may use ``-`` or ``_``; unknown keys are an error naming them."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--config: no such file {path}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"--config {path}: expected a mapping of option: value, got {type(data).__name__}")
+    data = {str(k).replace("-", "_"): v for k, v in data.items()}
+    unknown = sorted(set(data) - _field_names())
+    if unknown:
+        raise ValueError(f"--config {path}: unknown options {unknown}; see `python train.py --help`")
+    return data
+
+
+def resolve_defaults(argv: list[str]) -> dict:
+    """Defaults for the full parser from ``--preset`` and ``--config`` found in ``argv``."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=None)
+    pre.add_argument("--preset", default=None)
+    known, _ = pre.parse_known_args(argv)
+    config = load_yaml(known.config) if known.config else {}
+    preset = known.preset or config.get("preset") or "synthetic"
+    if preset not in PRESETS:
+        raise ValueError(f"--preset must be one of {sorted(PRESETS)}, got {preset!r}")
+    defaults = {"preset": preset, **PRESETS[preset]}
+    if preset != "synthetic":
+        defaults.setdefault("backbone", "clip-b16")
+    defaults.update(config)
+    return defaults
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[DeMoScriptArguments, DeMoTrainingArguments]:
+    """Parse flags on top of preset and YAML defaults."""
+    import sys
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    parser.set_defaults(**resolve_defaults(argv))
+    script_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    if script_args.image_height <= 0 or script_args.image_width <= 0:
+        raise ValueError(
+            f"--image-height/--image-width must be positive, got {script_args.image_height}x{script_args.image_width}"
+        )
+    if script_args.select_best_on_test:
+        if training_args.eval_strategy == "no":
+            raise ValueError("--select-best-on-test needs periodic evaluation: pass --eval-strategy epoch")
+    if not math.isfinite(training_args.learning_rate) or training_args.learning_rate <= 0:
+        raise ValueError(f"--learning-rate must be > 0, got {training_args.learning_rate}")
+    return script_args, training_args
