@@ -5,6 +5,10 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 BACKBONE_MODEL_TYPES = {"clip": "clip_vision_model", "vit": "vit"}
 GATING_TYPES = ("attention", "simple_add", "simple_concat")
+# Shapes of the ViT-B/16 image tower (OpenAI CLIP and ImageNet ViT alike); CLIP adds a 512-d projection.
+VIT_B16_SHAPES = dict(
+    hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, patch_size=16, image_size=224
+)
 INFERENCE_FEATURES = ("all", "ori", "moe")
 
 
@@ -73,14 +77,7 @@ class DeMoConfig(PretrainedConfig):
     ):
         if vision_config is None:
             vision_config = CONFIG_MAPPING["clip_vision_model"](
-                hidden_size=768,
-                intermediate_size=3072,
-                num_hidden_layers=12,
-                num_attention_heads=12,
-                patch_size=16,
-                image_size=224,
-                projection_dim=512,
-                hidden_act="quick_gelu",
+                **VIT_B16_SHAPES, projection_dim=512, hidden_act="quick_gelu"
             )
         elif isinstance(vision_config, dict):
             model_type = vision_config.get("model_type", "clip_vision_model")

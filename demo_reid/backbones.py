@@ -2,33 +2,17 @@
 
 from transformers import CLIPVisionConfig, ViTConfig
 
-from configuration_demo import DeMoConfig
+from configuration_demo import VIT_B16_SHAPES, DeMoConfig
 
 
 def clip_vit_b16_vision_config() -> CLIPVisionConfig:
     """Shapes of OpenAI CLIP ViT-B/16's image tower (weights come from `from_vision_pretrained`)."""
-    return CLIPVisionConfig(
-        hidden_size=768,
-        intermediate_size=3072,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        patch_size=16,
-        image_size=224,
-        projection_dim=512,
-        hidden_act="quick_gelu",
-    )
+    return CLIPVisionConfig(**VIT_B16_SHAPES, projection_dim=512, hidden_act="quick_gelu")
 
 
 def vit_b16_vision_config() -> ViTConfig:
     """Shapes of the ImageNet ViT-B/16 tower used by DeMo*."""
-    return ViTConfig(
-        hidden_size=768,
-        intermediate_size=3072,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        patch_size=16,
-        image_size=224,
-    )
+    return ViTConfig(**VIT_B16_SHAPES)
 
 
 def tiny_vision_config(
