@@ -35,9 +35,26 @@ def _nearest_neighbours(feats: torch.Tensor, k: int, metric: str):
     knn = np.empty((n, k), dtype=np.int64)
     row_max = np.empty(n, dtype=np.float64)
     for start, d in _distance_blocks(feats, metric):
-        knn[start : start + len(d)] = np.argsort(d, axis=1, kind="stable")[:, :k]
+        knn[start : start + len(d)] = smallest_k_stable(d, k)
         row_max[start : start + len(d)] = d.max(axis=1)
     return knn, np.maximum(row_max, 1e-12)
+
+
+def smallest_k_stable(d: np.ndarray, k: int) -> np.ndarray:
+    """Same as ``np.argsort(d, axis=1, kind="stable")[:, :k]`` in O(N) per row instead of O(N log N):
+    a partition finds each row's k-th value, ties at that value are taken in index order."""
+    n = d.shape[1]
+    if k >= n:
+        return np.argsort(d, axis=1, kind="stable")[:, :k]
+    kth = np.take_along_axis(d, np.argpartition(d, k - 1, axis=1)[:, k - 1 : k], axis=1)  # (rows, 1)
+    below = d < kth
+    tied = d == kth
+    need = k - below.sum(axis=1, keepdims=True)
+    chosen = below | (tied & (np.cumsum(tied, axis=1) <= need))
+    rows, cols = np.nonzero(chosen)  # exactly k per row, columns ascending
+    cols = cols.reshape(-1, k)
+    vals = np.take_along_axis(d, cols, axis=1)
+    return np.take_along_axis(cols, np.argsort(vals, axis=1, kind="stable"), axis=1)
 
 
 def _reciprocal(knn: np.ndarray, i: int, k: int) -> np.ndarray:
@@ -66,20 +83,31 @@ def _expanded_sets(knn: np.ndarray, k1: int) -> list[np.ndarray]:
     return sets
 
 
-def _encode(feats, sets, row_max, metric: str, num_query: int, original: np.ndarray):
-    """Sparse vectors V_i = normalised exp(-d) over R*(i) as (indices, weights).
+def _encode(feats: torch.Tensor, sets, row_max, metric: str):
+    """Sparse vectors V_i = normalised exp(-d(i, j)) over j in R*(i), as (indices, weights).
 
-    The same pass writes the scaled query-to-gallery distances into ``original`` (Q, G).
+    Only the |R*(i)| distances of each item are computed (a gather and a mat-vec), not a second N x N pass.
     """
+    x = feats.numpy()
+    sq = (x * x).sum(1)
     vectors = []
-    for start, d in _distance_blocks(feats, metric):
-        for local in range(len(d)):
-            i = start + local
-            w = np.exp(-d[local, sets[i]].astype(np.float64) / row_max[i])
-            vectors.append((sets[i], w / w.sum()))
-            if i < num_query:
-                original[i] = d[local, num_query:] / row_max[i]
+    for i, idx in enumerate(sets):
+        dot = x[idx] @ x[i]
+        d = 1.0 - dot if metric == "cosine" else np.maximum(sq[i] + sq[idx] - 2.0 * dot, 0.0)
+        w = np.exp(-d.astype(np.float64) / row_max[i])
+        vectors.append((idx, w / w.sum()))
     return vectors
+
+
+def _original_distances(qf: torch.Tensor, gf: torch.Tensor, row_max: np.ndarray, metric: str) -> np.ndarray:
+    """(Q, G) float32 query-to-gallery distances scaled by each query's row maximum over all items."""
+    out = np.empty((qf.shape[0], gf.shape[0]), dtype=np.float32)
+    rows = _block_rows(gf.shape[0], None)
+    gallery_sq = (gf * gf).sum(1)
+    for start in range(0, qf.shape[0], rows):
+        block = pairwise_distance(qf[start : start + rows], gf, metric, gallery_sq).numpy()
+        out[start : start + rows] = block / row_max[start : start + rows, None]
+    return out
 
 
 def _query_expansion(vectors, knn, k2: int):
@@ -131,9 +159,8 @@ def re_ranking(
         raise ValueError(f"lambda_value must be in [0, 1], got {lambda_value}")
 
     knn, row_max = _nearest_neighbours(feats, k1 + 1, metric)
-    out = np.empty((nq, n - nq), dtype=np.float32)  # scaled original distances first
-    vectors = _encode(feats, _expanded_sets(knn, k1), row_max, metric, nq, out)
-    vectors = _query_expansion(vectors, knn, k2)
+    vectors = _query_expansion(_encode(feats, _expanded_sets(knn, k1), row_max, metric), knn, k2)
+    out = _original_distances(qf, gf, row_max[:nq], metric)  # becomes the final distance row by row
 
     # Inverted index over the gallery vectors: for each column, which gallery rows use it.
     g_rows = np.concatenate([np.full(len(vectors[nq + g][0]), g) for g in range(n - nq)])

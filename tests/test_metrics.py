@@ -256,3 +256,11 @@ def test_re_ranking_lambda_one_keeps_original_order():
 def test_re_ranking_rejects_too_large_k1():
     with pytest.raises(ValueError, match="k1=50 needs at least 51"):
         re_ranking(np.ones((2, 3)), np.ones((3, 3)), k1=50, k2=15)
+
+
+@pytest.mark.parametrize("k", [1, 4, 9, 12])
+def test_smallest_k_equals_stable_argsort_with_ties(k):
+    from demo_reid.reranking import smallest_k_stable
+
+    d = np.random.default_rng(k).integers(0, 3, (20, 12)).astype(np.float32)  # many ties at the k-th value
+    np.testing.assert_array_equal(smallest_k_stable(d, k), np.argsort(d, axis=1, kind="stable")[:, :k])

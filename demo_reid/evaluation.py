@@ -1,0 +1,364 @@
+"""Query/gallery evaluation of a DeMo model: feature extraction, metrics per feature row,
+the missing-modality sweep of paper Tables 3-4, and the JSON / Markdown report.
+
+Used by ``eval.py`` and, for periodic evaluation, by the trainer. Extraction runs on one or
+several processes (``accelerate``); metrics are computed from extracted features by the pure
+function :func:`compute_retrieval_metrics`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from .data import ReIDCollator
+from .metrics import DISTANCE_METRICS, reid_metrics, reid_metrics_from_features, summarize
+from .reranking import re_ranking
+
+FEATURE_NAMES = ("ori", "moe", "all")
+# Missing-modality settings (paper Table 3): the mask keeps (RGB, NIR, TIR); False = missing in query AND gallery.
+MISSING_SETTINGS = {
+    "r": (False, True, True),
+    "n": (True, False, True),
+    "t": (True, True, False),
+    "rn": (False, False, True),
+    "rt": (False, True, False),
+    "nt": (True, False, False),
+}
+MISSING_LABELS = {
+    "r": "M (RGB)", "n": "M (NIR)", "t": "M (TIR)",
+    "rn": "M (RGB+NIR)", "rt": "M (RGB+TIR)", "nt": "M (NIR+TIR)",
+}
+
+
+class EvaluationInputError(ValueError):
+    """Bad input for an evaluation (wrong split, camera ids, setting...); the message says what to do."""
+
+
+# ------------------------------------------------------------------------------------------ inputs
+def modality_mask_for(setting) -> Optional[torch.Tensor]:
+    """A (3,) bool mask (RGB, NIR, TIR) from a setting name ("r", "nt", ...), a sequence of 3 bools, or None."""
+    if setting is None:
+        return None
+    if isinstance(setting, str):
+        key = setting.strip().lower()
+        if key not in MISSING_SETTINGS:
+            raise EvaluationInputError(
+                f"unknown missing-modality setting {setting!r}: use one of {', '.join(MISSING_SETTINGS)} "
+                "(r = RGB missing, rn = RGB and NIR missing, ...)"
+            )
+        return torch.tensor(MISSING_SETTINGS[key])
+    mask = torch.as_tensor(setting, dtype=torch.bool)
+    if mask.shape != (3,):
+        raise EvaluationInputError(f"modality_mask must have 3 entries (RGB, NIR, TIR), got shape {tuple(mask.shape)}")
+    return mask
+
+
+def choose_protocol(query_sceneids, gallery_sceneids) -> str:
+    """"scene" when every query and gallery row has a scene id (>= 0), else "camera"."""
+    q, g = np.asarray(query_sceneids), np.asarray(gallery_sceneids)
+    return "scene" if len(q) and len(g) and (q >= 0).all() and (g >= 0).all() else "camera"
+
+
+def check_split(split, name: str, num_cameras: int) -> None:
+    """Fail early, in one line, on an empty split or on camera ids the model has no embedding for."""
+    if split is None or len(split) == 0:
+        raise EvaluationInputError(f"the {name} split is empty: rebuild the dataset with query images "
+                                   "(data_scripts/build_dataset.py) or pass another --dataset")
+    missing = [c for c in ("rgb", "nir", "tir", "pid", "camid") if c not in split.column_names]
+    if missing:
+        raise EvaluationInputError(f"the {name} split lacks column(s) {missing}: build it with data_scripts/build_dataset.py")
+    if num_cameras > 0:
+        camids = np.asarray(split["camid"])
+        bad = sorted(set(camids[(camids < 0) | (camids >= num_cameras)].tolist()))
+        if bad:
+            raise EvaluationInputError(
+                f"the {name} split has camera ids {bad[:8]} but the model was trained with num_cameras={num_cameras} "
+                f"(ids 0..{num_cameras - 1}): evaluate on the dataset the model was trained for"
+            )
+
+
+# -------------------------------------------------------------------------------------- extraction
+@dataclass
+class ExtractedFeatures:
+    """Features of one split in dataset order (on CPU), with the ids the metric needs."""
+
+    ori: torch.Tensor
+    moe: Optional[torch.Tensor]
+    pids: np.ndarray
+    camids: np.ndarray
+    sceneids: np.ndarray
+    expert_weights: Optional[torch.Tensor] = None  # (N, heads, 7)
+
+    def available(self) -> tuple[str, ...]:
+        return FEATURE_NAMES if self.moe is not None else ("ori",)
+
+    def get(self, name: str) -> torch.Tensor:
+        """Feature row by name: "ori", "moe" or "all" (= concat(ori, moe), the model's default embedding)."""
+        if name not in FEATURE_NAMES:
+            raise EvaluationInputError(f"unknown feature set {name!r}: use one of {', '.join(FEATURE_NAMES)}")
+        if name == "ori":
+            return self.ori
+        if self.moe is None:
+            raise EvaluationInputError(f"feature set {name!r} needs the HDM/ATMoE branch, which this model lacks: use 'ori'")
+        return self.moe if name == "moe" else torch.cat([self.ori, self.moe], dim=1)
+
+    def __len__(self) -> int:
+        return len(self.pids)
+
+
+def _unwrap(model, accelerator):
+    return accelerator.unwrap_model(model) if accelerator is not None else getattr(model, "module", model)
+
+
+@torch.no_grad()
+def extract_features(
+    model,
+    dataset_split,
+    batch_size: int = 64,
+    modality_mask=None,
+    accelerator=None,
+    collator=None,
+    num_workers: int = 0,
+    progress: bool = True,
+    desc: str = "features",
+) -> ExtractedFeatures:
+    """Run the model over a split and collect ``ori`` / ``moe`` features, ids and expert weights.
+
+    ``modality_mask`` (setting name or 3 bools) marks modalities missing for every row. With an
+    ``accelerate.Accelerator`` each process embeds its shard and the results are gathered
+    (``gather_for_metrics`` drops the padding duplicates), so every process returns the whole split.
+    """
+    base = _unwrap(model, accelerator)
+    config = base.config
+    check_split(dataset_split, desc, getattr(config, "num_cameras", 0))
+    mask = modality_mask_for(modality_mask)
+    if collator is None:
+        collator = ReIDCollator(image_size=tuple(config.image_size), train=False)
+    columns = [c for c in ("rgb", "nir", "tir", "pid", "camid", "sceneid") if c in dataset_split.column_names]
+    loader = DataLoader(dataset_split.select_columns(columns), batch_size=batch_size, shuffle=False,
+                        collate_fn=collator, num_workers=num_workers)
+    device = accelerator.device if accelerator is not None else next(base.parameters()).device
+    if accelerator is not None:
+        loader = accelerator.prepare_data_loader(loader)
+    main = accelerator is None or accelerator.is_local_main_process
+    was_training = model.training
+    model.eval()
+    parts: dict[str, list] = {"ori": [], "moe": [], "weights": [], "pids": [], "camids": [], "sceneids": []}
+    try:
+        for batch in tqdm(loader, desc=desc, disable=not (progress and main), unit="batch"):
+            pixel_values = batch["pixel_values"].to(device)
+            camera_ids = batch["camera_ids"].to(device) if config.num_cameras > 0 else None
+            batch_mask = mask.to(device).expand(pixel_values.shape[0], 3) if mask is not None else None
+            out = model(pixel_values=pixel_values, camera_ids=camera_ids, modality_mask=batch_mask)
+            item = {
+                "ori": out.ori_embeddings.float(),
+                "pids": batch["pids"].to(device),
+                "camids": batch["camera_ids"].to(device),
+                "sceneids": batch["sceneids"].to(device) if "sceneids" in batch else torch.full_like(batch["pids"], -1).to(device),
+            }
+            if out.moe_embeddings is not None:
+                item["moe"] = out.moe_embeddings.float()
+            if out.expert_weights is not None:
+                item["weights"] = out.expert_weights.float()
+            if accelerator is not None:
+                item = accelerator.gather_for_metrics(item)
+            for key, value in item.items():
+                parts[key].append(value.cpu())
+    finally:
+        model.train(was_training)
+    cat = {k: torch.cat(v) if v else None for k, v in parts.items()}
+    return ExtractedFeatures(
+        ori=cat["ori"],
+        moe=cat["moe"],
+        pids=cat["pids"].numpy(),
+        camids=cat["camids"].numpy(),
+        sceneids=cat["sceneids"].numpy(),
+        expert_weights=cat["weights"],
+    )
+
+
+# ----------------------------------------------------------------------------------------- metrics
+def check_feature_names(feature_names: Sequence[str]) -> tuple[str, ...]:
+    names = (feature_names,) if isinstance(feature_names, str) else tuple(feature_names)
+    unknown = [n for n in names if n not in FEATURE_NAMES]
+    if unknown or not names:
+        raise EvaluationInputError(f"unknown feature set {unknown[0] if unknown else None!r}: use one or more of "
+                                   f"{', '.join(FEATURE_NAMES)}")
+    return names
+
+
+def compute_retrieval_metrics(
+    query: ExtractedFeatures,
+    gallery: ExtractedFeatures,
+    feature_names: Sequence[str] = FEATURE_NAMES,
+    distance: str = "euclidean",
+    rerank: bool = False,
+    rerank_params: Optional[dict] = None,
+    protocol: str = "auto",
+    max_rank: int = 50,
+) -> dict:
+    """Pure function from extracted features to ``{feature_name: metrics}`` (percent, as the papers print).
+
+    Each entry has mAP, Rank-1/5/10, mINP, the CMC curve, ``num_valid_queries`` and ``protocol``.
+    Feature names the model cannot produce (``moe``/``all`` without HDM) are skipped.
+    """
+    feature_names = check_feature_names(feature_names)
+    if distance not in DISTANCE_METRICS:
+        raise EvaluationInputError(f"unknown distance {distance!r}: use one of {', '.join(DISTANCE_METRICS)}")
+    if protocol == "auto":
+        protocol = choose_protocol(query.sceneids, gallery.sceneids)
+    if protocol not in ("camera", "scene"):
+        raise EvaluationInputError(f"protocol must be 'auto', 'camera' or 'scene', got {protocol!r}")
+    ids = dict(q_pids=query.pids, g_pids=gallery.pids, q_camids=query.camids, g_camids=gallery.camids)
+    if protocol == "scene":
+        ids.update(q_sceneids=query.sceneids, g_sceneids=gallery.sceneids)
+    results = {}
+    for name in feature_names:
+        if name not in query.available():
+            continue
+        qf, gf = query.get(name), gallery.get(name)
+        if rerank:
+            distmat = re_ranking(qf, gf, metric=distance, **(rerank_params or {}))
+            res = reid_metrics(distmat, max_rank=max_rank, **ids)
+        else:
+            res = reid_metrics_from_features(qf, gf, metric=distance, max_rank=max_rank, **ids)
+        entry = summarize(res)
+        entry.update(cmc=[100.0 * float(c) for c in res["cmc"]], num_valid_queries=int(res["num_valid_queries"]),
+                     protocol=res["protocol"])
+        results[name] = entry
+    if not results:
+        raise EvaluationInputError(f"none of the feature sets {list(feature_names)} is available; this model gives {query.available()}")
+    return results
+
+
+def _broadcast(obj, accelerator):
+    """Share the main process's result so every rank returns the same dict (the trainer may branch on it)."""
+    if accelerator is None or accelerator.num_processes == 1:
+        return obj
+    from accelerate.utils import broadcast_object_list
+
+    box = [obj]
+    broadcast_object_list(box, from_process=0)
+    return box[0]
+
+
+def evaluate_retrieval(
+    model,
+    query_split,
+    gallery_split,
+    batch_size: int = 64,
+    feature_names: Sequence[str] = FEATURE_NAMES,
+    distance: str = "euclidean",
+    rerank: bool = False,
+    modality_mask=None,
+    accelerator=None,
+    progress: bool = True,
+    rerank_params: Optional[dict] = None,
+    max_rank: int = 50,
+) -> dict:
+    """Extract query and gallery features and return ``{feature_name: metrics}`` (see :func:`compute_retrieval_metrics`).
+
+    Under several processes the metric is computed on the main process and broadcast.
+    """
+    feature_names = check_feature_names(feature_names)
+    query = extract_features(model, query_split, batch_size, modality_mask, accelerator, progress=progress, desc="query")
+    gallery = extract_features(model, gallery_split, batch_size, modality_mask, accelerator, progress=progress, desc="gallery")
+    result = None
+    if accelerator is None or accelerator.is_main_process:
+        result = compute_retrieval_metrics(query, gallery, feature_names, distance, rerank, rerank_params, max_rank=max_rank)
+    return _broadcast(result, accelerator)
+
+
+def missing_modality_sweep(
+    model,
+    query_split,
+    gallery_split,
+    batch_size: int = 64,
+    feature_names: Sequence[str] = FEATURE_NAMES,
+    settings: Sequence[str] = tuple(MISSING_SETTINGS),
+    distance: str = "euclidean",
+    rerank: bool = False,
+    accelerator=None,
+    progress: bool = True,
+    rerank_params: Optional[dict] = None,
+) -> dict:
+    """Paper Tables 3-4: metrics with each setting's modalities missing in query and gallery.
+
+    Returns ``{"settings": {setting: {feature: metrics}}, "average": {feature: {"mAP", "Rank-1"}} or None,
+    "expert_weights": {setting: mean (7,) query expert weights}}``; the average is given only when all six
+    settings were run, as in the paper.
+    """
+    out = {"settings": {}, "average": None, "expert_weights": {}}
+    for setting in settings:
+        mask = modality_mask_for(setting)
+        q = extract_features(model, query_split, batch_size, mask, accelerator, progress=progress, desc=f"query {setting}")
+        g = extract_features(model, gallery_split, batch_size, mask, accelerator, progress=progress, desc=f"gallery {setting}")
+        if accelerator is None or accelerator.is_main_process:
+            out["settings"][setting] = compute_retrieval_metrics(q, g, feature_names, distance, rerank, rerank_params)
+            if q.expert_weights is not None:
+                out["expert_weights"][setting] = q.expert_weights.mean(dim=(0, 1)).tolist()
+    if set(out["settings"]) == set(MISSING_SETTINGS):
+        names = next(iter(out["settings"].values())).keys()
+        out["average"] = {
+            n: {k: float(np.mean([out["settings"][s][n][k] for s in MISSING_SETTINGS])) for k in ("mAP", "Rank-1")}
+            for n in names
+        }
+    return _broadcast(out, accelerator)
+
+
+# ------------------------------------------------------------------------------------------ report
+def _fmt(v) -> str:
+    return f"{v:.1f}" if isinstance(v, (int, float)) else "-"
+
+
+def format_markdown(report: dict) -> str:
+    """The report as Markdown tables (printed by eval.py and written next to the JSON)."""
+    lines = [f"# Evaluation of `{report.get('model', '?')}`", ""]
+    lines.append(
+        f"Dataset `{report.get('dataset', '?')}`: {report.get('num_query', '?')} queries, "
+        f"{report.get('num_gallery', '?')} gallery; {report.get('protocol', '?')} protocol; "
+        f"{report.get('distance', 'euclidean')} distance{' + k-reciprocal re-ranking' if report.get('rerank') else ''}."
+    )
+    lines += ["", "## Retrieval (all modalities)", "", "| Features | mAP | Rank-1 | Rank-5 | Rank-10 | mINP |",
+              "|---|---|---|---|---|---|"]
+    for name, m in report["results"].items():
+        lines.append(f"| {name} | " + " | ".join(_fmt(m.get(k)) for k in ("mAP", "Rank-1", "Rank-5", "Rank-10", "mINP")) + " |")
+    sweep = report.get("missing_sweep")
+    if sweep and sweep["settings"]:
+        settings = list(sweep["settings"])
+        cols = [MISSING_LABELS[s] for s in settings] + (["Average"] if sweep.get("average") else [])
+        lines += ["", "## Missing modalities (paper Tables 3-4: the listed modalities are missing in query and gallery)", "",
+                  "| Features | " + " | ".join(f"{c} mAP | {c} R-1" for c in cols) + " |",
+                  "|---|" + "---|" * (2 * len(cols))]
+        for name in next(iter(sweep["settings"].values())):
+            cells = []
+            for s in settings:
+                cells += [_fmt(sweep["settings"][s][name]["mAP"]), _fmt(sweep["settings"][s][name]["Rank-1"])]
+            if sweep.get("average"):
+                cells += [_fmt(sweep["average"][name]["mAP"]), _fmt(sweep["average"][name]["Rank-1"])]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    cx = report.get("complexity")
+    if cx:
+        lines += ["", "## Complexity (paper Table 5)", "", "| Params (M) | MACs per triple (G) |", "|---|---|",
+                  f"| {cx['params'] / 1e6:.2f} | {cx['macs'] / 1e9:.3f} |"]
+    if report.get("figures"):
+        lines += ["", "## Figures", ""] + [f"- `{f}`" for f in report["figures"]]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: dict, output_dir: str | Path, stem: str = "eval_results") -> tuple[Path, Path]:
+    """Write ``<stem>.json`` and ``<stem>.md`` under ``output_dir``; returns both paths."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = output_dir / f"{stem}.json", output_dir / f"{stem}.md"
+    json_path.write_text(json.dumps(report, indent=2) + "\n")
+    md_path.write_text(format_markdown(report))
+    return json_path, md_path

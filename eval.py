@@ -1,0 +1,251 @@
+"""Evaluate a saved DeMo model on the query/gallery splits of a dataset built by data_scripts/build_dataset.py.
+
+    python eval.py --model outputs/demo-synthetic --dataset outputs/synthetic-rgbnt201
+    python eval.py --model DIR --dataset PATH --missing-sweep --visualize --output eval_out
+    torchrun --nproc_per_node 2 eval.py --model DIR --dataset PATH      # several processes
+
+Prints and writes (JSON + Markdown) mAP, Rank-1/5/10 and mINP per feature row (ori, moe, all),
+the missing-modality table of paper Tables 3-4, and parameters / MACs per triple (Table 5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+SUPPORTED_MODEL_TYPES = ("demo_reid",)
+
+
+class UsageError(Exception):
+    """Bad command-line input; printed as one line, exit status 2."""
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    from demo_reid.evaluation import FEATURE_NAMES, MISSING_SETTINGS
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="directory written by save_pretrained (train.py --output-dir)")
+    parser.add_argument("--dataset", required=True, help="DatasetDict with query and gallery splits (save_to_disk)")
+    parser.add_argument("--features", choices=FEATURE_NAMES, default=None,
+                        help="retrieval feature row; unset: all three rows (ori, moe, all)")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--missing", default=None,
+                       help=f"comma-separated missing-modality settings among {','.join(MISSING_SETTINGS)} "
+                            "(modalities missing in query and gallery)")
+    group.add_argument("--missing-sweep", action="store_true", help="all six settings and their average (paper Tables 3-4)")
+    parser.add_argument("--distance", choices=("euclidean", "cosine"), default="euclidean",
+                        help="euclidean on L2-normalised features (the original's default) or cosine")
+    parser.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking")
+    parser.add_argument("--rerank-k1", type=int, default=50)
+    parser.add_argument("--rerank-k2", type=int, default=15)
+    parser.add_argument("--rerank-lambda", type=float, default=0.3)
+    parser.add_argument("--max-rank", type=int, default=50, help="length of the CMC curve in the JSON")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
+    parser.add_argument("--output", default=None, help="output directory (default: <model>/eval)")
+    parser.add_argument("--visualize", action="store_true", help="write rank-list, expert-weight and feature-map PNGs")
+    parser.add_argument("--num-visualize", type=int, default=4, help="queries shown in the rank-list picture")
+    parser.add_argument("--no-complexity", action="store_true", help="skip the parameter / MAC count")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    args = parser.parse_args(argv)
+    if args.missing is not None:
+        settings = [s.strip().lower() for s in args.missing.split(",") if s.strip()]
+        bad = [s for s in settings if s not in MISSING_SETTINGS]
+        if bad or not settings:
+            raise UsageError(f"--missing {args.missing!r}: each setting must be one of {', '.join(MISSING_SETTINGS)} "
+                             "(e.g. --missing r,nt), or use --missing-sweep for all six")
+        args.missing = list(dict.fromkeys(settings))
+    elif args.missing_sweep:
+        args.missing = list(MISSING_SETTINGS)
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    return args
+
+
+def load_model(path: str):
+    """AutoModel with the checkpoint's remote code, after checking it is a DeMo checkpoint."""
+    from transformers import AutoModel
+
+    directory = Path(path).expanduser()
+    config_file = directory / "config.json"
+    if not config_file.is_file():
+        raise UsageError(f"--model {path}: no config.json there; pass a directory written by save_pretrained "
+                         "(e.g. the --output-dir of train.py)")
+    config = json.loads(config_file.read_text())
+    model_type = config.get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise UsageError(f"--model {path} is a {model_type!r} checkpoint, not a DeMo one (model_type 'demo_reid'); "
+                         "pass a directory saved from DeMoModel (train.py --output-dir)")
+    if "AutoModel" not in config.get("auto_map", {}):
+        raise UsageError(f"--model {path}: config.json has no auto_map for AutoModel; re-save it with "
+                         "DeMoModel.save_pretrained from this repository so the modeling code travels with it")
+    return AutoModel.from_pretrained(str(directory), trust_remote_code=True)
+
+
+def load_dataset(path: str):
+    from demo_reid.data import load_reid_dataset
+
+    if not Path(path).expanduser().exists():
+        raise UsageError(f"--dataset {path} does not exist; build one with data_scripts/build_dataset.py "
+                         "(or data_scripts/make_synthetic.py)")
+    try:
+        return load_reid_dataset(path, splits=("query", "gallery"))
+    except (ValueError, FileNotFoundError) as exc:
+        raise UsageError(f"--dataset: {exc}; eval.py needs query and gallery splits as written by "
+                         "data_scripts/build_dataset.py") from None
+    except IndexError:  # datasets cannot reload a split saved with 0 rows (it has no data file)
+        empty = [s for s in ("query", "gallery") if _has_no_data_files(Path(path).expanduser() / s)]
+        raise UsageError(f"the {' and '.join(empty) or 'query or gallery'} split is empty in --dataset {path}: "
+                         "rebuild the dataset with data_scripts/build_dataset.py or pass another --dataset") from None
+
+
+def _has_no_data_files(split_dir: Path) -> bool:
+    try:
+        return not json.loads((split_dir / "state.json").read_text()).get("_data_files")
+    except (OSError, ValueError):
+        return False
+
+
+def expert_names_of(model) -> tuple[str, ...]:
+    from demo_reid.visualize import DEFAULT_EXPERT_NAMES
+
+    return tuple(getattr(sys.modules.get(type(model).__module__), "EXPERT_NAMES", DEFAULT_EXPERT_NAMES))
+
+
+def complexity_of(model) -> dict:
+    from demo_reid.complexity import count_macs, count_trainable_parameters
+
+    return {"params": int(count_trainable_parameters(model)), "macs": int(count_macs(model)),
+            "image_size": list(model.config.image_size)}
+
+
+def write_figures(args, model, dsdict, query, gallery, sweep, out_dir: Path, feature_name: str) -> list[str]:
+    """Rank lists, expert weights (per query and per missing setting) and the PCA feature map."""
+    import torch
+
+    from demo_reid.evaluation import MISSING_LABELS, MISSING_SETTINGS, choose_protocol, extract_features
+    from demo_reid.visualize import (plot_expert_weights, plot_expert_weights_by_setting, plot_feature_scatter,
+                                     rank_list_for_queries, write_rank_lists)
+
+    scene = choose_protocol(query.sceneids, gallery.sceneids) == "scene"
+    q_groups, g_groups = (query.sceneids, gallery.sceneids) if scene else (query.camids, gallery.camids)
+    chosen, ranked, correct = rank_list_for_queries(
+        query.get(feature_name), gallery.get(feature_name), query.pids, gallery.pids, q_groups, g_groups,
+        num_queries=args.num_visualize, distance=args.distance)
+    height, width = model.config.image_size
+    cell = (96, max(24, round(96 * width / height)))
+    paths = [write_rank_lists(dsdict["query"], dsdict["gallery"], chosen, ranked, correct, out_dir / "rank_lists.png", cell)]
+
+    names = expert_names_of(model)
+    if query.expert_weights is not None:
+        n = min(len(query), 24)
+        labels = [f"{i}:{query.pids[i]}" for i in range(n)]
+        paths.append(plot_expert_weights(query.expert_weights[:n], out_dir / "expert_weights.png", labels, names,
+                                         xlabel="query (index:pid)"))
+        by_setting = {"Full": query.expert_weights.mean(dim=(0, 1)).tolist()}
+        done = (sweep or {}).get("expert_weights", {})
+        for s in MISSING_SETTINGS:
+            if s not in done:  # only the query split is needed for the weights
+                q = extract_features(model, dsdict["query"], args.batch_size, s, progress=not args.no_progress,
+                                     desc=f"query {s} (weights)")
+                done = dict(done, **{s: q.expert_weights.mean(dim=(0, 1)).tolist()})
+            by_setting[MISSING_LABELS[s]] = done[s]
+        paths.append(plot_expert_weights_by_setting(by_setting, out_dir / "expert_weights_missing.png", names))
+    if list(dsdict["query"]["name"]) == list(dsdict["gallery"]["name"]):  # RGBNT201: query and gallery are one set
+        feats, pids, is_query = gallery.get(feature_name), list(gallery.pids), None
+    else:
+        feats = torch.cat([query.get(feature_name), gallery.get(feature_name)])
+        pids = list(query.pids) + list(gallery.pids)
+        is_query = [True] * len(query) + [False] * len(gallery)
+    paths.append(plot_feature_scatter(feats, pids, out_dir / "feature_scatter.png", is_query,
+                                      title=f"'{feature_name}' features (PCA), coloured by identity"))
+    return [str(p) for p in paths]
+
+
+def _distributed_without_gpu() -> bool:
+    """torchrun / accelerate launch on a machine without CUDA: accelerate needs cpu=True to use gloo,
+    otherwise every process silently runs alone."""
+    import torch
+
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 or os.environ.get("LOCAL_RANK") is not None
+    return launched and not torch.cuda.is_available()
+
+
+def run(args) -> dict:
+    from accelerate import Accelerator
+
+    from demo_reid.evaluation import (EvaluationInputError, check_split, choose_protocol, compute_retrieval_metrics,
+                                      extract_features, format_markdown, missing_modality_sweep, write_report)
+
+    if args.no_progress:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    accelerator = Accelerator(cpu=_distributed_without_gpu())
+    dsdict = load_dataset(args.dataset)  # cheap checks first
+    model = load_model(args.model)
+    for split in ("query", "gallery"):
+        check_split(dsdict[split], split, model.config.num_cameras)
+    model.to(accelerator.device).eval()
+    feature_names = (args.features,) if args.features else ("ori", "moe", "all")
+    rerank_params = dict(k1=args.rerank_k1, k2=args.rerank_k2, lambda_value=args.rerank_lambda)
+    progress = not args.no_progress
+
+    query = extract_features(model, dsdict["query"], args.batch_size, None, accelerator, num_workers=args.num_workers,
+                             progress=progress, desc="query")
+    gallery = extract_features(model, dsdict["gallery"], args.batch_size, None, accelerator,
+                               num_workers=args.num_workers, progress=progress, desc="gallery")
+    if args.features and args.features not in query.available():
+        raise EvaluationInputError(f"--features {args.features} needs the HDM/ATMoE branch, which this model lacks; "
+                                   "use --features ori")
+    sweep = None
+    if args.missing:
+        sweep = missing_modality_sweep(model, dsdict["query"], dsdict["gallery"], args.batch_size, feature_names,
+                                       args.missing, args.distance, args.rerank, accelerator, progress, rerank_params)
+    if not accelerator.is_main_process:
+        return {}
+
+    results = compute_retrieval_metrics(query, gallery, feature_names, args.distance, args.rerank, rerank_params,
+                                        max_rank=args.max_rank)
+    out_dir = Path(args.output) if args.output else Path(args.model) / "eval"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = {
+        "model": str(args.model),
+        "dataset": str(args.dataset),
+        "num_query": len(query),
+        "num_gallery": len(gallery),
+        "protocol": choose_protocol(query.sceneids, gallery.sceneids),
+        "distance": args.distance,
+        "rerank": rerank_params if args.rerank else False,
+        "num_processes": accelerator.num_processes,
+        "results": results,
+        "missing_sweep": sweep,
+        "complexity": None if args.no_complexity else complexity_of(accelerator.unwrap_model(model)),
+    }
+    if args.visualize:
+        shown = args.features or ("all" if "all" in query.available() else "ori")
+        report["figures"] = write_figures(args, model, dsdict, query, gallery, sweep, out_dir, shown)
+    json_path, md_path = write_report(report, out_dir)
+    print(format_markdown(report))
+    print(f"wrote {json_path} and {md_path}")
+    return report
+
+
+def main(argv=None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from demo_reid.evaluation import EvaluationInputError
+
+    try:
+        run(parse_args(argv))
+    except (UsageError, EvaluationInputError) as exc:
+        print(f"eval.py: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

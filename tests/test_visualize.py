@@ -1,0 +1,96 @@
+"""Pictures: valid PNGs of the promised pixel size, frames coloured by correctness, sane rank lists."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from demo_reid import visualize as vis
+from demo_reid.metrics import reid_metrics
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def open_png(path):
+    with open(path, "rb") as fh:
+        assert fh.read(8) == PNG_MAGIC
+    img = Image.open(path)
+    img.verify()  # raises on a truncated/corrupt file
+    return Image.open(path)
+
+
+def solid(color, size=(16, 32)):
+    return Image.new("RGB", size, color)
+
+
+def test_rank_list_size_and_frame_colours(tmp_path):
+    cell_h, cell_w, topk = 40, 20, 3
+    queries = [[solid((0, 0, 255))] * 3, [solid((0, 0, 255))] * 3]
+    gallery = [[[solid((200, 200, 0))] * 3 for _ in range(topk)] for _ in range(2)]
+    correct = np.array([[True, False, False], [False, False, True]])
+    path = vis.draw_rank_lists(queries, gallery, correct, tmp_path / "r.png", cell_size=(cell_h, cell_w))
+    img = open_png(path).convert("RGB")
+    # Layout promised by the module: label column, query tile, gap, top-k tiles; 3 modality rows per block.
+    tile_w, tile_h = cell_w + 2 * vis.BORDER, cell_h + 2 * vis.BORDER
+    assert img.size == (vis.LABEL_WIDTH + tile_w * (1 + topk) + vis.QUERY_GAP,
+                        2 * (vis.HEADER_HEIGHT + 3 * tile_h) + vis.BLOCK_GAP)
+    for q in range(2):
+        for k in range(topk):
+            x = vis.LABEL_WIDTH + tile_w * (1 + k) + vis.QUERY_GAP + 1  # inside the frame
+            y = q * (vis.HEADER_HEIGHT + 3 * tile_h + vis.BLOCK_GAP) + vis.HEADER_HEIGHT + 1
+            r, g, _ = img.getpixel((x, y))
+            assert (g > r) == bool(correct[q, k]), (q, k, img.getpixel((x, y)))
+            # the image itself is pasted inside the frame
+            assert img.getpixel((x + vis.BORDER + 2, y + vis.BORDER + 2)) == (200, 200, 0)
+
+
+def test_rank_list_rejects_mismatched_inputs(tmp_path):
+    with pytest.raises(ValueError, match="correct has shape"):
+        vis.draw_rank_lists([[solid(0)] * 3], [[[solid(0)] * 3]], np.ones((1, 2), bool), tmp_path / "x.png")
+
+
+def test_expert_weight_pictures(tmp_path):
+    rng = np.random.default_rng(0)
+    w = rng.dirichlet(np.ones(7), size=(5, 2))  # (N, heads, 7)
+    p1 = vis.plot_expert_weights(w, tmp_path / "w.png", labels=list("abcde"), figsize=(10, 4), dpi=100)
+    assert open_png(p1).size == (1000, 400)
+    p2 = vis.plot_expert_weights_by_setting({"Full": w.mean((0, 1)), "M (RGB)": w[0, 0]}, tmp_path / "s.png",
+                                            figsize=(8, 4), dpi=50)
+    assert open_png(p2).size == (400, 200)
+    with pytest.raises(ValueError, match="weights must be"):
+        vis.plot_expert_weights(np.ones((3, 5)), tmp_path / "bad.png")
+
+
+def test_pca_separates_clusters_and_scatter_png(tmp_path):
+    rng = np.random.default_rng(0)
+    direction = rng.normal(size=16)
+    a = direction + 0.05 * rng.normal(size=(10, 16))
+    b = -direction + 0.05 * rng.normal(size=(10, 16))
+    xy = vis.pca_2d(np.concatenate([a, b]))
+    assert xy.shape == (20, 2)
+    assert len(set(np.sign(xy[:10, 0]))) == 1 and len(set(np.sign(xy[10:, 0]))) == 1  # each cluster on one side
+    assert np.sign(xy[0, 0]) != np.sign(xy[10, 0])
+    pids = [1] * 10 + [2] * 10
+    path = vis.plot_feature_scatter(np.concatenate([a, b]), pids, tmp_path / "f.png", is_query=[True, False] * 10,
+                                    figsize=(6, 5), dpi=80)
+    assert open_png(path).size == (480, 400)
+
+
+def test_rank_list_selection_agrees_with_metric():
+    rng = np.random.default_rng(1)
+    qf, gf = rng.normal(size=(9, 8)), rng.normal(size=(30, 8))
+    q_pids, g_pids = rng.integers(0, 4, 9), rng.integers(0, 4, 30)
+    q_cams, g_cams = rng.integers(0, 2, 9), rng.integers(0, 2, 30)
+    chosen, ranked, correct = vis.rank_list_for_queries(qf, gf, q_pids, g_pids, q_cams, g_cams, num_queries=3, topk=10)
+    assert len(chosen) == 3 and ranked.shape == correct.shape == (3, 10)
+    for row, q in enumerate(chosen):
+        # no junk (same pid and same camera) is shown, and flags are identity matches
+        assert not ((g_pids[ranked[row]] == q_pids[q]) & (g_cams[ranked[row]] == q_cams[q])).any()
+        np.testing.assert_array_equal(correct[row], g_pids[ranked[row]] == q_pids[q])
+        # the first green frame sits where the metric puts the first true match
+        from demo_reid.metrics import compute_distance_matrix
+
+        res = reid_metrics(compute_distance_matrix(qf[q : q + 1], gf), q_pids[q : q + 1], g_pids, q_cams[q : q + 1],
+                           g_cams, max_rank=10)
+        first = int(np.argmax(res["cmc"] > 0)) if res["cmc"].max() > 0 else None
+        if correct[row].any():
+            assert first == int(np.argmax(correct[row]))
