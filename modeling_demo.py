@@ -282,6 +282,14 @@ class DeMoPreTrainedModel(PreTrainedModel):
                 init.zeros_(module.num_batches_tracked)
         elif isinstance(module, nn.Linear) and getattr(module, "is_classifier", False):
             init.normal_(module.weight, std=0.001)
+        elif isinstance(module, nn.Linear) and getattr(module, "torch_default_init", False):
+            # PyTorch's own Linear init, as in the original's ATMoE gate. With HF's normal(0.02) the gate's bilinear
+            # q.k gradient starts below Adam's L2 weight-decay pull and the gate decays to uniform weights (seen on
+            # the synthetic set); the other new layers keep normal(0.02), which trained better there.
+            init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+            if module.bias is not None:
+                bound = module.in_features**-0.5
+                init.uniform_(module.bias, -bound, bound)
         else:
             super()._init_weights(module)
 
@@ -301,6 +309,11 @@ class DeMoModel(DeMoPreTrainedModel):
             self.decoupling = DeMoHierarchicalDecoupling(dim, config.hdm_dropout)
         if config.use_atmoe:
             self.mixture_of_experts = DeMoMixtureOfExperts(dim, config.atmoe_heads, config.gating)
+
+        if config.use_atmoe:
+            for layer in self.mixture_of_experts.gate.modules():
+                if isinstance(layer, nn.Linear):
+                    layer.torch_default_init = True
 
         head_dims = {"ori": 3 * dim} if config.direct_classifier else {m: dim for m in MODALITIES}
         if config.use_hdm:

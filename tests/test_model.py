@@ -282,3 +282,16 @@ def test_from_vision_pretrained_rejects_mismatched_config(tmp_path):
     config = tiny_demo_config(vision_overrides=dict(num_hidden_layers=3))
     with pytest.raises(ValueError, match="num_hidden_layers"):
         DeMoModel.from_vision_pretrained(path, config=config)
+
+
+def test_atmoe_gate_uses_pytorch_default_linear_init():
+    # With HF's normal(0.02) the gate decays to uniform weights under Adam + L2 weight decay (see _init_weights);
+    # PyTorch's default kaiming-uniform(a=sqrt(5)) has std 1 / sqrt(3 * fan_in).
+    torch.manual_seed(0)
+    config = tiny_demo_config(vision_overrides=dict(projection_dim=256))
+    gate = DeMoModel(config).mixture_of_experts.gate
+    for layer, fan_in in ((gate.q_proj, 256), (gate.k_proj, 256), (gate.reduction, 7 * 256)):
+        assert layer.weight.std().item() == pytest.approx((3 * fan_in) ** -0.5, rel=0.05)
+        assert layer.weight.abs().max().item() <= fan_in**-0.5
+    assert gate.reduction.bias.abs().max().item() <= (7 * 256) ** -0.5
+    assert gate.reduction.bias.abs().max().item() > 0
