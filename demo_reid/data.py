@@ -2,7 +2,7 @@
 
 Why a separate layer: the same code must serve ``dataset.with_transform(...)`` (notebooks,
 evaluation) and a torch ``DataLoader`` collate function with worker processes (training),
-and must produce exactly the batch format fixed in ``docs/CONTRACT.md``.  Training
+and must produce exactly the batch format fixed in ``docs/interfaces.md``.  Training
 augmentation (flip, pad-crop, random erasing) runs on the tensors after collation and lives
 with the trainer.
 

@@ -1,4 +1,4 @@
-"""Rows -> batches in the CONTRACT.md format, through with_transform and a DataLoader with workers."""
+"""Rows -> batches in the docs/interfaces.md format, through with_transform and a DataLoader with workers."""
 
 import numpy as np
 import pytest
