@@ -25,26 +25,18 @@ def tiny_vision_config(
     projection_dim: int = 64,
 ):
     """A few-thousand-parameter tower of the same architecture, for tests and the CPU demo run."""
+    shapes = dict(
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=num_attention_heads,
+        patch_size=patch_size,
+        image_size=image_size,
+    )
     if backbone_type == "clip":
-        return CLIPVisionConfig(
-            hidden_size=hidden_size,
-            intermediate_size=2 * hidden_size,
-            num_hidden_layers=num_hidden_layers,
-            num_attention_heads=num_attention_heads,
-            patch_size=patch_size,
-            image_size=image_size,
-            projection_dim=projection_dim,
-            hidden_act="quick_gelu",
-        )
+        return CLIPVisionConfig(**shapes, projection_dim=projection_dim, hidden_act="quick_gelu")
     if backbone_type == "vit":
-        return ViTConfig(
-            hidden_size=hidden_size,
-            intermediate_size=2 * hidden_size,
-            num_hidden_layers=num_hidden_layers,
-            num_attention_heads=num_attention_heads,
-            patch_size=patch_size,
-            image_size=image_size,
-        )
+        return ViTConfig(**shapes)
     raise ValueError(f"backbone_type must be 'clip' or 'vit', got {backbone_type!r}")
 
 
