@@ -10,6 +10,7 @@ VIT_B16_SHAPES = dict(
     hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, patch_size=16, image_size=224
 )
 INFERENCE_FEATURES = ("all", "ori", "moe")
+HEAD_INITS = ("pytorch", "normal")
 
 
 class DeMoConfig(PretrainedConfig):
@@ -45,6 +46,11 @@ class DeMoConfig(PretrainedConfig):
             Attention dropout of the HDM cross-attentions.
         inference_features (`str`, *optional*, defaults to `"all"`):
             Retrieval feature: `"ori"` = concat(f_R, f_N, f_T), `"moe"` = the ATMoE feature, `"all"` = both.
+        head_init (`str`, *optional*, defaults to `"pytorch"`):
+            Initialisation of the new head layers (PIFE, HDM attention, ATMoE gate and experts): `"pytorch"` =
+            PyTorch's module defaults, as the authors' code leaves them; `"normal"` = normal(0, initializer_range)
+            weights and zero biases, the usual HF init. The tower, HDM queries, BN-necks and classifiers are the same
+            under both.
         id_loss_weight, triplet_loss_weight, label_smoothing, triplet_margin:
             Loss recipe read by the trainer; `triplet_margin=None` selects the soft-margin triplet loss.
     """
@@ -68,6 +74,7 @@ class DeMoConfig(PretrainedConfig):
         direct_classifier=True,
         hdm_dropout=0.1,
         inference_features="all",
+        head_init="pytorch",
         id_loss_weight=0.25,
         triplet_loss_weight=1.0,
         label_smoothing=0.1,
@@ -110,6 +117,8 @@ class DeMoConfig(PretrainedConfig):
             raise ValueError(f"gating must be one of {GATING_TYPES}, got {gating!r}")
         if inference_features not in INFERENCE_FEATURES:
             raise ValueError(f"inference_features must be one of {INFERENCE_FEATURES}, got {inference_features!r}")
+        if head_init not in HEAD_INITS:
+            raise ValueError(f"head_init must be one of {HEAD_INITS}, got {head_init!r}")
         if use_atmoe and not use_hdm:
             raise ValueError("use_atmoe=True needs use_hdm=True: the experts are the HDM's decoupled features")
         if num_cameras < 0:
@@ -125,6 +134,7 @@ class DeMoConfig(PretrainedConfig):
         self.direct_classifier = bool(direct_classifier)
         self.hdm_dropout = float(hdm_dropout)
         self.inference_features = inference_features
+        self.head_init = head_init
         self.id_loss_weight = float(id_loss_weight)
         self.triplet_loss_weight = float(triplet_loss_weight)
         self.label_smoothing = float(label_smoothing)

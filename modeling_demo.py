@@ -56,6 +56,14 @@ class DeMoModelOutput(ModelOutput):
     expert_weights: torch.FloatTensor | None = None
 
 
+class DeMoLinear(nn.Linear):
+    """A Linear layer of the new (not pretrained) head modules.
+
+    Its own class so that `_init_weights` can start it as the authors' code does (PyTorch's Linear default) while
+    the tower's Linear layers keep the HF CLIP / ViT initialisation.
+    """
+
+
 class QuickGELU(nn.Module):
     """The GELU approximation CLIP was trained with: x * sigmoid(1.702 x)."""
 
@@ -139,7 +147,7 @@ class DeMoPatchIntegration(nn.Module):
     def __init__(self, dim: int):
         super().__init__()
         self.norm = nn.LayerNorm(2 * dim)
-        self.dense = nn.Linear(2 * dim, dim)
+        self.dense = DeMoLinear(2 * dim, dim)
         self.act = QuickGELU()
 
     def forward(self, cls_token: torch.Tensor, patch_tokens: torch.Tensor) -> torch.Tensor:
@@ -177,7 +185,7 @@ class DeMoExpert(nn.Module):
 
     def __init__(self, dim: int):
         super().__init__()
-        self.dense = nn.Linear(dim, dim)
+        self.dense = DeMoLinear(dim, dim)
         self.act = QuickGELU()
         self.norm = nn.BatchNorm1d(dim)
 
@@ -192,11 +200,11 @@ class DeMoAttentionGate(nn.Module):
         super().__init__()
         self.num_heads = num_heads
         self.scale = (dim // num_heads) ** -0.5
-        self.reduction = nn.Linear(num_experts * dim, dim)
+        self.reduction = DeMoLinear(num_experts * dim, dim)
         self.reduction_act = QuickGELU()
         self.reduction_norm = nn.BatchNorm1d(dim)
-        self.q_proj = nn.Linear(dim, dim, bias=False)
-        self.k_proj = nn.Linear(dim, dim, bias=False)
+        self.q_proj = DeMoLinear(dim, dim, bias=False)
+        self.k_proj = DeMoLinear(dim, dim, bias=False)
 
     def forward(self, decoupled: torch.Tensor) -> torch.Tensor:
         """`decoupled` (B, 7, C) -> weights (B, heads, 7), summing to 1 over the experts."""
@@ -214,7 +222,7 @@ class DeMoSimpleGate(nn.Module):
     def __init__(self, dim: int, num_heads: int):
         super().__init__()
         self.num_heads = num_heads
-        self.score = nn.Linear(dim, 1)
+        self.score = DeMoLinear(dim, 1)
 
     def forward(self, decoupled: torch.Tensor) -> torch.Tensor:
         weights = self.score(decoupled).squeeze(-1).softmax(dim=-1)
@@ -252,6 +260,21 @@ class DeMoMixtureOfExperts(nn.Module):
         return feature, weights
 
 
+class DeMoBNNeck(nn.BatchNorm1d):
+    """BN-neck of the strong ReID baseline: BatchNorm with a frozen (zero) bias before the identity classifier."""
+
+    def __init__(self, dim: int):
+        super().__init__(dim)
+        self.bias.requires_grad_(False)
+
+
+class DeMoIdentityClassifier(nn.Linear):
+    """Bias-free identity classifier after a BN-neck; initialised with normal(0, 0.001) as in the original."""
+
+    def __init__(self, dim: int, num_labels: int):
+        super().__init__(dim, num_labels, bias=False)
+
+
 class DeMoPreTrainedModel(PreTrainedModel):
     config_class = DeMoConfig
     config: DeMoConfig
@@ -265,33 +288,44 @@ class DeMoPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module):
+        """Chosen per module class: the tower as HF initialises CLIP / ViT; the new head layers (`DeMoLinear`, the
+        HDM's `nn.MultiheadAttention`) per `config.head_init`, by default PyTorch's module defaults as in the authors'
+        code; HDM queries normal(C^-0.5); BN-necks (1, 0); classifiers normal(0, 0.001)."""
         std = self.config.initializer_range
+        torch_defaults = self.config.head_init == "pytorch"
         if isinstance(module, DeMoVisionEmbeddings):
             init.normal_(module.class_embedding, std=module.hidden_size**-0.5)
             init.normal_(module.position_embedding, std=std)
             if module.camera_embedding is not None:
                 init.trunc_normal_(module.camera_embedding, std=0.02)
+        elif isinstance(module, DeMoIdentityClassifier):
+            init.normal_(module.weight, std=0.001)
+        elif isinstance(module, DeMoLinear):
+            _init_new_linear(module, torch_defaults, std)
+        elif isinstance(module, nn.MultiheadAttention):
+            # PyTorch's own MultiheadAttention init (xavier in-projection, zero biases); its out-projection is a
+            # Linear, initialised like the other new Linear layers (the child was visited first, with HF's default).
+            init.xavier_uniform_(module.in_proj_weight)
+            init.zeros_(module.in_proj_bias)
+            _init_new_linear(module.out_proj, torch_defaults, std)
+            init.zeros_(module.out_proj.bias)
         elif isinstance(module, DeMoHierarchicalDecoupling):
             init.normal_(module.queries, std=module.queries.shape[-1] ** -0.5)
-        elif isinstance(module, nn.BatchNorm1d):
-            init.ones_(module.weight)
-            init.zeros_(module.bias)
-            if getattr(module, "running_mean", None) is not None:
-                init.zeros_(module.running_mean)
-                init.ones_(module.running_var)
-                init.zeros_(module.num_batches_tracked)
-        elif isinstance(module, nn.Linear) and getattr(module, "is_classifier", False):
-            init.normal_(module.weight, std=0.001)
-        elif isinstance(module, nn.Linear) and getattr(module, "torch_default_init", False):
-            # PyTorch's own Linear init, as in the original's ATMoE gate. With HF's normal(0.02) the gate's bilinear
-            # q.k gradient starts below Adam's L2 weight-decay pull and the gate decays to uniform weights (seen on
-            # the synthetic set); the other new layers keep normal(0.02), which trained better there.
-            init.kaiming_uniform_(module.weight, a=math.sqrt(5))
-            if module.bias is not None:
-                bound = module.in_features**-0.5
-                init.uniform_(module.bias, -bound, bound)
         else:
             super()._init_weights(module)
+
+
+def _init_new_linear(layer: nn.Linear, torch_defaults: bool, std: float) -> None:
+    """PyTorch's Linear default (kaiming-uniform(a=sqrt(5)) weight, uniform(+-1/sqrt(fan_in)) bias) or normal(std)."""
+    if torch_defaults:
+        init.kaiming_uniform_(layer.weight, a=math.sqrt(5))
+        if layer.bias is not None:
+            bound = layer.in_features**-0.5
+            init.uniform_(layer.bias, -bound, bound)
+    else:
+        init.normal_(layer.weight, std=std)
+        if layer.bias is not None:
+            init.zeros_(layer.bias)
 
 
 class DeMoModel(DeMoPreTrainedModel):
@@ -310,34 +344,40 @@ class DeMoModel(DeMoPreTrainedModel):
         if config.use_atmoe:
             self.mixture_of_experts = DeMoMixtureOfExperts(dim, config.atmoe_heads, config.gating)
 
-        if config.use_atmoe:
-            for layer in self.mixture_of_experts.gate.modules():
-                if isinstance(layer, nn.Linear):
-                    layer.torch_default_init = True
 
         head_dims = {"ori": 3 * dim} if config.direct_classifier else {m: dim for m in MODALITIES}
         if config.use_hdm:
             simple_add = config.use_atmoe and config.gating == "simple_add"
             head_dims["moe"] = dim if simple_add else len(EXPERT_COMBINATIONS) * dim
-        # BN-neck (bias frozen, as in the strong ReID baseline) + bias-free classifier per supervised feature.
-        self.bnnecks = nn.ModuleDict({name: nn.BatchNorm1d(d) for name, d in head_dims.items()})
-        for bnneck in self.bnnecks.values():
-            bnneck.bias.requires_grad_(False)
+        # BN-neck + bias-free classifier per supervised feature.
+        self.bnnecks = nn.ModuleDict({name: DeMoBNNeck(d) for name, d in head_dims.items()})
         self.classifiers = nn.ModuleDict(
-            {name: nn.Linear(d, config.num_labels, bias=False) for name, d in head_dims.items()}
+            {name: DeMoIdentityClassifier(d, config.num_labels) for name, d in head_dims.items()}
         )
-        for classifier in self.classifiers.values():
-            classifier.is_classifier = True
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
         return self.vision_tower.embeddings.patch_embedding
 
     def _check_inputs(self, pixel_values, camera_ids, modality_mask):
+        """Reject inputs the model cannot use, each with an error naming the argument and what was expected."""
         height, width = self.config.image_size
         expected = f"(batch, 3, 3, {height}, {width}) for the RGB, NIR and TIR images"
+        for name, value in (("pixel_values", pixel_values), ("camera_ids", camera_ids), ("modality_mask", modality_mask)):
+            if value is not None and not isinstance(value, torch.Tensor):
+                raise TypeError(
+                    f"{name} must be a torch.Tensor, got {type(value).__module__}.{type(value).__name__}; "
+                    "convert it with torch.as_tensor(...)"
+                )
+        if not pixel_values.is_floating_point():
+            raise TypeError(
+                f"pixel_values has dtype {pixel_values.dtype}; expected floating-point images normalised with "
+                "mean = std = 0.5, i.e. (uint8 / 255 - 0.5) / 0.5"
+            )
         if pixel_values.dim() != 5 or pixel_values.shape[1:3] != (3, 3):
             raise ValueError(f"pixel_values must have shape {expected}, got {tuple(pixel_values.shape)}")
+        if pixel_values.shape[0] == 0:
+            raise ValueError(f"pixel_values is an empty batch (shape {tuple(pixel_values.shape)}); pass at least one triple")
         if tuple(pixel_values.shape[-2:]) != (height, width):
             raise ValueError(
                 f"pixel_values has image size {tuple(pixel_values.shape[-2:])}, but the model was configured for "
@@ -345,6 +385,8 @@ class DeMoModel(DeMoPreTrainedModel):
             )
         batch = pixel_values.shape[0]
         if camera_ids is not None:
+            if camera_ids.is_floating_point() or camera_ids.is_complex() or camera_ids.dtype == torch.bool:
+                raise TypeError(f"camera_ids must be an integer tensor (torch.long), got dtype {camera_ids.dtype}")
             if camera_ids.shape != (batch,):
                 raise ValueError(f"camera_ids must have shape ({batch},), got {tuple(camera_ids.shape)}")
             if self.config.num_cameras == 0:
@@ -354,15 +396,19 @@ class DeMoModel(DeMoPreTrainedModel):
                     f"camera_ids must be in [0, {self.config.num_cameras}) (num_cameras={self.config.num_cameras}), "
                     f"got values {sorted(set(camera_ids.tolist()))}"
                 )
-        if modality_mask is not None and modality_mask.shape != (batch, 3):
-            raise ValueError(f"modality_mask must have shape ({batch}, 3) (RGB, NIR, TIR), got {tuple(modality_mask.shape)}")
+        if modality_mask is not None:
+            if modality_mask.is_floating_point():
+                raise TypeError(f"modality_mask must be a bool tensor (True = present), got dtype {modality_mask.dtype}")
+            if modality_mask.shape != (batch, 3):
+                raise ValueError(
+                    f"modality_mask must have shape ({batch}, 3) (RGB, NIR, TIR), got {tuple(modality_mask.shape)}"
+                )
 
     def forward(
         self,
         pixel_values: torch.Tensor,
         camera_ids: torch.Tensor | None = None,
         modality_mask: torch.Tensor | None = None,
-        **kwargs,
     ) -> DeMoModelOutput:
         r"""
         Args:

@@ -1,11 +1,9 @@
 #!/usr/bin/env python
-"""Train DeMo for multi-modal (RGB / NIR / TIR) object re-identification.
+"""Train DeMo for multi-modal (RGB / NIR / TIR) object re-identification (``python train.py --help``).
 
-    python train.py                                   # CPU demo: synthetic RGBNT201-layout set, tiny model
-    accelerate launch train.py --preset rgbnt201 --dataset data/rgbnt201 --backbone openai/clip-vit-base-patch16
-    torchrun --nproc_per_node 2 train.py --use-cpu ...   # 2 CPU processes (gloo)
-
-Options come from --preset, then --config FILE.yaml, then flags (highest). See docs/training.md.
+Bad input (unknown preset or backbone, missing dataset, incompatible flags, an output directory holding a previous
+run) is reported in one line naming the argument, with exit status 2, before anything is written.
+See docs/training.md.
 """
 
 from __future__ import annotations
@@ -21,29 +19,23 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run from a plain checkout too
 
 import torch  # noqa: E402
-from transformers import TrainerCallback, set_seed  # noqa: E402
-from transformers.trainer_utils import enable_full_determinism, get_last_checkpoint  # noqa: E402
+from transformers import set_seed  # noqa: E402
+from transformers.trainer_utils import enable_full_determinism  # noqa: E402
 
-from demo_reid.training_args import DeMoScriptArguments, DeMoTrainingArguments, parse_args  # noqa: E402
+from demo_reid.training_args import (  # noqa: E402
+    RANDOM_BACKBONES,
+    DeMoScriptArguments,
+    DeMoTrainingArguments,
+    parse_args,
+)
 
 logger = logging.getLogger("train")
 
 SYNTHETIC = {"layout": "RGBNT201", "seed": 0, "num_train_ids": 40, "num_test_ids": 20, "images_per_id": 12}
 
 
-class CrashAfterCheckpoint(TrainerCallback):
-    """Testing aid for resume: stop abruptly right after the checkpoint at ``step`` is written."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_save(self, args, state, control, **kwargs):
-        if state.global_step >= self.step:
-            raise SimulatedCrash(f"simulated crash after the checkpoint at step {state.global_step}")
-
-
-class SimulatedCrash(RuntimeError):
-    pass
+class UsageError(Exception):
+    """Bad command-line input; printed as one line, exit status 2."""
 
 
 def prepare_synthetic(path: str | Path, training_args: DeMoTrainingArguments) -> Path:
@@ -64,7 +56,7 @@ def prepare_synthetic(path: str | Path, training_args: DeMoTrainingArguments) ->
 
 
 def build_model(script_args: DeMoScriptArguments, num_labels: int, num_cameras: int):
-    """DeMoModel for ``--backbone``: tiny / clip-b16 / vit-b16 shapes from random init, or a pretrained tower."""
+    """DeMoModel for ``--backbone``: a pretrained CLIP / ViT tower, or a random-init tower asked for by name."""
     from configuration_demo import DeMoConfig
     from demo_reid.backbones import clip_vit_b16_vision_config, tiny_vision_config, vit_b16_vision_config
     from modeling_demo import DeMoModel
@@ -76,6 +68,8 @@ def build_model(script_args: DeMoScriptArguments, num_labels: int, num_cameras: 
         sie_coefficient=script_args.sie_coefficient,
         atmoe_heads=script_args.atmoe_heads,
         direct_classifier=script_args.direct_classifier,
+        hdm_dropout=script_args.hdm_dropout,
+        head_init=script_args.head_init,
         id_loss_weight=script_args.id_loss_weight,
         triplet_loss_weight=script_args.triplet_loss_weight,
         label_smoothing=script_args.label_smoothing,
@@ -93,41 +87,135 @@ def build_model(script_args: DeMoScriptArguments, num_labels: int, num_cameras: 
             projection_dim=script_args.tiny_hidden_size,
         )
         return DeMoModel(DeMoConfig(vision_config=vision, **common))
-    if backbone in ("clip-b16", "vit-b16"):
-        logger.warning("--backbone %s: random initialisation (shapes only); pass a checkpoint path for real runs",
-                       backbone)
-        vision = clip_vit_b16_vision_config() if backbone == "clip-b16" else vit_b16_vision_config()
+    if backbone in ("clip-b16-random", "vit-b16-random"):
+        logger.warning("--backbone %s: random initialisation of the ViT-B/16 shapes, not the papers' recipe", backbone)
+        vision = clip_vit_b16_vision_config() if backbone == "clip-b16-random" else vit_b16_vision_config()
         return DeMoModel(DeMoConfig(vision_config=vision, **common))
-    return DeMoModel.from_vision_pretrained(backbone, **common)
+    return load_pretrained_backbone(backbone, common)
+
+
+BACKBONE_HINT = ("point --backbone at a local directory holding a CLIP or ViT checkpoint (config.json + weights, "
+                 "e.g. saved with CLIPModel.save_pretrained), or name a random-init tower: " + ", ".join(RANDOM_BACKBONES))
+
+
+def check_backbone(backbone: str) -> None:
+    """Fail before anything is written when ``--backbone`` names no loadable CLIP / ViT checkpoint."""
+    if backbone in RANDOM_BACKBONES:
+        return
+    from transformers import AutoConfig
+
+    local = Path(backbone).expanduser()
+    if (backbone.startswith((".", "/", "~")) or local.exists()) and not (local / "config.json").is_file():
+        raise UsageError(f"--backbone {backbone}: no config.json in that directory; {BACKBONE_HINT}")
+    hub_logger = logging.getLogger("huggingface_hub")
+    level = hub_logger.level
+    hub_logger.setLevel(logging.ERROR)  # its retry warnings would bury the one-line error below
+    try:
+        config = AutoConfig.from_pretrained(str(local) if local.exists() else backbone)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"--backbone {backbone}: could not load it ({_first_line(exc)}); {BACKBONE_HINT}") from None
+    finally:
+        hub_logger.setLevel(level)
+    if config.model_type not in ("clip", "clip_vision_model", "vit"):
+        raise UsageError(f"--backbone {backbone} is a {config.model_type!r} checkpoint; expected CLIP or ViT")
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def load_pretrained_backbone(backbone: str, config_kwargs: dict):
+    """``DeMoModel.from_vision_pretrained`` with a one-line UsageError when the tower cannot be loaded."""
+    from modeling_demo import DeMoModel
+
+    local = Path(backbone).expanduser()
+    try:
+        return DeMoModel.from_vision_pretrained(str(local) if local.exists() else backbone, **config_kwargs)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"--backbone {backbone}: could not load the tower ({_first_line(exc)}); {BACKBONE_HINT}") from None
 
 
 def _num_cameras(dsdict) -> int:
     return 1 + max(max(dsdict[s]["camid"]) for s in ("train", "query", "gallery"))
 
 
+def resolve_resume(script_args: DeMoScriptArguments, training_args: DeMoTrainingArguments) -> str | None:
+    """Check the output directory against --resume / --resume-from-checkpoint / --overwrite-output-dir.
+
+    Returns the checkpoint to resume from (or None). Raises UsageError, before anything is written, when the
+    directory holds a previous run and none of those flags says what to do with it.
+    """
+    from demo_reid.checkpoints import (
+        find_resume_checkpoint,
+        incomplete_checkpoints,
+        is_complete_checkpoint,
+        previous_run_contents,
+    )
+
+    output_dir = Path(training_args.output_dir)
+    if training_args.resume_from_checkpoint:
+        checkpoint = Path(training_args.resume_from_checkpoint).expanduser()
+        if not is_complete_checkpoint(checkpoint):
+            raise UsageError(f"--resume-from-checkpoint {checkpoint}: not a complete checkpoint folder (expected "
+                             "trainer_state.json and model.safetensors in it, as train.py writes checkpoint-N)")
+        if script_args.resume:
+            raise UsageError("--resume and --resume-from-checkpoint exclude each other: give one")
+        return str(checkpoint)
+    if script_args.resume:
+        if script_args.overwrite_output_dir:
+            raise UsageError("--resume and --overwrite-output-dir exclude each other: give one")
+        for folder in incomplete_checkpoints(output_dir):
+            logger.warning("--resume: skipping %s, a checkpoint the previous run did not finish writing", folder)
+        checkpoint = find_resume_checkpoint(output_dir)
+        if checkpoint is None:
+            logger.warning("--resume: no complete checkpoint in %s; starting from scratch", output_dir)
+            return None
+        logger.warning("--resume: resuming from %s", checkpoint)
+        return str(checkpoint)
+    held = previous_run_contents(output_dir)
+    if held and not script_args.overwrite_output_dir:
+        raise UsageError(f"--output-dir {output_dir} already holds a previous run ({', '.join(held[:4])}); pass "
+                         "--resume to continue it, --overwrite-output-dir to replace it, or another --output-dir")
+    return None
+
+
 def main(argv: list[str] | None = None) -> dict:
-    script_args, training_args = parse_args(argv)
+    try:
+        script_args, training_args = parse_args(argv)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    resume = resolve_resume(script_args, training_args)
+    check_backbone(script_args.backbone)
     if training_args.deterministic:
         enable_full_determinism(training_args.seed)
     else:
         set_seed(training_args.seed)
 
+    from demo_reid.checkpoints import clear_previous_run
     from demo_reid.data import load_reid_dataset
     from demo_reid.trainer import DeMoTrainer, RunInfoCallback, collect_run_info
 
-    dataset_path = script_args.dataset or prepare_synthetic(script_args.synthetic_dir, training_args)
-    dsdict = load_reid_dataset(dataset_path)
+    if script_args.dataset:
+        try:
+            dsdict = load_reid_dataset(script_args.dataset)
+        except (ValueError, FileNotFoundError) as exc:
+            raise UsageError(f"--dataset: {exc}") from None
+        dataset_path = script_args.dataset
+    else:
+        dataset_path = prepare_synthetic(script_args.synthetic_dir, training_args)
+        dsdict = load_reid_dataset(dataset_path)
     num_labels = len(set(dsdict["train"]["label"]))
     model = build_model(script_args, num_labels, _num_cameras(dsdict))
+    if script_args.overwrite_output_dir and training_args.process_index == 0:
+        clear_previous_run(training_args.output_dir)
 
     if script_args.select_best_on_test:
         training_args.load_best_model_at_end = True
         training_args.metric_for_best_model = "mAP"
         training_args.greater_is_better = True
-        if training_args.save_strategy != training_args.eval_strategy:
-            raise ValueError("--select-best-on-test: --save-strategy must equal --eval-strategy")
 
     run_info = collect_run_info(
         {"script": asdict(script_args), "training": training_args.to_dict()},
@@ -135,25 +223,18 @@ def main(argv: list[str] | None = None) -> dict:
         world_size=training_args.world_size,
         dataset=str(dataset_path),
         synthetic=None if script_args.dataset else SYNTHETIC,
+        resumed_from=resume,
     )
-    callbacks = [RunInfoCallback(run_info)]
-    if script_args.crash_after_steps:
-        callbacks.append(CrashAfterCheckpoint(script_args.crash_after_steps))
     trainer = DeMoTrainer(
         model=model,
         args=training_args,
         train_dataset=dsdict["train"],
         query_dataset=dsdict["query"],
         gallery_dataset=dsdict["gallery"],
-        callbacks=callbacks,
+        callbacks=[RunInfoCallback(run_info)],
     )
     trainer.select_best_on_test = script_args.select_best_on_test
 
-    resume = None
-    if script_args.resume:
-        resume = get_last_checkpoint(training_args.output_dir)
-        if resume is None:
-            logger.warning("--resume: no checkpoint in %s, starting from scratch", training_args.output_dir)
     train_result = trainer.train(resume_from_checkpoint=resume)
 
     metrics = trainer.evaluate()
@@ -170,6 +251,7 @@ def main(argv: list[str] | None = None) -> dict:
         "world_size": training_args.world_size,
     }
     trainer.save_model(training_args.output_dir)  # save_pretrained: safetensors + remote code
+    trainer.save_state()  # trainer_state.json with the log history (losses and learning rates per logged step)
     if trainer.is_world_process_zero():
         out = Path(training_args.output_dir)
         (out / "final_metrics.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -201,6 +283,16 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
+def cli(argv: list[str] | None = None) -> int:
+    """``main`` with bad input reported as ``train.py: error: ...`` (one line) and exit status 2."""
+    try:
+        main(argv)
+    except UsageError as exc:
+        print(f"train.py: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    main()
+    sys.exit(cli())

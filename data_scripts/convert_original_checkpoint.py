@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from configuration_demo import DeMoConfig  # noqa: E402
-from modeling_demo import EXPERT_NAMES, MODALITIES, DeMoModel, resize_position_embedding  # noqa: E402
+from modeling_demo import EXPERT_NAMES, MODALITIES, DeMoModel  # noqa: E402
 
 TOWER = "BACKBONE.base."
 # Per-layer renames inside `transformer.resblocks.{i}.` (the fused qkv projection is split separately).
@@ -32,6 +32,10 @@ LAYER_RENAMES = {
     "ln_2.": "layer_norm2.",
 }
 ORIGINAL_MODALITY = {"rgb": "r", "nir": "n", "tir": "t"}
+# Training identities -> (dataset, input size) of the authors' configs; a checkpoint with one of these identity
+# counts and another --image-size is refused unless --force (RGBNT201 256x128 and the vehicle sets' 128x256 have
+# the same number of patch positions, so a swapped size would otherwise convert silently into a wrong model).
+KNOWN_DATASETS = {171: ("RGBNT201", (256, 128)), 50: ("RGBNT100", (128, 256)), 155: ("MSVR310", (128, 256))}
 
 
 class CheckpointFormatError(ValueError):
@@ -53,8 +57,34 @@ def load_original_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return {k[len("module.") :] if k.startswith("module.") else k: v for k, v in state.items()}
 
 
-def infer_config(state: dict[str, torch.Tensor], image_size: tuple[int, int]) -> DeMoConfig:
-    """Read the architecture from tensor shapes."""
+def check_image_size(state: dict[str, torch.Tensor], image_size: tuple[int, int], force: bool = False) -> None:
+    """Called after the checkpoint is known to be of the CLIP layout. Refuse an --image-size the checkpoint's position table cannot have been trained at, or (unless ``force``)
+    one that disagrees with the dataset its identity count names."""
+    conv = state[TOWER + "conv1.weight"]
+    patch = conv.shape[-1]
+    height, width = image_size
+    if height <= 0 or width <= 0 or height % patch or width % patch:
+        raise CheckpointFormatError(f"--image-size {height} {width}: both must be positive multiples of the patch "
+                                    f"size {patch}")
+    positions = state[TOWER + "positional_embedding"].shape[0] - 1
+    if positions != (height // patch) * (width // patch):
+        raise CheckpointFormatError(
+            f"--image-size {height} {width} gives {(height // patch) * (width // patch)} patch positions, but the "
+            f"checkpoint's position table has {positions}: pass the size it was trained at (256 128 for RGBNT201, "
+            "128 256 for RGBNT100 / MSVR310)"
+        )
+    classifier = state.get("classifier.weight", state.get("classifier_r.weight"))
+    known = KNOWN_DATASETS.get(classifier.shape[0]) if classifier is not None else None
+    if known and tuple(image_size) != known[1] and not force:
+        raise CheckpointFormatError(
+            f"--image-size {height} {width}: the checkpoint has {classifier.shape[0]} identities, as {known[0]}, "
+            f"whose models are trained at {known[1][0]} {known[1][1]}; pass --image-size {known[1][0]} {known[1][1]}, "
+            "or --force if it really was trained at this size"
+        )
+
+
+def infer_config(state: dict[str, torch.Tensor], image_size: tuple[int, int], force: bool = False) -> DeMoConfig:
+    """Read the architecture from tensor shapes (after checking --image-size against them)."""
     if TOWER + "conv1.weight" not in state:
         raise CheckpointFormatError(
             f"missing {TOWER}conv1.weight: only the CLIP-backbone checkpoints of the original code are supported"
@@ -76,6 +106,7 @@ def infer_config(state: dict[str, torch.Tensor], image_size: tuple[int, int]) ->
     direct = "classifier.weight" in state
     classifier = state["classifier.weight" if direct else "classifier_r.weight"]
     experts = {int(m.group(1)) for k in state if (m := re.match(r"generalFusion\.moe\.experts\.(\d+)\.", k))}
+    check_image_size(state, image_size, force)
     return DeMoConfig(
         vision_config=vision_config,
         image_size=image_size,
@@ -105,11 +136,7 @@ def convert_state_dict(state: dict[str, torch.Tensor], config: DeMoConfig) -> di
     emb = "vision_tower.embeddings."
     out[emb + "patch_embedding.weight"] = take(TOWER + "conv1.weight")
     out[emb + "class_embedding"] = take(TOWER + "class_embedding")
-    positions = take(TOWER + "positional_embedding")
-    rows, cols = config.patch_grid
-    if positions.shape[0] != 1 + rows * cols:
-        positions = resize_position_embedding(positions, (rows, cols))
-    out[emb + "position_embedding"] = positions
+    out[emb + "position_embedding"] = take(TOWER + "positional_embedding")  # sized by check_image_size
     if config.num_cameras:
         out[emb + "camera_embedding"] = take("BACKBONE.cv_embed").reshape(config.num_cameras, -1)
     take_prefix(TOWER + "ln_pre.", "vision_tower.pre_layernorm.")
@@ -159,9 +186,9 @@ def convert_state_dict(state: dict[str, torch.Tensor], config: DeMoConfig) -> di
     return out
 
 
-def convert_checkpoint(checkpoint: Path, image_size: tuple[int, int], output: Path) -> DeMoModel:
+def convert_checkpoint(checkpoint: Path, image_size: tuple[int, int], output: Path, force: bool = False) -> DeMoModel:
     state = load_original_state_dict(Path(checkpoint))
-    config = infer_config(state, image_size)
+    config = infer_config(state, image_size, force)
     converted = convert_state_dict(state, config)
     model = DeMoModel(config)
     missing, unexpected = model.load_state_dict(converted, strict=False)
@@ -191,9 +218,11 @@ def main(argv=None) -> None:
         help="input size the checkpoint was trained at (256 128 for RGBNT201, 128 256 for RGBNT100/MSVR310)",
     )
     parser.add_argument("--output", type=Path, required=True, help="directory to write (must not exist or be empty)")
+    parser.add_argument("--force", action="store_true",
+                        help="accept an --image-size other than the one of the dataset the identity count names")
     args = parser.parse_args(argv)
     try:
-        model = convert_checkpoint(args.checkpoint, tuple(args.image_size), args.output)
+        model = convert_checkpoint(args.checkpoint, tuple(args.image_size), args.output, args.force)
     except (CheckpointFormatError, FileExistsError) as error:
         parser.exit(2, f"error: {error}\n")
     config = model.config

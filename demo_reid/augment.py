@@ -1,7 +1,8 @@
 """Training augmentation on normalized batch tensors, reproducible per sample.
 
-The original pipeline per modality is Resize -> RandomHorizontalFlip(0.5) -> Pad(10, black) -> RandomCrop(H, W)
--> ToTensor -> Normalize(0.5, 0.5) -> RandomErasing(0.5, per-pixel normal noise, area 0.02-0.4, aspect 0.3-3.3).
+The original pipeline per modality image is Resize -> RandomHorizontalFlip(0.5) -> Pad(10, black) -> RandomCrop(H, W)
+-> ToTensor -> Normalize(0.5, 0.5) -> RandomErasing (probability 0.5, area ratio in [0.02, 1/3], aspect ratio in
+[0.3, 1/0.3] drawn log-uniformly, up to 10 attempts, fill drawn per pixel from N(0, 1) on the normalised image).
 Flip, pad and crop commute with the per-channel normalization, so the same result is obtained on the collated,
 normalized tensors (black = -1.0 after normalization with mean = std = 0.5), which lets the augmentation run on the
 training device.
@@ -10,8 +11,8 @@ Every random draw of a sample comes from a ``torch.Generator`` seeded with that 
 :func:`demo_reid.sampler.sample_seed`), on the CPU, so the result depends only on ``(seed, epoch, position)`` -- not on
 the device, the global RNG or the number of dataloader workers.
 
-By default the three images of a triple (aligned RGB / NIR / TIR sensors) share one flip / crop / erasing geometry;
-``independent_modalities=True`` reproduces the original, which draws them independently.
+By default each modality image draws its own flip, crop and erasing, as the original does (its transform runs once
+per image); ``independent_modalities=False`` gives the three aligned images of a triple one shared geometry.
 """
 
 from __future__ import annotations
@@ -44,10 +45,10 @@ class ReIDAugment(nn.Module):
         flip_prob: float = 0.5,
         padding: int = 10,
         erasing_prob: float = 0.5,
-        erasing_area: tuple[float, float] = (0.02, 0.4),
-        erasing_aspect: tuple[float, float] = (0.3, 3.3),
+        erasing_area: tuple[float, float] = (0.02, 1 / 3),
+        erasing_aspect: tuple[float, float] = (0.3, 1 / 0.3),
         pad_value: float = -1.0,
-        independent_modalities: bool = False,
+        independent_modalities: bool = True,
     ):
         super().__init__()
         for name, p in (("flip_prob", flip_prob), ("erasing_prob", erasing_prob)):

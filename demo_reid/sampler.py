@@ -1,13 +1,13 @@
 """P x K identity sampling for batch-hard triplet training, rank-aware, seeded by (seed, epoch).
 
-Why a batch sampler of our own: batch-hard mining needs every per-device batch to hold exactly P identities with K
-images each, and under N processes each rank must get its *own* complete P x K batch (accelerate's batch sharding
-would split or interleave batches). So :class:`PKBatchSampler` builds, for each step, one global draw of
-``N * P`` distinct identities and hands rank ``r`` the identities ``r * P .. r * P + P - 1``: ranks see different
-identities in the same step.
+Why a batch sampler of our own: batch-hard mining needs every batch to hold exactly P identities with K images
+each, and the number of processes must not change the math. So P x K is the *global* batch (the authors' 64 =
+8 x 8 on RGBNT201, whatever the number of GPUs): :class:`PKBatchSampler` draws P distinct identities per step and
+hands rank ``r`` of N the identities ``r * P/N .. (r + 1) * P/N - 1`` of that draw, all K images of an identity on
+one rank. Concatenating the ranks' batches in rank order gives exactly the single-process batch.
 
 Epoch length follows the original ``RandomIdentitySampler``: each identity is cut into ``max(n, K) // K`` chunks of K
-images (identities with fewer than K images are drawn with replacement), and an epoch has ``total_chunks // (N * P)``
+images (identities with fewer than K images are drawn with replacement), and an epoch has ``total_chunks // P``
 steps. It is fixed in advance (the Trainer needs ``len``) and at least large enough to visit every identity once,
 which the sampler guarantees. Identities are drawn with probability proportional to their remaining chunks; when
 an identity's chunks run out and it is drawn again, a fresh set of K images is drawn for it.
@@ -34,11 +34,11 @@ def _default_rank_world() -> tuple[int, int]:
 
 
 class PKBatchSampler(Sampler[list[int]]):
-    """Yields, for this rank, lists of ``num_identities * num_instances`` dataset indices (P ids x K images).
+    """Yields, for this rank, its share of each global P x K batch: ``P / N * K`` dataset indices.
 
     Args:
         labels: identity label of every dataset row (any hashable ints).
-        num_identities: P, identities per per-device batch.
+        num_identities: P, identities per global batch (must be divisible by the number of processes).
         num_instances: K, images per identity.
         seed: base seed; the draw for an epoch depends only on ``(seed, epoch)``.
         num_replicas / rank: process count and index (default: from ``torch.distributed``, else 1 / 0).
@@ -62,6 +62,11 @@ class PKBatchSampler(Sampler[list[int]]):
         rank = default_rank if rank is None else int(rank)
         if num_replicas < 1 or not 0 <= rank < num_replicas:
             raise ValueError(f"`rank` must be in [0, num_replicas), got rank={rank}, num_replicas={num_replicas}")
+        if int(num_identities) % num_replicas:
+            raise ValueError(
+                f"P = num_identities = {num_identities} identities per global batch cannot be split evenly over "
+                f"{num_replicas} processes: use a multiple of {num_replicas} (or another number of processes)"
+            )
         labels = np.asarray(list(labels))
         if labels.ndim != 1 or len(labels) == 0:
             raise ValueError("`labels` must be a non-empty 1-D sequence of identity labels")
@@ -76,18 +81,23 @@ class PKBatchSampler(Sampler[list[int]]):
         order = np.argsort(inverse, kind="stable")
         bounds = np.cumsum(np.bincount(inverse))
         self.index_lists = np.split(order, bounds[:-1])  # dataset rows of each identity, ascending
-        per_step = self.num_identities * self.num_replicas
+        per_step = self.num_identities
         if len(self.identities) < per_step:
             raise ValueError(
-                f"P x K sampling needs at least num_identities * num_replicas = {self.num_identities} * "
-                f"{self.num_replicas} = {per_step} identities, the dataset has {len(self.identities)}"
+                f"P x K sampling needs at least num_identities = {per_step} identities, "
+                f"the dataset has {len(self.identities)}"
             )
         self.chunk_counts = np.array([max(len(ix), self.num_instances) // self.num_instances for ix in self.index_lists])
         self.num_steps = max(int(self.chunk_counts.sum()) // per_step, math.ceil(len(self.identities) / per_step))
 
     @property
+    def identities_per_rank(self) -> int:
+        return self.num_identities // self.num_replicas
+
+    @property
     def batch_size(self) -> int:
-        return self.num_identities * self.num_instances
+        """This rank's batch: P / N identities x K images."""
+        return self.identities_per_rank * self.num_instances
 
     @property
     def sampler(self) -> PKBatchSampler:
@@ -122,7 +132,7 @@ class PKBatchSampler(Sampler[list[int]]):
         chunks = [self._draw_instances(i, gen) for i in range(n_ids)]
         remaining = torch.tensor([len(c) for c in chunks], dtype=torch.float64)
         unseen = torch.ones(n_ids, dtype=torch.bool)
-        per_step = self.num_identities * self.num_replicas
+        per_step = self.num_identities
         steps = []
         for s in range(self.num_steps):
             steps_left = self.num_steps - s
@@ -154,7 +164,7 @@ class PKBatchSampler(Sampler[list[int]]):
                 else:
                     batch_rows.append(self._draw_instances(ident, gen)[0])
                 unseen[ident] = False
-            p = self.num_identities
+            p = self.identities_per_rank
             steps.append([sum(batch_rows[r * p : (r + 1) * p], []) for r in range(self.num_replicas)])
         return steps
 

@@ -20,6 +20,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -29,9 +30,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from transformers import Trainer, TrainerCallback
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from .augment import ReIDAugment
+from .checkpoints import STAGING_DIR
 from .data import ReIDCollator
+from .distributed import all_gather_with_grad, convert_to_global_batchnorm
 from .losses import reid_loss
 from .sampler import PKBatchSampler, SeededBatchSampler
 from .scheduler import SCHEDULER_TYPES, DeMoCosineLR
@@ -42,13 +47,15 @@ __all__ = [
     "RunInfoCallback",
     "SeededCollator",
     "SeededDataset",
-    "all_gather_with_grad",
     "collect_run_info",
     "build_param_groups",
 ]
 
 TRAIN_COLUMNS = ("rgb", "nir", "tir", "pid", "label", "camid", "sceneid")
 TOWER_PREFIX = "vision_tower."
+# Parameters that live in the tower module but are new (not in the pretrained checkpoint): they train at the head
+# learning rate, as in the original, where only the pretrained CLIP parameters get the tower's rate.
+NEW_TOWER_PARAMETERS = ("vision_tower.embeddings.camera_embedding",)
 
 
 class SeededDataset(Dataset):
@@ -99,19 +106,6 @@ class EpochDataLoader(DataLoader):
             self.batch_sampler.set_epoch(epoch)
 
 
-def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``tensor`` from all processes (rank order); only this rank's slice carries gradient."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return tensor
-    world = torch.distributed.get_world_size()
-    if world == 1:
-        return tensor
-    parts = [torch.empty_like(tensor) for _ in range(world)]
-    torch.distributed.all_gather(parts, tensor.detach().contiguous())
-    parts[torch.distributed.get_rank()] = tensor
-    return torch.cat(parts, dim=0)
-
-
 def build_param_groups(
     model: torch.nn.Module,
     learning_rate: float,
@@ -119,14 +113,15 @@ def build_param_groups(
     vision_tower_lr: float,
     weight_decay: float,
 ) -> list[dict]:
-    """Adam groups of the recipe: every ``vision_tower.*`` parameter at ``vision_tower_lr``; other weights at
-    ``learning_rate``; other biases at ``learning_rate * bias_lr_factor``; ``weight_decay`` everywhere."""
+    """Adam groups of the recipe: every pretrained ``vision_tower.*`` parameter at ``vision_tower_lr``; other weights
+    (the camera / SIE embedding included) at ``learning_rate``; other biases at ``learning_rate * bias_lr_factor``;
+    ``weight_decay`` everywhere."""
     groups = {"head": [], "head_bias": [], "vision_tower": []}  # head first: the Trainer logs group 0
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         name = name.removeprefix("module.")
-        if name.startswith(TOWER_PREFIX):
+        if name.startswith(TOWER_PREFIX) and name not in NEW_TOWER_PARAMETERS:
             groups["vision_tower"].append(param)
         elif name.endswith("bias"):
             groups["head_bias"].append(param)
@@ -182,24 +177,18 @@ def collect_run_info(config: Mapping[str, Any] | None = None, **extra) -> dict:
 
 
 class RunInfoCallback(TrainerCallback):
-    """Writes ``run_info.json`` into the output dir at train start and into every checkpoint."""
+    """Writes ``run_info.json`` into the output dir at train start; the trainer adds it to every checkpoint."""
 
     def __init__(self, info: dict):
         self.info = info
 
-    def _write(self, folder: str | os.PathLike) -> None:
+    def write(self, folder: str | os.PathLike) -> None:
         Path(folder).mkdir(parents=True, exist_ok=True)
         (Path(folder) / "run_info.json").write_text(json.dumps(self.info, indent=2, default=str) + "\n")
 
     def on_train_begin(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
-            self._write(args.output_dir)
-
-    def on_save(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
-            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if folder.is_dir():
-                self._write(folder)
+            self.write(args.output_dir)
 
 
 class DeMoTrainer(Trainer):
@@ -253,15 +242,23 @@ class DeMoTrainer(Trainer):
         # The loss does not need `num_items_in_batch` (see the class docstring); skipping it also skips the
         # per-step all-gather of label counts that the Trainer would do under DDP.
         self.model_accepts_loss_kwargs = False
-        self.augment = augment or ReIDAugment(
-            flip_prob=self.args.flip_prob,
-            padding=self.args.padding,
-            erasing_prob=self.args.erasing_prob,
-            independent_modalities=self.args.independent_modality_augment,
-        )
+        # Global-batch BatchNorm statistics under several processes (before accelerate wraps the model in DDP).
+        if self.args.world_size > 1:
+            self.model = convert_to_global_batchnorm(self.model)
+        self.augment = augment or self.build_augment(self.args)
         self._loss_parts = {"id_loss": 0.0, "triplet_loss": 0.0, "n": 0}
         self._pk_sampler: PKBatchSampler | None = None
         self.select_best_on_test = False
+
+    @staticmethod
+    def build_augment(args) -> ReIDAugment:
+        """The training augmentation of ``args`` (flip, pad + crop, random erasing; per modality image by default)."""
+        return ReIDAugment(
+            flip_prob=args.flip_prob,
+            padding=args.padding,
+            erasing_prob=args.erasing_prob,
+            independent_modalities=args.modality_augment == "independent",
+        )
 
     # ---- data -------------------------------------------------------------------------------------------------
 
@@ -312,6 +309,52 @@ class DeMoTrainer(Trainer):
         batches = len(self.get_pk_sampler())
         ga = self.args.gradient_accumulation_steps
         return max(batches // ga + int(batches % ga > 0), 1)
+
+    # ---- checkpoints ------------------------------------------------------------------------------------------
+
+    _staging_checkpoint = False
+
+    def _get_output_dir(self, trial):
+        run_dir = super()._get_output_dir(trial)
+        return os.path.join(run_dir, STAGING_DIR) if self._staging_checkpoint else run_dir
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """The Trainer's checkpoint, written under ``.incomplete/`` and renamed into place once complete.
+
+        Every process writes its files (rank 0 the weights, optimizer and state; each rank its RNG state) into the
+        staging folder; after a barrier, rank 0 renames it to ``checkpoint-N`` and rotates old checkpoints.
+        """
+        run_dir = Path(self._get_output_dir(trial))
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staged, final = run_dir / STAGING_DIR / name, run_dir / name
+        if self.args.should_save and staged.exists():
+            shutil.rmtree(staged)  # left by a run killed while saving
+        self.accelerator.wait_for_everyone()
+        self._staging_checkpoint = True
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging_checkpoint = False
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            if self.state.best_model_checkpoint == str(staged):
+                self.state.best_model_checkpoint = str(final)
+                self.state.save_to_json(str(staged / TRAINER_STATE_NAME))
+            for callback in self.callback_handler.callbacks:
+                if isinstance(callback, RunInfoCallback):
+                    callback.write(staged)
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(staged, final)
+            if not any(staged.parent.iterdir()):
+                staged.parent.rmdir()
+            rotate_checkpoints(
+                output_dir=str(run_dir),
+                save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=True,
+            )
+        self.accelerator.wait_for_everyone()
 
     # ---- optimisation -----------------------------------------------------------------------------------------
 
@@ -373,7 +416,7 @@ class DeMoTrainer(Trainer):
         )
         config = self.accelerator.unwrap_model(model).config
         pool_features = pool_labels = None
-        if self.args.gather_features and self.args.world_size > 1:
+        if self.args.world_size > 1:  # this rank's anchors, mined against the whole global P x K batch
             pool_features = [all_gather_with_grad(f) for f in outputs.features]
             pool_labels = all_gather_with_grad(labels)
         out = reid_loss(
@@ -397,9 +440,10 @@ class DeMoTrainer(Trainer):
         """Adds the mean ID and triplet parts since the last log to training logs."""
         if "loss" in logs and self._loss_parts["n"]:
             n = self._loss_parts["n"]
-            for key in ("id_loss", "triplet_loss"):
-                value = self._loss_parts[key]
-                logs[key] = round(float(value) / n, 6)
+            parts = torch.stack([torch.as_tensor(self._loss_parts[k], dtype=torch.float32).to(self.args.device)
+                                 for k in ("id_loss", "triplet_loss")]) / n
+            parts = self.accelerator.reduce(parts, reduction="mean")  # the global batch's loss parts
+            logs["id_loss"], logs["triplet_loss"] = (round(float(v), 6) for v in parts)
             self._loss_parts = {"id_loss": 0.0, "triplet_loss": 0.0, "n": 0}
         super().log(logs, start_time)
 

@@ -20,6 +20,8 @@ from transformers.trainer_utils import IntervalStrategy, SaveStrategy
 
 from .scheduler import SCHEDULER_TYPES
 
+MODALITY_AUGMENT_MODES = ("independent", "shared")
+
 __all__ = [
     "PRESETS",
     "DeMoScriptArguments",
@@ -29,6 +31,11 @@ __all__ = [
     "resolve_defaults",
 ]
 
+
+# The authors always start from OpenAI CLIP ViT-B/16; the real presets load it through from_vision_pretrained.
+PRETRAINED_BACKBONE = "openai/clip-vit-base-patch16"
+# Towers built from random initialisation, only when asked for by name (shapes only: not the papers' recipe).
+RANDOM_BACKBONES = ("tiny", "clip-b16-random", "vit-b16-random")
 
 # The original recipes (DeMo configs). The optimizer / loss / augmentation settings shared by all of them are the
 # dataclass defaults below: Adam, lr 3.5e-4 (bias x2), tower 5e-6, wd 1e-4, SIE 1.0, flip 0.5, pad 10, erasing 0.5,
@@ -55,6 +62,7 @@ PRESETS: dict[str, dict] = {
         "output_dir": "outputs/demo-synthetic",
     },
     "rgbnt201": {
+        "backbone": PRETRAINED_BACKBONE,
         "image_height": 256,
         "image_width": 128,
         "num_identities": 8,
@@ -66,6 +74,7 @@ PRESETS: dict[str, dict] = {
         "output_dir": "outputs/demo-rgbnt201",
     },
     "rgbnt100": {
+        "backbone": PRETRAINED_BACKBONE,
         "image_height": 128,
         "image_width": 256,
         "num_identities": 8,
@@ -77,6 +86,7 @@ PRESETS: dict[str, dict] = {
         "output_dir": "outputs/demo-rgbnt100",
     },
     "msvr310": {
+        "backbone": PRETRAINED_BACKBONE,
         "image_height": 128,
         "image_width": 256,
         "num_identities": 16,
@@ -111,9 +121,10 @@ class DeMoScriptArguments:
         default="outputs/synthetic-rgbnt201", metadata={"help": "Where the synthetic dataset is built / reused."}
     )
     backbone: str = field(
-        default="clip-b16",
-        metadata={"help": "tiny | clip-b16 | vit-b16 (random init, shapes only) or a CLIP / ViT checkpoint "
-                  "(Hub id or local directory) loaded with DeMoModel.from_vision_pretrained."},
+        default=PRETRAINED_BACKBONE,
+        metadata={"help": f"A CLIP or ViT checkpoint (Hub id or local directory) loaded with "
+                  f"DeMoModel.from_vision_pretrained; the real presets use {PRETRAINED_BACKBONE}. Random "
+                  f"initialisation only by name: {', '.join(RANDOM_BACKBONES)} (tiny: the synthetic preset's)."},
     )
     image_height: int = field(default=256, metadata={"help": "Input height of every modality image."})
     image_width: int = field(default=128, metadata={"help": "Input width of every modality image."})
@@ -125,21 +136,35 @@ class DeMoScriptArguments:
         default=True, metadata={"help": "One classifier on concat(f_R, f_N, f_T) instead of one per modality."}
     )
     sie_coefficient: float = field(default=1.0, metadata={"help": "Scale of the camera (SIE) embedding."})
+    hdm_dropout: float = field(
+        default=0.1,
+        metadata={"help": "Attention dropout of the HDM cross-attentions; the one per-process randomness left "
+                  "(0 makes 1 and N processes compute the same training run)."},
+    )
+    head_init: str = field(
+        default="pytorch",
+        metadata={"help": "Initialisation of the new head layers: pytorch (PyTorch defaults, the original) or "
+                  "normal (normal(0, 0.02) weights, zero biases).", "choices": ("pytorch", "normal")},
+    )
     id_loss_weight: float = field(default=0.25, metadata={"help": "Weight of the label-smoothed ID loss."})
     triplet_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the triplet loss."})
     label_smoothing: float = field(default=0.1, metadata={"help": "Label smoothing of the ID loss."})
     triplet_margin: float | None = field(
         default=None, metadata={"help": "Triplet margin; unset = soft-margin triplet (softplus)."}
     )
-    resume: bool = field(default=False, metadata={"help": "Continue from the last checkpoint in --output-dir."})
+    resume: bool = field(
+        default=False,
+        metadata={"help": "Continue from the last complete checkpoint in --output-dir (incomplete ones are skipped)."},
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Train into an --output-dir that already holds a model or checkpoints (its old "
+                  "checkpoints are deleted first); without it or --resume, train.py refuses."},
+    )
     select_best_on_test: bool = field(
         default=False,
         metadata={"help": "Keep the epoch with the best *test* (query/gallery) mAP. Optimistic; labelled in the "
                   "output. Default: report the final epoch."},
-    )
-    crash_after_steps: int | None = field(
-        default=None,
-        metadata={"help": "Testing aid: raise SimulatedCrash right after the checkpoint at this step is written."},
     )
 
 
@@ -148,7 +173,12 @@ class DeMoTrainingArguments(TrainingArguments):
     """``TrainingArguments`` with the DeMo recipe as defaults plus P x K sampling, lr groups and augmentation."""
 
     output_dir: str | None = field(default=None, metadata={"help": "Where checkpoints and the final model go."})
-    num_identities: int = field(default=8, metadata={"help": "P: identities per per-device batch."})
+    resume_from_checkpoint: str | None = field(
+        default=None, metadata={"help": "Continue from this checkpoint folder (a checkpoint-N written by train.py)."}
+    )
+    num_identities: int = field(
+        default=8, metadata={"help": "P: identities per global batch (split over the processes; a multiple of them)."}
+    )
     num_instances: int = field(default=8, metadata={"help": "K: images per identity in a batch."})
     learning_rate: float = field(default=3.5e-4, metadata={"help": "Lr of the new (non-tower) modules' weights."})
     bias_lr_factor: float = field(default=2.0, metadata={"help": "Bias lr = learning_rate x this (outside the tower)."})
@@ -166,20 +196,17 @@ class DeMoTrainingArguments(TrainingArguments):
     flip_prob: float = field(default=0.5, metadata={"help": "Horizontal flip probability."})
     padding: int = field(default=10, metadata={"help": "Black padding before the random crop (pixels)."})
     erasing_prob: float = field(default=0.5, metadata={"help": "Random erasing probability (per-pixel noise)."})
-    independent_modality_augment: bool = field(
-        default=False,
-        metadata={"help": "Draw flip/crop/erasing independently per modality (the original); default shares one "
-                  "geometry across the aligned RGB/NIR/TIR images."},
-    )
-    gather_features: bool = field(
-        default=False, metadata={"help": "Mine triplets among the features of all processes (all_gather)."}
+    modality_augment: str = field(
+        default="independent",
+        metadata={"help": "independent: each modality image draws its own flip / crop / erasing (the original); "
+                  "shared: the aligned RGB / NIR / TIR images of a triple share one draw.",
+                  "choices": MODALITY_AUGMENT_MODES},
     )
     deterministic: bool = field(
         default=False, metadata={"help": "Deterministic kernels (torch.use_deterministic_algorithms, cuDNN, cuBLAS)."}
     )
     num_train_epochs: float = field(default=50, metadata={"help": "Training epochs."})
     max_grad_norm: float = field(default=0.0, metadata={"help": "Gradient clipping; 0 = off (the original)."})
-    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep False: the collator needs the images."})
     logging_steps: float = field(default=10, metadata={"help": "Log every N optimizer steps."})
     save_strategy: SaveStrategy | str = field(
         default="epoch", metadata={"help": "When to write checkpoints: no | epoch | steps."}
@@ -216,16 +243,93 @@ class DeMoTrainingArguments(TrainingArguments):
         for name in ("flip_prob", "erasing_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"`{name}` must be in [0, 1], got {getattr(self, name)}")
-        # The batch sampler decides the batch; keep the Trainer's bookkeeping consistent with it.
-        self.per_device_train_batch_size = self.num_identities * self.num_instances
+        if self.num_identities % self.world_size:
+            raise ValueError(
+                f"--num-identities {self.num_identities} (P, identities per global batch) cannot be split over "
+                f"{self.world_size} processes: use a multiple of {self.world_size}"
+            )
+        # The batch sampler decides the batch (P / N identities x K images per process); the columns the collator
+        # needs are chosen by the trainer. Keep the Trainer's bookkeeping consistent with both.
+        self.per_device_train_batch_size = self.num_identities // self.world_size * self.num_instances
+        self.remove_unused_columns = False
 
     @property
     def uses_demo_schedule(self) -> bool:
         return self.lr_scheduler_type in SCHEDULER_TYPES
 
 
+USAGE_EXAMPLES = """\
+Train DeMo for multi-modal (RGB / NIR / TIR) object re-identification.
+
+examples:
+  python train.py                                   # CPU demo: synthetic RGBNT201-layout set, tiny model
+  accelerate launch train.py --preset rgbnt201 --dataset data/rgbnt201 --output-dir outputs/demo-rgbnt201
+  accelerate launch train.py --preset msvr310 --dataset data/msvr310 --backbone /models/clip-vit-base-patch16
+  python train.py --preset rgbnt201 --dataset data/rgbnt201 --resume      # continue a stopped run
+  torchrun --nproc_per_node 2 train.py --output-dir outputs/demo-2proc    # 2 CPU processes, same math as 1
+
+Options come from --preset, then --config FILE.yaml, then flags (highest). P x K is the global batch.
+"""
+
+# The options a ReID user sets, shown first in --help; every other option follows under "Trainer options".
+MAIN_OPTIONS = (
+    "preset", "config", "dataset", "backbone", "output_dir", "num_train_epochs", "num_identities", "num_instances",
+    "learning_rate", "vision_tower_lr", "resume", "resume_from_checkpoint", "overwrite_output_dir", "seed",
+)
+# TrainingArguments fields that do nothing in this trainer: hidden from --help and refused when given.
+IGNORED_TRAINER_OPTIONS = {
+    "per_device_train_batch_size": "the batch is P x K: set --num-identities and --num-instances",
+    "remove_unused_columns": "the trainer passes the collator exactly the columns the model needs",
+    "gather_features": "triplets are always mined over the global batch of all processes",
+}
+IGNORED_UNDER_DEMO_SCHEDULES = {
+    "warmup_steps": "the demo_cosine schedules warm up per epoch: set --warmup-epochs",
+}
+
+
 def build_parser() -> HfArgumentParser:
-    return HfArgumentParser((DeMoScriptArguments, DeMoTrainingArguments), description=__doc__)
+    """The parser of train.py: usage examples, the ReID options, then the other Trainer options."""
+    parser = HfArgumentParser(
+        (DeMoScriptArguments, DeMoTrainingArguments),
+        prog="train.py",
+        usage="%(prog)s [--preset NAME] [--dataset PATH] [--backbone NAME_OR_PATH] [--output-dir DIR] [options]",
+        description=USAGE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    main = parser.add_argument_group("ReID options")
+    recipe = parser.add_argument_group("model and recipe options")
+    trainer = parser.add_argument_group("Trainer options (transformers.TrainingArguments)")
+    script_fields = {f.name for f in fields(DeMoScriptArguments)}
+    own_fields = {f.name for f in fields(DeMoTrainingArguments)} - {f.name for f in fields(TrainingArguments)}
+    own_fields |= {"num_train_epochs", "learning_rate", "weight_decay", "lr_scheduler_type", "max_grad_norm"}
+    default_group = parser._optionals
+    for action in list(default_group._group_actions):
+        if action.dest == "help":
+            continue
+        if action.dest in IGNORED_TRAINER_OPTIONS or action.dest in IGNORED_UNDER_DEMO_SCHEDULES:
+            action.help = argparse.SUPPRESS
+        target = main if action.dest in MAIN_OPTIONS else recipe if action.dest in script_fields | own_fields else trainer
+        default_group._group_actions.remove(action)
+        target._group_actions.append(action)
+    order = {name: i for i, name in enumerate(MAIN_OPTIONS)}
+    main._group_actions.sort(key=lambda a: order.get(a.dest, len(order)))
+    parser.error = _raise_usage_error  # one line from the caller, not argparse's usage dump + exit
+    return parser
+
+
+def _raise_usage_error(message: str):
+    raise ValueError(message)
+
+
+def refuse_ignored_options(argv: list[str], config: dict, scheduler_type: str) -> None:
+    """One clear error for a Trainer option that would do nothing here (given as a flag or in the YAML file)."""
+    refused = dict(IGNORED_TRAINER_OPTIONS)
+    if scheduler_type in SCHEDULER_TYPES:
+        refused.update(IGNORED_UNDER_DEMO_SCHEDULES)
+    given = {a.split("=", 1)[0].lstrip("-").replace("-", "_") for a in argv if a.startswith("--")} | set(config)
+    for name, why in refused.items():
+        if name in given:
+            raise ValueError(f"--{name.replace('_', '-')} does nothing in train.py: {why}")
 
 
 def _field_names() -> set[str]:
@@ -236,7 +340,7 @@ def load_yaml(path: str | Path) -> dict:
     """Read a YAML config; keys may use ``-`` or ``_``; unknown keys are an error naming them."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"--config: no such file {path}")
+        raise ValueError(f"--config: no such file {path}")
     data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict):
         raise ValueError(f"--config {path}: expected a mapping of option: value, got {type(data).__name__}")
@@ -258,8 +362,6 @@ def resolve_defaults(argv: list[str]) -> dict:
     if preset not in PRESETS:
         raise ValueError(f"--preset must be one of {sorted(PRESETS)}, got {preset!r}")
     defaults = {"preset": preset, **PRESETS[preset]}
-    if preset != "synthetic":
-        defaults.setdefault("backbone", "clip-b16")
     defaults.update(config)
     return defaults
 
@@ -270,8 +372,18 @@ def parse_args(argv: list[str] | None = None) -> tuple[DeMoScriptArguments, DeMo
 
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
-    parser.set_defaults(**resolve_defaults(argv))
-    script_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    defaults = resolve_defaults(argv)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--lr_scheduler_type", "--lr-scheduler-type", default=defaults.get("lr_scheduler_type", "demo_cosine"))
+    refuse_ignored_options(argv, defaults, pre.parse_known_args(argv)[0].lr_scheduler_type)
+    parser.set_defaults(**defaults)
+    try:
+        script_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    except ValueError as exc:
+        if "not used by the HfArgumentParser" in str(exc):
+            unknown = str(exc).split(":", 1)[1].strip()
+            raise ValueError(f"unknown option(s) {unknown}; see python train.py --help") from None
+        raise
     if script_args.image_height <= 0 or script_args.image_width <= 0:
         raise ValueError(
             f"--image-height/--image-width must be positive, got {script_args.image_height}x{script_args.image_width}"
@@ -279,6 +391,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[DeMoScriptArguments, DeMo
     if script_args.select_best_on_test:
         if training_args.eval_strategy == "no":
             raise ValueError("--select-best-on-test needs periodic evaluation: pass --eval-strategy epoch")
+        if training_args.save_strategy != training_args.eval_strategy:
+            raise ValueError("--select-best-on-test: --save-strategy must equal --eval-strategy")
+    if not 0.0 <= script_args.hdm_dropout < 1.0:
+        raise ValueError(f"--hdm-dropout must be in [0, 1), got {script_args.hdm_dropout}")
     if not math.isfinite(training_args.learning_rate) or training_args.learning_rate <= 0:
         raise ValueError(f"--learning-rate must be > 0, got {training_args.learning_rate}")
     return script_args, training_args

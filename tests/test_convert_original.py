@@ -129,3 +129,49 @@ def test_non_clip_checkpoint_is_rejected_with_a_clear_error(tmp_path):
     result = run_converter("--checkpoint", tmp_path / "vit.pth", "--image-size", 256, 128, "--output", tmp_path / "o")
     assert result.returncode == 2
     assert "BACKBONE.base.conv1.weight" in result.stderr and "CLIP" in result.stderr
+
+
+def run_in_process(capsys, *args):
+    """The converter's main() in this process (faster than a subprocess), as (returncode, stderr)."""
+    import importlib.util
+    from types import SimpleNamespace
+
+    spec = importlib.util.spec_from_file_location("convert_original_checkpoint", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    capsys.readouterr()
+    try:
+        module.main([str(a) for a in args])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    return SimpleNamespace(returncode=code, stderr=capsys.readouterr().err)
+
+
+def test_image_size_that_cannot_match_the_position_table_is_refused(tmp_path, capsys):
+    torch.save(to_original_layout(trained_looking_model(), ddp_prefix=False), tmp_path / "model.pth")
+    result = run_in_process(capsys, "--checkpoint", tmp_path / "model.pth", "--image-size", 32, 32, "--output", tmp_path / "hf")
+    assert result.returncode == 2
+    assert "--image-size 32 32" in result.stderr and "position table has 8" in result.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pth"]
+
+
+def test_swapped_image_size_of_a_known_dataset_needs_force(tmp_path, capsys):
+    """171 identities = RGBNT201 (256x128); 128x256 has the same number of positions, so only the count tells."""
+    config = tiny_demo_config(num_labels=171, num_cameras=3, image_size=(256, 128),
+                              vision_overrides=dict(patch_size=32, image_size=64, hidden_size=64, num_attention_heads=1))
+    torch.manual_seed(0)
+    model = DeMoModel(config).eval()
+    torch.save(to_original_layout(model, ddp_prefix=False), tmp_path / "model.pth")
+    refused = run_in_process(capsys, "--checkpoint", tmp_path / "model.pth", "--image-size", 128, 256, "--output", tmp_path / "a")
+    assert refused.returncode == 2 and "RGBNT201" in refused.stderr and "--image-size 256 128" in refused.stderr
+    assert not (tmp_path / "a").exists()
+    forced = run_in_process(capsys, "--checkpoint", tmp_path / "model.pth", "--image-size", 128, 256, "--output", tmp_path / "b",
+                           "--force")
+    assert forced.returncode == 0, forced.stderr
+    right = run_in_process(capsys, "--checkpoint", tmp_path / "model.pth", "--image-size", 256, 128, "--output", tmp_path / "c")
+    assert right.returncode == 0, right.stderr
+    converted = DeMoModel.from_pretrained(tmp_path / "c").eval()
+    pixels = torch.rand(2, 3, 3, 256, 128, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(converted(pixels).embeddings, model(pixels).embeddings, rtol=0, atol=1e-6)

@@ -284,14 +284,65 @@ def test_from_vision_pretrained_rejects_mismatched_config(tmp_path):
         DeMoModel.from_vision_pretrained(path, config=config)
 
 
-def test_atmoe_gate_uses_pytorch_default_linear_init():
-    # With HF's normal(0.02) the gate decays to uniform weights under Adam + L2 weight decay (see _init_weights);
-    # PyTorch's default kaiming-uniform(a=sqrt(5)) has std 1 / sqrt(3 * fan_in).
+def _kaiming_uniform_std(fan_in: int) -> float:
+    # PyTorch's Linear default, kaiming-uniform(a=sqrt(5)): uniform(+-1/sqrt(fan_in)), std 1/sqrt(3 * fan_in).
+    return (3 * fan_in) ** -0.5
+
+
+def test_new_head_layers_start_from_pytorch_defaults():
+    """Every new Linear (PIFE, ATMoE gate and experts) and the HDM attentions start as the authors' code leaves them."""
     torch.manual_seed(0)
-    config = tiny_demo_config(vision_overrides=dict(projection_dim=256))
-    gate = DeMoModel(config).mixture_of_experts.gate
-    for layer, fan_in in ((gate.q_proj, 256), (gate.k_proj, 256), (gate.reduction, 7 * 256)):
-        assert layer.weight.std().item() == pytest.approx((3 * fan_in) ** -0.5, rel=0.05)
+    config = tiny_demo_config(vision_overrides=dict(projection_dim=256))  # C = 256, 2 heads: expert width 128
+    model = DeMoModel(config)
+    gate = model.mixture_of_experts.gate
+    linears = [(gate.q_proj, 256), (gate.k_proj, 256), (gate.reduction, 7 * 256),
+               (model.patch_integration["rgb"].dense, 512), (model.mixture_of_experts.experts[1][6].dense, 128)]
+    for layer, fan_in in linears:
+        assert layer.weight.std().item() == pytest.approx(_kaiming_uniform_std(fan_in), rel=0.06)
         assert layer.weight.abs().max().item() <= fan_in**-0.5
-    assert gate.reduction.bias.abs().max().item() <= (7 * 256) ** -0.5
-    assert gate.reduction.bias.abs().max().item() > 0
+        if layer.bias is not None:
+            assert 0 < layer.bias.abs().max().item() <= fan_in**-0.5
+    attention = model.decoupling.attentions[3]
+    bound = (6 / (256 + 3 * 256)) ** 0.5  # xavier-uniform over the (3C, C) in-projection
+    assert attention.in_proj_weight.abs().max().item() <= bound
+    assert attention.in_proj_weight.std().item() == pytest.approx(bound / 3**0.5, rel=0.05)
+    assert attention.in_proj_bias.abs().max().item() == 0 and attention.out_proj.bias.abs().max().item() == 0
+    assert attention.out_proj.weight.std().item() == pytest.approx(_kaiming_uniform_std(256), rel=0.06)
+    # unchanged: classifiers normal(0, 0.001), BN-necks (1, 0) with a frozen bias, the tower HF's normal(0.02)
+    assert model.classifiers["moe"].weight.std().item() == pytest.approx(0.001, rel=0.05)
+    assert torch.equal(model.bnnecks["ori"].weight, torch.ones(768)) and not model.bnnecks["ori"].bias.requires_grad
+    tower_fc = model.vision_tower.layers[0].mlp.fc1
+    assert tower_fc.weight.std().item() == pytest.approx(0.02, rel=0.1) and tower_fc.bias.abs().max().item() == 0
+
+
+def test_head_init_normal_option():
+    torch.manual_seed(0)
+    model = DeMoModel(tiny_demo_config(head_init="normal", vision_overrides=dict(projection_dim=256)))
+    gate = model.mixture_of_experts.gate
+    assert gate.reduction.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert gate.reduction.bias.abs().max().item() == 0
+    assert model.decoupling.attentions[0].out_proj.weight.std().item() == pytest.approx(0.02, rel=0.06)
+
+
+def test_from_pretrained_keeps_loaded_head_weights(tmp_path, tiny_model):
+    tiny_model.save_pretrained(tmp_path)
+    loaded = DeMoModel.from_pretrained(tmp_path)
+    for name, tensor in tiny_model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+
+
+@pytest.mark.parametrize(
+    "make_inputs, error, match",
+    [
+        (lambda x: dict(pixel_values=(x * 127 + 128).to(torch.uint8)), TypeError, "pixel_values has dtype torch.uint8"),
+        (lambda x: dict(pixel_values=x.numpy()), TypeError, "pixel_values must be a torch.Tensor"),
+        (lambda x: dict(pixel_values=x[:0]), ValueError, "empty batch"),
+        (lambda x: dict(pixel_values=x, camera_ids=torch.tensor([0.0, 1.0])), TypeError, "camera_ids must be an integer"),
+        (lambda x: dict(pixel_values=x, camera_ids=[0, 1]), TypeError, "camera_ids must be a torch.Tensor"),
+        (lambda x: dict(pixel_values=x, modality_mask=torch.ones(2, 3).numpy()), TypeError, "modality_mask must be"),
+        (lambda x: dict(pixel_values=x, lables=torch.tensor([0, 1])), TypeError, "lables"),
+    ],
+)
+def test_forward_rejects_inputs_it_cannot_use(tiny_model, make_inputs, error, match):
+    with pytest.raises(error, match=match):
+        tiny_model(**make_inputs(random_triples(2)))

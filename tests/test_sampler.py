@@ -69,24 +69,24 @@ def test_seed_and_epoch_determine_the_draw():
     assert list(a) != list(c)
 
 
-def test_two_ranks_get_own_complete_batches_with_different_identities():
+def test_two_ranks_split_one_global_batch():
+    """P x K is global: each of 2 ranks gets P/2 identities x K, and rank 0 + rank 1 == the 1-process batch."""
     labels = _labels(1, num_ids=30)
-    p, k = 3, 4
+    p, k = 4, 4
     ranks = [PKBatchSampler(labels, p, k, seed=5, num_replicas=2, rank=r) for r in range(2)]
-    for s in ranks:
+    single = PKBatchSampler(labels, p, k, seed=5)
+    for s in (*ranks, single):
         s.set_epoch(1)
-    assert len(ranks[0]) == len(ranks[1])
-    b0, b1 = list(ranks[0]), list(ranks[1])
-    for x, y in zip(b0, b1):
-        _check_batch(x, labels, p, k)
-        _check_batch(y, labels, p, k)
+    assert len(ranks[0]) == len(ranks[1]) == len(single)
+    assert ranks[0].batch_size == ranks[1].batch_size == 8 and single.batch_size == 16
+    b0, b1, whole = list(ranks[0]), list(ranks[1]), list(single)
+    for x, y, w in zip(b0, b1, whole):
+        _check_batch(x, labels, p // 2, k)
+        _check_batch(y, labels, p // 2, k)
         assert not set(labels[x].tolist()) & set(labels[y].tolist())  # same step, different identities
+        assert x + y == w
     covered = set(labels[np.concatenate(b0 + b1)].tolist())
     assert covered == set(labels.tolist())
-    # rank views are slices of one global draw
-    single = PKBatchSampler(labels, p, k, seed=5, num_replicas=2, rank=0)
-    single.set_epoch(1)
-    assert [s[1] for s in single.global_steps()] == b1
 
 
 def test_errors_name_the_argument():
@@ -95,22 +95,26 @@ def test_errors_name_the_argument():
     with pytest.raises(ValueError, match="num_instances"):
         PKBatchSampler([0, 1, 2], 2, 0)
     with pytest.raises(ValueError, match="identities"):
-        PKBatchSampler([0, 1, 2], 2, 2, num_replicas=2, rank=0)
+        PKBatchSampler([0, 1, 2], 4, 2)
+    with pytest.raises(ValueError, match="multiple of 2"):
+        PKBatchSampler(list(range(10)), 3, 2, num_replicas=2, rank=0)
     with pytest.raises(ValueError, match="rank"):
         PKBatchSampler([0, 1, 2, 3], 2, 2, num_replicas=2, rank=2)
 
 
 def test_seeded_batches_are_unique_per_position_and_rank():
+    """Each sample's augmentation seed follows its position in the global batch: 2 ranks == 1 process."""
     labels = _labels(2, num_ids=30)
-    seen = set()
+    per_rank = []
     for r in range(2):
-        s = SeededBatchSampler(PKBatchSampler(labels, 3, 2, num_replicas=2, rank=r), seed=7)
+        s = SeededBatchSampler(PKBatchSampler(labels, 4, 2, num_replicas=2, rank=r), seed=7)
         s.set_epoch(4)
-        for batch in s:
-            for idx, seed in batch:
-                assert 0 <= idx < len(labels)
-                seen.add(seed)
-    total = 2 * len(PKBatchSampler(labels, 3, 2, num_replicas=2, rank=0)) * 6
-    assert len(seen) == total
+        per_rank.append(list(s))
+    single = SeededBatchSampler(PKBatchSampler(labels, 4, 2), seed=7)
+    single.set_epoch(4)
+    whole = list(single)
+    assert [a + b for a, b in zip(*per_rank)] == whole
+    seeds = [seed for batch in whole for _, seed in batch]
+    assert len(set(seeds)) == len(seeds) == len(whole) * 8
     assert sample_seed(7, 4, 0) != sample_seed(7, 5, 0) != sample_seed(8, 4, 0)
     assert sample_seed(7, 4, 0) == sample_seed(7, 4, 0)

@@ -1,0 +1,79 @@
+"""Checkpoint folders that are either complete or invisible, and the output-directory rules of ``train.py``.
+
+A checkpoint is written under ``<output_dir>/.incomplete/checkpoint-N`` and renamed to ``<output_dir>/checkpoint-N``
+only once every file of every process is in it (a rename within one file system is atomic). A run killed while it
+writes leaves at most an ``.incomplete`` folder, which ``--resume`` skips and names.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+__all__ = [
+    "CHECKPOINT_PATTERN",
+    "STAGING_DIR",
+    "clear_previous_run",
+    "find_resume_checkpoint",
+    "incomplete_checkpoints",
+    "is_complete_checkpoint",
+    "previous_run_contents",
+]
+
+STAGING_DIR = ".incomplete"
+CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+# What the Trainer writes last into a checkpoint, and the weights (one file, or the index of a sharded save).
+REQUIRED_FILES = ("trainer_state.json",)
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+MODEL_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json")
+
+
+def is_complete_checkpoint(folder: str | Path) -> bool:
+    """A checkpoint folder with the trainer state and the weights in it."""
+    folder = Path(folder)
+    return (
+        folder.is_dir()
+        and all((folder / name).is_file() for name in REQUIRED_FILES)
+        and any((folder / name).is_file() for name in WEIGHT_FILES)
+    )
+
+
+def _checkpoint_folders(output_dir: Path) -> list[Path]:
+    if not output_dir.is_dir():
+        return []
+    found = [p for p in output_dir.iterdir() if p.is_dir() and CHECKPOINT_PATTERN.match(p.name)]
+    return sorted(found, key=lambda p: int(CHECKPOINT_PATTERN.match(p.name).group(1)))
+
+
+def incomplete_checkpoints(output_dir: str | Path) -> list[Path]:
+    """Checkpoints a stopped run left half-written: staged ones, and any ``checkpoint-N`` lacking its files."""
+    output_dir = Path(output_dir)
+    staged = _checkpoint_folders(output_dir / STAGING_DIR)
+    return staged + [p for p in _checkpoint_folders(output_dir) if not is_complete_checkpoint(p)]
+
+
+def find_resume_checkpoint(output_dir: str | Path) -> Path | None:
+    """The complete checkpoint with the highest step in ``output_dir``, or None."""
+    complete = [p for p in _checkpoint_folders(Path(output_dir)) if is_complete_checkpoint(p)]
+    return complete[-1] if complete else None
+
+
+def previous_run_contents(output_dir: str | Path) -> list[str]:
+    """Names of what a previous run left in ``output_dir`` (a trained model, checkpoints), for the refusal message."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return []
+    held = [name for name in MODEL_FILES if (output_dir / name).is_file()]
+    held += [p.name for p in _checkpoint_folders(output_dir)]
+    if (output_dir / STAGING_DIR).is_dir():
+        held.append(STAGING_DIR)
+    return held
+
+
+def clear_previous_run(output_dir: str | Path) -> None:
+    """Delete the checkpoints (complete and incomplete) of a previous run, so a later --resume cannot pick them up."""
+    output_dir = Path(output_dir)
+    for folder in [*_checkpoint_folders(output_dir), output_dir / STAGING_DIR]:
+        if folder.is_dir():
+            shutil.rmtree(folder)

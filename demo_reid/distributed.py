@@ -1,0 +1,94 @@
+"""What makes N processes compute the same math as one: global-batch statistics and gradient-carrying gathers.
+
+P x K is the *global* batch (see :mod:`demo_reid.sampler`); each rank holds P / N identities of it. Two parts of the
+loss look across the whole batch, so both must see every rank's rows, with exact gradients:
+
+- the batch-hard triplet loss mines positives and negatives over the gathered global batch
+  (:func:`all_gather_with_grad`: its backward sends each rank's share of the gradient back to it);
+- BatchNorm layers in training normalise with the statistics of the global batch: torch's ``SyncBatchNorm`` on
+  GPUs, :class:`GlobalBatchNorm1d` (built on the autograd-aware ``all_reduce``) on CPU processes (gloo).
+
+With DDP averaging the ranks' gradients, each rank's loss (its own anchors, the global pool) then gives exactly the
+gradient of the single-process loss. Dropout is the one per-process randomness left.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_fn
+from torch import nn
+
+__all__ = ["GlobalBatchNorm1d", "all_gather_with_grad", "convert_to_global_batchnorm", "is_distributed"]
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``tensor`` from all processes in rank order; gradients flow back to the rank that owns each row."""
+    if not is_distributed():
+        return tensor
+    return torch.cat(dist_fn.all_gather(tensor.contiguous()), dim=0)
+
+
+class GlobalBatchNorm1d(nn.BatchNorm1d):
+    """BatchNorm1d whose training statistics are those of the rows of all processes (any backend, gloo included).
+
+    Mean and variance are computed in two passes (sum, then sum of squared deviations), each summed across ranks
+    with ``torch.distributed.nn.functional.all_reduce`` so that the backward pass is exact. In eval mode, or
+    without a process group, it is a plain ``BatchNorm1d``.
+    """
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if not (self.training and is_distributed()):
+            return super().forward(input)
+        if input.dim() != 2:
+            raise ValueError(f"GlobalBatchNorm1d expects (batch, features), got shape {tuple(input.shape)}")
+        x = input.float()
+        count = dist_fn.all_reduce(x.new_tensor([float(x.shape[0])]))
+        mean = dist_fn.all_reduce(x.sum(0)) / count
+        var = dist_fn.all_reduce((x - mean).pow(2).sum(0)) / count
+        if self.track_running_stats:
+            with torch.no_grad():
+                n = count.item()
+                self.num_batches_tracked.add_(1)
+                momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.mul_(1 - momentum).add_(mean.detach(), alpha=momentum)
+                unbiased = var.detach() * (n / max(n - 1.0, 1.0))
+                self.running_var.mul_(1 - momentum).add_(unbiased, alpha=momentum)
+        out = (x - mean) * torch.rsqrt(var + self.eps)
+        if self.affine:
+            out = out * self.weight + self.bias
+        return out.to(input.dtype)
+
+
+def _swap_batchnorm(module: nn.Module, new_class: type[nn.BatchNorm1d]) -> nn.Module:
+    """A ``new_class`` layer sharing ``module``'s parameters and buffers (frozen biases stay frozen)."""
+    swapped = new_class(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
+    if module.affine:
+        swapped.weight, swapped.bias = module.weight, module.bias
+    if module.track_running_stats:
+        swapped.running_mean, swapped.running_var = module.running_mean, module.running_var
+        swapped.num_batches_tracked = module.num_batches_tracked
+    swapped.train(module.training)
+    return swapped
+
+
+def convert_to_global_batchnorm(model: nn.Module) -> nn.Module:
+    """Make every BatchNorm1d of ``model`` use global-batch statistics in training (in place; returns ``model``).
+
+    On CUDA, torch's ``SyncBatchNorm``; elsewhere :class:`GlobalBatchNorm1d`. A no-op in a single process.
+    """
+    if not is_distributed():
+        return model
+    device = next(model.parameters()).device
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    for name, child in list(model.named_children()):
+        if isinstance(child, nn.BatchNorm1d) and not isinstance(child, GlobalBatchNorm1d):
+            setattr(model, name, _swap_batchnorm(child, GlobalBatchNorm1d))
+        else:
+            convert_to_global_batchnorm(child)
+    return model
