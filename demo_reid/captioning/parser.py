@@ -91,7 +91,7 @@ def _confidence(num: Optional[str], pct: Optional[str], word: Optional[str]) -> 
         value = float(num.replace("%", "").strip())  # type: ignore[union-attr]
     except (AttributeError, ValueError):
         return DEFAULT_CONFIDENCE
-    if pct or "%" in (num or "") or value > 1:
+    if pct or "%" in (num or "") or (value > 1 and value.is_integer()):  # "80" and "80%" mean 0.8
         value /= 100.0
     return value if 0.0 <= value <= 1.0 else DEFAULT_CONFIDENCE
 
