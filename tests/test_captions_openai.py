@@ -24,6 +24,7 @@ import pytest
 
 from demo_reid.captioning.backend_openai import OpenAIBackend
 from demo_reid.captioning.backends import BackendError, Request
+from demo_reid.captioning.store import read_attributes
 from demo_reid.dataset_builder import DatasetBuildWarning, build_dataset
 from demo_reid.synthetic import make_synthetic
 
@@ -98,7 +99,10 @@ class ChatServer:
             def do_POST(self):
                 server._handle(self)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(ThreadingHTTPServer):
+            request_queue_size = 64  # the default 5 drops connections when many requests start at once
+
+        self.httpd = Server(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.httpd.handle_error = lambda *a: None  # clients that timed out close their end
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
@@ -231,7 +235,7 @@ def test_end_to_end_two_models_retries_concurrency_key_and_builder(dataset, serv
     for p in out.rglob("*"):
         if p.is_file():
             assert KEY not in p.read_text()
-    attributes = json.loads((out / "attributes" / "train.json").read_text())
+    attributes = read_attributes(out, "train")
     record = attributes[sorted(train)[0]]
     assert record["attributes"]["objects"]["gender"] == {"value": "female", "confidence": 0.9, "modality": "nir",
                                                          "model": "vlm-a"}
@@ -261,6 +265,9 @@ def test_rerun_skips_done_items_and_other_settings_are_refused(dataset, server, 
     assert len(srv.requests) == 3 * 6 + 3 * 10  # 8 + 8 items, 6 of them done before
     assert "6 already captioned" in capsys.readouterr().out
     assert {k: v for k, v in _read(out, "train_NI.json").items() if k in first} == first
+    assert sorted(p.name for p in (out / "attributes").iterdir()) == [  # one file per saved chunk
+        "test_00000.json", "test_00001.json", "train_00000.json", "train_00001.json"]
+    assert set(read_attributes(out, "train")) == set(_read(out, "train_NI.json"))
 
     before = {p.name: p.read_bytes() for p in out.glob("*.json")}
     assert _main(*_cli_args(dataset, srv.url, out, models=("vlm-a", "vlm-b"))) == 2
@@ -313,7 +320,7 @@ def test_rewrite_kept_when_faithful_and_replaced_by_the_template_otherwise(datas
         assert nir[name] == expected_captions(image)["NI"].replace("backpack", "handbag")
     text_requests = [r for r in srv.requests if r["image"] is None]
     assert len(text_requests) == 24 and {r["model"] for r in text_requests} == {"llm"}
-    record = json.loads((out / "attributes" / "test.json").read_text())[sorted(test_rgb)[0]]
+    record = read_attributes(out, "test")[sorted(test_rgb)[0]]
     assert record["rewrite"]["nir"]["reason"] == "invents 'green'"
     assert record["rewrite"]["tir"]["reason"] == "empty answer"
     assert not (out / "train_RGB.json").exists()

@@ -16,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+from demo_reid.captioning.store import read_attributes
 from demo_reid.dataset_builder import DatasetBuildWarning, build_dataset
 from demo_reid.synthetic import make_synthetic
 
@@ -107,7 +108,7 @@ def test_gibberish_from_a_tiny_random_model_ends_as_all_unknown(tiny_vlm, tmp_pa
     for tag, caption in ALL_UNKNOWN.items():
         entries = json.loads((out / f"train_{tag}.json").read_text())
         assert entries == [{"item": name, "description": caption} for name in train]
-    records = json.loads((out / "attributes" / "train.json").read_text())
+    records = read_attributes(out, "train")
     answers = [records[n]["answers"][m][str(tiny_vlm)] for n in train for m in ("rgb", "nir", "tir")]
     assert all(isinstance(a, str) and a.strip() for a in answers)  # the model did answer, in gibberish
     assert all(v is None for v in records[train[0]]["attributes"]["objects"].values())

@@ -27,7 +27,6 @@ from .rewrite import check_rewrite, clean_rewrite
 from .schema import get_schema
 from .store import (
     done_items,
-    read_attributes,
     read_split,
     remove_stale_temporaries,
     write_attributes,
@@ -87,7 +86,6 @@ class CaptionRun:
 
     def _run_split(self, split: str, triples: list[Triple], output: Path) -> None:
         captions = read_split(output, split)
-        records = read_attributes(output, split)
         done = done_items(captions)
         todo = [t for t in triples if t.name not in done]
         self.summary.skipped[split] += len(triples) - len(todo)
@@ -95,15 +93,14 @@ class CaptionRun:
         try:
             for chunk in _chunks(todo, self.save_every):
                 results = self._caption_chunk(chunk)
-                for name, (item_captions, record) in results.items():
+                for name, (item_captions, _) in results.items():
                     for modality in MODALITIES:
                         captions[modality][name] = item_captions[modality]
-                    records[name] = record
                 if results:  # attributes first: the caption files decide what is done
                     if self._manifest is not None:
                         write_manifest(output, self._manifest)
                         self._manifest = None
-                    write_attributes(output, split, records)
+                    write_attributes(output, split, {name: record for name, (_, record) in results.items()})
                     write_split(output, split, captions)
                 self.summary.new[split] += len(results)
                 self.summary.failed[split] += len(chunk) - len(results)

@@ -1,6 +1,6 @@
 """The caption folder on disk: the released ``{train,test}_{RGB,NI,TI}.json`` files, plus
-``generation.json`` (the settings that made them) and ``attributes/{split}.json`` (raw answers
-and merged attributes with their confidences, for inspection).
+``generation.json`` (the settings that made them) and ``attributes/{split}_NNNNN.json`` (per
+saved chunk: raw answers and merged attributes with their confidences, for inspection).
 
 Every file is written whole to a temporary sibling and renamed over the old one
 (``os.replace`` is atomic), so a killed run leaves the previous complete version, never a
@@ -82,19 +82,31 @@ def write_split(folder: Path, split: str, captions: CaptionSplit) -> None:
                           [{"item": k, "description": items[k]} for k in sorted(items)])
 
 
+def _attribute_chunks(folder: Path, split: str) -> list[Path]:
+    return sorted((folder / ATTRIBUTES_DIR).glob(f"{split}_[0-9][0-9][0-9][0-9][0-9].json"))
+
+
 def read_attributes(folder: Path, split: str) -> dict:
-    path = folder / ATTRIBUTES_DIR / f"{split}.json"
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise DatasetLayoutError(f"{path}: not readable JSON ({exc}); delete it to start it afresh") from None
-    return data if isinstance(data, dict) else {}
+    """``{item: record}`` from all saved chunks of a split; a later chunk wins for an item."""
+    out: dict = {}
+    for path in _attribute_chunks(folder, split):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise DatasetLayoutError(f"{path}: not readable JSON ({exc})") from None
+        if isinstance(data, dict):
+            out.update(data)
+    return out
 
 
-def write_attributes(folder: Path, split: str, records: Mapping[str, dict]) -> None:
-    atomic_write_json(folder / ATTRIBUTES_DIR / f"{split}.json", {k: records[k] for k in sorted(records)})
+def write_attributes(folder: Path, split: str, records: Mapping[str, dict]) -> Path:
+    """Save the records of one chunk as the next ``attributes/<split>_NNNNN.json``: each chunk
+    is written once, so a long run never rewrites the (large) raw answers."""
+    chunks = _attribute_chunks(folder, split)
+    index = int(chunks[-1].stem.rsplit("_", 1)[1]) + 1 if chunks else 0
+    path = folder / ATTRIBUTES_DIR / f"{split}_{index:05d}.json"
+    atomic_write_json(path, {k: records[k] for k in sorted(records)})
+    return path
 
 
 def check_manifest(folder: Path, settings: Mapping) -> None:
