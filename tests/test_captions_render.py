@@ -122,10 +122,17 @@ def test_rewrite_kept_when_faithful():
      "casual sneakers and a red cap, short straight hair, carrying a backpack. The image appears blurry.",
      "invents 'red'"),
     ("", "empty answer"),
+    ("Sure! Here is a natural description that follows the template exactly as you asked me to. " * 4
+     + "An adult male seen from the back during nighttime in dim lighting.", "too long"),
 ])
 def test_rewrite_rejected_when_it_drops_or_invents(prose, reason):
     template = render_caption("person", "rgb", PERSON_ATTRS)
     assert check_rewrite(PERSON, "rgb", _shown("rgb"), template, prose) == (False, reason)
+
+
+def test_rewrite_of_a_caption_with_nothing_known_is_refused():
+    template = render_caption("person", "tir", {})
+    assert check_rewrite(PERSON, "tir", {}, template, "A person.") == (False, "no known attribute")
 
 
 def test_rewrite_may_not_bring_colours_into_nir():

@@ -88,6 +88,22 @@ def tiny_vlm(tmp_path_factory):
     return build_tiny_llava(tmp_path_factory.mktemp("tiny_llava") / "model")
 
 
+@pytest.fixture(scope="module")
+def tiny_text_llm(tiny_vlm, tmp_path_factory):
+    """A one-layer Llama with the same tokenizer and chat template: a text-only rewrite model."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    folder = tmp_path_factory.mktemp("tiny_llama") / "model"
+    tokenizer = AutoTokenizer.from_pretrained(tiny_vlm)
+    torch.manual_seed(1)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=1, bos_token_id=1, eos_token_id=2,
+                                 pad_token_id=3)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    (folder / "chat_template.jinja").write_text((tiny_vlm / "chat_template.jinja").read_text())
+    return folder
+
+
 def test_gibberish_from_a_tiny_random_model_ends_as_all_unknown(tiny_vlm, tmp_path, capsys):
     if str(REPO / "data_scripts") not in sys.path:
         sys.path.insert(0, str(REPO / "data_scripts"))
@@ -135,3 +151,35 @@ def test_transformers_backend_batches_and_text_only_requests(tiny_vlm):
     assert batched[0] == batched[2] == alone[0]  # left padding: batching does not change an answer
     text = backend.generate(str(tiny_vlm), [Request("rewrite this")])  # a VLM answers text-only requests too
     assert len(text) == 1 and isinstance(text[0], str)
+
+
+def test_rewrite_model_is_not_asked_when_nothing_is_known(tiny_vlm, tiny_text_llm, tmp_path, capsys):
+    if str(REPO / "data_scripts") not in sys.path:
+        sys.path.insert(0, str(REPO / "data_scripts"))
+    import generate_captions
+
+    raw = make_synthetic("RGBNT201", tmp_path / "raw", num_train_ids=1, num_test_ids=1, images_per_id=4,
+                         image_size=(32, 16))
+    out = tmp_path / "captions"
+    code = generate_captions.main(["--dataset", str(raw), "--backend", "transformers", "--model", str(tiny_vlm),
+                                   "--rewrite-model", str(tiny_text_llm), "--output", str(out), "--splits", "test",
+                                   "--max-new-tokens", "8", "--device", "cpu"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "0 failed; 12 request(s)" in printed  # 4 items x 3 images, no rewrite request
+    assert "rewrites: 0 kept, 12 replaced by the template" in printed
+    entries = json.loads((out / "test_TI.json").read_text())
+    assert {e["description"] for e in entries} == {ALL_UNKNOWN["TI"]}
+    reasons = {r["rewrite"][m]["reason"] for r in read_attributes(out, "test").values() for m in ("rgb", "nir", "tir")}
+    assert reasons == {"no known attribute"}
+
+
+def test_text_generation_backend_for_a_text_only_rewrite_model(tiny_text_llm):
+    from demo_reid.captioning.backend_transformers import TransformersBackend
+    from demo_reid.captioning.backends import Request
+
+    backend = TransformersBackend(batch_size=2, max_new_tokens=5, device="cpu")
+    alone = backend.generate(str(tiny_text_llm), [Request("hello")])
+    batched = backend.generate(str(tiny_text_llm), [Request("hello"), Request("a much longer prompt " * 6)])
+    assert ("text-generation" in {task for _, task in backend._pipes})
+    assert len(batched) == 2 and isinstance(alone[0], str) and alone[0] and batched[0] == alone[0]

@@ -85,15 +85,15 @@ class TransformersBackend:
             else:
                 content = r.prompt
             messages.append([{"role": "user", "content": content}])
-        kwargs = dict(batch_size=self.batch_size, max_new_tokens=self.max_new_tokens, return_full_text=False,
-                      generate_kwargs={"do_sample": False})
+        kwargs = dict(batch_size=self.batch_size, max_new_tokens=self.max_new_tokens, return_full_text=False)
         try:
-            outputs = pipe(text=messages, **kwargs) if task == "image-text-to-text" else pipe(messages, **kwargs)
+            if task == "image-text-to-text":
+                outputs = pipe(text=messages, generate_kwargs={"do_sample": False}, **kwargs)
+            else:
+                outputs = pipe(messages, do_sample=False, **kwargs)
         except Exception as exc:
-            raise BackendError(
-                f"--model {model}: generation failed ({type(exc).__name__}: {exc}); "
-                "a smaller --batch-size or --max-new-tokens may help"
-            ) from None
+            hint = "; a smaller --batch-size may help" if "out of memory" in str(exc).lower() else ""
+            raise BackendError(f"--model {model}: generation failed ({type(exc).__name__}: {exc}){hint}") from None
         return [_text_of(o) for o in outputs]
 
     def close(self) -> None:

@@ -147,12 +147,19 @@ class CaptionRun:
 
     def _rewrite(self, results: dict[str, tuple[dict, dict]], merged_of: dict[str, Merged]) -> None:
         keys, requests = [], []
-        for name, (item_captions, _) in results.items():
+        for name, (item_captions, record) in results.items():
             for modality in MODALITIES:
                 values = merged_of[name].values_for(modality)
                 shown = {a.name: values.get(a.name) for a in self.schema.asked_in(modality)}
+                if all(v is None for v in shown.values()):  # nothing to put into prose: keep the template
+                    record.setdefault("rewrite", {})[modality] = {"answer": None, "kept": False,
+                                                                  "reason": "no known attribute"}
+                    self.summary.rewrites_rejected += 1
+                    continue
                 keys.append((name, modality, shown))
                 requests.append(Request(rewrite_prompt(self.schema, modality, shown, item_captions[modality])))
+        if not requests:
+            return
         answers = self.backend.generate(self.rewrite_model, requests)
         self.summary.requests += len(requests)
         for (name, modality, shown), answer in zip(keys, answers):

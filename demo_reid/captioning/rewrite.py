@@ -17,6 +17,7 @@ from .schema import Schema
 from .stats import UNKNOWN_WORDS
 
 _SKIP_WORDS = {"on", "no", "yes"}  # values too common in prose to count as invented
+MAX_LENGTH_RATIO = 2.0  # longer answers carry preambles or added detail
 
 
 def clean_rewrite(text: Optional[str]) -> str:
@@ -32,8 +33,12 @@ def check_rewrite(schema: Schema, modality: str, values: Mapping[str, Optional[s
     """``(kept, reason)``: whether ``rewrite`` may replace ``template`` for this modality."""
     if not rewrite:
         return False, "empty answer"
+    if len(rewrite.split()) > MAX_LENGTH_RATIO * len(template.split()):
+        return False, "too long"
     low_template, low_rewrite = template.lower(), rewrite.lower()
     shown = schema.asked_in(modality)
+    if not any(values.get(a.name) is not None for a in shown):
+        return False, "no known attribute"
     for attr in shown:
         value = values.get(attr.name)
         if value is None or not phrase_pattern(value.lower()).search(low_template):
