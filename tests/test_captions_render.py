@@ -122,7 +122,7 @@ def test_rewrite_kept_when_faithful():
      "casual sneakers and a red cap, short straight hair, carrying a backpack. The image appears blurry.",
      "invents 'red'"),
     ("", "empty answer"),
-    ("Sure! Here is a natural description that follows the template exactly as you asked me to. " * 4
+    ("Sure! Here is a natural description that follows the template exactly as you asked me to. " * 6
      + "An adult male seen from the back during nighttime in dim lighting.", "too long"),
 ])
 def test_rewrite_rejected_when_it_drops_or_invents(prose, reason):
