@@ -8,6 +8,7 @@ dataset of real JPEGs; the captions must attach in the dataset builder like the 
 
 import base64
 import hashlib
+import io
 import json
 import os
 import signal
@@ -435,3 +436,44 @@ def test_resume_after_a_kill(dataset, server, tmp_path):
             expected = {n: expected_captions(b)[t].replace("backpack", "handbag") for n, b in rgb.items()}
             assert _read(out, f"{s}_{t}.json") == expected
     assert not [p for p in out.rglob(".*") if ".tmp-" in p.name]
+
+
+# ----------------------------------------------------------------------------- RGBNT100 (no released captions)
+
+
+def vehicle_answer(model, modality, image):
+    if modality == "rgb":
+        return ("Body color: white, confidence: 0.9\nBrand: Toyota, confidence: 0.8\nVehicle type: SUV, confidence: 0.85"
+                "\nViewpoint: front, confidence: 0.9\nLighting: dim\nTime of day: nighttime\nImage clarity: clear")
+    return "Vehicle type: sedan, confidence: 0.6\nBody color: black, confidence: 0.99\nImage clarity: blurry"
+
+
+def test_rgbnt100_side_by_side_images_are_cut_and_captioned_as_vehicles(server, tmp_path):
+    from PIL import Image
+
+    raw = make_synthetic("RGBNT100", tmp_path / "raw", num_train_ids=2, num_test_ids=1, images_per_id=4,
+                         image_size=(16, 24))
+    srv = server(answer=vehicle_answer)
+    out = tmp_path / "captions"
+    assert _main(*_cli_args(raw.parent, srv.url, out, models=("vlm-a",))) == 0
+    assert json.loads((out / "generation.json").read_text())["kind"] == "vehicle"
+    train = sorted(p.name for p in (raw / "rgbir" / "bounding_box_train").iterdir())
+    test = sorted(p.name for p in (raw / "rgbir" / "query").iterdir()) + \
+        sorted(p.name for p in (raw / "rgbir" / "bounding_box_test").iterdir())
+    assert sorted(_read(out, "train_RGB.json")) == train and sorted(_read(out, "test_TI.json")) == sorted(test)
+    rgb = next(iter(_read(out, "train_RGB.json").values()))
+    assert rgb.startswith("A white Toyota SUV viewed from the front in dim nighttime light (image appears clear). ")
+    nir = next(iter(_read(out, "train_NI.json").values()))
+    # time of day belongs to the scene (from RGB), lighting to each image (NIR gave none)
+    assert nir.startswith("A Toyota SUV viewed from the front in nighttime light of unknown brightness "
+                          "(image appears blurry). ")
+    assert len(srv.requests) == 3 * (len(train) + len(test))
+    assert all(r["url"].startswith("data:image/png;base64,") for r in srv.requests)  # lossless crops
+    sizes = {Image.open(io.BytesIO(r["image"])).size for r in srv.requests}
+    assert sizes == {(24, 16)}  # one third of the 72x16 side-by-side file each
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dsd = build_dataset("RGBNT100", raw.parent, captions_dir=out, cache_dir=tmp_path / "cache")
+    assert not [w for w in caught if issubclass(w.category, DatasetBuildWarning)]
+    assert all(c.startswith("A white Toyota SUV") for c in dsd["train"]["caption_rgb"])
