@@ -33,7 +33,7 @@ def attribute_prompt(schema: Schema, modality: str) -> str:
         "For every attribute below, give the value you see and your confidence from 0.0 (a guess) "
         "to 1.0 (certain). Use one of the listed values; write unknown when it cannot be seen.",
         "Answer with exactly one line per attribute and nothing else, in this form:",
-        f"1. {attrs[0].question}: {(attrs[0].values or ('value',))[0]}, confidence: 0.8",
+        "<number>. <attribute>: <value>, confidence: <0.0 to 1.0>",
         "",
         "Attributes:",
     ]
