@@ -36,7 +36,8 @@ from demo_reid.dataset_builder import LAYOUTS, DatasetLayoutError  # noqa: E402
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--dataset", type=Path, help="raw release folder (RGBNT201/, MSVR310/, ...) or the folder holding it")
+    p.add_argument("--dataset", type=Path,
+                   help="raw release folder (RGBNT201/, MSVR310/, ...) or the folder holding it")
     p.add_argument("--name", choices=sorted(LAYOUTS) + ["MSVWild863"], help="dataset layout (default: recognised)")
     p.add_argument("--backend", choices=BACKENDS, help="transformers (local model folder) or openai (chat endpoint)")
     p.add_argument("--model", action="append", default=[], metavar="NAME_OR_PATH",

@@ -59,7 +59,8 @@ def recorded_answer(model: str, modality: str, image: bytes) -> str:
         return ("- **Gender**: female (confidence 90%)\n- Upper clothing color: white, confidence: 0.99\n"
                 "- Lighting: dim, confidence: 0.7\n- Image clarity: blurred, confidence: 0.8")
     if model == "vlm-a" and modality == "tir":
-        return "1. adult, confidence: 0.4\n2. female\n3. side, confidence: 0.95\nUpper clothing color: blue, confidence: 1.0"
+        return ("1. adult, confidence: 0.4\n2. female\n3. side, confidence: 0.95\n"
+                "Upper clothing color: blue, confidence: 1.0")
     if model == "vlm-b" and modality == "rgb":
         return "Carried item: backpack, confidence: 0.95\nHair style: curly, confidence: 0.4"
     return ""
@@ -375,7 +376,8 @@ def test_unreachable_endpoint_stops_the_run_and_writes_nothing(dataset, tmp_path
     (["--backend", "transformers", "--model", "./no/such/dir"], "--model ./no/such/dir: no such model folder"),
     (["--backend", "openai", "--model", "m", "--endpoint", "http://x", "--min-confidence", "2"],
      "--min-confidence 2.0: expected a number from 0 to 1"),
-    (["--backend", "openai", "--model", "m", "--model", "m", "--endpoint", "http://x"], "the same model is named twice"),
+    (["--backend", "openai", "--model", "m", "--model", "m", "--endpoint", "http://x"],
+     "the same model is named twice"),
 ])
 def test_bad_arguments_exit_2_with_one_line(dataset, tmp_path, capsys, args, message):
     out = tmp_path / "captions"
@@ -443,8 +445,8 @@ def test_resume_after_a_kill(dataset, server, tmp_path):
 
 def vehicle_answer(model, modality, image):
     if modality == "rgb":
-        return ("Body color: white, confidence: 0.9\nBrand: Toyota, confidence: 0.8\nVehicle type: SUV, confidence: 0.85"
-                "\nViewpoint: front, confidence: 0.9\nLighting: dim\nTime of day: nighttime\nImage clarity: clear")
+        return ("Body color: white, confidence: 0.9\nBrand: Toyota, confidence: 0.8\n"
+                "Vehicle type: SUV, confidence: 0.85\nViewpoint: front, confidence: 0.9\nLighting: dim\nTime of day: nighttime\nImage clarity: clear")
     return "Vehicle type: sedan, confidence: 0.6\nBody color: black, confidence: 0.99\nImage clarity: blurry"
 
 

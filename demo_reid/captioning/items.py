@@ -41,7 +41,7 @@ def find_layout(root: str | Path, name: Optional[str] = None) -> tuple[Layout, P
         except DatasetLayoutError:
             continue
     if len(found) != 1:
-        what = "no known layout" if not found else "several layouts (" + ", ".join(l.name for l, _ in found) + ")"
+        what = "no known layout" if not found else "several layouts (" + ", ".join(lay.name for lay, _ in found) + ")"
         raise DatasetLayoutError(
             f"--dataset {root}: found {what}; expected one of the release folders "
             f"({', '.join(LAYOUTS)}), or pass --name to say which"

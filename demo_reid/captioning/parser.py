@@ -40,8 +40,7 @@ _SEGMENT_SPLIT_RE = re.compile(r"\n|;|\s/\s|\s\|\s")
 _NAME_SPLIT_RE = re.compile(r"\s*(?::|=|\s-\s)\s*")
 _NAME_WORDS = {"colour": "color", "garment": "clothing", "clothes": "clothing", "tyre": "tire", "tyres": "tire",
                "tires": "tire", "headlight": "headlights", "taillight": "taillights", "carried": "carrying",
-               "carry": "carrying", "viewpoint": "view", "viewing": "view", "angle": "view", "gender": "gender",
-               "sex": "gender"}
+               "carry": "carrying", "viewpoint": "view", "viewing": "view", "angle": "view", "sex": "gender"}
 
 
 @dataclass(frozen=True)
