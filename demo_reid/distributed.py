@@ -83,12 +83,15 @@ def convert_to_global_batchnorm(model: nn.Module) -> nn.Module:
     """
     if not is_distributed():
         return model
-    device = next(model.parameters()).device
-    if device.type == "cuda":
+    if next(model.parameters()).device.type == "cuda":
         return nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    for name, child in list(model.named_children()):
-        if isinstance(child, nn.BatchNorm1d) and not isinstance(child, GlobalBatchNorm1d):
-            setattr(model, name, _swap_batchnorm(child, GlobalBatchNorm1d))
-        else:
-            convert_to_global_batchnorm(child)
+    _swap_all(model)
     return model
+
+
+def _swap_all(module: nn.Module) -> None:
+    for name, child in list(module.named_children()):
+        if isinstance(child, nn.BatchNorm1d) and not isinstance(child, GlobalBatchNorm1d):
+            setattr(module, name, _swap_batchnorm(child, GlobalBatchNorm1d))
+        else:
+            _swap_all(child)

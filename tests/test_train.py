@@ -266,10 +266,11 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, monke
     assert list(tmp_path.iterdir()) == []
 
 
-# The headline: `python train.py` (synthetic preset, 20 epochs) reaches mAP 80.0 on the synthetic test split
+# The headline: `python train.py` (synthetic preset, 20 epochs) reaches mAP 92.6 on the synthetic test split
 # (docs/training.md); random features give about 4.5. The bar sits 10 points under the measured figure, so a
-# regression of the recipe fails while run-to-run noise (none on one machine) and BLAS differences do not.
-DEFAULT_RUN_MAP_BAR = 70.0
+# regression of the recipe fails (the previous recipe reached 79.4, PyTorch init at lr 1e-3 65.0) while
+# BLAS or thread-count differences between machines do not.
+DEFAULT_RUN_MAP_BAR = 85.0
 
 
 @pytest.fixture(scope="module")
@@ -283,7 +284,7 @@ def test_default_run_reaches_its_headline_map(tmp_path, synthetic_dir):
     result = train.main(["--output-dir", str(out), "--synthetic-dir", synthetic_dir, "--disable-tqdm", "true"])
     assert result["world_size"] == 1 and result["selection"] == "final epoch" and result["global_step"] == 300
     assert result["mAP"] >= DEFAULT_RUN_MAP_BAR, result
-    assert result["Rank-1"] >= 80.0, result
+    assert result["Rank-1"] >= 90.0, result
     assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
     assert f"{result['mAP']:.2f}" in (out / "README.md").read_text()
     config = json.loads((out / "config.json").read_text())
@@ -368,7 +369,13 @@ def test_real_presets_follow_the_authors_recipe(tmp_path):
 def test_config_precedence_preset_yaml_flags(tmp_path):
     from dataclasses import fields
 
-    from demo_reid.training_args import DeMoScriptArguments, DeMoTrainingArguments, build_parser
+    from demo_reid.training_args import (
+        IGNORED_TRAINER_OPTIONS,
+        IGNORED_UNDER_DEMO_SCHEDULES,
+        DeMoScriptArguments,
+        DeMoTrainingArguments,
+        build_parser,
+    )
 
     cfg = tmp_path / "run.yaml"
     cfg.write_text("preset: msvr310\nnum-instances: 3\nlr_scheduler_type: demo_cosine_plain\n")
@@ -384,10 +391,19 @@ def test_config_precedence_preset_yaml_flags(tmp_path):
     with pytest.raises(ValueError, match="num_identities"):
         parse_args(["--num-identities", "1", "--output-dir", str(tmp_path)])
     help_text = build_parser().format_help()
+    ignored = set(IGNORED_TRAINER_OPTIONS) | set(IGNORED_UNDER_DEMO_SCHEDULES)
     for cls in (DeMoScriptArguments, DeMoTrainingArguments):
         for f in fields(cls):
-            if f.init:
+            if f.init and f.name not in ignored:
                 assert f"--{f.name}" in help_text, f.name
+    for name in ignored:  # options that would do nothing are not offered
+        assert f"--{name} " not in help_text and f"--{name}\n" not in help_text, name
+    # --help opens with examples, then the options a ReID user sets, then the Trainer's own under a heading
+    position = 0
+    for needle in ("examples:", "ReID options:", "--preset", "--dataset", "--backbone", "--output_dir",
+                   "--num_identities", "--resume", "Trainer options"):
+        position = help_text.index(needle, position)  # raises if out of order
+    assert help_text.index("ReID options:") < help_text.index("--bf16")
 
 
 def test_gradient_checkpointing_option_trains(tiny_dataset, tmp_path):
