@@ -135,20 +135,22 @@ class ChatServer:
         if action == "timeout":
             time.sleep(1.0)
             return
-        try:
-            if isinstance(action, int) or (self.fail_image is not None and image == self.fail_image):
-                return self._send(h, action if isinstance(action, int) else 500, {"error": {"message": "boom"}})
+        # The request stops counting as in flight just before its answer is written: once the client has the
+        # answer it may send the next request, possibly before this thread runs again.
+        if isinstance(action, int) or (self.fail_image is not None and image == self.fail_image):
+            status, payload = (action if isinstance(action, int) else 500), {"error": {"message": "boom"}}
+        else:
             time.sleep(self.delay)
             if image is None:
                 text = self.rewrite(body["model"], prompt) if self.rewrite else ""
             else:
                 text = self.answer(body["model"], modality, image)
-            self._send(h, 200, {"id": f"c{index}", "object": "chat.completion", "model": body["model"],
-                                "choices": [{"index": 0, "finish_reason": "stop",
-                                             "message": {"role": "assistant", "content": text}}]})
-        finally:
-            with self.lock:
-                self.inflight -= 1
+            status, payload = 200, {"id": f"c{index}", "object": "chat.completion", "model": body["model"],
+                                    "choices": [{"index": 0, "finish_reason": "stop",
+                                                 "message": {"role": "assistant", "content": text}}]}
+        with self.lock:
+            self.inflight -= 1
+        self._send(h, status, payload)
 
     @staticmethod
     def _send(h, status, payload):
