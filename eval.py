@@ -1,10 +1,11 @@
-"""Evaluate a saved DeMo model on the query/gallery splits of a dataset built by data_scripts/build_dataset.py.
+"""Evaluate a saved DeMo or NEXT model on the query/gallery splits of a dataset built by data_scripts/build_dataset.py.
 
     python eval.py --model outputs/demo-synthetic --dataset outputs/synthetic-rgbnt201
     python eval.py --model DIR --dataset PATH --missing-sweep --visualize --output eval_out
     torchrun --nproc_per_node 2 eval.py --model DIR --dataset PATH      # several processes
 
-Prints and writes (JSON + Markdown) mAP, Rank-1/5/10 and mINP per feature row (ori, moe, all),
+The model type is read from the checkpoint. Prints and writes (JSON + Markdown) mAP, Rank-1/5/10 and mINP per
+feature row the model names (DeMo: ori, moe, all; NEXT: cls, semantic, structure, final, all),
 the missing-modality table of paper Tables 3-4, and parameters / MACs per triple (Table 5).
 """
 
@@ -16,7 +17,7 @@ import os
 import sys
 from pathlib import Path
 
-SUPPORTED_MODEL_TYPES = ("demo_reid",)
+SUPPORTED_MODEL_TYPES = ("demo_reid", "next_reid")
 
 
 class UsageError(Exception):
@@ -24,13 +25,14 @@ class UsageError(Exception):
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from demo_reid.evaluation import FEATURE_NAMES, MISSING_SETTINGS
+    from demo_reid.evaluation import MISSING_SETTINGS
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="directory written by save_pretrained (train.py --output-dir)")
     parser.add_argument("--dataset", required=True, help="DatasetDict with query and gallery splits (save_to_disk)")
-    parser.add_argument("--features", choices=FEATURE_NAMES, default=None,
-                        help="retrieval feature row; unset: all three rows (ori, moe, all)")
+    parser.add_argument("--features", default=None,
+                        help="one feature row the model names (DeMo: ori, moe, all; NEXT: cls, semantic, structure, "
+                             "final, all); unset: every row")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--missing", default=None,
                        help=f"comma-separated missing-modality settings among {','.join(MISSING_SETTINGS)} "
@@ -77,12 +79,25 @@ def load_model(path: str):
     config = json.loads(config_file.read_text())
     model_type = config.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
-        raise UsageError(f"--model {path} is a {model_type!r} checkpoint, not a DeMo one (model_type 'demo_reid'); "
-                         "pass a directory saved from DeMoModel (train.py --output-dir)")
+        raise UsageError(f"--model {path} is a {model_type!r} checkpoint, not a DeMo or NEXT one (model_type "
+                         f"{' or '.join(map(repr, SUPPORTED_MODEL_TYPES))}); pass a directory written by train.py")
     if "AutoModel" not in config.get("auto_map", {}):
         raise UsageError(f"--model {path}: config.json has no auto_map for AutoModel; re-save it with "
                          "DeMoModel.save_pretrained from this repository so the modeling code travels with it")
     return AutoModel.from_pretrained(str(directory), trust_remote_code=True)
+
+
+def load_tokenizer(path: str, model):
+    """The tokenizer saved beside a text-conditioned checkpoint (None for image-only models)."""
+    if not getattr(model.config, "use_text", False):
+        return None
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(Path(path).expanduser()))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"--model {path}: the model reads captions but no tokenizer loads from that directory "
+                         f"({str(exc).splitlines()[0][:120]}); train.py saves it beside the weights") from None
 
 
 def load_dataset(path: str):
@@ -110,9 +125,13 @@ def _has_no_data_files(split_dir: Path) -> bool:
 
 
 def expert_names_of(model) -> tuple[str, ...]:
+    """The model's names for its expert weights (`model.expert_names`, else its module's EXPERT_NAMES)."""
     from demo_reid.visualize import DEFAULT_EXPERT_NAMES
 
-    return tuple(getattr(sys.modules.get(type(model).__module__), "EXPERT_NAMES", DEFAULT_EXPERT_NAMES))
+    names = getattr(model, "expert_names", None)
+    if names is None:
+        names = getattr(sys.modules.get(type(model).__module__), "EXPERT_NAMES", DEFAULT_EXPERT_NAMES)
+    return tuple(names)
 
 
 def complexity_of(model) -> dict:
@@ -122,7 +141,8 @@ def complexity_of(model) -> dict:
             "image_size": list(model.config.image_size)}
 
 
-def write_figures(args, model, dsdict, query, gallery, sweep, out_dir: Path, feature_name: str) -> list[str]:
+def write_figures(args, model, dsdict, query, gallery, sweep, out_dir: Path, feature_name: str,
+                  tokenizer=None) -> list[str]:
     """Rank lists, expert weights (per query and per missing setting) and the PCA feature map."""
     import torch
 
@@ -150,7 +170,7 @@ def write_figures(args, model, dsdict, query, gallery, sweep, out_dir: Path, fea
         for s in MISSING_SETTINGS:
             if s not in done:  # only the query split is needed for the weights
                 q = extract_features(model, dsdict["query"], args.batch_size, s, progress=not args.no_progress,
-                                     desc=f"query {s} (weights)")
+                                     desc=f"query {s} (weights)", tokenizer=tokenizer)
                 done = dict(done, **{s: q.expert_weights.mean(dim=(0, 1)).tolist()})
             by_setting[MISSING_LABELS[s]] = done[s]
         paths.append(plot_expert_weights_by_setting(by_setting, out_dir / "expert_weights_missing.png", names))
@@ -189,22 +209,24 @@ def run(args) -> dict:
     model = load_model(args.model)
     for split in ("query", "gallery"):
         check_split(dsdict[split], split, model.config.num_cameras)
+    tokenizer = load_tokenizer(args.model, model)
     model.to(accelerator.device).eval()
-    feature_names = (args.features,) if args.features else ("ori", "moe", "all")
+    feature_names = (args.features,) if args.features else None  # None: every row the model names
     rerank_params = dict(k1=args.rerank_k1, k2=args.rerank_k2, lambda_value=args.rerank_lambda)
     progress = not args.no_progress
 
     query = extract_features(model, dsdict["query"], args.batch_size, None, accelerator, num_workers=args.num_workers,
-                             progress=progress, desc="query")
+                             progress=progress, desc="query", tokenizer=tokenizer)
     gallery = extract_features(model, dsdict["gallery"], args.batch_size, None, accelerator,
-                               num_workers=args.num_workers, progress=progress, desc="gallery")
+                               num_workers=args.num_workers, progress=progress, desc="gallery", tokenizer=tokenizer)
     if args.features and args.features not in query.available():
-        raise EvaluationInputError(f"--features {args.features} needs the HDM/ATMoE branch, which this model lacks; "
-                                   "use --features ori")
+        raise EvaluationInputError(f"--features {args.features}: this model names the rows "
+                                   f"{', '.join(query.available())}")
     sweep = None
     if args.missing:
         sweep = missing_modality_sweep(model, dsdict["query"], dsdict["gallery"], args.batch_size, feature_names,
-                                       args.missing, args.distance, args.rerank, accelerator, progress, rerank_params)
+                                       args.missing, args.distance, args.rerank, accelerator, progress, rerank_params,
+                                       tokenizer=tokenizer)
     if not accelerator.is_main_process:
         return {}
 
@@ -220,14 +242,16 @@ def run(args) -> dict:
         "protocol": choose_protocol(query.sceneids, gallery.sceneids),
         "distance": args.distance,
         "rerank": rerank_params if args.rerank else False,
+        "model_type": model.config.model_type,
+        "headline_features": query.headline,
         "num_processes": accelerator.num_processes,
         "results": results,
         "missing_sweep": sweep,
         "complexity": None if args.no_complexity else complexity_of(accelerator.unwrap_model(model)),
     }
     if args.visualize:
-        shown = args.features or ("all" if "all" in query.available() else "ori")
-        report["figures"] = write_figures(args, model, dsdict, query, gallery, sweep, out_dir, shown)
+        shown = args.features or query.headline
+        report["figures"] = write_figures(args, model, dsdict, query, gallery, sweep, out_dir, shown, tokenizer)
     json_path, md_path = write_report(report, out_dir)
     print(format_markdown(report))
     print(f"wrote {json_path} and {md_path}")

@@ -40,10 +40,13 @@ class DeMoModelOutput(ModelOutput):
             concat(f_R, f_N, f_T), the per-modality features.
         moe_embeddings (`torch.FloatTensor` of shape `(batch_size, 7 * C)`, *optional*):
             The ATMoE (or plain HDM) feature; `None` without HDM.
-        logits (`tuple[torch.FloatTensor]`):
-            Identity logits, one tensor per supervised head.
-        features (`tuple[torch.FloatTensor]`):
-            Pre-BN features aligned with `logits`; the triplet loss is applied to these.
+        logits (`dict[str, torch.FloatTensor]`):
+            Identity logits of each supervised head, by head name: `"ori"` (direct classifier) or `"rgb"`, `"nir"`,
+            `"tir"` (per-modality classifiers), and `"moe"` with HDM.
+        features (`dict[str, torch.FloatTensor]`):
+            Pre-BN features of the same heads (same keys, same order); the triplet loss is applied to these.
+        feature_sets (`dict[str, torch.FloatTensor]`):
+            Named retrieval features for evaluation: `"ori"`, and with HDM `"moe"` and `"all"` = concat(ori, moe).
         expert_weights (`torch.FloatTensor` of shape `(batch_size, heads, 7)`, *optional*):
             Gating weights over the experts R, N, T, RN, RT, NT, RNT.
     """
@@ -51,8 +54,9 @@ class DeMoModelOutput(ModelOutput):
     embeddings: torch.FloatTensor | None = None
     ori_embeddings: torch.FloatTensor | None = None
     moe_embeddings: torch.FloatTensor | None = None
-    logits: tuple[torch.FloatTensor, ...] | None = None
-    features: tuple[torch.FloatTensor, ...] | None = None
+    logits: dict[str, torch.FloatTensor] | None = None
+    features: dict[str, torch.FloatTensor] | None = None
+    feature_sets: dict[str, torch.FloatTensor] | None = None
     expert_weights: torch.FloatTensor | None = None
 
 
@@ -453,21 +457,20 @@ class DeMoModel(DeMoPreTrainedModel):
             features = {m: modality_features[:, i] for i, m in enumerate(MODALITIES)}
         if moe_embeddings is not None:
             features["moe"] = moe_embeddings
-        logits = tuple(self.classifiers[name](self.bnnecks[name](feat)) for name, feat in features.items())
+        logits = {name: self.classifiers[name](self.bnnecks[name](feat)) for name, feat in features.items()}
 
-        if self.config.inference_features == "ori" or moe_embeddings is None:
-            embeddings = ori_embeddings
-        elif self.config.inference_features == "moe":
-            embeddings = moe_embeddings
-        else:
-            embeddings = torch.cat([ori_embeddings, moe_embeddings], dim=-1)
+        feature_sets = {"ori": ori_embeddings}
+        if moe_embeddings is not None:
+            feature_sets.update(moe=moe_embeddings, all=torch.cat([ori_embeddings, moe_embeddings], dim=-1))
+        embeddings = feature_sets.get(self.config.inference_features, ori_embeddings)
 
         return DeMoModelOutput(
             embeddings=embeddings,
             ori_embeddings=ori_embeddings,
             moe_embeddings=moe_embeddings,
             logits=logits,
-            features=tuple(features.values()),
+            features=features,
+            feature_sets=feature_sets,
             expert_weights=expert_weights,
         )
 

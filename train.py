@@ -22,6 +22,7 @@ import torch  # noqa: E402
 from transformers import set_seed  # noqa: E402
 from transformers.trainer_utils import enable_full_determinism  # noqa: E402
 
+from demo_reid.metrics import METRIC_KEYS  # noqa: E402
 from demo_reid.training_args import (  # noqa: E402
     RANDOM_BACKBONES,
     DeMoScriptArguments,
@@ -196,7 +197,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from demo_reid.checkpoints import clear_previous_run
     from demo_reid.data import load_reid_dataset
-    from demo_reid.trainer import DeMoTrainer, RunInfoCallback, collect_run_info
+    from demo_reid.trainer import ReIDTrainer, RunInfoCallback, collect_run_info
 
     if script_args.dataset:
         try:
@@ -225,7 +226,7 @@ def main(argv: list[str] | None = None) -> dict:
         synthetic=None if script_args.dataset else SYNTHETIC,
         resumed_from=resume,
     )
-    trainer = DeMoTrainer(
+    trainer = ReIDTrainer(
         model=model,
         args=training_args,
         train_dataset=dsdict["train"],
@@ -270,7 +271,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "world_size": training_args.world_size,
                 "seed": training_args.seed,
             },
-            "metrics": {k: result[k] for k in ("mAP", "Rank-1", "Rank-5", "Rank-10", "mINP") if result[k] is not None}
+            "metrics": {k: result[k] for k in METRIC_KEYS if result[k] is not None}
             | {"selection": label},
         }
         trainer.create_model_card()

@@ -102,11 +102,11 @@ class ReIDTransform:
         out[...] = np.asarray(img)
 
     def __call__(self, batch: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
-        missing = [c for c in (*MODALITY_COLUMNS, "pid", "camid", "sceneid") if c not in batch]
+        missing = [c for c in MODALITY_COLUMNS if c not in batch]
         if missing:
             raise KeyError(f"rows lack column(s) {missing}; got {sorted(batch)} "
                            "(build the dataset with demo_reid.dataset_builder)")
-        n = len(batch["pid"])
+        n = len(batch[MODALITY_COLUMNS[0]])
         h, w = self.image_size
         pixels = np.empty((n, len(MODALITY_COLUMNS), h, w, 3), dtype=np.uint8)
         for m, column in enumerate(MODALITY_COLUMNS):
@@ -125,19 +125,119 @@ class ReIDTransform:
         return out
 
 
+CAPTION_COLUMNS = tuple(f"caption_{m}" for m in MODALITY_COLUMNS)  # one caption per modality image
+METADATA_KEYS = ("pids", "camids", "sceneids")  # evaluation batches: what the metric needs, not model inputs
+
+
+class CaptionEncoder:
+    """Caption columns -> ``input_ids`` / ``attention_mask`` for a text-conditioned model (NEXT).
+
+    In evaluation every caption is used whole: (B, 3, L), modality order RGB, NIR, TIR. In training each of the
+    ``num_experts`` semantic experts gets its own random subset of ``sentences_per_expert`` sentences of each
+    modality's caption: (B, num_experts, 3, L). The subset is drawn from a generator seeded with the sample's
+    seed (see :func:`demo_reid.sampler.sample_seed`: seed, epoch and position), so it is reproducible and
+    independent of the number of dataloader workers. An empty caption (none released for that image) gets an
+    all-zero attention mask: the model then uses its learned "no text" embedding.
+    """
+
+    columns = CAPTION_COLUMNS
+
+    def __init__(self, tokenizer, num_experts: int, sentences_per_expert: int, max_length: int = 77,
+                 train: bool = False):
+        if num_experts < 1 or sentences_per_expert < 1:
+            raise ValueError(f"num_experts and sentences_per_expert must be >= 1, got {num_experts}, "
+                             f"{sentences_per_expert}")
+        self.tokenizer = tokenizer
+        self.num_experts = int(num_experts)
+        self.sentences_per_expert = int(sentences_per_expert)
+        self.max_length = int(max_length)
+        self.train = train
+
+    def _texts(self, captions: Sequence[Sequence[str]], seeds: Optional[Sequence[int]]) -> list[str]:
+        """Flattened texts in (row, [expert,] modality) order."""
+        from .text import sample_sentences
+
+        if not self.train:
+            return [text for row in captions for text in row]
+        if seeds is None:
+            raise ValueError("training batches need one seed per row to sample caption sentences "
+                             "(use the trainer's seeded data loader)")
+        texts = []
+        for row, seed in zip(captions, seeds):
+            generator = torch.Generator().manual_seed(int(seed) ^ 0x7E47)  # a stream apart from augmentation's
+            for _ in range(self.num_experts):
+                texts.extend(sample_sentences(text, self.sentences_per_expert, generator) for text in row)
+        return texts
+
+    def __call__(self, captions: Sequence[Sequence[str]], seeds: Optional[Sequence[int]] = None) -> dict:
+        """``captions``: per row, its (RGB, NIR, TIR) captions ("" where missing)."""
+        texts = self._texts(captions, seeds)
+        tokens = self.tokenizer(texts, padding="max_length", truncation=True, max_length=self.max_length,
+                                return_tensors="pt")
+        input_ids, mask = tokens["input_ids"], tokens["attention_mask"]
+        empty = torch.tensor([not t.strip() for t in texts])
+        mask[empty] = 0
+        input_ids[empty] = self.tokenizer.pad_token_id
+        shape = (len(captions), self.num_experts, 3, -1) if self.train else (len(captions), 3, -1)
+        return {"input_ids": input_ids.view(shape), "attention_mask": mask.view(shape)}
+
+
 class ReIDCollator:
     """DataLoader ``collate_fn``: a list of rows -> one batch via :class:`ReIDTransform`.
 
+    The batch holds the model's inputs by their forward-argument names (``pixel_values``, ``camera_ids`` when the
+    model has cameras, ``input_ids`` / ``attention_mask`` with a :class:`CaptionEncoder`) plus ``labels`` for
+    training, or the metric's ``pids`` / ``camids`` / ``sceneids`` (:data:`METADATA_KEYS`) for evaluation.
     Picklable, so it works with ``num_workers > 0``; each worker decodes its own batches.
     """
 
-    def __init__(self, transform: Optional[ReIDTransform] = None, **transform_kwargs):
+    def __init__(self, transform: Optional[ReIDTransform] = None, *, with_camera_ids: bool = True,
+                 text: Optional[CaptionEncoder] = None, **transform_kwargs):
         self.transform = transform if transform is not None else ReIDTransform(**transform_kwargs)
+        self.with_camera_ids = with_camera_ids
+        self.text = text
 
-    def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    @property
+    def train(self) -> bool:
+        return self.transform.train
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The dataset columns this collator reads (the trainer keeps only these)."""
+        ids = ("label", "camid") if self.train else ("pid", "camid", "sceneid")
+        return (*MODALITY_COLUMNS, *ids, *(self.text.columns if self.text is not None else ()))
+
+    def __call__(self, rows: Sequence[Mapping[str, Any]], seeds: Optional[Sequence[int]] = None) -> dict[str, Any]:
         if not rows:
             raise ValueError("cannot collate an empty list of rows")
-        return self.transform({key: [row[key] for row in rows] for key in rows[0]})
+        decoded = self.transform({key: [row[key] for row in rows] for key in rows[0]})
+        batch: dict[str, Any] = {"pixel_values": decoded["pixel_values"]}
+        if self.with_camera_ids:
+            batch["camera_ids"] = decoded["camera_ids"]
+        if self.text is not None:
+            missing = [c for c in self.text.columns if c not in rows[0]]
+            if missing:
+                raise KeyError(f"rows lack caption column(s) {missing}: build the dataset with --captions")
+            captions = [[row[c] or "" for c in self.text.columns] for row in rows]
+            batch.update(self.text(captions, seeds))
+        if self.train:
+            if "labels" not in decoded:
+                raise KeyError("training rows need a `label` column (the train split)")
+            batch["labels"] = decoded["labels"]
+        else:
+            batch.update(pids=decoded["pids"], camids=decoded["camera_ids"], sceneids=decoded["sceneids"])
+        return batch
+
+
+def collator_for(config, train: bool, tokenizer=None, with_captions: bool = True) -> ReIDCollator:
+    """The collator a model config asks for: its image size, camera ids when it has cameras, and captions when it
+    reads text (``config.use_text``), a ``tokenizer`` is given and the dataset has captions (``with_captions``)."""
+    text = None
+    if getattr(config, "use_text", False) and tokenizer is not None and with_captions:
+        text = CaptionEncoder(tokenizer, config.num_semantic_experts, config.caption_sentences_per_expert,
+                              max_length=config.text_config.max_position_embeddings, train=train)
+    return ReIDCollator(image_size=tuple(config.image_size), train=train, with_camera_ids=config.num_cameras > 0,
+                        text=text)
 
 
 def load_reid_dataset(path: str | Path, splits: Sequence[str] = REQUIRED_SPLITS) -> datasets.DatasetDict:

@@ -1,4 +1,4 @@
-"""Query/gallery evaluation of a DeMo model: feature extraction, metrics per feature row,
+"""Query/gallery evaluation of a ReID model (DeMo, NEXT): feature extraction, metrics per named feature row,
 the missing-modality sweep of paper Tables 3-4, and the JSON / Markdown report.
 
 Used by ``eval.py`` and, for periodic evaluation, by the trainer. Extraction runs on one or
@@ -18,11 +18,13 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .data import ReIDCollator
-from .metrics import DISTANCE_METRICS, reid_metrics, reid_metrics_from_features, summarize
+from .data import METADATA_KEYS, collator_for
+from .metrics import DISTANCE_METRICS, METRIC_KEYS, reid_metrics, reid_metrics_from_features, summarize
 from .reranking import re_ranking
 
-FEATURE_NAMES = ("ori", "moe", "all")
+# The rows are named by the model (``outputs.feature_sets``: DeMo ori / moe / all, NEXT cls / semantic / structure /
+# final / all); "embeddings" names the retrieval feature when it is none of them.
+EMBEDDINGS = "embeddings"
 # Missing-modality settings (paper Table 3): the mask keeps (RGB, NIR, TIR); False = missing in query AND gallery.
 MISSING_SETTINGS = {
     "r": (False, True, True),
@@ -88,30 +90,40 @@ def check_split(split, name: str, num_cameras: int) -> None:
 # -------------------------------------------------------------------------------------- extraction
 @dataclass
 class ExtractedFeatures:
-    """Features of one split in dataset order (on CPU), with the ids the metric needs."""
+    """Features of one split in dataset order (on CPU), with the ids the metric needs.
 
-    ori: torch.Tensor
-    moe: Optional[torch.Tensor]
+    ``feature_sets`` maps the model's row names to (N, D) features; ``headline`` names the row that is the model's
+    retrieval feature (``outputs.embeddings``).
+    """
+
+    feature_sets: dict[str, torch.Tensor]
+    headline: str
     pids: np.ndarray
     camids: np.ndarray
     sceneids: np.ndarray
-    expert_weights: Optional[torch.Tensor] = None  # (N, heads, 7)
+    expert_weights: Optional[torch.Tensor] = None  # (N, heads, experts)
 
     def available(self) -> tuple[str, ...]:
-        return FEATURE_NAMES if self.moe is not None else ("ori",)
+        return tuple(self.feature_sets)
 
     def get(self, name: str) -> torch.Tensor:
-        """Feature row by name: "ori", "moe" or "all" (= concat(ori, moe), the model's default embedding)."""
-        if name not in FEATURE_NAMES:
-            raise EvaluationInputError(f"unknown feature set {name!r}: use one of {', '.join(FEATURE_NAMES)}")
-        if name == "ori":
-            return self.ori
-        if self.moe is None:
-            raise EvaluationInputError(f"feature set {name!r} needs the HDM/ATMoE branch, which this model lacks: use 'ori'")
-        return self.moe if name == "moe" else torch.cat([self.ori, self.moe], dim=1)
+        """Feature row by name (see :meth:`available`)."""
+        if name not in self.feature_sets:
+            raise EvaluationInputError(f"unknown feature set {name!r}: this model gives {', '.join(self.feature_sets)}")
+        return self.feature_sets[name]
 
     def __len__(self) -> int:
         return len(self.pids)
+
+
+def _named_rows(out) -> tuple[dict[str, torch.Tensor], str]:
+    """The output's named retrieval rows and the name of the one that is ``out.embeddings``."""
+    rows = dict(getattr(out, "feature_sets", None) or {})
+    for name, value in rows.items():
+        if value is out.embeddings or (value.shape == out.embeddings.shape and torch.equal(value, out.embeddings)):
+            return rows, name
+    rows[EMBEDDINGS] = out.embeddings
+    return rows, EMBEDDINGS
 
 
 def _unwrap(model, accelerator):
@@ -129,20 +141,24 @@ def extract_features(
     num_workers: int = 0,
     progress: bool = True,
     desc: str = "features",
+    tokenizer=None,
 ) -> ExtractedFeatures:
-    """Run the model over a split and collect ``ori`` / ``moe`` features, ids and expert weights.
+    """Run the model over a split and collect its named feature rows, ids and expert weights.
 
-    ``modality_mask`` (setting name or 3 bools) marks modalities missing for every row. With an
-    ``accelerate.Accelerator`` each process embeds its shard and the results are gathered
-    (``gather_for_metrics`` drops the padding duplicates), so every process returns the whole split.
+    The batches hold the model's inputs by name (see :func:`demo_reid.data.collator_for`; pass the ``tokenizer`` of
+    a text-conditioned model) plus the metric's ids, which are taken out before the call. ``modality_mask``
+    (setting name or 3 bools) marks modalities missing for every row. With an ``accelerate.Accelerator`` each
+    process embeds its shard and the results are gathered (``gather_for_metrics`` drops the padding duplicates),
+    so every process returns the whole split.
     """
     base = _unwrap(model, accelerator)
     config = base.config
     check_split(dataset_split, desc, getattr(config, "num_cameras", 0))
     mask = modality_mask_for(modality_mask)
     if collator is None:
-        collator = ReIDCollator(image_size=tuple(config.image_size), train=False)
-    columns = [c for c in ("rgb", "nir", "tir", "pid", "camid", "sceneid") if c in dataset_split.column_names]
+        with_captions = all(f"caption_{m}" in dataset_split.column_names for m in ("rgb", "nir", "tir"))
+        collator = collator_for(config, train=False, tokenizer=tokenizer, with_captions=with_captions)
+    columns = [c for c in collator.columns if c in dataset_split.column_names]
     loader = DataLoader(dataset_split.select_columns(columns), batch_size=batch_size, shuffle=False,
                         collate_fn=collator, num_workers=num_workers)
     device = accelerator.device if accelerator is not None else next(base.parameters()).device
@@ -151,54 +167,53 @@ def extract_features(
     main = accelerator is None or accelerator.is_local_main_process
     was_training = model.training
     model.eval()
-    parts: dict[str, list] = {"ori": [], "moe": [], "weights": [], "pids": [], "camids": [], "sceneids": []}
+    parts: dict[str, list] = {}
+    headline = None
     try:
         for batch in tqdm(loader, desc=desc, disable=not (progress and main), unit="batch"):
-            pixel_values = batch["pixel_values"].to(device)
-            camera_ids = batch["camera_ids"].to(device) if config.num_cameras > 0 else None
-            batch_mask = mask.to(device).expand(pixel_values.shape[0], 3) if mask is not None else None
-            out = model(pixel_values=pixel_values, camera_ids=camera_ids, modality_mask=batch_mask)
-            item = {
-                "ori": out.ori_embeddings.float(),
-                "pids": batch["pids"].to(device),
-                "camids": batch["camera_ids"].to(device),
-                "sceneids": batch["sceneids"].to(device) if "sceneids" in batch else torch.full_like(batch["pids"], -1).to(device),
-            }
-            if out.moe_embeddings is not None:
-                item["moe"] = out.moe_embeddings.float()
-            if out.expert_weights is not None:
-                item["weights"] = out.expert_weights.float()
+            ids = {key: batch.pop(key).to(device) for key in METADATA_KEYS}
+            inputs = {key: value.to(device) for key, value in batch.items()}
+            if mask is not None:
+                inputs["modality_mask"] = mask.to(device).expand(inputs["pixel_values"].shape[0], 3)
+            out = model(**inputs)
+            rows, headline = _named_rows(out)
+            item = {f"row:{name}": value.float() for name, value in rows.items()} | ids
+            if getattr(out, "expert_weights", None) is not None:
+                item["expert_weights"] = out.expert_weights.float()
             if accelerator is not None:
                 item = accelerator.gather_for_metrics(item)
             for key, value in item.items():
-                parts[key].append(value.cpu())
+                parts.setdefault(key, []).append(value.cpu())
     finally:
         model.train(was_training)
-    cat = {k: torch.cat(v) if v else None for k, v in parts.items()}
+    cat = {k: torch.cat(v) for k, v in parts.items()}
     return ExtractedFeatures(
-        ori=cat["ori"],
-        moe=cat["moe"],
+        feature_sets={k[len("row:"):]: v for k, v in cat.items() if k.startswith("row:")},
+        headline=headline,
         pids=cat["pids"].numpy(),
         camids=cat["camids"].numpy(),
         sceneids=cat["sceneids"].numpy(),
-        expert_weights=cat["weights"],
+        expert_weights=cat.get("expert_weights"),
     )
 
 
 # ----------------------------------------------------------------------------------------- metrics
-def check_feature_names(feature_names: Sequence[str]) -> tuple[str, ...]:
+def check_feature_names(feature_names, available: Sequence[str]) -> tuple[str, ...]:
+    """The rows to rank: ``None`` = every row the model gives; otherwise names it gives (one-line error if not)."""
+    if feature_names is None:
+        return tuple(available)
     names = (feature_names,) if isinstance(feature_names, str) else tuple(feature_names)
-    unknown = [n for n in names if n not in FEATURE_NAMES]
+    unknown = [n for n in names if n not in available]
     if unknown or not names:
-        raise EvaluationInputError(f"unknown feature set {unknown[0] if unknown else None!r}: use one or more of "
-                                   f"{', '.join(FEATURE_NAMES)}")
+        raise EvaluationInputError(f"unknown feature set {unknown[0] if unknown else None!r}: this model gives "
+                                   f"{', '.join(available)}")
     return names
 
 
 def compute_retrieval_metrics(
     query: ExtractedFeatures,
     gallery: ExtractedFeatures,
-    feature_names: Sequence[str] = FEATURE_NAMES,
+    feature_names: Optional[Sequence[str]] = None,
     distance: str = "euclidean",
     rerank: bool = False,
     rerank_params: Optional[dict] = None,
@@ -208,9 +223,9 @@ def compute_retrieval_metrics(
     """Pure function from extracted features to ``{feature_name: metrics}`` (percent, as the papers print).
 
     Each entry has mAP, Rank-1/5/10, mINP, the CMC curve, ``num_valid_queries`` and ``protocol``.
-    Feature names the model cannot produce (``moe``/``all`` without HDM) are skipped.
+    ``feature_names=None`` ranks every row the model gives.
     """
-    feature_names = check_feature_names(feature_names)
+    feature_names = check_feature_names(feature_names, query.available())
     if distance not in DISTANCE_METRICS:
         raise EvaluationInputError(f"unknown distance {distance!r}: use one of {', '.join(DISTANCE_METRICS)}")
     if protocol == "auto":
@@ -222,8 +237,6 @@ def compute_retrieval_metrics(
         ids.update(q_sceneids=query.sceneids, g_sceneids=gallery.sceneids)
     results = {}
     for name in feature_names:
-        if name not in query.available():
-            continue
         qf, gf = query.get(name), gallery.get(name)
         if rerank:
             distmat = re_ranking(qf, gf, metric=distance, **(rerank_params or {}))
@@ -234,8 +247,6 @@ def compute_retrieval_metrics(
         entry.update(cmc=[100.0 * float(c) for c in res["cmc"]], num_valid_queries=int(res["num_valid_queries"]),
                      protocol=res["protocol"])
         results[name] = entry
-    if not results:
-        raise EvaluationInputError(f"none of the feature sets {list(feature_names)} is available; this model gives {query.available()}")
     return results
 
 
@@ -255,7 +266,7 @@ def evaluate_retrieval(
     query_split,
     gallery_split,
     batch_size: int = 64,
-    feature_names: Sequence[str] = FEATURE_NAMES,
+    feature_names: Optional[Sequence[str]] = None,
     distance: str = "euclidean",
     rerank: bool = False,
     modality_mask=None,
@@ -263,18 +274,22 @@ def evaluate_retrieval(
     progress: bool = True,
     rerank_params: Optional[dict] = None,
     max_rank: int = 50,
-) -> dict:
-    """Extract query and gallery features and return ``{feature_name: metrics}`` (see :func:`compute_retrieval_metrics`).
+    tokenizer=None,
+) -> tuple[dict, str]:
+    """Extract query and gallery features; return ``({feature_name: metrics}, headline row name)`` (see
+    :func:`compute_retrieval_metrics`; the headline row is the model's retrieval feature, ``outputs.embeddings``).
 
     Under several processes the metric is computed on the main process and broadcast.
     """
-    feature_names = check_feature_names(feature_names)
-    query = extract_features(model, query_split, batch_size, modality_mask, accelerator, progress=progress, desc="query")
-    gallery = extract_features(model, gallery_split, batch_size, modality_mask, accelerator, progress=progress, desc="gallery")
+    query = extract_features(model, query_split, batch_size, modality_mask, accelerator, progress=progress,
+                             desc="query", tokenizer=tokenizer)
+    gallery = extract_features(model, gallery_split, batch_size, modality_mask, accelerator, progress=progress,
+                               desc="gallery", tokenizer=tokenizer)
     result = None
     if accelerator is None or accelerator.is_main_process:
-        result = compute_retrieval_metrics(query, gallery, feature_names, distance, rerank, rerank_params, max_rank=max_rank)
-    return _broadcast(result, accelerator)
+        result = compute_retrieval_metrics(query, gallery, feature_names, distance, rerank, rerank_params,
+                                           max_rank=max_rank)
+    return _broadcast(result, accelerator), query.headline
 
 
 def missing_modality_sweep(
@@ -282,13 +297,14 @@ def missing_modality_sweep(
     query_split,
     gallery_split,
     batch_size: int = 64,
-    feature_names: Sequence[str] = FEATURE_NAMES,
+    feature_names: Optional[Sequence[str]] = None,
     settings: Sequence[str] = tuple(MISSING_SETTINGS),
     distance: str = "euclidean",
     rerank: bool = False,
     accelerator=None,
     progress: bool = True,
     rerank_params: Optional[dict] = None,
+    tokenizer=None,
 ) -> dict:
     """Paper Tables 3-4: metrics with each setting's modalities missing in query and gallery.
 
@@ -299,8 +315,10 @@ def missing_modality_sweep(
     out = {"settings": {}, "average": None, "expert_weights": {}}
     for setting in settings:
         mask = modality_mask_for(setting)
-        q = extract_features(model, query_split, batch_size, mask, accelerator, progress=progress, desc=f"query {setting}")
-        g = extract_features(model, gallery_split, batch_size, mask, accelerator, progress=progress, desc=f"gallery {setting}")
+        q = extract_features(model, query_split, batch_size, mask, accelerator, progress=progress,
+                             desc=f"query {setting}", tokenizer=tokenizer)
+        g = extract_features(model, gallery_split, batch_size, mask, accelerator, progress=progress,
+                             desc=f"gallery {setting}", tokenizer=tokenizer)
         if accelerator is None or accelerator.is_main_process:
             out["settings"][setting] = compute_retrieval_metrics(q, g, feature_names, distance, rerank, rerank_params)
             if q.expert_weights is not None:
@@ -330,7 +348,7 @@ def format_markdown(report: dict) -> str:
     lines += ["", "## Retrieval (all modalities)", "", "| Features | mAP | Rank-1 | Rank-5 | Rank-10 | mINP |",
               "|---|---|---|---|---|---|"]
     for name, m in report["results"].items():
-        lines.append(f"| {name} | " + " | ".join(_fmt(m.get(k)) for k in ("mAP", "Rank-1", "Rank-5", "Rank-10", "mINP")) + " |")
+        lines.append(f"| {name} | " + " | ".join(_fmt(m.get(k)) for k in METRIC_KEYS) + " |")
     sweep = report.get("missing_sweep")
     if sweep and sweep["settings"]:
         settings = list(sweep["settings"])

@@ -8,7 +8,7 @@ anchor, and the soft-margin form ``softplus(d_ap - d_an)`` unless a margin is gi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -20,6 +20,7 @@ __all__ = [
     "batch_hard_triplet_loss",
     "euclidean_distance",
     "label_smoothed_cross_entropy",
+    "ReIDLoss",
     "reid_loss",
 ]
 
@@ -165,3 +166,61 @@ def reid_loss(
         per_head.append({"id": id_part.detach(), "triplet": tri_part.detach()})
     loss = id_loss_weight * id_total + triplet_loss_weight * tri_total
     return ReIDLossOutput(loss=loss, id_loss=id_total.detach(), triplet_loss=tri_total.detach(), per_head=per_head)
+
+
+class ReIDLoss(torch.nn.Module):
+    """The trainer's loss: ``id_w * CE_ls + tri_w * triplet`` on every named supervised head of a model output.
+
+    Works with any model whose output has ``logits`` and ``features`` mappings with the same head names (DeMo:
+    ``ori`` / per-modality heads and ``moe``; NEXT: ``cls``, ``semantic``, ``structure``, ``final``). Pass
+    ``pool_features`` (head name -> features gathered from all processes) and ``pool_labels`` to mine triplets
+    over the global batch.
+    """
+
+    def __init__(
+        self,
+        id_loss_weight: float = 0.25,
+        triplet_loss_weight: float = 1.0,
+        label_smoothing: float = 0.1,
+        triplet_margin: float | None = None,
+    ):
+        super().__init__()
+        self.id_loss_weight = float(id_loss_weight)
+        self.triplet_loss_weight = float(triplet_loss_weight)
+        self.label_smoothing = float(label_smoothing)
+        self.triplet_margin = triplet_margin
+
+    @classmethod
+    def from_config(cls, config) -> "ReIDLoss":
+        """The loss recipe stored in a model config (both DeMo's and NEXT's carry these four fields)."""
+        return cls(config.id_loss_weight, config.triplet_loss_weight, config.label_smoothing, config.triplet_margin)
+
+    def extra_repr(self) -> str:
+        return (f"id_loss_weight={self.id_loss_weight}, triplet_loss_weight={self.triplet_loss_weight}, "
+                f"label_smoothing={self.label_smoothing}, triplet_margin={self.triplet_margin}")
+
+    def forward(
+        self,
+        logits: Mapping[str, torch.Tensor],
+        features: Mapping[str, torch.Tensor],
+        labels: torch.Tensor,
+        pool_features: Mapping[str, torch.Tensor] | None = None,
+        pool_labels: torch.Tensor | None = None,
+    ) -> ReIDLossOutput:
+        if not isinstance(logits, Mapping) or not isinstance(features, Mapping):
+            raise TypeError("the model output must name its supervised heads: `logits` and `features` must be "
+                            f"mappings of head name -> tensor, got {type(logits).__name__} / {type(features).__name__}")
+        if list(logits) != list(features):
+            raise ValueError(f"`logits` and `features` must name the same heads, got {list(logits)} and {list(features)}")
+        names = list(logits)
+        return reid_loss(
+            [logits[n] for n in names],
+            [features[n] for n in names],
+            labels,
+            id_loss_weight=self.id_loss_weight,
+            triplet_loss_weight=self.triplet_loss_weight,
+            label_smoothing=self.label_smoothing,
+            triplet_margin=self.triplet_margin,
+            pool_features=None if pool_features is None else [pool_features[n] for n in names],
+            pool_labels=pool_labels,
+        )

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 
 DISTANCE_METRICS = ("euclidean", "cosine")
+# The metric keys every report uses (percent), in print order.
+METRIC_KEYS = ("mAP", "Rank-1", "Rank-5", "Rank-10", "mINP")
 
 # Elements (query rows x gallery size) handled per block: ~100 MB of temporaries.
 _BLOCK_ELEMENTS = 1 << 21

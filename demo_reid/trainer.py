@@ -1,4 +1,10 @@
-"""``DeMoTrainer``: a ``transformers.Trainer`` for multi-modal ReID (CE + triplet, P x K batches, DeMo lr recipe).
+"""``ReIDTrainer``: one ``transformers.Trainer`` for the multi-modal ReID models (DeMo, NEXT): CE + triplet on every
+named head, P x K batches, the authors' lr recipe. Nothing in it depends on which model it trains:
+
+- the model's inputs are the collator's keys (``labels`` and the augmentation seeds are taken out first);
+- the model's output names its supervised heads (``logits`` and ``features``: head name -> tensor), and the loss
+  module passed in (default :class:`~demo_reid.losses.ReIDLoss` from the model config) applies to each named pair;
+- evaluation ranks ``outputs.embeddings`` plus every named row of ``outputs.feature_sets``.
 
 What it changes, and why:
 
@@ -35,14 +41,16 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from .augment import ReIDAugment
 from .checkpoints import STAGING_DIR
-from .data import ReIDCollator
+from .data import CAPTION_COLUMNS, collator_for
 from .distributed import all_gather_with_grad, convert_to_global_batchnorm
-from .losses import reid_loss
+from .losses import ReIDLoss
+from .metrics import METRIC_KEYS
 from .sampler import PKBatchSampler, SeededBatchSampler
 from .scheduler import SCHEDULER_TYPES, DeMoCosineLR
 
 __all__ = [
     "DeMoTrainer",
+    "ReIDTrainer",
     "EpochDataLoader",
     "RunInfoCallback",
     "SeededCollator",
@@ -51,7 +59,6 @@ __all__ = [
     "build_param_groups",
 ]
 
-TRAIN_COLUMNS = ("rgb", "nir", "tir", "pid", "label", "camid", "sceneid")
 TOWER_PREFIX = "vision_tower."
 # Parameters that live in the tower module but are new (not in the pretrained checkpoint): they train at the head
 # learning rate, as in the original, where only the pretrained CLIP parameters get the tower's rate.
@@ -86,14 +93,15 @@ class SeededDataset(Dataset):
 
 
 class SeededCollator:
-    """Wraps a row collator: pulls ``aug_seed`` out of the rows into an ``aug_seeds`` (B,) int64 tensor."""
+    """Wraps a row collator: hands it the rows' seeds (for caption sampling) and adds them to the batch as
+    ``aug_seeds`` (B,) int64 for the augmentation."""
 
     def __init__(self, collator):
         self.collator = collator
 
     def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         seeds = [row["aug_seed"] for row in rows]
-        batch = self.collator([{k: v for k, v in row.items() if k != "aug_seed"} for row in rows])
+        batch = self.collator([{k: v for k, v in row.items() if k != "aug_seed"} for row in rows], seeds=seeds)
         batch["aug_seeds"] = torch.tensor(seeds, dtype=torch.int64)
         return batch
 
@@ -191,16 +199,19 @@ class RunInfoCallback(TrainerCallback):
             self.write(args.output_dir)
 
 
-class DeMoTrainer(Trainer):
-    """Trainer for :class:`modeling_demo.DeMoModel` (see the module docstring for what is overridden).
+class ReIDTrainer(Trainer):
+    """Trainer for any ReID model of this project (see the module docstring for what is overridden).
 
     Args:
-        model, args, callbacks, ...: as for ``transformers.Trainer``; ``args`` is a
-            :class:`~demo_reid.training_args.DeMoTrainingArguments`.
+        model, args, callbacks, processing_class, ...: as for ``transformers.Trainer``; ``args`` is a
+            :class:`~demo_reid.training_args.DeMoTrainingArguments`. A tokenizer given as ``processing_class`` is
+            saved with every checkpoint and used for the captions of text-conditioned models.
         train_dataset: the ``train`` split (needs a ``label`` column).
         query_dataset / gallery_dataset: splits for :meth:`evaluate`.
-        data_collator: row collator for training (default: ``ReIDCollator(image_size, train=True)``).
-        eval_collator: row collator for evaluation (default: ``ReIDCollator(image_size, train=False)``).
+        data_collator / eval_collator: row collators for training / evaluation (default:
+            :func:`~demo_reid.data.collator_for` the model's config).
+        loss: the loss module, called as ``loss(logits, features, labels, pool_features, pool_labels)`` with the
+            output's head mappings (default: :meth:`ReIDLoss.from_config` of the model's config).
         augment: tensor augmentation (default: built from ``args``).
     """
 
@@ -216,20 +227,25 @@ class DeMoTrainer(Trainer):
         gallery_dataset=None,
         data_collator=None,
         eval_collator=None,
+        loss=None,
         augment: ReIDAugment | None = None,
         **kwargs,
     ):
         if model is None:
-            raise ValueError("DeMoTrainer needs `model` (a DeMoModel)")
-        image_size = tuple(model.config.image_size)
+            raise ValueError("ReIDTrainer needs `model` (a DeMoModel or NextModel)")
+        tokenizer = kwargs.get("processing_class")
+        with_captions = train_dataset is None or all(
+            c in getattr(train_dataset, "column_names", CAPTION_COLUMNS) for c in CAPTION_COLUMNS)
         if data_collator is None:
-            data_collator = ReIDCollator(image_size=image_size, train=True)
-        self.eval_collator = eval_collator or ReIDCollator(image_size=image_size, train=False)
+            data_collator = collator_for(model.config, train=True, tokenizer=tokenizer, with_captions=with_captions)
+        self.eval_collator = eval_collator or collator_for(model.config, train=False, tokenizer=tokenizer,
+                                                           with_captions=with_captions)
         if train_dataset is not None and hasattr(train_dataset, "column_names"):
-            missing = [c for c in TRAIN_COLUMNS if c not in train_dataset.column_names]
+            columns = list(getattr(data_collator, "columns", train_dataset.column_names))
+            missing = [c for c in columns if c not in train_dataset.column_names]
             if missing:
                 raise ValueError(f"`train_dataset` lacks column(s) {missing}; has {train_dataset.column_names}")
-            train_dataset = train_dataset.select_columns(list(TRAIN_COLUMNS))
+            train_dataset = train_dataset.select_columns(columns)
         self.query_dataset = query_dataset
         self.gallery_dataset = gallery_dataset
         eval_dataset = None
@@ -245,6 +261,7 @@ class DeMoTrainer(Trainer):
         # Global-batch BatchNorm statistics under several processes (before accelerate wraps the model in DDP).
         if self.args.world_size > 1:
             self.model = convert_to_global_batchnorm(self.model)
+        self.loss = loss if loss is not None else ReIDLoss.from_config(model.config)
         self.augment = augment or self.build_augment(self.args)
         self._loss_parts = {"id_loss": 0.0, "triplet_loss": 0.0, "n": 0}
         self._pk_sampler: PKBatchSampler | None = None
@@ -398,38 +415,23 @@ class DeMoTrainer(Trainer):
         return super().create_scheduler(num_training_steps, optimizer)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """``sum_pairs(id_w * CE_ls + tri_w * triplet)`` over the model's (logits, features) pairs (eq. 16-17).
+        """The loss module on the model's named heads (DeMo: paper eq. 16-17), this rank's rows as anchors.
 
         ``num_items_in_batch`` is not needed: every micro-batch is a full P x K batch (see the class docstring).
         """
+        inputs = dict(inputs)
         if "labels" not in inputs:
             raise ValueError(f"training batches need `labels`; got keys {sorted(inputs)}")
-        labels = inputs["labels"]
-        pixel_values = inputs["pixel_values"]
-        seeds = inputs.get("aug_seeds")
+        labels = inputs.pop("labels")
+        seeds = inputs.pop("aug_seeds", None)
         if model.training and seeds is not None:
-            pixel_values = self.augment(pixel_values, seeds)
-        outputs = model(
-            pixel_values=pixel_values,
-            camera_ids=inputs.get("camera_ids"),
-            modality_mask=inputs.get("modality_mask"),
-        )
-        config = self.accelerator.unwrap_model(model).config
+            inputs["pixel_values"] = self.augment(inputs["pixel_values"], seeds)
+        outputs = model(**inputs)
         pool_features = pool_labels = None
         if self.args.world_size > 1:  # this rank's anchors, mined against the whole global P x K batch
-            pool_features = [all_gather_with_grad(f) for f in outputs.features]
+            pool_features = {name: all_gather_with_grad(f) for name, f in outputs.features.items()}
             pool_labels = all_gather_with_grad(labels)
-        out = reid_loss(
-            outputs.logits,
-            outputs.features,
-            labels,
-            id_loss_weight=config.id_loss_weight,
-            triplet_loss_weight=config.triplet_loss_weight,
-            label_smoothing=config.label_smoothing,
-            triplet_margin=config.triplet_margin,
-            pool_features=pool_features,
-            pool_labels=pool_labels,
-        )
+        out = self.loss(outputs.logits, outputs.features, labels, pool_features, pool_labels)
         if model.training:
             self._loss_parts["id_loss"] += out.id_loss
             self._loss_parts["triplet_loss"] += out.triplet_loss
@@ -452,8 +454,8 @@ class DeMoTrainer(Trainer):
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         """mAP / Rank-1/5/10 / mINP (percent) on query vs gallery through :mod:`demo_reid.evaluation`.
 
-        The headline numbers are those of the model's retrieval feature (``config.inference_features``); the
-        other feature sets are logged as ``eval_<name>_mAP`` / ``eval_<name>_Rank-1``.
+        The headline numbers are those of the model's retrieval feature (``outputs.embeddings``); the other named
+        feature sets of the output are logged as ``eval_<name>_mAP`` / ``eval_<name>_Rank-1``.
         """
         from .evaluation import evaluate_retrieval
 
@@ -463,21 +465,16 @@ class DeMoTrainer(Trainer):
             query, gallery = self.query_dataset, self.gallery_dataset
         if query is None or gallery is None:
             raise ValueError("evaluation needs `query_dataset` and `gallery_dataset`")
-        results = evaluate_retrieval(
+        results, main = evaluate_retrieval(
             self.model,
             query,
             gallery,
             batch_size=self.args.per_device_eval_batch_size,
             accelerator=self.accelerator,
             progress=False,
+            tokenizer=self.processing_class,
         )
-        main = self.accelerator.unwrap_model(self.model).config.inference_features
-        main = main if main in results else next(iter(results))
-        metrics = {
-            f"{metric_key_prefix}_{k}": float(v)
-            for k, v in results[main].items()
-            if k in ("mAP", "Rank-1", "Rank-5", "Rank-10", "mINP")
-        }
+        metrics = {f"{metric_key_prefix}_{k}": float(results[main][k]) for k in METRIC_KEYS if k in results[main]}
         for name, res in results.items():
             if name != main:
                 metrics[f"{metric_key_prefix}_{name}_mAP"] = float(res["mAP"])
@@ -531,3 +528,6 @@ class DeMoTrainer(Trainer):
         ]
         Path(self.args.output_dir).mkdir(parents=True, exist_ok=True)
         (Path(self.args.output_dir) / "README.md").write_text("\n".join(lines))
+
+
+DeMoTrainer = ReIDTrainer  # the name of the first version, kept for code written against it

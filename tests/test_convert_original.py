@@ -109,8 +109,9 @@ def test_round_trip_reproduces_retrieval_features(tmp_path, overrides, ddp_prefi
         expected = model(pixels, camera_ids=cams)
         got = converted(pixels, camera_ids=cams)
     torch.testing.assert_close(got.embeddings, expected.embeddings, atol=1e-6, rtol=0)
-    for a, b in zip(got.logits, expected.logits):
-        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+    assert list(got.logits) == list(expected.logits)
+    for name in expected.logits:
+        torch.testing.assert_close(got.logits[name], expected.logits[name], atol=1e-6, rtol=0)
 
 
 def test_unmapped_tensor_is_reported_and_nothing_is_written(tmp_path):

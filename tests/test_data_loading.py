@@ -85,7 +85,7 @@ def test_dataloader_with_workers_matches_in_process(built):
         batches[workers] = list(loader)
     assert len(batches[0]) == len(batches[2]) == -(-len(dsd["gallery"]) // 3)
     for a, b in zip(batches[0], batches[2]):
-        assert set(a) == {"pixel_values", "camera_ids", "pids", "sceneids"}
+        assert set(a) == {"pixel_values", "camera_ids", "pids", "camids", "sceneids"}  # model inputs + metric ids
         assert torch.equal(a["pixel_values"], b["pixel_values"]) and torch.equal(a["pids"], b["pids"])
     stacked = torch.cat([b["camera_ids"] for b in batches[2]])
     assert stacked.tolist() == dsd["gallery"]["camid"]

@@ -180,9 +180,9 @@ def test_single_setting_rerank_and_feature_choice(model, model_dir, dataset_dir,
 
 
 def test_evaluate_retrieval_api(model, splits):
-    got = evaluate_retrieval(model, splits["query"], splits["gallery"], batch_size=7, feature_names=("ori", "all"),
-                             modality_mask="rn", progress=False)
-    assert list(got) == ["ori", "all"]
+    got, headline = evaluate_retrieval(model, splits["query"], splits["gallery"], batch_size=7,
+                                       feature_names=("ori", "all"), modality_mask="rn", progress=False)
+    assert list(got) == ["ori", "all"] and headline == "all"  # the model's embeddings are its "all" row
     for name in ("ori", "all"):
         ref = reference_metrics(model, splits, name, missing=(0, 1))
         assert_close(got[name], ref)
@@ -226,7 +226,7 @@ def bad_inputs(tmp_path_factory, dataset_dir):
     "model, dataset, extra, message",
     [
         ("no_config", None, [], "no config.json there"),
-        ("bert", None, [], "is a 'bert' checkpoint, not a DeMo one"),
+        ("bert", None, [], "is a 'bert' checkpoint, not a DeMo or NEXT one"),
         (None, "train_only", [], "needs query and gallery splits"),
         (None, "empty_query", [], "the query split is empty"),
         (None, None, ["--missing", "r,x"], "each setting must be one of r, n, t, rn, rt, nt"),

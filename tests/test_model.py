@@ -62,8 +62,11 @@ def test_output_shapes_and_expert_weights(tiny_model, tiny_config):
     assert out.moe_embeddings.shape == (2, 7 * C)
     assert out.embeddings.shape == (2, 10 * C)
     assert torch.equal(out.embeddings, torch.cat([out.ori_embeddings, out.moe_embeddings], dim=-1))
-    assert [t.shape for t in out.logits] == [(2, tiny_config.num_labels)] * 2
-    assert [f.shape[-1] for f in out.features] == [3 * C, 7 * C]
+    assert list(out.logits) == list(out.features) == ["ori", "moe"]  # named supervised heads
+    assert [t.shape for t in out.logits.values()] == [(2, tiny_config.num_labels)] * 2
+    assert [f.shape[-1] for f in out.features.values()] == [3 * C, 7 * C]
+    assert list(out.feature_sets) == ["ori", "moe", "all"]
+    assert torch.equal(out.feature_sets["all"], out.embeddings) and torch.equal(out.features["moe"], out.moe_embeddings)
     assert out.expert_weights.shape == (2, tiny_config.atmoe_heads, 7)
     torch.testing.assert_close(out.expert_weights.sum(-1), torch.ones(2, tiny_config.atmoe_heads))
 
@@ -73,11 +76,11 @@ def test_per_modality_classifiers_supervise_each_modality():
     model = DeMoModel(config).eval()
     out = model(random_triples(2), camera_ids=torch.tensor([0, 1]))
     C = config.feature_dim
-    assert len(out.logits) == len(out.features) == 4
-    assert [f.shape[-1] for f in out.features] == [C, C, C, 7 * C]
+    assert list(out.logits) == list(out.features) == ["rgb", "nir", "tir", "moe"]
+    assert [f.shape[-1] for f in out.features.values()] == [C, C, C, 7 * C]
     assert torch.equal(out.embeddings, out.moe_embeddings)
-    for i in range(3):
-        assert torch.equal(out.features[i], out.ori_embeddings[:, i * C : (i + 1) * C])
+    for i, name in enumerate(("rgb", "nir", "tir")):
+        assert torch.equal(out.features[name], out.ori_embeddings[:, i * C : (i + 1) * C])
 
 
 @pytest.mark.parametrize("gating,moe_dim_factor", [("simple_add", 1), ("simple_concat", 7)])
@@ -96,8 +99,8 @@ def test_gradients_reach_every_trainable_parameter(tiny_config):
     model = DeMoModel(tiny_config).train()
     out = model(random_triples(6, seed=1), camera_ids=torch.tensor([0, 1, 2, 0, 1, 2]))
     labels = torch.tensor([0, 1, 2, 3, 4, 5])
-    loss = sum(F.cross_entropy(logits, labels) for logits in out.logits)
-    loss = loss + sum(feature.pow(2).mean() for feature in out.features)
+    loss = sum(F.cross_entropy(logits, labels) for logits in out.logits.values())
+    loss = loss + sum(feature.pow(2).mean() for feature in out.features.values())
     loss.backward()
     without_grad = [
         name for name, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)

@@ -57,12 +57,26 @@ def test_compute_loss_sums_supervised_pairs(tiny_dataset, tmp_path):
     batch = next(iter(trainer.get_train_dataloader()))
     assert batch["pixel_values"].shape == (6, 3, 3, 32, 16)
     model = trainer.model.eval()  # eval: no augmentation, no dropout -> comparable forward passes
+    assert set(batch) == {"pixel_values", "camera_ids", "labels", "aug_seeds"}  # model inputs + labels + seeds
     loss, out = trainer.compute_loss(model, batch, return_outputs=True)
-    assert len(out.logits) == len(out.features) == 2  # direct classifier + ATMoE feature
-    expected = reid_loss(out.logits, out.features, batch["labels"], 0.25, 1.0, 0.1).loss
-    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
-    parts = [reid_loss((lg,), (f,), batch["labels"], 0.25, 1.0, 0.1).loss.item() for lg, f in zip(out.logits, out.features)]
+    assert list(out.logits) == list(out.features) == ["ori", "moe"]  # direct classifier + ATMoE feature
+    parts = [reid_loss((out.logits[n],), (out.features[n],), batch["labels"], 0.25, 1.0, 0.1).loss.item()
+             for n in ("ori", "moe")]
     assert loss.item() == pytest.approx(sum(parts), rel=1e-6)
+
+
+def test_loss_module_is_passed_in(tiny_dataset, tmp_path):
+    """The trainer applies the loss module it is given to every named head (here: ID loss only)."""
+    from demo_reid.losses import ReIDLoss
+
+    script_args, args = parse_args([*TINY, "--output-dir", str(tmp_path / "out"), "--dataset", tiny_dataset])
+    ds = load_reid_dataset(tiny_dataset)
+    model = train.build_model(script_args, len(set(ds["train"]["label"])), train._num_cameras(ds)).eval()
+    trainer = DeMoTrainer(model=model, args=args, train_dataset=ds["train"], loss=ReIDLoss(1.0, 0.0, 0.0))
+    batch = next(iter(trainer.get_train_dataloader()))
+    loss, out = trainer.compute_loss(model, batch, return_outputs=True)
+    expected = sum(torch.nn.functional.cross_entropy(out.logits[n], batch["labels"]) for n in ("ori", "moe"))
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
 
 
 def test_training_step_divides_by_accumulation(tiny_dataset, tmp_path):
