@@ -1,0 +1,560 @@
+"""NEXT (arXiv 2505.20001): multi-grained mixture of experts via text modulation, for RGB / NIR / TIR object ReID.
+
+The authors have not released code: this is our reading of the paper's framework figure (Fig. 3). What the figure
+shows: one learnable CLIP image tower for the three modalities; a frozen CLIP text tower of which only the sentence
+embedding is used; Text-Modulated Semantic Experts (TMSE) that pick the top-k patches of each modality by
+"saliency alpha + FC(act(FC([beta_rgb, beta_nir, beta_tir])))", beta being the cosine between an expert's caption
+embedding and the patches; Context-Shared Structure Experts (CSSE) behind one soft router shared by the modalities;
+and Multi-Grained Feature Aggregation (MGFA), where the three class tokens cross-attend to each expert group.
+Everything else (the similarity behind alpha, the activation, how gradients pass the top-k, the expert internals,
+Soft-MoE slots, the retrieval feature, the "no text" embedding) is our choice, stated where it is made and
+collected in docs/next.md.
+
+The image tower, its SIE, the position-table resize, the BN-neck heads and the new-layer init are DeMo's, imported
+from modeling_demo.py (which `save_pretrained` ships with every NEXT checkpoint).
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_outputs import ModelOutput
+from transformers.models.clip.modeling_clip import CLIPTextModelWithProjection
+
+try:
+    from .configuration_next import NextConfig
+    from .modeling_demo import (
+        MODALITIES,
+        DeMoBNNeck,
+        DeMoIdentityClassifier,
+        DeMoLinear,
+        DeMoModel,
+        DeMoPreTrainedModel,
+        DeMoVisionEmbeddings,
+        DeMoVisionTower,
+        QuickGELU,
+        tower_state_dict_from_hf,
+    )
+except ImportError:  # imported as top-level modules from a checkout
+    from configuration_next import NextConfig
+    from modeling_demo import (
+        MODALITIES,
+        DeMoBNNeck,
+        DeMoIdentityClassifier,
+        DeMoLinear,
+        DeMoModel,
+        DeMoPreTrainedModel,
+        DeMoVisionEmbeddings,
+        DeMoVisionTower,
+        QuickGELU,
+        tower_state_dict_from_hf,
+    )
+
+# Supervised heads, in the order of `logits` / `features`; heads of disabled branches are left out.
+HEAD_NAMES = ("cls", "semantic", "structure", "final")
+
+
+@dataclass
+class NextModelOutput(ModelOutput):
+    """
+    Output of [`NextModel`]. C is `config.feature_dim`; all features are taken before the BN-necks.
+
+    Args:
+        embeddings (`torch.FloatTensor` of shape `(batch_size, D)`):
+            The retrieval feature: concat(class tokens (3C), MGFA output (3C per enabled expert branch)), i.e.
+            concat(cls, final) = 9C with both branches. Our choice: the figure does not say what is ranked; keeping
+            the class tokens beside the experts' feature follows DeMo's "all" feature.
+        logits (`dict[str, torch.FloatTensor]`):
+            Identity logits (batch_size, num_labels) per supervised head, keyed as `features`.
+        features (`dict[str, torch.FloatTensor]`):
+            The supervised features, same keys in the same order as `logits`: `"cls"` (concat of the three class
+            tokens, 3C), `"semantic"` (TMSE after MGFA, 3C), `"structure"` (CSSE after MGFA, 3C) and `"final"`
+            (concat(semantic, structure), 6C, present only with both branches). ID + triplet loss apply to each.
+        feature_sets (`dict[str, torch.FloatTensor]`):
+            Named retrieval rows for evaluation: the entries of `features` plus `"all"` (= `embeddings`).
+        expert_weights (`torch.FloatTensor` of shape `(batch_size, 1, num_structure_experts)`, *optional*):
+            Share of the 3n patch tokens each structure expert receives (Soft-MoE combine weights summed over its
+            slots and averaged over tokens; sums to 1). `None` without CSSE.
+        semantic_expert_features (`torch.FloatTensor` of shape `(batch_size, num_semantic_experts, C)`, *optional*):
+            s_e, the semantic experts' outputs before MGFA.
+        structure_expert_features (`torch.FloatTensor` of shape `(batch_size, num_structure_experts, C)`, *optional*):
+            The structure experts' outputs before MGFA.
+        selected_patches (`torch.LongTensor` of shape `(batch_size, num_semantic_experts, 3, k)`, *optional*):
+            Row-major patch index (within the modality's grid) of the k patches each semantic expert took from
+            each modality, highest score first.
+    """
+
+    embeddings: torch.FloatTensor | None = None
+    logits: dict[str, torch.FloatTensor] | None = None
+    features: dict[str, torch.FloatTensor] | None = None
+    feature_sets: dict[str, torch.FloatTensor] | None = None
+    expert_weights: torch.FloatTensor | None = None
+    semantic_expert_features: torch.FloatTensor | None = None
+    structure_expert_features: torch.FloatTensor | None = None
+    selected_patches: torch.LongTensor | None = None
+
+
+def attention_heads(dim: int) -> int:
+    """Heads of every new attention layer: one per 64 channels (8 for C = 512), one head below that."""
+    return dim // 64 if dim >= 64 and dim % 64 == 0 else 1
+
+
+class NextExpertLinear(nn.Module):
+    """One Linear layer per expert, all applied in one einsum: `(B, E, T, in)` -> `(B, E, T, out)`.
+
+    Stacked weights `(E, out, in)` instead of E `nn.Linear` modules, so dozens of experts cost one kernel. Its own
+    class so that `_init_weights` starts each expert's slice like a new PyTorch Linear (or per `head_init`).
+    """
+
+    def __init__(self, num_experts: int, in_features: int, out_features: int, bias: bool = True):
+        super().__init__()
+        self.in_features = in_features
+        self.weight = nn.Parameter(torch.empty(num_experts, out_features, in_features))
+        self.bias = nn.Parameter(torch.empty(num_experts, out_features)) if bias else None
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        out = torch.einsum("beti,eoi->beto", hidden_states, self.weight.to(hidden_states.dtype))
+        if self.bias is not None:
+            out = out + self.bias.to(out.dtype)[:, None, :]
+        return out
+
+
+class NextExpertMLP(nn.Module):
+    """Per-expert FC -> QuickGELU -> FC (hidden width = output width; our choice)."""
+
+    def __init__(self, num_experts: int, in_features: int, out_features: int):
+        super().__init__()
+        self.fc1 = NextExpertLinear(num_experts, in_features, out_features)
+        self.act = QuickGELU()
+        self.fc2 = NextExpertLinear(num_experts, out_features, out_features)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(hidden_states)))
+
+
+class NextExpertAttentionPool(nn.Module):
+    """Pools each expert's tokens to one vector: a learned per-expert query attends to them, then a residual MLP.
+
+    `(B, E, T, C)` -> `(B, E, C)`. Pre-norm layout (LayerNorm on the tokens and before the MLP), residual from the
+    query; one attention layer, as the issue asks. Heads per `attention_heads`.
+    """
+
+    def __init__(self, num_experts: int, dim: int):
+        super().__init__()
+        self.num_heads = attention_heads(dim)
+        self.query = nn.Parameter(torch.zeros(num_experts, dim))
+        self.token_norm = nn.LayerNorm(dim)
+        self.q_proj = NextExpertLinear(num_experts, dim, dim)
+        self.k_proj = NextExpertLinear(num_experts, dim, dim)
+        self.v_proj = NextExpertLinear(num_experts, dim, dim)
+        self.out_proj = NextExpertLinear(num_experts, dim, dim)
+        self.mlp_norm = nn.LayerNorm(dim)
+        self.mlp = NextExpertMLP(num_experts, dim, dim)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        batch, experts, length, dim = tokens.shape
+        heads = self.num_heads
+        query = self.query.to(tokens.dtype).view(1, experts, 1, dim)
+        normed = self.token_norm(tokens)
+
+        def split(x):  # (b, E, T, C) -> (b * E, heads, T, C / heads)
+            return x.reshape(x.shape[0] * experts, x.shape[2], heads, dim // heads).transpose(1, 2)
+
+        q = split(self.q_proj(query).expand(batch, -1, -1, -1))
+        attended = F.scaled_dot_product_attention(q, split(self.k_proj(normed)), split(self.v_proj(normed)))
+        attended = attended.transpose(1, 2).reshape(batch, experts, 1, dim)
+        pooled = query + self.out_proj(attended)
+        pooled = pooled + self.mlp(self.mlp_norm(pooled))
+        return pooled.squeeze(2)
+
+
+class NextSemanticExperts(nn.Module):
+    """TMSE: N_s experts, each choosing 3k patches by saliency + its caption's relevance, pooled to s_e (C).
+
+    For expert e and modality m (n patches F_m, class token R_m):
+    - alpha_m = softmax_i(R_m . F_m,i / sqrt(C)), the class token's attention over the patches (the figure says
+      "saliency from the CLS token"; scaled dot product is our choice of similarity);
+    - beta_e,m,i = cos(t_e,m, F_m,i), t_e,m the expert's caption embedding of modality m, or its learned "no text"
+      embedding (one per expert and modality; our choice) when there is no caption;
+    - gamma_e = alpha + FC(QuickGELU(FC([beta_e,rgb, beta_e,nir, beta_e,tir]))) over the 3n concatenated positions,
+      one modulation network per expert (our choice: experts given the same caption still look at different
+      patches), FC widths 3n -> 3n -> 3n;
+    - the top-k patches of each modality by gamma are scaled by k * softmax(gamma over those k) (our choice: weights
+      average 1, so selection starts near identity, and gamma, hence alpha and the modulation, get gradients);
+    - the 3k tokens are pooled by `NextExpertAttentionPool` to s_e.
+    """
+
+    def __init__(self, config: NextConfig):
+        super().__init__()
+        dim = config.feature_dim
+        rows, cols = config.patch_grid
+        self.num_experts = config.num_semantic_experts
+        self.tokens_per_expert = config.tokens_per_expert
+        self.num_patches = rows * cols
+        self.no_text_embedding = nn.Parameter(torch.zeros(self.num_experts, len(MODALITIES), dim))
+        self.modulation = NextExpertMLP(self.num_experts, len(MODALITIES) * self.num_patches, 3 * self.num_patches)
+        self.pool = NextExpertAttentionPool(self.num_experts, dim)
+
+    def forward(
+        self,
+        cls_tokens: torch.Tensor,
+        patch_tokens: torch.Tensor,
+        text_embeds: torch.Tensor | None = None,
+        has_text: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`cls_tokens` (B, 3, C), `patch_tokens` (B, 3, n, C), `text_embeds` (B, N_s or 1, 3, C) with `has_text`
+        (B, N_s or 1, 3) -> (s (B, N_s, C), selected patch indices (B, N_s, 3, k))."""
+        batch, modalities, patches, dim = patch_tokens.shape
+        experts, k = self.num_experts, self.tokens_per_expert
+        saliency = (torch.einsum("bmc,bmnc->bmn", cls_tokens, patch_tokens) * dim**-0.5).softmax(dim=-1)
+
+        text = self.no_text_embedding.to(patch_tokens.dtype).expand(batch, -1, -1, -1)
+        if text_embeds is not None:
+            # torch.where keeps the no-text embedding in the graph even when every caption is present, so
+            # distributed training sees no unused parameter.
+            text = torch.where(has_text.unsqueeze(-1), text_embeds.to(text.dtype), text)
+        relevance = torch.einsum("bemc,bmnc->bemn", F.normalize(text, dim=-1), F.normalize(patch_tokens, dim=-1))
+        modulation = self.modulation(relevance.reshape(batch, experts, 1, modalities * patches))
+        scores = saliency.unsqueeze(1) + modulation.view(batch, experts, modalities, patches)
+
+        top_scores, top_index = scores.topk(k, dim=-1)  # (B, E, 3, k)
+        weights = k * top_scores.softmax(dim=-1)
+        offsets = (torch.arange(batch, device=top_index.device) * modalities).view(batch, 1, 1, 1)
+        offsets = (offsets + torch.arange(modalities, device=top_index.device).view(1, 1, modalities, 1)) * patches
+        selected = patch_tokens.reshape(-1, dim)[top_index + offsets]  # (B, E, 3, k, C)
+        selected = (selected * weights.unsqueeze(-1)).reshape(batch, experts, modalities * k, dim)
+        return self.pool(selected), top_index
+
+
+class NextStructureExperts(nn.Module):
+    """CSSE: all 3n patch tokens through one soft router shared by the modalities, into N_c expert MLPs.
+
+    Soft-MoE routing (our reading of "modal-shared routing"): router logits = Linear(LayerNorm(x)) over
+    N_c * slots_per_expert slots; each slot's input is a softmax-over-tokens (dispatch) average of the tokens; each
+    expert is a residual pre-norm MLP over its slots; the combine weights are a softmax over slots per token.
+    Expert c's structure feature is the combine-weighted average of its slot outputs (weights = how much all tokens
+    draw on each slot), and its routing weight is the share of the tokens' combine mass its slots receive.
+    No balance loss (none is shown; our choice).
+    """
+
+    def __init__(self, config: NextConfig):
+        super().__init__()
+        dim = config.feature_dim
+        self.num_experts = config.num_structure_experts
+        self.slots_per_expert = config.structure_slots_per_expert
+        self.router_norm = nn.LayerNorm(dim)
+        self.router = DeMoLinear(dim, self.num_experts * self.slots_per_expert, bias=False)
+        self.expert_norm = nn.LayerNorm(dim)
+        self.experts = NextExpertMLP(self.num_experts, dim, dim)
+
+    def forward(self, patch_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`patch_tokens` (B, 3, n, C) -> (features (B, N_c, C), routing weights (B, N_c) summing to 1)."""
+        tokens = patch_tokens.flatten(1, 2)  # (B, 3n, C)
+        batch, length, dim = tokens.shape
+        logits = self.router(self.router_norm(tokens))  # (B, 3n, slots)
+        dispatch = logits.softmax(dim=1)
+        slots = torch.einsum("bts,btc->bsc", dispatch, tokens)
+        slots = slots.view(batch, self.num_experts, self.slots_per_expert, dim)
+        outputs = slots + self.experts(self.expert_norm(slots))
+        usage = logits.softmax(dim=2).sum(dim=1).view(batch, self.num_experts, self.slots_per_expert)
+        features = (usage.unsqueeze(-1) * outputs).sum(dim=2) / usage.sum(dim=2, keepdim=True)
+        return features, usage.sum(dim=2) / length
+
+
+class NextPreTrainedModel(PreTrainedModel):
+    config_class = NextConfig
+    config: NextConfig
+    base_model_prefix = "next"
+    main_input_name = "pixel_values"
+    input_modalities = ("image", "text")
+    _no_split_modules = ["CLIPEncoderLayer", "CLIPTextEmbeddings"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        """Chosen per module class. The image tower, the identity classifiers, `DeMoLinear` (the CSSE router) and
+        `nn.MultiheadAttention` (MGFA) exactly as DeMo initialises them (DeMo's own `_init_weights` is called); the
+        text tower by CLIP's init (it is a `PreTrainedModel` and initialises itself), then overwritten by
+        `from_clip_pretrained`; `NextExpertLinear` per `config.head_init` (default: each expert's slice like a new
+        PyTorch Linear, uniform(+-1/sqrt(fan_in)) weight and bias); the learned queries and "no text" embeddings
+        normal(0, C^-0.5); norms (1, 0)."""
+        if isinstance(module, (DeMoVisionEmbeddings, DeMoIdentityClassifier, DeMoLinear, nn.MultiheadAttention)):
+            DeMoPreTrainedModel._init_weights(self, module)
+        elif isinstance(module, NextExpertLinear):
+            if self.config.head_init == "pytorch":
+                bound = module.in_features**-0.5
+                init.uniform_(module.weight, -bound, bound)
+                if module.bias is not None:
+                    init.uniform_(module.bias, -bound, bound)
+            else:
+                init.normal_(module.weight, std=self.config.initializer_range)
+                if module.bias is not None:
+                    init.zeros_(module.bias)
+        elif isinstance(module, NextExpertAttentionPool):
+            init.normal_(module.query, std=module.query.shape[-1] ** -0.5)
+        elif isinstance(module, NextSemanticExperts):
+            init.normal_(module.no_text_embedding, std=module.no_text_embedding.shape[-1] ** -0.5)
+        else:
+            super()._init_weights(module)
+
+
+class NextModel(NextPreTrainedModel):
+    """NEXT for multi-modal ReID: `pixel_values` (B, 3 modalities, 3, H, W) in the order RGB, NIR, TIR, and optional
+    captions, one per modality (or one per semantic expert and modality).
+
+    Parameters: `vision_tower.*` (trainable CLIP image tower, DeMo's), `text_tower.*` (frozen CLIP text tower,
+    `CLIPTextModelWithProjection`; absent when the text is unused), `semantic_experts.*` + `semantic_aggregation.*`
+    (TMSE + its MGFA cross-attention), `structure_experts.*` + `structure_aggregation.*` (CSSE + its MGFA
+    cross-attention), `bnnecks.<head>` / `classifiers.<head>`.
+    """
+
+    def __init__(self, config: NextConfig):
+        super().__init__(config)
+        # The tower's layers read the attention backend from the vision sub-config: give them the resolved one.
+        config.vision_config._attn_implementation = config._attn_implementation or "sdpa"
+        dim = config.feature_dim
+        self.vision_tower = DeMoVisionTower(config)
+        if config.uses_text:
+            self.text_tower = CLIPTextModelWithProjection(config.text_config)
+            self.text_tower.requires_grad_(False)
+            self.text_tower.eval()
+        heads = attention_heads(dim)
+        head_dims = {"cls": 3 * dim}
+        if config.use_tmse:
+            self.semantic_experts = NextSemanticExperts(config)
+            self.semantic_aggregation = nn.MultiheadAttention(dim, heads, batch_first=True)
+            head_dims["semantic"] = 3 * dim
+        if config.use_csse:
+            self.structure_experts = NextStructureExperts(config)
+            self.structure_aggregation = nn.MultiheadAttention(dim, heads, batch_first=True)
+            head_dims["structure"] = 3 * dim
+        if config.use_tmse and config.use_csse:
+            head_dims["final"] = 6 * dim
+        # BN-neck + bias-free classifier per supervised feature, as DeMo's heads.
+        self.bnnecks = nn.ModuleDict({name: DeMoBNNeck(d) for name, d in head_dims.items()})
+        self.classifiers = nn.ModuleDict(
+            {name: DeMoIdentityClassifier(d, config.num_labels) for name, d in head_dims.items()}
+        )
+        self.post_init()
+
+    def train(self, mode: bool = True):
+        """As `nn.Module.train`, but the frozen text tower always stays in eval mode."""
+        super().train(mode)
+        if hasattr(self, "text_tower"):
+            self.text_tower.eval()
+        return self
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.vision_tower.embeddings.patch_embedding
+
+    @torch.no_grad()
+    def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Sentence embeddings of the frozen text tower (projected end-of-text token, as CLIP), shape
+        `input_ids.shape[:-1] + (C,)`. Every caption must be non-empty (carry its tokenizer's eos token)."""
+        if not hasattr(self, "text_tower"):
+            raise ValueError("this model has no text tower (use_text=False or use_tmse=False)")
+        length = input_ids.shape[-1]
+        flat_mask = attention_mask.reshape(-1, length) if attention_mask is not None else None
+        embeds = self.text_tower(input_ids=input_ids.reshape(-1, length), attention_mask=flat_mask).text_embeds
+        return embeds.view(*input_ids.shape[:-1], -1)
+
+    def _check_inputs(self, pixel_values, camera_ids, modality_mask, input_ids, attention_mask):
+        """Reject inputs the model cannot use, each with an error naming the argument and what was expected."""
+        DeMoModel._check_inputs(self, pixel_values, camera_ids, modality_mask)
+        for name, value in (("input_ids", input_ids), ("attention_mask", attention_mask)):
+            if value is not None and not isinstance(value, torch.Tensor):
+                raise TypeError(
+                    f"{name} must be a torch.Tensor, got {type(value).__module__}.{type(value).__name__}; "
+                    "tokenize with return_tensors='pt'"
+                )
+            if value is not None and (value.is_floating_point() or value.is_complex()):
+                raise TypeError(f"{name} must be an integer tensor (torch.long), got dtype {value.dtype}")
+        if input_ids is None:
+            if attention_mask is not None:
+                raise ValueError("attention_mask was given without input_ids")
+            return
+        batch, experts = pixel_values.shape[0], self.config.num_semantic_experts
+        if input_ids.dim() == 3:
+            valid = input_ids.shape[:2] == (batch, 3)
+        elif input_ids.dim() == 4:
+            valid = input_ids.shape[:3] == (batch, experts, 3)
+        else:
+            valid = False
+        if not valid or input_ids.shape[-1] == 0:
+            raise ValueError(
+                f"input_ids must have shape ({batch}, 3, length) (one caption per modality: RGB, NIR, TIR) or "
+                f"({batch}, {experts}, 3, length) (one per semantic expert and modality), got {tuple(input_ids.shape)}"
+            )
+        if attention_mask is not None and attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, "
+                f"got {tuple(attention_mask.shape)}"
+            )
+        if not self.config.uses_text:
+            return  # captions are ignored (use_text=False or no TMSE)
+        text = self.config.text_config
+        if input_ids.shape[-1] > text.max_position_embeddings:
+            raise ValueError(
+                f"input_ids has {input_ids.shape[-1]} tokens per caption but the text tower takes at most "
+                f"{text.max_position_embeddings}; tokenize with truncation=True, max_length={text.max_position_embeddings}"
+            )
+        present = attention_mask.bool().any(-1) if attention_mask is not None else input_ids.new_ones(input_ids.shape[:-1], dtype=torch.bool)
+        used = input_ids[present]
+        if used.numel() and bool(((used < 0) | (used >= text.vocab_size)).any()):
+            raise ValueError(
+                f"input_ids must be token ids in [0, {text.vocab_size}) (text_config.vocab_size); got values up to "
+                f"{used.max().item()}: tokenize with the tokenizer saved with this model"
+            )
+        if text.eos_token_id is not None and text.eos_token_id != 2 and used.numel():
+            # HF's CLIP text model pools the first eos token (legacy eos_token_id=2 configs pool the highest id).
+            if not bool((used == text.eos_token_id).any(-1).all()):
+                raise ValueError(
+                    f"every non-empty caption in input_ids must contain eos_token_id={text.eos_token_id} (the sentence "
+                    "embedding is read there); tokenize with the model's tokenizer, and give empty captions an "
+                    "all-zero attention_mask"
+                )
+
+    def _caption_embeddings(self, input_ids, attention_mask, modality_mask):
+        """Text embeddings (B, N_s or 1, 3, C) and which of them are real captions (B, N_s or 1, 3), or (None, None).
+
+        A caption is absent when its attention mask is all zero or its modality is masked out; absent captions are
+        not run through the text tower (the semantic experts use their "no text" embedding for them)."""
+        if input_ids is None or not self.config.uses_text:
+            return None, None
+        if input_ids.dim() == 3:  # one caption per modality, shared by every expert
+            input_ids = input_ids.unsqueeze(1)
+            attention_mask = attention_mask.unsqueeze(1) if attention_mask is not None else None
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        has_text = attention_mask.bool().any(dim=-1)
+        if modality_mask is not None:
+            has_text = has_text & modality_mask.bool()[:, None, :]
+        embeds = torch.zeros(
+            *has_text.shape, self.config.text_config.projection_dim, device=input_ids.device, dtype=self.dtype
+        )
+        if bool(has_text.any()):
+            embeds[has_text] = self.get_text_features(input_ids[has_text], attention_mask[has_text]).to(embeds.dtype)
+        return embeds, has_text
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        camera_ids: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        modality_mask: torch.Tensor | None = None,
+    ) -> NextModelOutput:
+        r"""
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, 3, height, width)`):
+                Normalized RGB, NIR and TIR images of each triple (mean = std = 0.5).
+            camera_ids (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+                0-based camera of each triple, for the Side Information Embedding.
+            input_ids (`torch.LongTensor` of shape `(batch_size, 3, length)` or `(batch_size, N_s, 3, length)`, *optional*):
+                Captions tokenized with the model's tokenizer: one per modality (RGB, NIR, TIR) read by every semantic
+                expert (evaluation: the whole caption), or one per semantic expert and modality (training: each
+                expert's own sentence subset). Ignored with `use_text=False` or without TMSE.
+            attention_mask (same shape as `input_ids`, *optional*):
+                1 for tokens, 0 for padding. An all-zero row is a missing caption: that expert / modality uses its
+                learned "no text" embedding, as do all of them when `input_ids` is None.
+            modality_mask (`torch.BoolTensor` of shape `(batch_size, 3)`, *optional*):
+                False marks a missing modality: its normalized pixels are replaced by zeros and its caption dropped.
+        """
+        self._check_inputs(pixel_values, camera_ids, modality_mask, input_ids, attention_mask)
+        batch = pixel_values.shape[0]
+        if modality_mask is not None:
+            pixel_values = pixel_values * modality_mask.to(pixel_values.dtype)[:, :, None, None, None]
+
+        # One tower pass over all 3 * B images; the camera id is shared by the images of a triple.
+        tower_cameras = camera_ids.repeat_interleave(3) if camera_ids is not None else None
+        tokens = self.vision_tower(pixel_values.flatten(0, 1), tower_cameras)
+        tokens = tokens.view(batch, 3, tokens.shape[1], tokens.shape[2])
+        cls_tokens, patch_tokens = tokens[:, :, 0], tokens[:, :, 1:]
+
+        features = {"cls": cls_tokens.flatten(1)}
+        semantic = structure = expert_weights = selected = None
+        if self.config.use_tmse:
+            text_embeds, has_text = self._caption_embeddings(input_ids, attention_mask, modality_mask)
+            semantic, selected = self.semantic_experts(cls_tokens, patch_tokens, text_embeds, has_text)
+            # MGFA: the three class tokens query the semantic experts.
+            aggregated, _ = self.semantic_aggregation(cls_tokens, semantic, semantic, need_weights=False)
+            features["semantic"] = aggregated.flatten(1)
+        if self.config.use_csse:
+            structure, routing = self.structure_experts(patch_tokens)
+            aggregated, _ = self.structure_aggregation(cls_tokens, structure, structure, need_weights=False)
+            features["structure"] = aggregated.flatten(1)
+            expert_weights = routing.unsqueeze(1)
+        if "semantic" in features and "structure" in features:
+            features["final"] = torch.cat([features["semantic"], features["structure"]], dim=-1)
+        logits = {name: self.classifiers[name](self.bnnecks[name](feature)) for name, feature in features.items()}
+
+        branches = [features[name] for name in ("semantic", "structure") if name in features]
+        embeddings = torch.cat([features["cls"], *branches], dim=-1)
+        return NextModelOutput(
+            embeddings=embeddings,
+            logits=logits,
+            features=features,
+            feature_sets={**features, "all": embeddings},
+            expert_weights=expert_weights,
+            semantic_expert_features=semantic,
+            structure_expert_features=structure,
+            selected_patches=selected,
+        )
+
+    @classmethod
+    def from_clip_pretrained(cls, pretrained_model_name_or_path, config: NextConfig | None = None, **config_kwargs):
+        """Build NEXT around both towers of one `CLIPModel` checkpoint (hub id or directory); the rest is random.
+
+        The image tower's position table is resized once, bilinearly, from the pretrained grid to
+        `config.image_size`; the text tower is copied as is (and frozen). Without `config`, one is built from the
+        checkpoint's vision and text configs and `config_kwargs`. Save the checkpoint's tokenizer beside the model
+        (`AutoTokenizer.from_pretrained(path).save_pretrained(output_dir)`).
+        """
+        from transformers import AutoConfig, CLIPModel
+
+        source_config = AutoConfig.from_pretrained(pretrained_model_name_or_path)
+        if source_config.model_type != "clip":
+            raise ValueError(
+                f"{pretrained_model_name_or_path} is a {source_config.model_type!r} checkpoint; NEXT needs a full "
+                "CLIPModel checkpoint (image and text towers)"
+            )
+        source = CLIPModel.from_pretrained(pretrained_model_name_or_path)
+        if config is None:
+            sub_configs = {}
+            for key in ("vision_config", "text_config"):
+                sub_configs[key] = getattr(source.config, key).to_dict()
+                sub_configs[key]["projection_dim"] = source.config.projection_dim
+            config = NextConfig(**sub_configs, **config_kwargs)
+        fields = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+        checks = [("vision_config", f, getattr(source.config.vision_config, f)) for f in fields + ("patch_size",)]
+        checks += [("text_config", f, getattr(source.config.text_config, f)) for f in fields]
+        checks += [("text_config", f, getattr(source.config.text_config, f)) for f in ("vocab_size", "max_position_embeddings")]
+        checks += [(key, "projection_dim", source.config.projection_dim) for key in ("vision_config", "text_config")]
+        for key, field, expected in checks:
+            if getattr(getattr(config, key), field) != expected:
+                raise ValueError(
+                    f"{key}.{field}={getattr(getattr(config, key), field)} does not match the checkpoint's {expected} "
+                    f"({pretrained_model_name_or_path})"
+                )
+        model = cls(config)
+        state = source.state_dict()
+        vision_state = tower_state_dict_from_hf(state, "clip", config.patch_grid)
+        missing, unexpected = model.vision_tower.load_state_dict(vision_state, strict=False)
+        if unexpected or set(missing) - {"embeddings.camera_embedding"}:
+            raise ValueError(f"image tower weights do not fit: missing {missing}, unexpected {unexpected}")
+        if hasattr(model, "text_tower"):
+            text_state = {k: v for k, v in state.items() if k.startswith("text_model.") or k == "text_projection.weight"}
+            missing, unexpected = model.text_tower.load_state_dict(text_state, strict=False)
+            if unexpected or [k for k in missing if not k.endswith("position_ids")]:
+                raise ValueError(f"text tower weights do not fit: missing {missing}, unexpected {unexpected}")
+        return model
+
+
+NextConfig.register_for_auto_class()
+NextModel.register_for_auto_class("AutoModel")
+
+__all__ = ["NextModel", "NextPreTrainedModel", "NextModelOutput", "HEAD_NAMES"]
