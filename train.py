@@ -23,6 +23,7 @@ from transformers import set_seed  # noqa: E402
 from transformers.trainer_utils import enable_full_determinism  # noqa: E402
 
 from demo_reid.metrics import METRIC_KEYS  # noqa: E402
+from demo_reid.model_card import MODEL_CARD_TEXT  # noqa: E402
 from demo_reid.training_args import (  # noqa: E402
     RANDOM_BACKBONES,
     DeMoScriptArguments,
@@ -40,7 +41,7 @@ class UsageError(Exception):
 
 
 def prepare_synthetic(path: str | Path, training_args: DeMoTrainingArguments) -> Path:
-    """Build (once) the synthetic RGBNT201-layout DatasetDict at ``path``."""
+    """Build (once) the synthetic RGBNT201-layout DatasetDict at ``path``, with its captions (NEXT reads them)."""
     from demo_reid.dataset_builder import build_dataset, save_dataset
     from demo_reid.synthetic import make_synthetic
 
@@ -52,41 +53,121 @@ def prepare_synthetic(path: str | Path, training_args: DeMoTrainingArguments) ->
                                       num_train_ids=SYNTHETIC["num_train_ids"], num_test_ids=SYNTHETIC["num_test_ids"],
                                       images_per_id=SYNTHETIC["images_per_id"])
                 with tempfile.TemporaryDirectory() as cache:
-                    save_dataset(build_dataset(SYNTHETIC["layout"], root, cache_dir=cache), path, overwrite=True)
+                    dataset = build_dataset(SYNTHETIC["layout"], root, captions_dir=root / "captions", cache_dir=cache)
+                    save_dataset(dataset, path, overwrite=True)
     return path
 
 
-def build_model(script_args: DeMoScriptArguments, num_labels: int, num_cameras: int):
-    """DeMoModel for ``--backbone``: a pretrained CLIP / ViT tower, or a random-init tower asked for by name."""
-    from configuration_demo import DeMoConfig
-    from demo_reid.backbones import clip_vit_b16_vision_config, tiny_vision_config, vit_b16_vision_config
-    from modeling_demo import DeMoModel
-
-    common = dict(
+def _loss_and_size_kwargs(script_args: DeMoScriptArguments, num_labels: int, num_cameras: int) -> dict:
+    """Config fields both models share: input size, identities, cameras, SIE, head init and the loss recipe."""
+    return dict(
         image_size=(script_args.image_height, script_args.image_width),
         num_labels=num_labels,
         num_cameras=num_cameras,
         sie_coefficient=script_args.sie_coefficient,
-        atmoe_heads=script_args.atmoe_heads,
-        direct_classifier=script_args.direct_classifier,
-        hdm_dropout=script_args.hdm_dropout,
         head_init=script_args.head_init,
         id_loss_weight=script_args.id_loss_weight,
         triplet_loss_weight=script_args.triplet_loss_weight,
         label_smoothing=script_args.label_smoothing,
         triplet_margin=script_args.triplet_margin,
     )
+
+
+def _tiny_vision_overrides(script_args: DeMoScriptArguments) -> dict:
+    return dict(
+        hidden_size=script_args.tiny_hidden_size,
+        num_hidden_layers=script_args.tiny_num_layers,
+        num_attention_heads=max(1, script_args.tiny_hidden_size // 32),
+        patch_size=script_args.tiny_patch_size,
+        image_size=max(script_args.image_height, script_args.image_width),
+        projection_dim=script_args.tiny_hidden_size,
+    )
+
+
+def build_next_model(script_args: DeMoScriptArguments, num_labels: int, num_cameras: int, tokenizer):
+    """NextModel for ``--backbone``: both towers from a CLIP checkpoint, or random-init towers asked for by name
+    (the text tower sized to ``tokenizer``'s vocabulary)."""
+    from configuration_next import NextConfig
+    from demo_reid.backbones import clip_vit_b16_vision_config, tiny_next_config, tiny_text_config
+    from modeling_next import NextModel
+
+    common = _loss_and_size_kwargs(script_args, num_labels, num_cameras) | dict(
+        num_semantic_experts=script_args.num_semantic_experts,
+        num_structure_experts=script_args.num_structure_experts,
+        tokens_per_expert=script_args.tokens_per_expert,
+        caption_sentences_per_expert=script_args.caption_sentences_per_expert,
+        use_tmse=script_args.use_tmse,
+        use_csse=script_args.use_csse,
+        use_text=script_args.use_text,
+    )
     backbone = script_args.backbone
     if backbone == "tiny":
-        vision = tiny_vision_config(
-            "clip",
-            hidden_size=script_args.tiny_hidden_size,
-            num_hidden_layers=script_args.tiny_num_layers,
-            num_attention_heads=max(1, script_args.tiny_hidden_size // 32),
-            patch_size=script_args.tiny_patch_size,
-            image_size=max(script_args.image_height, script_args.image_width),
-            projection_dim=script_args.tiny_hidden_size,
-        )
+        vision = _tiny_vision_overrides(script_args)
+        text = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, projection_dim=vision["projection_dim"])
+        config = tiny_next_config(tokenizer, vision_overrides=vision, text_overrides=text, **common)
+        return NextModel(config)
+    if backbone == "clip-b16-random":
+        logger.warning("--backbone %s: random initialisation of the ViT-B/16 shapes, not the papers' recipe", backbone)
+        text = tiny_text_config(tokenizer, hidden_size=512, num_hidden_layers=12, num_attention_heads=8,
+                                projection_dim=512)
+        return NextModel(NextConfig(vision_config=clip_vit_b16_vision_config(), text_config=text, **common))
+    if backbone == "vit-b16-random":
+        raise UsageError("--model next needs a CLIP tower (image and text): use --backbone clip-b16-random or a "
+                         "CLIP checkpoint")
+    local = Path(backbone).expanduser()
+    try:
+        return NextModel.from_clip_pretrained(str(local) if local.exists() else backbone, **common)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"--backbone {backbone}: could not load a CLIP model for --model next "
+                         f"({_first_line(exc)}); {BACKBONE_HINT}") from None
+
+
+def load_tokenizer(script_args: DeMoScriptArguments, dsdict):
+    """The caption tokenizer of ``--model next``: the CLIP checkpoint's own, or (random-init towers, no Hub) a
+    word-level one built from the training captions; None for DeMo."""
+    if script_args.model != "next":
+        return None
+    from demo_reid.data import CAPTION_COLUMNS
+    from demo_reid.text import build_caption_tokenizer
+
+    if script_args.backbone not in RANDOM_BACKBONES:
+        from transformers import AutoTokenizer
+
+        local = Path(script_args.backbone).expanduser()
+        try:
+            return AutoTokenizer.from_pretrained(str(local) if local.exists() else script_args.backbone)
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"--backbone {script_args.backbone}: no tokenizer loads from it "
+                             f"({_first_line(exc)}); --model next needs the CLIP tokenizer saved beside the weights")
+    train_split = dsdict["train"]
+    texts = [t for c in CAPTION_COLUMNS if c in train_split.column_names for t in train_split[c] if t]
+    if not texts:
+        logger.warning("--model next: the dataset has no captions; the model will use its no-text embeddings")
+        texts = ["no caption"]
+    return build_caption_tokenizer(texts, model_max_length=64)
+
+
+def build_model(script_args: DeMoScriptArguments, num_labels: int, num_cameras: int, tokenizer=None):
+    """The model of ``--model`` for ``--backbone``: a pretrained tower, or a random-init tower asked for by name."""
+    if script_args.model == "next":
+        return build_next_model(script_args, num_labels, num_cameras, tokenizer)
+    return build_demo_model(script_args, num_labels, num_cameras)
+
+
+def build_demo_model(script_args: DeMoScriptArguments, num_labels: int, num_cameras: int):
+    """DeMoModel for ``--backbone``: a pretrained CLIP / ViT tower, or a random-init tower asked for by name."""
+    from configuration_demo import DeMoConfig
+    from demo_reid.backbones import clip_vit_b16_vision_config, tiny_vision_config, vit_b16_vision_config
+    from modeling_demo import DeMoModel
+
+    common = _loss_and_size_kwargs(script_args, num_labels, num_cameras) | dict(
+        atmoe_heads=script_args.atmoe_heads,
+        direct_classifier=script_args.direct_classifier,
+        hdm_dropout=script_args.hdm_dropout,
+    )
+    backbone = script_args.backbone
+    if backbone == "tiny":
+        vision = tiny_vision_config("clip", **_tiny_vision_overrides(script_args))
         return DeMoModel(DeMoConfig(vision_config=vision, **common))
     if backbone in ("clip-b16-random", "vit-b16-random"):
         logger.warning("--backbone %s: random initialisation of the ViT-B/16 shapes, not the papers' recipe", backbone)
@@ -209,7 +290,8 @@ def main(argv: list[str] | None = None) -> dict:
         dataset_path = prepare_synthetic(script_args.synthetic_dir, training_args)
         dsdict = load_reid_dataset(dataset_path)
     num_labels = len(set(dsdict["train"]["label"]))
-    model = build_model(script_args, num_labels, _num_cameras(dsdict))
+    tokenizer = load_tokenizer(script_args, dsdict)
+    model = build_model(script_args, num_labels, _num_cameras(dsdict), tokenizer)
     if script_args.overwrite_output_dir and training_args.process_index == 0:
         clear_previous_run(training_args.output_dir)
 
@@ -233,6 +315,7 @@ def main(argv: list[str] | None = None) -> dict:
         query_dataset=dsdict["query"],
         gallery_dataset=dsdict["gallery"],
         callbacks=[RunInfoCallback(run_info)],
+        processing_class=tokenizer,  # saved beside the weights of every checkpoint and of the final model
     )
     trainer.select_best_on_test = script_args.select_best_on_test
 
@@ -257,10 +340,12 @@ def main(argv: list[str] | None = None) -> dict:
         out = Path(training_args.output_dir)
         (out / "final_metrics.json").write_text(json.dumps(result, indent=2) + "\n")
         trainer.model_card_info = {
+            **MODEL_CARD_TEXT[model.config.model_type],
             "name": out.name,
             "dataset": script_args.dataset or f"synthetic {SYNTHETIC['layout']} layout ({SYNTHETIC})",
             "backbone": script_args.backbone,
             "recipe": {
+                "model": script_args.model,
                 "preset": script_args.preset,
                 "image_size": f"{script_args.image_height}x{script_args.image_width}",
                 "P x K": f"{training_args.num_identities} x {training_args.num_instances}",
@@ -280,7 +365,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"Rank-10 {result['Rank-10']:.2f}  (world size {result['world_size']}, saved to {out})"
         )
     if training_args.push_to_hub:
-        trainer.push_to_hub(commit_message="DeMo training run")
+        trainer.push_to_hub(commit_message=f"{script_args.model} training run")
     return result
 
 

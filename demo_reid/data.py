@@ -142,7 +142,7 @@ class CaptionEncoder:
 
     columns = CAPTION_COLUMNS
 
-    def __init__(self, tokenizer, num_experts: int, sentences_per_expert: int, max_length: int = 77,
+    def __init__(self, tokenizer, num_experts: int, sentences_per_expert: int, max_length: Optional[int] = None,
                  train: bool = False):
         if num_experts < 1 or sentences_per_expert < 1:
             raise ValueError(f"num_experts and sentences_per_expert must be >= 1, got {num_experts}, "
@@ -150,7 +150,7 @@ class CaptionEncoder:
         self.tokenizer = tokenizer
         self.num_experts = int(num_experts)
         self.sentences_per_expert = int(sentences_per_expert)
-        self.max_length = int(max_length)
+        self.max_length = max_length
         self.train = train
 
     def _texts(self, captions: Sequence[Sequence[str]], seeds: Optional[Sequence[int]]) -> list[str]:
@@ -171,15 +171,16 @@ class CaptionEncoder:
 
     def __call__(self, captions: Sequence[Sequence[str]], seeds: Optional[Sequence[int]] = None) -> dict:
         """``captions``: per row, its (RGB, NIR, TIR) captions ("" where missing)."""
+        from .text import tokenize_captions
+
         texts = self._texts(captions, seeds)
-        tokens = self.tokenizer(texts, padding="max_length", truncation=True, max_length=self.max_length,
-                                return_tensors="pt")
-        input_ids, mask = tokens["input_ids"], tokens["attention_mask"]
-        empty = torch.tensor([not t.strip() for t in texts])
-        mask[empty] = 0
-        input_ids[empty] = self.tokenizer.pad_token_id
-        shape = (len(captions), self.num_experts, 3, -1) if self.train else (len(captions), 3, -1)
-        return {"input_ids": input_ids.view(shape), "attention_mask": mask.view(shape)}
+        if self.train:  # (row, expert, modality) -> per row, one (rgb, nir, tir) triple per expert
+            per_row = 3 * self.num_experts
+            nested = [[texts[r * per_row + 3 * e: r * per_row + 3 * e + 3] for e in range(self.num_experts)]
+                      for r in range(len(captions))]
+        else:
+            nested = [texts[3 * r: 3 * r + 3] for r in range(len(captions))]
+        return tokenize_captions(self.tokenizer, nested, max_length=self.max_length)
 
 
 class ReIDCollator:
@@ -235,7 +236,8 @@ def collator_for(config, train: bool, tokenizer=None, with_captions: bool = True
     text = None
     if getattr(config, "use_text", False) and tokenizer is not None and with_captions:
         text = CaptionEncoder(tokenizer, config.num_semantic_experts, config.caption_sentences_per_expert,
-                              max_length=config.text_config.max_position_embeddings, train=train)
+                              max_length=min(tokenizer.model_max_length, config.text_config.max_position_embeddings),
+                              train=train)
     return ReIDCollator(image_size=tuple(config.image_size), train=train, with_camera_ids=config.num_cameras > 0,
                         text=text)
 

@@ -502,13 +502,13 @@ class ReIDTrainer(Trainer):
             "tags:",
             "- re-identification",
             "- multi-modal",
-            "- demo",
+            *[f"- {tag}" for tag in info.get("tags", ())],
             "---",
             "",
             f"# {info.get('name', Path(self.args.output_dir).name)}",
             "",
-            "DeMo (AAAI 2025) multi-modal (RGB / NIR / TIR) object re-identification model, trained with "
-            "`train.py` of this repository. Load with `AutoModel.from_pretrained(path, trust_remote_code=True)`.",
+            f"{info.get('description', 'Multi-modal (RGB / NIR / TIR) object re-identification model')}, trained "
+            "with `train.py` of this repository. Load with `AutoModel.from_pretrained(path, trust_remote_code=True)`.",
             "",
             f"- Dataset: {info.get('dataset', 'unknown')}",
             f"- Backbone: {info.get('backbone', 'unknown')}",
@@ -526,6 +526,8 @@ class ReIDTrainer(Trainer):
             *[f"| {k} | {v:.2f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()],
             "",
         ]
+        for title, body in info.get("sections", {}).items():
+            lines += [f"## {title}", "", *body, ""]
         Path(self.args.output_dir).mkdir(parents=True, exist_ok=True)
         (Path(self.args.output_dir) / "README.md").write_text("\n".join(lines))
 

@@ -21,6 +21,7 @@ from transformers.trainer_utils import IntervalStrategy, SaveStrategy
 from .scheduler import SCHEDULER_TYPES
 
 MODALITY_AUGMENT_MODES = ("independent", "shared")
+MODEL_TYPES = ("demo", "next")
 
 __all__ = [
     "PRESETS",
@@ -107,6 +108,11 @@ class DeMoScriptArguments:
     """What to train on and which model to build (everything that is not a Trainer setting)."""
 
     config: str | None = field(default=None, metadata={"help": "YAML file of option: value pairs (any option below)."})
+    model: str = field(
+        default="demo",
+        metadata={"help": "Which model to train: demo (DeMo, AAAI 2025) or next (NEXT: text-modulated multi-grained "
+                  "experts; reads the dataset's captions).", "choices": MODEL_TYPES},
+    )
     preset: str = field(
         default="synthetic",
         metadata={
@@ -142,6 +148,19 @@ class DeMoScriptArguments:
         default=0.1,
         metadata={"help": "Attention dropout of the HDM cross-attentions; the one per-process randomness left "
                   "(0 makes 1 and N processes compute the same training run)."},
+    )
+    num_semantic_experts: int = field(default=3, metadata={"help": "--model next: TMSE experts (N_s)."})
+    num_structure_experts: int = field(default=3, metadata={"help": "--model next: CSSE experts (N_c)."})
+    tokens_per_expert: int = field(
+        default=4, metadata={"help": "--model next: patches each semantic expert selects per modality (k)."}
+    )
+    caption_sentences_per_expert: int = field(
+        default=2, metadata={"help": "--model next: caption sentences each semantic expert sees in training."}
+    )
+    use_tmse: bool = field(default=True, metadata={"help": "--model next: the text-modulated semantic experts."})
+    use_csse: bool = field(default=True, metadata={"help": "--model next: the context-shared structure experts."})
+    use_text: bool = field(
+        default=True, metadata={"help": "--model next: read the captions (False: every expert uses its no-text embedding)."}
     )
     head_init: str = field(
         default="pytorch",
@@ -275,7 +294,7 @@ Options come from --preset, then --config FILE.yaml, then flags (highest). P x K
 
 # The options a ReID user sets, shown first in --help; every other option follows under "Trainer options".
 MAIN_OPTIONS = (
-    "preset", "config", "dataset", "backbone", "output_dir", "num_train_epochs", "num_identities", "num_instances",
+    "preset", "config", "model", "dataset", "backbone", "output_dir", "num_train_epochs", "num_identities", "num_instances",
     "learning_rate", "vision_tower_lr", "resume", "resume_from_checkpoint", "overwrite_output_dir", "seed",
 )
 # TrainingArguments fields that do nothing in this trainer: hidden from --help and refused when given.
@@ -323,6 +342,25 @@ def _raise_usage_error(message: str):
     raise ValueError(message)
 
 
+# Options that only one model reads; given explicitly with the other model they would do nothing.
+MODEL_OPTIONS = {
+    "demo": ("atmoe_heads", "direct_classifier", "hdm_dropout"),
+    "next": ("num_semantic_experts", "num_structure_experts", "tokens_per_expert", "caption_sentences_per_expert",
+             "use_tmse", "use_csse", "use_text"),
+}
+
+
+def refuse_other_model_options(argv: list[str], config: dict, model: str) -> None:
+    given = {a.split("=", 1)[0].lstrip("-").replace("-", "_") for a in argv if a.startswith("--")} | set(config)
+    given |= {name[3:] for name in given if name.startswith("no_")}
+    for other, names in MODEL_OPTIONS.items():
+        if other != model:
+            for name in names:
+                if name in given:
+                    raise ValueError(f"--{name.replace('_', '-')} is a --model {other} option; it does nothing with "
+                                     f"--model {model}")
+
+
 def refuse_ignored_options(argv: list[str], config: dict, scheduler_type: str) -> None:
     """One clear error for a Trainer option that would do nothing here (given as a flag or in the YAML file)."""
     refused = dict(IGNORED_TRAINER_OPTIONS)
@@ -358,12 +396,15 @@ def resolve_defaults(argv: list[str]) -> dict:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", default=None)
     pre.add_argument("--preset", default=None)
+    pre.add_argument("--model", default=None)
     known, _ = pre.parse_known_args(argv)
     config = load_yaml(known.config) if known.config else {}
     preset = known.preset or config.get("preset") or "synthetic"
     if preset not in PRESETS:
         raise ValueError(f"--preset must be one of {sorted(PRESETS)}, got {preset!r}")
     defaults = {"preset": preset, **PRESETS[preset]}
+    if (known.model or config.get("model")) == "next":  # each model its own default output directory
+        defaults["output_dir"] = defaults["output_dir"].replace("demo-", "next-")
     defaults.update(config)
     return defaults
 
@@ -395,6 +436,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[DeMoScriptArguments, DeMo
             raise ValueError("--select-best-on-test needs periodic evaluation: pass --eval-strategy epoch")
         if training_args.save_strategy != training_args.eval_strategy:
             raise ValueError("--select-best-on-test: --save-strategy must equal --eval-strategy")
+    refuse_other_model_options(argv, load_yaml(script_args.config) if script_args.config else {}, script_args.model)
     if not 0.0 <= script_args.hdm_dropout < 1.0:
         raise ValueError(f"--hdm-dropout must be in [0, 1), got {script_args.hdm_dropout}")
     if not math.isfinite(training_args.learning_rate) or training_args.learning_rate <= 0:
