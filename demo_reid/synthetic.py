@@ -38,13 +38,16 @@ NOISY_TIR_PROB = 0.2
 MIN_IMAGES_PER_ID = 4  # two query images + two gallery images with other cameras/scenes
 JPEG_QUALITY = 92
 
-_PALETTE = np.array(
-    [
-        [0.85, 0.15, 0.15], [0.15, 0.65, 0.20], [0.15, 0.25, 0.85], [0.92, 0.85, 0.20],
-        [0.92, 0.92, 0.92], [0.08, 0.08, 0.08], [0.95, 0.50, 0.10], [0.55, 0.20, 0.70],
-        [0.50, 0.50, 0.50], [0.15, 0.80, 0.85],
-    ]
+# The 10 colours of bands, accessories and background distractors, with the names captions use
+# for them (names first, so a colour is named the same everywhere).
+_PALETTE_ENTRIES = (
+    ("red", (0.85, 0.15, 0.15)), ("green", (0.15, 0.65, 0.20)), ("blue", (0.15, 0.25, 0.85)),
+    ("yellow", (0.92, 0.85, 0.20)), ("white", (0.92, 0.92, 0.92)), ("black", (0.08, 0.08, 0.08)),
+    ("orange", (0.95, 0.50, 0.10)), ("purple", (0.55, 0.20, 0.70)), ("gray", (0.50, 0.50, 0.50)),
+    ("cyan", (0.15, 0.80, 0.85)),
 )
+COLOR_NAMES = tuple(name for name, _ in _PALETTE_ENTRIES)
+_PALETTE = np.array([rgb for _, rgb in _PALETTE_ENTRIES])
 
 
 @dataclass(frozen=True)
@@ -106,24 +109,36 @@ class _Look:
     acc_nir: float
     nir_levels: np.ndarray  # (3,) band grey levels in NIR
     spots: np.ndarray  # (2, 4): y, x (relative to the body), amplitude, sigma
+    color_ids: tuple[int, int, int] = (0, 0, 0)  # palette entries of the bands (captions name them)
+    acc_color_id: int = 0
 
 
 def _identity_look(seed: int, pid: int) -> _Look:
+    """Draw one identity's look.  The draws keep their historical order (colours before cuts,
+    ...), because the images of a seed must stay byte-identical: the palette indices are kept
+    only so captions can name the colours."""
     rng = np.random.default_rng([seed, 1, pid])
     jitter = rng.uniform(-0.06, 0.06, (3, 3))
+    color_ids = rng.integers(0, len(_PALETTE), 3)
+    cuts = (float(rng.uniform(0.25, 0.4)), float(rng.uniform(0.55, 0.75)))
+    width, top, height = float(rng.uniform(0.45, 0.75)), float(rng.uniform(0.05, 0.15)), float(rng.uniform(0.75, 0.85))
+    acc_side, acc_y = float(rng.choice([-1.0, 1.0])), float(rng.uniform(0.2, 0.8))
+    acc_color_id = int(rng.integers(0, len(_PALETTE)))
     return _Look(
-        colors=np.clip(_PALETTE[rng.integers(0, len(_PALETTE), 3)] + jitter, 0, 1),
-        cuts=(float(rng.uniform(0.25, 0.4)), float(rng.uniform(0.55, 0.75))),
-        width=float(rng.uniform(0.45, 0.75)),
-        top=float(rng.uniform(0.05, 0.15)),
-        height=float(rng.uniform(0.75, 0.85)),
-        acc_side=float(rng.choice([-1.0, 1.0])),
-        acc_y=float(rng.uniform(0.2, 0.8)),
-        acc_color=_PALETTE[rng.integers(0, len(_PALETTE))],
+        colors=np.clip(_PALETTE[color_ids] + jitter, 0, 1),
+        cuts=cuts,
+        width=width,
+        top=top,
+        height=height,
+        acc_side=acc_side,
+        acc_y=acc_y,
+        acc_color=_PALETTE[acc_color_id],
         acc_nir=float(rng.uniform(0.3, 1.0)),
         nir_levels=rng.choice([0.2, 0.45, 0.7, 0.95], 3),  # few levels: NIR alone is ambiguous
         spots=np.column_stack([rng.uniform(0.1, 0.9, 2), rng.uniform(0.15, 0.85, 2),
                                rng.uniform(0.35, 0.7, 2), rng.uniform(0.06, 0.12, 2)]),
+        color_ids=tuple(int(i) for i in color_ids),
+        acc_color_id=acc_color_id,
     )
 
 
