@@ -2,7 +2,10 @@
 """Write a small synthetic dataset on disk in a public release's layout (real JPEGs, real names).
 
     python data_scripts/make_synthetic.py --layout RGBNT201 --out data/synthetic
-    python data_scripts/build_dataset.py --name RGBNT201 --root data/synthetic --output data/synthetic_rgbnt201
+    python data_scripts/build_dataset.py --name RGBNT201 --root data/synthetic --output data/synthetic_rgbnt201 \
+        [--captions data/synthetic/RGBNT201/captions]
+
+Captions in the NEXT release's format are written to <dataset folder>/captions/ unless --no-captions.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a plain checkout too
 
-from demo_reid.synthetic import SYNTHETIC_LAYOUTS, make_synthetic  # noqa: E402
+from demo_reid.synthetic import CAPTIONS_DIR, SYNTHETIC_LAYOUTS, make_synthetic  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -27,6 +30,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), default=None,
                    help="size of one modality image (default 64 32 for RGBNT201, 32 64 for vehicles)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder")
+    p.add_argument("--captions", action=argparse.BooleanOptionalAction, default=True,
+                   help="write {train,test}_{RGB,NI,TI}.json captions to <dataset folder>/captions "
+                        "(default; the images are the same either way)")
     return p.parse_args(argv)
 
 
@@ -34,11 +40,12 @@ def main(argv=None) -> int:
     a = parse_args(argv)
     try:
         path = make_synthetic(a.layout, a.out, seed=a.seed, num_train_ids=a.num_train_ids, num_test_ids=a.num_test_ids,
-                              images_per_id=a.images_per_id, image_size=a.image_size, overwrite=a.overwrite)
+                              images_per_id=a.images_per_id, image_size=a.image_size, overwrite=a.overwrite,
+                              captions=a.captions)
     except (ValueError, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"wrote {path}")
+    print(f"wrote {path}" + (f" (captions in {path / CAPTIONS_DIR})" if a.captions else ""))
     return 0
 
 

@@ -32,19 +32,28 @@ from typing import Callable, Optional
 import numpy as np
 from PIL import Image
 
+from .captioning.items import KIND_OF_LAYOUT
+from .captioning.render import noun_phrase, render_caption
+from .captioning.schema import COLOR_SOURCES, get_schema
+from .captioning.store import write_split
+from .dataset_builder import MODALITIES
+
 SYNTHETIC_LAYOUTS = ("RGBNT201", "RGBNT100", "MSVR310", "WMVEID863")
 DARK_RGB_PROB = 0.2
 NOISY_TIR_PROB = 0.2
 MIN_IMAGES_PER_ID = 4  # two query images + two gallery images with other cameras/scenes
 JPEG_QUALITY = 92
 
-_PALETTE = np.array(
-    [
-        [0.85, 0.15, 0.15], [0.15, 0.65, 0.20], [0.15, 0.25, 0.85], [0.92, 0.85, 0.20],
-        [0.92, 0.92, 0.92], [0.08, 0.08, 0.08], [0.95, 0.50, 0.10], [0.55, 0.20, 0.70],
-        [0.50, 0.50, 0.50], [0.15, 0.80, 0.85],
-    ]
+# The 10 colours of bands, accessories and background distractors, with the names captions use
+# for them (names first, so a colour is named the same everywhere).
+_PALETTE_ENTRIES = (
+    ("red", (0.85, 0.15, 0.15)), ("green", (0.15, 0.65, 0.20)), ("blue", (0.15, 0.25, 0.85)),
+    ("yellow", (0.92, 0.85, 0.20)), ("white", (0.92, 0.92, 0.92)), ("black", (0.08, 0.08, 0.08)),
+    ("orange", (0.95, 0.50, 0.10)), ("purple", (0.55, 0.20, 0.70)), ("gray", (0.50, 0.50, 0.50)),
+    ("cyan", (0.15, 0.80, 0.85)),
 )
+COLOR_NAMES = tuple(name for name, _ in _PALETTE_ENTRIES)
+_PALETTE = np.array([rgb for _, rgb in _PALETTE_ENTRIES])
 
 
 @dataclass(frozen=True)
@@ -106,24 +115,36 @@ class _Look:
     acc_nir: float
     nir_levels: np.ndarray  # (3,) band grey levels in NIR
     spots: np.ndarray  # (2, 4): y, x (relative to the body), amplitude, sigma
+    color_ids: tuple[int, int, int] = (0, 0, 0)  # palette entries of the bands (captions name them)
+    acc_color_id: int = 0
 
 
 def _identity_look(seed: int, pid: int) -> _Look:
+    """Draw one identity's look.  The draws keep their historical order (colours before cuts,
+    ...), because the images of a seed must stay byte-identical: the palette indices are kept
+    only so captions can name the colours."""
     rng = np.random.default_rng([seed, 1, pid])
     jitter = rng.uniform(-0.06, 0.06, (3, 3))
+    color_ids = rng.integers(0, len(_PALETTE), 3)
+    cuts = (float(rng.uniform(0.25, 0.4)), float(rng.uniform(0.55, 0.75)))
+    width, top, height = float(rng.uniform(0.45, 0.75)), float(rng.uniform(0.05, 0.15)), float(rng.uniform(0.75, 0.85))
+    acc_side, acc_y = float(rng.choice([-1.0, 1.0])), float(rng.uniform(0.2, 0.8))
+    acc_color_id = int(rng.integers(0, len(_PALETTE)))
     return _Look(
-        colors=np.clip(_PALETTE[rng.integers(0, len(_PALETTE), 3)] + jitter, 0, 1),
-        cuts=(float(rng.uniform(0.25, 0.4)), float(rng.uniform(0.55, 0.75))),
-        width=float(rng.uniform(0.45, 0.75)),
-        top=float(rng.uniform(0.05, 0.15)),
-        height=float(rng.uniform(0.75, 0.85)),
-        acc_side=float(rng.choice([-1.0, 1.0])),
-        acc_y=float(rng.uniform(0.2, 0.8)),
-        acc_color=_PALETTE[rng.integers(0, len(_PALETTE))],
+        colors=np.clip(_PALETTE[color_ids] + jitter, 0, 1),
+        cuts=cuts,
+        width=width,
+        top=top,
+        height=height,
+        acc_side=acc_side,
+        acc_y=acc_y,
+        acc_color=_PALETTE[acc_color_id],
         acc_nir=float(rng.uniform(0.3, 1.0)),
         nir_levels=rng.choice([0.2, 0.45, 0.7, 0.95], 3),  # few levels: NIR alone is ambiguous
         spots=np.column_stack([rng.uniform(0.1, 0.9, 2), rng.uniform(0.15, 0.85, 2),
                                rng.uniform(0.35, 0.7, 2), rng.uniform(0.06, 0.12, 2)]),
+        color_ids=tuple(int(i) for i in color_ids),
+        acc_color_id=acc_color_id,
     )
 
 
@@ -179,6 +200,142 @@ def render_triple(look: _Look, rng: np.random.Generator, size: tuple[int, int], 
 
 
 # --------------------------------------------------------------------------------------------
+# Captions
+# --------------------------------------------------------------------------------------------
+
+CAPTIONS_DIR = "captions"  # the caption folder, inside the dataset folder make_synthetic returns
+UNKNOWN_PROB = 0.1  # each identity attribute of each caption is "unknown" this often ...
+DARK_COLOR_UNKNOWN_PROB = 0.5  # ... and a colour in a dark RGB image this often
+MISSING_CAPTION_PROB = 0.05  # each (image, modality) caption is left out of its file this often
+
+# The caption attribute naming the colour of body band 0, 1, 2 (None: drawn but not written; the
+# released vehicle template names one colour).  ``footwear_color`` and ``carrying_color`` are no
+# template slots: they are written into the footwear / carried-item phrase (see _phrase_colors).
+BAND_ATTRIBUTES = {"person": ("upper_clothing_color", "lower_clothing_color", "footwear_color"),
+                   "vehicle": (None, "color", None)}
+# phrase colour -> (the attribute whose phrase it colours, the noun when that attribute is unknown;
+# None: an unknown carried item is its own sentence, "It is unknown whether she is carrying anything.")
+_PHRASE_COLORS = {"footwear_color": ("footwear", "footwear"), "carrying_color": ("carrying", None)}
+_COLOR_ATTRIBUTES = frozenset(a for bands in BAND_ATTRIBUTES.values() for a in bands if a) | {"carrying_color"}
+_SCENE_ATTRIBUTES = ("time", "lighting", "clarity")  # follow the image's dark-RGB / noisy-TIR flags
+_BRANDS = ("Volkswagen", "Toyota", "Honda", "Nissan", "Buick", "Chevrolet", "Skoda", "Volvo")  # open vocabulary
+_PATCH_MEANING = {  # the accessory patch, high (upper half of the body) or low, as caption values
+    "person": ({"carrying": "shoulder bag"}, {"carrying": "handbag"}),
+    "vehicle": ({"roof_rack": "present", "spoiler": "not present"}, {"roof_rack": "not present", "spoiler": "present"}),
+}
+
+
+@dataclass(frozen=True)
+class _Drawn:
+    """One written image triple, with what its caption needs to know about how it was drawn."""
+
+    name: str  # the file name: the released captions' ``item``
+    caption_split: str  # "train" or "test" (query and gallery share the test files)
+    pid: int
+    k: int
+    look: _Look
+    dark_rgb: bool
+    noisy_tir: bool
+
+
+def _identity_attributes(kind: str, look: _Look) -> dict[str, str]:
+    """What an identity's images draw, as caption values: band colours by palette name and
+    the accessory patch as a bag (persons) or a roof rack / spoiler (vehicles).
+
+    Why these and only these: they are the only identity information in the captions, so the
+    text tells identities apart exactly as far as the drawn appearance does.  NIR grey levels
+    and TIR heat spots have no slot in the released templates and are not written.
+    """
+    values = {attr: COLOR_NAMES[i] for attr, i in zip(BAND_ATTRIBUTES[kind], look.color_ids) if attr}
+    values.update(_PATCH_MEANING[kind][0 if look.acc_y < 0.5 else 1])
+    if kind == "person":
+        values["carrying_color"] = COLOR_NAMES[look.acc_color_id]
+    return values
+
+
+def _image_attributes(kind: str, drawn: dict[str, str], rng: np.random.Generator, dark_rgb: bool) -> dict[str, str]:
+    """Per image, the attributes the generator does not draw (age, gender, view, garment types,
+    brand, ...): guesses drawn per image and shared by its three captions (one object), like a
+    captioner guessing at a small crop.  Being independent of identity, they carry none.  Time
+    and lighting follow the image's dark-RGB flag (one scene for RGB and NIR)."""
+    values = {}
+    for attr in get_schema(kind).attributes:
+        if attr.name not in drawn and attr.name not in _SCENE_ATTRIBUTES:
+            choices = attr.values if attr.values is not None else _BRANDS
+            values[attr.name] = choices[int(rng.integers(len(choices)))]
+    values["time"] = "nighttime" if dark_rgb else "daytime"
+    values["lighting"] = "dim" if dark_rgb else ("bright", "normal")[int(rng.integers(2))]
+    return values
+
+
+def _clarity(modality: str, dark_rgb: bool, noisy_tir: bool) -> str:
+    """A dark RGB image and a noisy TIR image read as blurry, everything else as clear."""
+    blurry = (modality == "rgb" and dark_rgb) or (modality == "tir" and noisy_tir)
+    return "blurry" if blurry else "clear"
+
+
+def _hide_unknown(values: dict[str, str], drawn: dict[str, str], rng: np.random.Generator,
+                  dark_rgb_caption: bool) -> dict[str, Optional[str]]:
+    """Make each identity attribute unknown (None) with UNKNOWN_PROB, a colour of a dark RGB
+    image with DARK_COLOR_UNKNOWN_PROB: the quirk of real captions that gaps fall on what is
+    hard to see.  One draw per attribute in a fixed order, whatever the outcome."""
+    names = sorted(drawn)
+    draws = rng.random(len(names))
+    out: dict[str, Optional[str]] = dict(values)
+    for name, u in zip(names, draws):
+        p = DARK_COLOR_UNKNOWN_PROB if dark_rgb_caption and name in _COLOR_ATTRIBUTES else UNKNOWN_PROB
+        if u < p:
+            out[name] = None
+    return out
+
+
+def _phrase_colors(values: dict[str, Optional[str]], modality: str) -> dict[str, Optional[str]]:
+    """Write the footwear and bag colours into their phrases ("red casual sneakers", "a handbag
+    of unknown color"), in colour modalities only: the templates have no colour slot there,
+    and the renderer prints those phrases as given."""
+    out = dict(values)
+    for color_attr, (phrase_attr, generic) in _PHRASE_COLORS.items():
+        if color_attr not in out:
+            continue
+        color, head = out.pop(color_attr), out.get(phrase_attr)
+        if head is None and generic is None:
+            continue
+        mods = [("color", color)] if modality in COLOR_SOURCES else []
+        out[phrase_attr] = noun_phrase(mods, head, generic or phrase_attr, "type")
+    return out
+
+
+def _triple_captions(kind: str, seed: int, d: _Drawn) -> dict[str, Optional[str]]:
+    """The RGB / NIR / TIR captions of one triple (None: left out of its file).
+
+    All caption randomness comes from its own generator, ``[seed, 7, pid, k]``, so the image
+    streams (and so the image bytes) do not depend on whether captions are written.
+    """
+    rng = np.random.default_rng([seed, 7, d.pid, d.k])
+    drawn = _identity_attributes(kind, d.look)
+    values = {**_image_attributes(kind, drawn, rng, d.dark_rgb), **drawn}
+    out: dict[str, Optional[str]] = {}
+    for modality in MODALITIES:
+        missing = rng.random() < MISSING_CAPTION_PROB
+        shown = _hide_unknown(values, drawn, rng, d.dark_rgb and modality == "rgb")
+        shown["clarity"] = _clarity(modality, d.dark_rgb, d.noisy_tir)
+        out[modality] = None if missing else render_caption(kind, modality, _phrase_colors(shown, modality))
+    return out
+
+
+def _write_captions(folder: Path, layout: str, seed: int, drawn: list[_Drawn]) -> None:
+    """Write ``{train,test}_{RGB,NI,TI}.json`` in the released format into ``folder``."""
+    kind = KIND_OF_LAYOUT[layout]
+    captions = {split: {m: {} for m in MODALITIES} for split in ("train", "test")}
+    for d in drawn:
+        for modality, text in _triple_captions(kind, seed, d).items():
+            if text is not None:
+                captions[d.caption_split][modality][d.name] = text
+    for split, per_modality in captions.items():
+        write_split(folder, split, per_modality)
+
+
+# --------------------------------------------------------------------------------------------
 # Writing a layout
 # --------------------------------------------------------------------------------------------
 
@@ -212,8 +369,13 @@ def _identity_samples(spec: _Spec, seed: int, pid: int, train: bool, n: int) -> 
     return samples
 
 
+def _sample_name(spec: _Spec, sample: _Sample) -> str:
+    """The file name of a sample, which is also its ``item`` in the caption files."""
+    return spec.file_name(sample.pid, sample.cam, sample.scene, sample.k, sample.flag)
+
+
 def _save_sample(base: Path, spec: _Spec, sample: _Sample, images: tuple[np.ndarray, ...]) -> None:
-    name = spec.file_name(sample.pid, sample.cam, sample.scene, sample.k, sample.flag)
+    name = _sample_name(spec, sample)
     split = base / sample.split_dir
     if spec.modality_dirs is None:
         split.mkdir(parents=True, exist_ok=True)
@@ -248,6 +410,7 @@ def make_synthetic(
     images_per_id: int = 10,
     image_size: Optional[tuple[int, int]] = None,
     overwrite: bool = False,
+    captions: bool = True,
 ) -> Path:
     """Write a synthetic dataset under ``out_dir`` in ``layout``'s on-disk layout.
 
@@ -256,6 +419,12 @@ def make_synthetic(
     contiguous, so relabeling is exercised).  Returns the dataset folder (e.g.
     ``out_dir/RGBNT201``), which ``build_dataset`` accepts as ``root``.  The folder is written
     under a temporary name and renamed at the end, so a failure leaves nothing behind.
+
+    With ``captions`` (default), the folder also holds ``captions/{train,test}_{RGB,NI,TI}.json``
+    in the NEXT release's format, for ``build_dataset(..., captions_dir=<folder>/captions)``:
+    one caption per image and modality naming what the images draw of the identity (colours in
+    RGB only), with unknown attributes and missing captions as in the released files.  Caption
+    randomness has its own generator, so the images are the same bytes with or without captions.
     """
     layout = layout.upper()
     spec, size = _check_args(layout, num_train_ids, num_test_ids, images_per_id, image_size)
@@ -270,6 +439,7 @@ def make_synthetic(
     try:
         base = tmp / spec.folder
         ids = [(2 * i + 1, True) for i in range(num_train_ids)] + [(2 * i + 2, False) for i in range(num_test_ids)]
+        drawn: list[_Drawn] = []
         for pid, train in ids:
             look = _identity_look(seed, pid)
             for s in _identity_samples(spec, seed, pid, train, images_per_id):
@@ -279,10 +449,15 @@ def make_synthetic(
                     [0.2, 0.2, 0.2, 0.2], [0.8, 0.8, 0.8, 0.6])
                 dark, noisy = rng.random() < DARK_RGB_PROB, rng.random() < NOISY_TIR_PROB
                 _save_sample(base, spec, s, render_triple(look, rng, size, cast, background, dark, noisy))
+                drawn.append(_Drawn(_sample_name(spec, s), "train" if train else "test", pid, s.k, look,
+                                    bool(dark), bool(noisy)))
         for d in dict.fromkeys(spec.split_dirs):  # split folders exist even when empty
             (base / d).mkdir(parents=True, exist_ok=True)
         meta = dict(layout=layout, seed=seed, num_train_ids=num_train_ids, num_test_ids=num_test_ids,
-                    images_per_id=images_per_id, image_size=list(size), synthetic=True)
+                    images_per_id=images_per_id, image_size=list(size), synthetic=True,
+                    captions=CAPTIONS_DIR if captions else None)
+        if captions:
+            _write_captions(tmp / top / CAPTIONS_DIR, layout, seed, drawn)
         (tmp / top / "synthetic.json").write_text(json.dumps(meta, indent=2) + "\n")
         if target.exists():
             target.rename(tmp / ".old")
