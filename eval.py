@@ -94,7 +94,8 @@ def load_tokenizer(path: str, model):
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(str(Path(path).expanduser()))
+        # trust_remote_code: AutoTokenizer reads config.json, whose model class is the checkpoint's own code
+        return AutoTokenizer.from_pretrained(str(Path(path).expanduser()), trust_remote_code=True)
     except (OSError, ValueError) as exc:
         raise UsageError(f"--model {path}: the model reads captions but no tokenizer loads from that directory "
                          f"({str(exc).splitlines()[0][:120]}); train.py saves it beside the weights") from None
@@ -160,6 +161,8 @@ def write_figures(args, model, dsdict, query, gallery, sweep, out_dir: Path, fea
     paths = [write_rank_lists(dsdict["query"], dsdict["gallery"], chosen, ranked, correct, out_dir / "rank_lists.png", cell)]
 
     names = expert_names_of(model)
+    if query.expert_weights is not None and len(names) != query.expert_weights.shape[-1]:
+        names = tuple(f"expert {i + 1}" for i in range(query.expert_weights.shape[-1]))
     if query.expert_weights is not None:
         n = min(len(query), 24)
         labels = [f"{i}:{query.pids[i]}" for i in range(n)]
