@@ -320,8 +320,6 @@ class NextModel(NextPreTrainedModel):
         self.vision_tower = DeMoVisionTower(config)
         if config.uses_text:
             self.text_tower = CLIPTextModelWithProjection(config.text_config)
-            self.text_tower.requires_grad_(False)
-            self.text_tower.eval()
         heads = attention_heads(dim)
         head_dims = {"cls": 3 * dim}
         if config.use_tmse:
@@ -340,12 +338,20 @@ class NextModel(NextPreTrainedModel):
             {name: DeMoIdentityClassifier(d, config.num_labels) for name, d in head_dims.items()}
         )
         self.post_init()
+        self.train()  # freezes the text tower (see `train`)
 
     def train(self, mode: bool = True):
-        """As `nn.Module.train`, but the frozen text tower always stays in eval mode."""
+        """As `nn.Module.train`, but the frozen text tower always stays in eval mode, and the frozen parameters
+        (text tower, BN-neck biases) are frozen again.
+
+        Re-freezing here matters: transformers 5's `from_pretrained` re-creates every loaded parameter with
+        `requires_grad=True` and then calls `eval()`, and a trainer calls `train()` before its first step."""
         super().train(mode)
         if hasattr(self, "text_tower"):
+            self.text_tower.requires_grad_(False)
             self.text_tower.eval()
+        for bnneck in self.bnnecks.values():
+            bnneck.bias.requires_grad_(False)
         return self
 
     def get_input_embeddings(self) -> nn.Module:
