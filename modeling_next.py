@@ -406,10 +406,11 @@ class NextModel(NextPreTrainedModel):
         if input_ids.shape[-1] > text.max_position_embeddings:
             raise ValueError(
                 f"input_ids has {input_ids.shape[-1]} tokens per caption but the text tower takes at most "
-                f"{text.max_position_embeddings}; tokenize with truncation=True, max_length={text.max_position_embeddings}"
+                f"{text.max_position_embeddings}; tokenize with truncation=True, "
+                f"max_length={text.max_position_embeddings}"
             )
-        present = attention_mask.bool().any(-1) if attention_mask is not None else input_ids.new_ones(input_ids.shape[:-1], dtype=torch.bool)
-        used = input_ids[present]
+        used = input_ids if attention_mask is None else input_ids[attention_mask.bool().any(-1)]
+        used = used.reshape(-1, input_ids.shape[-1])
         if used.numel() and bool(((used < 0) | (used >= text.vocab_size)).any()):
             raise ValueError(
                 f"input_ids must be token ids in [0, {text.vocab_size}) (text_config.vocab_size); got values up to "
@@ -460,7 +461,7 @@ class NextModel(NextPreTrainedModel):
                 Normalized RGB, NIR and TIR images of each triple (mean = std = 0.5).
             camera_ids (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
                 0-based camera of each triple, for the Side Information Embedding.
-            input_ids (`torch.LongTensor` of shape `(batch_size, 3, length)` or `(batch_size, N_s, 3, length)`, *optional*):
+            input_ids (`torch.LongTensor` of shape `(batch_size, 3, L)` or `(batch_size, N_s, 3, L)`, *optional*):
                 Captions tokenized with the model's tokenizer: one per modality (RGB, NIR, TIR) read by every semantic
                 expert (evaluation: the whole caption), or one per semantic expert and modality (training: each
                 expert's own sentence subset). Ignored with `use_text=False` or without TMSE.
@@ -537,8 +538,8 @@ class NextModel(NextPreTrainedModel):
             config = NextConfig(**sub_configs, **config_kwargs)
         fields = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
         checks = [("vision_config", f, getattr(source.config.vision_config, f)) for f in fields + ("patch_size",)]
-        checks += [("text_config", f, getattr(source.config.text_config, f)) for f in fields]
-        checks += [("text_config", f, getattr(source.config.text_config, f)) for f in ("vocab_size", "max_position_embeddings")]
+        text_fields = fields + ("vocab_size", "max_position_embeddings")
+        checks += [("text_config", f, getattr(source.config.text_config, f)) for f in text_fields]
         checks += [(key, "projection_dim", source.config.projection_dim) for key in ("vision_config", "text_config")]
         for key, field, expected in checks:
             if getattr(getattr(config, key), field) != expected:
@@ -553,7 +554,7 @@ class NextModel(NextPreTrainedModel):
         if unexpected or set(missing) - {"embeddings.camera_embedding"}:
             raise ValueError(f"image tower weights do not fit: missing {missing}, unexpected {unexpected}")
         if hasattr(model, "text_tower"):
-            text_state = {k: v for k, v in state.items() if k.startswith("text_model.") or k == "text_projection.weight"}
+            text_state = {k: v for k, v in state.items() if k.startswith(("text_model.", "text_projection."))}
             missing, unexpected = model.text_tower.load_state_dict(text_state, strict=False)
             if unexpected or [k for k in missing if not k.endswith("position_ids")]:
                 raise ValueError(f"text tower weights do not fit: missing {missing}, unexpected {unexpected}")
