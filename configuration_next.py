@@ -114,7 +114,7 @@ class NextConfig(PretrainedConfig):
     ):
         backbone_type = kwargs.pop("backbone_type", "clip")
         if backbone_type != "clip":
-            raise ValueError(f"NEXT needs a CLIP image tower (text and patches share CLIP's space), got {backbone_type!r}")
+            raise ValueError(f"NEXT needs a CLIP image tower (text and patches share its space), got {backbone_type!r}")
         self.vision_config = _sub_config(
             vision_config,
             "vision_config",
@@ -122,12 +122,16 @@ class NextConfig(PretrainedConfig):
             "vision_config",
             dict(**VIT_B16_SHAPES, projection_dim=512, hidden_act="quick_gelu"),
         )
-        self.text_config = _sub_config(text_config, "text_config", "clip_text_model", "text_config", CLIP_B16_TEXT_SHAPES)
+        self.text_config = _sub_config(
+            text_config, "text_config", "clip_text_model", "text_config", CLIP_B16_TEXT_SHAPES
+        )
 
         image_size = tuple(int(s) for s in image_size)
         patch = self.vision_config.patch_size
         if len(image_size) != 2 or any(s <= 0 or s % patch for s in image_size):
-            raise ValueError(f"image_size must be (height, width), both multiples of patch_size={patch}; got {image_size}")
+            raise ValueError(
+                f"image_size must be (height, width), both multiples of patch_size={patch}; got {image_size}"
+            )
         self.image_size = image_size
         counts = dict(
             num_semantic_experts=num_semantic_experts,

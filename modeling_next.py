@@ -320,8 +320,6 @@ class NextModel(NextPreTrainedModel):
         self.vision_tower = DeMoVisionTower(config)
         if config.uses_text:
             self.text_tower = CLIPTextModelWithProjection(config.text_config)
-            self.text_tower.requires_grad_(False)
-            self.text_tower.eval()
         heads = attention_heads(dim)
         head_dims = {"cls": 3 * dim}
         if config.use_tmse:
@@ -340,12 +338,20 @@ class NextModel(NextPreTrainedModel):
             {name: DeMoIdentityClassifier(d, config.num_labels) for name, d in head_dims.items()}
         )
         self.post_init()
+        self.train()  # freezes the text tower (see `train`)
 
     def train(self, mode: bool = True):
-        """As `nn.Module.train`, but the frozen text tower always stays in eval mode."""
+        """As `nn.Module.train`, but the frozen text tower always stays in eval mode, and the frozen parameters
+        (text tower, BN-neck biases) are frozen again.
+
+        Re-freezing here matters: transformers 5's `from_pretrained` re-creates every loaded parameter with
+        `requires_grad=True` and then calls `eval()`, and a trainer calls `train()` before its first step."""
         super().train(mode)
         if hasattr(self, "text_tower"):
+            self.text_tower.requires_grad_(False)
             self.text_tower.eval()
+        for bnneck in self.bnnecks.values():
+            bnneck.bias.requires_grad_(False)
         return self
 
     def get_input_embeddings(self) -> nn.Module:
@@ -400,10 +406,11 @@ class NextModel(NextPreTrainedModel):
         if input_ids.shape[-1] > text.max_position_embeddings:
             raise ValueError(
                 f"input_ids has {input_ids.shape[-1]} tokens per caption but the text tower takes at most "
-                f"{text.max_position_embeddings}; tokenize with truncation=True, max_length={text.max_position_embeddings}"
+                f"{text.max_position_embeddings}; tokenize with truncation=True, "
+                f"max_length={text.max_position_embeddings}"
             )
-        present = attention_mask.bool().any(-1) if attention_mask is not None else input_ids.new_ones(input_ids.shape[:-1], dtype=torch.bool)
-        used = input_ids[present]
+        used = input_ids if attention_mask is None else input_ids[attention_mask.bool().any(-1)]
+        used = used.reshape(-1, input_ids.shape[-1])
         if used.numel() and bool(((used < 0) | (used >= text.vocab_size)).any()):
             raise ValueError(
                 f"input_ids must be token ids in [0, {text.vocab_size}) (text_config.vocab_size); got values up to "
@@ -454,7 +461,7 @@ class NextModel(NextPreTrainedModel):
                 Normalized RGB, NIR and TIR images of each triple (mean = std = 0.5).
             camera_ids (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
                 0-based camera of each triple, for the Side Information Embedding.
-            input_ids (`torch.LongTensor` of shape `(batch_size, 3, length)` or `(batch_size, N_s, 3, length)`, *optional*):
+            input_ids (`torch.LongTensor` of shape `(batch_size, 3, L)` or `(batch_size, N_s, 3, L)`, *optional*):
                 Captions tokenized with the model's tokenizer: one per modality (RGB, NIR, TIR) read by every semantic
                 expert (evaluation: the whole caption), or one per semantic expert and modality (training: each
                 expert's own sentence subset). Ignored with `use_text=False` or without TMSE.
@@ -531,8 +538,8 @@ class NextModel(NextPreTrainedModel):
             config = NextConfig(**sub_configs, **config_kwargs)
         fields = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
         checks = [("vision_config", f, getattr(source.config.vision_config, f)) for f in fields + ("patch_size",)]
-        checks += [("text_config", f, getattr(source.config.text_config, f)) for f in fields]
-        checks += [("text_config", f, getattr(source.config.text_config, f)) for f in ("vocab_size", "max_position_embeddings")]
+        text_fields = fields + ("vocab_size", "max_position_embeddings")
+        checks += [("text_config", f, getattr(source.config.text_config, f)) for f in text_fields]
         checks += [(key, "projection_dim", source.config.projection_dim) for key in ("vision_config", "text_config")]
         for key, field, expected in checks:
             if getattr(getattr(config, key), field) != expected:
@@ -547,7 +554,7 @@ class NextModel(NextPreTrainedModel):
         if unexpected or set(missing) - {"embeddings.camera_embedding"}:
             raise ValueError(f"image tower weights do not fit: missing {missing}, unexpected {unexpected}")
         if hasattr(model, "text_tower"):
-            text_state = {k: v for k, v in state.items() if k.startswith("text_model.") or k == "text_projection.weight"}
+            text_state = {k: v for k, v in state.items() if k.startswith(("text_model.", "text_projection."))}
             missing, unexpected = model.text_tower.load_state_dict(text_state, strict=False)
             if unexpected or [k for k in missing if not k.endswith("position_ids")]:
                 raise ValueError(f"text tower weights do not fit: missing {missing}, unexpected {unexpected}")

@@ -1,0 +1,507 @@
+"""NextModel: outputs, captions (shared, per expert, empty, dropped), frozen text tower, ablations, bad input,
+remote-code loading with the tokenizer, CLIP towers, and the caption helpers of demo_reid.text."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from conftest import random_triples
+from safetensors.torch import load_file, save_file
+from torch.nn import functional as F
+from transformers import CLIPConfig, CLIPModel, CLIPTextModelWithProjection, CLIPVisionModelWithProjection
+
+from configuration_next import NextConfig
+from demo_reid.backbones import tiny_next_config, tiny_text_config, tiny_vision_config
+from demo_reid.text import build_caption_tokenizer, sample_sentences, split_sentences, tokenize_captions
+from modeling_next import NextModel
+
+CAPTIONS = [
+    "An adult male seen from the side during nighttime in dim lighting. He is wearing a white t-shirt with black "
+    "shorts. Short hair and he is not wearing glasses. He is carrying a backpack. The image appears blurry.",
+    "A teenager male seen from the front. He is wearing a t-shirt with shorts. He is carrying a bag.",
+    "An adult female seen from the back in bright lighting. She is wearing a red coat with blue jeans. Long hair "
+    "and she is wearing glasses. She is carrying nothing. The image appears clear.",
+]
+RGB_A, RGB_B = CAPTIONS[0], CAPTIONS[2]
+NIR, TIR = CAPTIONS[1], "An adult male seen from the side. He is carrying a backpack."
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_caption_tokenizer(CAPTIONS, model_max_length=48)
+
+
+def make_model(tokenizer, seed=0, **overrides):
+    torch.manual_seed(seed)
+    return NextModel(tiny_next_config(tokenizer, num_labels=6, num_cameras=3, **overrides)).eval()
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    return make_model(tokenizer)
+
+
+def captions(tokenizer, *triples):
+    return tokenize_captions(tokenizer, [list(t) for t in triples])
+
+
+def run(model, captions_dict=None, batch=2, seed=0, **kwargs):
+    cams = torch.arange(batch) % 3
+    with torch.no_grad():
+        return model(random_triples(batch, seed=seed), camera_ids=cams, **(captions_dict or {}), **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------------- outputs
+
+
+def test_output_fields_shapes_and_keys(model, tokenizer):
+    config = model.config
+    C, n_s, n_c, k = config.feature_dim, config.num_semantic_experts, config.num_structure_experts, 2
+    out = run(model, captions(tokenizer, (RGB_A, NIR, TIR), (RGB_B, "", TIR)))
+    heads = ["cls", "semantic", "structure", "final"]
+    assert list(out.logits) == list(out.features) == heads
+    assert [out.features[h].shape for h in heads] == [(2, 3 * C), (2, 3 * C), (2, 3 * C), (2, 6 * C)]
+    assert all(out.logits[h].shape == (2, 6) for h in heads)
+    assert list(out.feature_sets) == heads + ["all"]
+    assert out.embeddings.shape == (2, 9 * C)
+    assert torch.equal(out.embeddings, torch.cat([out.features["cls"], out.features["final"]], dim=-1))
+    assert torch.equal(out.feature_sets["all"], out.embeddings)
+    assert torch.equal(out.features["final"], torch.cat([out.features["semantic"], out.features["structure"]], -1))
+    # "cls" is the concatenation of the tower's three class tokens (RGB, NIR, TIR).
+    with torch.no_grad():
+        tower = model.vision_tower(random_triples(2).flatten(0, 1), torch.tensor([0, 1]).repeat_interleave(3))
+    torch.testing.assert_close(out.features["cls"], tower[:, 0].reshape(2, 3 * C))
+    assert out.expert_weights.shape == (2, 1, n_c)
+    torch.testing.assert_close(out.expert_weights.sum(-1), torch.ones(2, 1))
+    assert bool((out.expert_weights > 0).all())
+    assert out.semantic_expert_features.shape == (2, n_s, C) and out.structure_expert_features.shape == (2, n_c, C)
+    assert out.selected_patches.shape == (2, n_s, 3, k)
+    rows, cols = config.patch_grid
+    assert 0 <= out.selected_patches.min() and out.selected_patches.max() < rows * cols
+    # k distinct patches per expert and modality
+    assert all(len(set(row.tolist())) == k for row in out.selected_patches.reshape(-1, k))
+
+
+def test_eval_is_deterministic_and_batch_size_one_works(model, tokenizer):
+    caps = captions(tokenizer, (RGB_A, NIR, TIR))
+    first, second = run(model, caps, batch=1).embeddings, run(model, caps, batch=1).embeddings
+    assert first.shape == (1, 9 * model.config.feature_dim)
+    assert torch.equal(first, second)
+
+
+# ---------------------------------------------------------------------------------------------------------- captions
+
+
+def test_caption_changes_only_the_semantic_branch(model, tokenizer):
+    a = run(model, captions(tokenizer, (RGB_A, NIR, TIR), (RGB_A, NIR, TIR)))
+    b = run(model, captions(tokenizer, (RGB_B, NIR, TIR), (RGB_A, NIR, TIR)))
+    assert not torch.allclose(a.embeddings[0], b.embeddings[0])
+    assert not torch.allclose(a.features["semantic"][0], b.features["semantic"][0])
+    # Sample 1's captions did not change, nor do the image-only branches of sample 0.
+    torch.testing.assert_close(a.embeddings[1], b.embeddings[1])
+    torch.testing.assert_close(a.features["cls"], b.features["cls"])
+    torch.testing.assert_close(a.features["structure"], b.features["structure"])
+
+
+def test_without_text_captions_are_ignored_and_no_text_tower_is_built(tokenizer):
+    model = make_model(tokenizer, use_text=False)
+    assert not hasattr(model, "text_tower")
+    assert not any(name.startswith("text_tower.") for name in model.state_dict())
+    a = run(model, captions(tokenizer, (RGB_A, NIR, TIR), (RGB_A, NIR, TIR)))
+    b = run(model, captions(tokenizer, (RGB_B, "", "x"), (RGB_B, TIR, NIR)))
+    assert torch.equal(a.embeddings, b.embeddings)
+    assert torch.equal(a.embeddings, run(model).embeddings)
+    assert list(a.features) == ["cls", "semantic", "structure", "final"]
+
+
+def test_runs_without_captions_and_empty_captions_mean_no_text(model, tokenizer):
+    none = run(model)
+    assert none.embeddings.shape == (2, 9 * model.config.feature_dim) and torch.isfinite(none.embeddings).all()
+    empty = captions(tokenizer, ("", "", ""), ("", "", ""))
+    assert int(empty["attention_mask"].sum()) == 0
+    torch.testing.assert_close(run(model, empty).embeddings, none.embeddings)
+    # An empty caption of one modality is the same as no caption for it, whatever its (padded) token ids.
+    one = captions(tokenizer, (RGB_A, "", TIR), (RGB_A, "", TIR))
+    noisy = {k: v.clone() for k, v in one.items()}
+    noisy["input_ids"][:, 1] = tokenizer.convert_tokens_to_ids("male")
+    torch.testing.assert_close(run(model, one).embeddings, run(model, noisy).embeddings)
+    assert not torch.allclose(run(model, one).embeddings, none.embeddings)
+
+
+def test_per_expert_captions(model, tokenizer):
+    n_s = model.config.num_semantic_experts
+    shared = [(RGB_A, NIR, TIR), (RGB_B, NIR, "")]
+    per_modality = run(model, captions(tokenizer, *shared))
+    same_for_all = tokenize_captions(tokenizer, [[list(t)] * n_s for t in shared])
+    assert same_for_all["input_ids"].shape[:3] == (2, n_s, 3)
+    torch.testing.assert_close(run(model, same_for_all).embeddings, per_modality.embeddings)
+
+    # Give expert 0 of sample 0 another RGB caption: only that expert's output changes.
+    triples = [[list(t)] * n_s for t in shared]
+    triples[0][0] = [RGB_B, NIR, TIR]
+    changed = run(model, tokenize_captions(tokenizer, triples))
+    s_old, s_new = per_modality.semantic_expert_features, changed.semantic_expert_features
+    assert not torch.allclose(s_old[0, 0], s_new[0, 0])
+    torch.testing.assert_close(s_old[0, 1:], s_new[0, 1:])
+    torch.testing.assert_close(s_old[1], s_new[1])
+
+
+def test_missing_modality_drops_its_image_and_caption(model, tokenizer):
+    mask = torch.tensor([[True, False, True], [True, True, True]])
+    base = run(model, captions(tokenizer, (RGB_A, NIR, TIR), (RGB_B, NIR, TIR)), modality_mask=mask)
+    other_nir = run(model, captions(tokenizer, (RGB_A, RGB_B, TIR), (RGB_B, NIR, TIR)), modality_mask=mask)
+    torch.testing.assert_close(base.embeddings, other_nir.embeddings)
+    other_rgb = run(model, captions(tokenizer, (RGB_B, NIR, TIR), (RGB_B, NIR, TIR)), modality_mask=mask)
+    assert not torch.allclose(base.embeddings[0], other_rgb.embeddings[0])
+    # Same as zeroing the NIR image and emptying its caption by hand.
+    pixels = random_triples(2)
+    pixels[0, 1] = 0
+    with torch.no_grad():
+        by_hand = model(pixels, torch.tensor([0, 1]), **captions(tokenizer, (RGB_A, "", TIR), (RGB_B, NIR, TIR)))
+    torch.testing.assert_close(base.embeddings, by_hand.embeddings)
+
+
+# ------------------------------------------------------------------------------------------------- frozen text tower
+
+
+def test_text_tower_is_frozen_and_untouched_by_training(tokenizer, tmp_path):
+    model = make_model(tokenizer).train()
+    assert not model.text_tower.training
+    before = {k: v.clone() for k, v in model.text_tower.state_dict().items()}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1, weight_decay=0.5)
+    caps = captions(tokenizer, *[(RGB_A, NIR, TIR), (RGB_B, NIR, ""), ("", "", TIR), (RGB_A, RGB_B, NIR)])
+    out = model(random_triples(4, seed=3), camera_ids=torch.tensor([0, 1, 2, 0]), **caps)
+    labels = torch.tensor([0, 1, 2, 3])
+    loss = sum(F.cross_entropy(logits, labels) for logits in out.logits.values())
+    (loss + sum(feature.pow(2).mean() for feature in out.features.values())).backward()
+    assert all(p.grad is None and not p.requires_grad for p in model.text_tower.parameters())
+    assert model.vision_tower.layers[0].mlp.fc1.weight.grad.abs().sum() > 0
+    optimizer.step()
+    for name, tensor in model.text_tower.state_dict().items():
+        assert torch.equal(tensor, before[name]), name
+
+    # Frozen again after a reload (the loader re-creates parameters) and after train().
+    model.save_pretrained(tmp_path)
+    loaded = NextModel.from_pretrained(tmp_path).train()
+    frozen = sorted(name for name, p in loaded.named_parameters() if not p.requires_grad)
+    assert frozen == sorted(
+        [f"text_tower.{n}" for n, _ in loaded.text_tower.named_parameters()]
+        + [f"bnnecks.{h}.bias" for h in ("cls", "semantic", "structure", "final")]
+    )
+    assert not loaded.text_tower.training and loaded.vision_tower.training
+
+
+# ---------------------------------------------------------------------------------------------------------- ablations
+
+
+@pytest.mark.parametrize(
+    "switches, heads",
+    [
+        (dict(), ["cls", "semantic", "structure", "final"]),
+        (dict(use_tmse=False), ["cls", "structure"]),
+        (dict(use_csse=False), ["cls", "semantic"]),
+        (dict(use_text=False), ["cls", "semantic", "structure", "final"]),
+        (dict(use_tmse=False, use_csse=False), ["cls"]),
+    ],
+)
+def test_ablations_train_with_the_expected_heads(tokenizer, switches, heads):
+    model = make_model(tokenizer, **switches).train()
+    C = model.config.feature_dim
+    # Sample 2 has no captions at all, so the no-text embeddings are used (and trained) as well.
+    caps = captions(tokenizer, (RGB_A, NIR, TIR), (RGB_B, "", TIR), ("", "", ""), (RGB_A, NIR, ""))
+    out = model(random_triples(4, seed=1), camera_ids=torch.tensor([0, 1, 2, 0]), **caps)
+    assert list(out.logits) == list(out.features) == heads
+    branches = sum(h in heads for h in ("semantic", "structure"))
+    assert out.embeddings.shape == (4, 3 * C * (1 + branches))
+    assert (out.expert_weights is None) == (not model.config.use_csse)
+    assert (out.semantic_expert_features is None) == (not model.config.use_tmse)
+    assert hasattr(model, "text_tower") == (model.config.use_tmse and model.config.use_text)
+    labels = torch.tensor([0, 1, 2, 3])
+    loss = sum(F.cross_entropy(logits, labels) for logits in out.logits.values())
+    (loss + sum(feature.pow(2).mean() for feature in out.features.values())).backward()
+    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    without_grad = [name for name, p in trainable if p.grad is None or not p.grad.abs().sum() > 0]
+    assert without_grad == []
+
+
+# --------------------------------------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "make_inputs, error, match",
+    [
+        (lambda c: dict(input_ids=c["input_ids"].float()), TypeError, "input_ids must be an integer tensor"),
+        (lambda c: dict(input_ids=c["input_ids"].tolist()), TypeError, "input_ids must be a torch.Tensor"),
+        (lambda c: dict(input_ids=c["input_ids"][:, :2]), ValueError, r"input_ids must have shape \(2, 3, length\)"),
+        (lambda c: dict(input_ids=c["input_ids"][:1]), ValueError, "input_ids must have shape"),
+        (lambda c: dict(input_ids=c["input_ids"][:, None].expand(-1, 4, -1, -1)), ValueError, r"\(2, 3, 3, length\)"),
+        (lambda c: dict(input_ids=c["input_ids"][0, 0]), ValueError, "input_ids must have shape"),
+        (lambda c: dict(input_ids=c["input_ids"], attention_mask=c["attention_mask"][..., :-1]), ValueError,
+         "attention_mask must have the shape of input_ids"),
+        (lambda c: dict(attention_mask=c["attention_mask"]), ValueError, "attention_mask was given without input_ids"),
+        (lambda c: dict(input_ids=c["input_ids"], attention_mask=c["attention_mask"].float()), TypeError,
+         "attention_mask must be an integer tensor"),
+        (lambda c: dict(input_ids=torch.full((2, 3, 60), 5), attention_mask=torch.ones(2, 3, 60, dtype=torch.long)),
+         ValueError, "takes at most 48"),
+        (lambda c: dict(input_ids=c["input_ids"] + 1000, attention_mask=c["attention_mask"]), ValueError,
+         "token ids in"),
+        (lambda c: dict(input_ids=c["input_ids"].clamp(max=3), attention_mask=c["attention_mask"]), ValueError,
+         "must contain eos_token_id"),
+        (lambda c: dict(labels=torch.tensor([0, 1])), TypeError, "labels"),
+        (lambda c: dict(camera_ids=torch.tensor([0.0, 1.0])), TypeError, "camera_ids must be an integer"),
+    ],
+)
+def test_forward_rejects_inputs_it_cannot_use(model, tokenizer, make_inputs, error, match):
+    caps = captions(tokenizer, (RGB_A, NIR, TIR), (RGB_B, NIR, TIR))
+    with pytest.raises(error, match=match):
+        model(random_triples(2), **make_inputs(caps))
+
+
+def test_bad_pixel_values_raise_value_error(model):
+    with pytest.raises(ValueError, match="pixel_values must have shape"):
+        model(torch.zeros(2, 3, 32, 16))
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(text_overrides=dict(projection_dim=32)), "must equal text_config.projection_dim=32"),
+        (dict(tokens_per_expert=9), "tokens_per_expert=9 exceeds the 8 patches"),
+        (dict(num_semantic_experts=0), "num_semantic_experts must be a positive integer"),
+        (dict(structure_slots_per_expert=1.5), "structure_slots_per_expert must be a positive integer"),
+        (dict(head_init="xavier"), "head_init must be one of"),
+        (dict(image_size=(30, 16)), "multiples of patch_size"),
+        (dict(num_cameras=-1), "num_cameras must be >= 0"),
+        (dict(backbone_type="vit"), "NEXT needs a CLIP image tower"),
+    ],
+)
+def test_bad_config_raises_value_error(tokenizer, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        tiny_next_config(tokenizer, **kwargs)
+
+
+def test_config_rejects_non_clip_towers(tokenizer):
+    with pytest.raises(ValueError, match="vision_config must be a 'clip_vision_model' config"):
+        NextConfig(vision_config=tiny_vision_config("vit"), text_config=tiny_text_config(tokenizer))
+    with pytest.raises(ValueError, match="text_config must be a 'clip_text_model' config"):
+        NextConfig(vision_config=tiny_vision_config("clip"), text_config=tiny_vision_config("clip"))
+
+
+def test_config_round_trips_through_json(tmp_path, tokenizer):
+    config = tiny_next_config(tokenizer, use_csse=False, tokens_per_expert=3, caption_sentences_per_expert=1)
+    config.save_pretrained(tmp_path)
+    loaded = NextConfig.from_pretrained(tmp_path)
+    assert loaded.image_size == (32, 16) and loaded.patch_grid == (4, 2) and loaded.feature_dim == 64
+    assert loaded.text_config.to_dict() == config.text_config.to_dict()
+    assert loaded.vision_config.to_dict() == config.vision_config.to_dict()
+    assert loaded.text_config.vocab_size == len(tokenizer) and loaded.text_config.eos_token_id == tokenizer.eos_token_id
+    assert (loaded.use_csse, loaded.tokens_per_expert, loaded.caption_sentences_per_expert) == (False, 3, 1)
+
+
+def test_default_config_has_clip_b16_shapes():
+    config = NextConfig()
+    assert config.feature_dim == config.text_config.projection_dim == 512
+    assert config.vision_config.hidden_size == 768 and config.text_config.hidden_size == 512
+    assert config.text_config.vocab_size == 49408 and config.text_config.max_position_embeddings == 77
+    assert config.patch_grid == (16, 8) and config.num_labels == 171
+
+
+# ------------------------------------------------------------------------------------------- saving and remote code
+
+
+def test_from_pretrained_keeps_every_weight(tmp_path, model):
+    model.save_pretrained(tmp_path)
+    loaded = NextModel.from_pretrained(tmp_path)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+
+
+def test_remote_code_load_in_fresh_process_with_tokenizer(tmp_path, model, tokenizer):
+    model_dir, work_dir = tmp_path / "model", tmp_path / "empty"
+    work_dir.mkdir()
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    files = {p.name for p in model_dir.iterdir()}
+    expected_files = {"model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json"}
+    expected_files |= {"modeling_next.py", "configuration_next.py", "modeling_demo.py", "configuration_demo.py"}
+    assert expected_files <= files
+    auto_map = json.loads((model_dir / "config.json").read_text())["auto_map"]
+    assert auto_map == {"AutoConfig": "configuration_next.NextConfig", "AutoModel": "modeling_next.NextModel"}
+
+    triples = [[RGB_A, NIR, TIR], [RGB_B, "", TIR], ["", "", ""]]
+    pixels, cams = random_triples(3, seed=5), torch.tensor([0, 1, 2])
+    save_file({"pixel_values": pixels, "camera_ids": cams}, tmp_path / "inputs.safetensors")
+    (tmp_path / "captions.json").write_text(json.dumps(triples))
+    with torch.no_grad():
+        expected = model(pixels, camera_ids=cams, **tokenize_captions(tokenizer, triples)).embeddings
+    script = textwrap.dedent(
+        f"""
+        import json, sys
+        # The project must not be importable: only the files shipped in the checkpoint may be used.
+        for name in ("configuration_demo", "modeling_demo", "configuration_next", "modeling_next", "demo_reid"):
+            sys.modules[name] = None
+        import torch
+        from safetensors.torch import load_file, save_file
+        from transformers import AutoModel, AutoTokenizer
+        model = AutoModel.from_pretrained({str(model_dir)!r}, trust_remote_code=True).eval()
+        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        tokenizer = AutoTokenizer.from_pretrained({str(model_dir)!r})
+        triples = json.load(open({str(tmp_path / "captions.json")!r}))
+        flat = [c for t in triples for c in t]
+        enc = tokenizer(flat, padding=True, truncation=True, return_tensors="pt")
+        empty = torch.tensor([not c for c in flat])
+        enc["attention_mask"][empty] = 0
+        inputs = load_file({str(tmp_path / "inputs.safetensors")!r})
+        with torch.no_grad():
+            out = model(inputs["pixel_values"], camera_ids=inputs["camera_ids"],
+                        input_ids=enc["input_ids"].view(3, 3, -1), attention_mask=enc["attention_mask"].view(3, 3, -1))
+        save_file({{"embeddings": out.embeddings.contiguous()}}, {str(tmp_path / "out.safetensors")!r})
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), OMP_NUM_THREADS="1")
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=work_dir,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    loaded = load_file(tmp_path / "out.safetensors")["embeddings"]
+    assert (loaded - expected).abs().max().item() < 1e-6
+
+
+# ----------------------------------------------------------------------------------------------------- CLIP weights
+
+
+def _tiny_clip(tmp_path, tokenizer):
+    torch.manual_seed(0)
+    text = tiny_text_config(tokenizer, projection_dim=64).to_dict()
+    vision = tiny_vision_config("clip", projection_dim=64).to_dict()
+    clip = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=64)).eval()
+    clip.save_pretrained(tmp_path / "clip")
+    return clip, tmp_path / "clip"
+
+
+def test_from_clip_pretrained_reproduces_both_hf_towers(tmp_path, tokenizer):
+    clip, path = _tiny_clip(tmp_path, tokenizer)
+    model = NextModel.from_clip_pretrained(path, image_size=(32, 32), num_labels=4).eval()
+    assert model.config.text_config.vocab_size == len(tokenizer)
+    caps = tokenize_captions(tokenizer, [[RGB_A, NIR, TIR], [RGB_B, NIR, "x"]])
+    ids, mask = caps["input_ids"].view(6, -1), caps["attention_mask"].view(6, -1)
+    reference = CLIPTextModelWithProjection.from_pretrained(path).eval()
+    with torch.no_grad():
+        theirs = reference(input_ids=ids, attention_mask=mask).text_embeds
+        # the same, from the CLIPModel's own modules: projected end-of-text token
+        eot = clip.text_model(input_ids=ids, attention_mask=mask).last_hidden_state[torch.arange(6), mask.sum(1) - 1]
+    torch.testing.assert_close(theirs, clip.text_projection(eot))
+    torch.testing.assert_close(model.get_text_features(ids, mask), theirs, atol=1e-5, rtol=1e-5)
+    batched = model.get_text_features(caps["input_ids"], caps["attention_mask"])
+    torch.testing.assert_close(batched, theirs.view(2, 3, -1))
+
+    pixels = random_triples(2, image_size=(32, 32))[:, 0]
+    with torch.no_grad():
+        ours = model.vision_tower(pixels)
+        hidden = clip.vision_model(pixel_values=pixels).last_hidden_state
+        projected = clip.visual_projection(clip.vision_model.post_layernorm(hidden))
+    torch.testing.assert_close(ours, projected, atol=1e-5, rtol=1e-5)
+    assert all(not p.requires_grad for p in model.text_tower.parameters())
+
+
+def test_from_clip_pretrained_resizes_and_rejects_wrong_checkpoints(tmp_path, tokenizer):
+    clip, path = _tiny_clip(tmp_path, tokenizer)
+    model = NextModel.from_clip_pretrained(path, image_size=(64, 32), num_labels=4, use_text=False)
+    assert model.vision_tower.embeddings.position_embedding.shape == (1 + 8 * 4, 32)
+    assert not hasattr(model, "text_tower")
+    with pytest.raises(ValueError, match="text_config.num_hidden_layers=3 does not match"):
+        config = tiny_next_config(tokenizer, text_overrides=dict(num_hidden_layers=3))
+        NextModel.from_clip_pretrained(path, config=config)
+    CLIPVisionModelWithProjection(tiny_vision_config("clip")).save_pretrained(tmp_path / "vision_only")
+    with pytest.raises(ValueError, match="needs a full CLIPModel checkpoint"):
+        NextModel.from_clip_pretrained(tmp_path / "vision_only")
+
+
+# ---------------------------------------------------------------------------------------------------- initialisation
+
+
+def test_new_layers_start_from_pytorch_defaults(tokenizer):
+    torch.manual_seed(0)
+    model = NextModel(tiny_next_config(tokenizer, vision_overrides=dict(projection_dim=128), text_overrides={}))
+    C = 128
+    fc1 = model.semantic_experts.modulation.fc1  # 3 experts x (24 -> 24)
+    for layer, fan_in in [(fc1, 24), (model.structure_experts.experts.fc1, C), (model.semantic_experts.pool.k_proj, C)]:
+        assert layer.weight.abs().max().item() <= fan_in**-0.5
+        for expert_weight in layer.weight:  # each expert's slice like a PyTorch Linear
+            assert expert_weight.std().item() == pytest.approx((3 * fan_in) ** -0.5, rel=0.15)
+        assert 0 < layer.bias.abs().max().item() <= fan_in**-0.5
+    router = model.structure_experts.router.weight
+    assert router.std().item() == pytest.approx((3 * C) ** -0.5, rel=0.1)
+    assert model.semantic_experts.pool.query.std().item() == pytest.approx(C**-0.5, rel=0.15)
+    assert model.semantic_experts.no_text_embedding.std().item() == pytest.approx(C**-0.5, rel=0.15)
+    attention = model.semantic_aggregation
+    assert attention.in_proj_weight.abs().max().item() <= (6 / (4 * C)) ** 0.5
+    assert attention.in_proj_bias.abs().max().item() == 0
+    assert model.classifiers["final"].weight.std().item() == pytest.approx(0.001, rel=0.1)
+    assert torch.equal(model.bnnecks["final"].weight, torch.ones(6 * C))
+
+
+def test_head_init_normal_option(tokenizer):
+    torch.manual_seed(0)
+    model = NextModel(tiny_next_config(tokenizer, head_init="normal", vision_overrides=dict(projection_dim=128)))
+    layer = model.structure_experts.experts.fc2
+    assert layer.weight.std().item() == pytest.approx(0.02, rel=0.05) and layer.bias.abs().max().item() == 0
+
+
+# ------------------------------------------------------------------------------------------------- caption helpers
+
+
+def test_split_sentences():
+    caption = "An adult male, confidence: 0.8. He wears a t-shirt!  Is it clear? yes"
+    assert split_sentences(caption) == ["An adult male, confidence: 0.8.", "He wears a t-shirt!", "Is it clear?", "yes"]
+    assert split_sentences("") == [] and split_sentences("   ") == []
+
+
+def test_sample_sentences_is_seeded_and_keeps_order():
+    caption = "S0 a. S1 b. S2 c. S3 d. S4 e. S5 f."
+    sentences = split_sentences(caption)
+    draws = {}
+    for seed in range(12):
+        first = sample_sentences(caption, 3, torch.Generator().manual_seed(seed))
+        assert first == sample_sentences(caption, 3, torch.Generator().manual_seed(seed))
+        picked = split_sentences(first)
+        assert len(picked) == 3 and len(set(picked)) == 3
+        positions = [sentences.index(s) for s in picked]
+        assert positions == sorted(positions)
+        draws[seed] = first
+    assert len(set(draws.values())) > 3
+    generator = torch.Generator().manual_seed(0)
+    assert sample_sentences("One. Two.", 2, generator) == "One. Two."
+    assert sample_sentences("", 2, generator) == ""
+    assert torch.equal(generator.get_state(), torch.Generator().manual_seed(0).get_state())  # nothing drawn
+    with pytest.raises(ValueError, match="k must be a positive integer"):
+        sample_sentences(caption, 0, generator)
+
+
+def test_tokenizer_and_tokenize_captions(tokenizer):
+    assert tokenizer.eos_token_id == len(tokenizer) - 1 and tokenizer.pad_token_id == 0
+    ids = tokenizer("He IS wearing   a T-shirt.")["input_ids"]
+    assert ids[0] == tokenizer.bos_token_id and ids[-1] == tokenizer.eos_token_id
+    assert tokenizer.convert_ids_to_tokens(ids[1:-1]) == ["he", "is", "wearing", "a", "t", "-", "shirt", "."]
+    assert tokenizer("a zebra")["input_ids"][2] == tokenizer.unk_token_id
+    long = tokenizer(" ".join(CAPTIONS), truncation=True)["input_ids"]
+    assert len(long) == 48 and long[-1] == tokenizer.eos_token_id
+
+    enc = tokenize_captions(tokenizer, [["a male.", "", "He is wearing a coat."]])
+    assert enc["input_ids"].shape == enc["attention_mask"].shape == (1, 3, 8)
+    assert enc["attention_mask"][0].sum(-1).tolist() == [5, 0, 8]
+    assert enc["input_ids"][0, 1].tolist() == [tokenizer.pad_token_id] * 8
+    per_expert = tokenize_captions(tokenizer, [[["a", "b", "c"], ["", "", ""]]] * 2)
+    assert per_expert["input_ids"].shape == (2, 2, 3, 3)
+    assert per_expert["attention_mask"][:, 1].sum() == 0
