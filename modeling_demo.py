@@ -271,6 +271,13 @@ class DeMoBNNeck(nn.BatchNorm1d):
         super().__init__(dim)
         self.bias.requires_grad_(False)
 
+    def train(self, mode: bool = True):
+        # Re-freeze on every mode switch: transformers' loader re-creates loaded parameters with requires_grad=True
+        # and ends from_pretrained with eval(), so a reloaded model would otherwise train this bias.
+        super().train(mode)
+        self.bias.requires_grad_(False)
+        return self
+
 
 class DeMoIdentityClassifier(nn.Linear):
     """Bias-free identity classifier after a BN-neck; initialised with normal(0, 0.001) as in the original."""

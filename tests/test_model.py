@@ -330,6 +330,8 @@ def test_head_init_normal_option():
 def test_from_pretrained_keeps_loaded_head_weights(tmp_path, tiny_model):
     tiny_model.save_pretrained(tmp_path)
     loaded = DeMoModel.from_pretrained(tmp_path)
+    frozen = sorted(n for n, p in loaded.train().named_parameters() if not p.requires_grad)
+    assert frozen == ["bnnecks.moe.bias", "bnnecks.ori.bias"]  # BN-neck biases stay frozen after a reload
     for name, tensor in tiny_model.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], tensor), name
 
