@@ -20,15 +20,17 @@ MODEL_CARD_TEXT = {
                 "CSSE, MGFA); every choice the figure leaves open is ours, not the authors':",
                 "",
                 "- the saliency map alpha: softmax over patches of the scaled class-token-to-patch dot product;",
-                "- the text modulation: one FC -> GELU -> FC on the three concatenated beta maps, added to alpha;",
-                "- differentiable top-k: the k selected patches of each modality are scaled by a sigmoid of their "
-                "score, so the selection scores receive gradients;",
+                "- the text modulation: one FC -> QuickGELU -> FC network per expert on the three concatenated "
+                "beta maps, added to alpha;",
+                "- differentiable top-k: the k kept patches of each modality are scaled by k x softmax of their "
+                "scores, so the selection scores receive gradients;",
                 "- each semantic expert pools its 3k tokens with one learned-query attention layer and an MLP;",
                 "- CSSE: Soft-MoE routing with several slots per structure expert; each expert's feature is the "
-                "combine-weighted mean of its slot outputs;",
+                "combine-weighted mean of its slot outputs; no balance loss;",
+                "- MGFA: one multi-head cross-attention per branch with the three class tokens as queries;",
                 "- captions: in training each semantic expert sees its own seeded random subset of sentences of each "
-                "modality's caption, in evaluation the whole caption; a learned per-expert no-text embedding "
-                "replaces missing captions (and all captions with use_text=False);",
+                "modality's caption, in evaluation the whole caption; a learned no-text embedding per expert and "
+                "modality replaces missing captions (and all captions with use_text=False);",
                 "- the retrieval feature: concat(class tokens, final MGFA feature); ID + triplet loss on the class "
                 "tokens, the semantic and structure branches and the final feature;",
                 "- expert counts, k and sentences per expert: chosen by a small sweep on the synthetic set "

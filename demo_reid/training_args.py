@@ -66,6 +66,7 @@ PRESETS: dict[str, dict] = {
     },
     "rgbnt201": {
         "backbone": PRETRAINED_BACKBONE,
+        "tokens_per_expert": 16,  # --model next: 1/8 of the 128 patches, as 4 of 32 on the synthetic set
         "image_height": 256,
         "image_width": 128,
         "num_identities": 8,
@@ -78,6 +79,7 @@ PRESETS: dict[str, dict] = {
     },
     "rgbnt100": {
         "backbone": PRETRAINED_BACKBONE,
+        "tokens_per_expert": 16,  # --model next: 1/8 of the 128 patches, as 4 of 32 on the synthetic set
         "image_height": 128,
         "image_width": 256,
         "num_identities": 8,
@@ -90,6 +92,7 @@ PRESETS: dict[str, dict] = {
     },
     "msvr310": {
         "backbone": PRETRAINED_BACKBONE,
+        "tokens_per_expert": 16,  # --model next: 1/8 of the 128 patches, as 4 of 32 on the synthetic set
         "image_height": 128,
         "image_width": 256,
         "num_identities": 16,
@@ -152,7 +155,9 @@ class DeMoScriptArguments:
     num_semantic_experts: int = field(default=3, metadata={"help": "--model next: TMSE experts (N_s)."})
     num_structure_experts: int = field(default=3, metadata={"help": "--model next: CSSE experts (N_c)."})
     tokens_per_expert: int = field(
-        default=4, metadata={"help": "--model next: patches each semantic expert selects per modality (k)."}
+        default=4,
+        metadata={"help": "--model next: patches each semantic expert selects per modality (k); 1/8 of the patches "
+                  "by default (4 of 32 on the synthetic set, 16 of 128 in the real presets)."},
     )
     caption_sentences_per_expert: int = field(
         default=2, metadata={"help": "--model next: caption sentences each semantic expert sees in training."}
