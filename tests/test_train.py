@@ -163,7 +163,9 @@ sys.exit(train.cli(sys.argv[1:]))
 def _run_killed(argv, kill_step, when, tmp_path):
     script = tmp_path / f"kill_{when}.py"
     script.write_text(KILLER.format(repo=str(REPO), kill_step=kill_step, when=when))
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    # The same thread count as this process, whose runs it is compared with bit for bit (BLAS reductions differ
+    # with the number of threads); it runs alone, so there is no contention.
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
     proc = subprocess.run([sys.executable, str(script), *argv], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == -9, proc.stderr[-2000:]  # really killed by SIGKILL
