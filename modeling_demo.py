@@ -159,33 +159,103 @@ class DeMoPatchIntegration(nn.Module):
         return self.act(self.dense(self.norm(fused)))
 
 
+class _StackParameters(torch.autograd.Function):
+    """`torch.stack` of same-shaped tensors whose backward hands each input its gradient with one `split`.
+
+    Why: the batched heads keep one parameter per expert (the authors' state-dict layout) and stack them in every
+    forward; autograd's own stack backward issues one `select` per input, which for dozens of experts is most of the
+    heads' operator calls. The split views are contiguous, so each gradient is taken over without a copy.
+    """
+
+    @staticmethod
+    def forward(ctx, *tensors):
+        ctx.rows = tensors[0].shape[0]
+        return torch.cat(tensors).view(len(tensors), *tensors[0].shape)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.reshape(-1, *grad.shape[2:]).split(ctx.rows)
+
+
+def stack_parameters(tensors: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    """The tensors stacked along a new first dimension (as `torch.stack`), in `dtype`."""
+    return _StackParameters.apply(*tensors).to(dtype)
+
+
 class DeMoHierarchicalDecoupling(nn.Module):
-    """HDM: one learnable query per modality combination cross-attends to that combination's tokens (eq. 3-8)."""
+    """HDM: one learnable query per modality combination cross-attends to that combination's tokens (eq. 3-8).
+
+    The weights live in one `nn.MultiheadAttention` per combination (the authors' layout, state dict and init), but
+    the 7 attentions run as a few batched operations on the stacked weights. Each query is one learned vector shared
+    by the whole batch, so its key projection folds into it (score = token . W_k^T q per head; the key bias shifts
+    all scores of a head equally and cancels in the softmax), and the value projection is applied once to each head's
+    attention-weighted sum of the raw tokens instead of to every token. All 7 combinations attend over the three
+    modalities' tokens at once, with the modalities outside a combination masked out.
+    """
 
     def __init__(self, dim: int, dropout: float):
         super().__init__()
-        num_heads = max(1, dim // 64)
+        self.num_heads = max(1, dim // 64)
+        self.dropout = dropout
         self.queries = nn.Parameter(torch.zeros(len(EXPERT_COMBINATIONS), dim))
         self.attentions = nn.ModuleList(
-            nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True) for _ in EXPERT_COMBINATIONS
+            nn.MultiheadAttention(dim, self.num_heads, dropout=dropout, batch_first=True) for _ in EXPERT_COMBINATIONS
         )
+        # Constant masks per (device, dtype), built on first use: plain attributes rather than buffers, so loading a
+        # checkpoint (which holds no copy of them) can never leave them uninitialised.
+        self._constants = {}
+
+    def _masks(self, dim: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """(outside, head_scale): outside[m, k * heads + h] is True when modality m is not in combination k;
+        head_scale[h, j] is head_dim^-0.5 when feature j belongs to head h, else 0 (splits a query by head)."""
+        key = (device, dtype, dim)
+        if key not in self._constants:
+            heads = self.num_heads
+            outside = torch.tensor([[m not in c for c in EXPERT_COMBINATIONS] for m in range(3)], device=device)
+            head_of = torch.arange(dim, device=device) // (dim // heads)
+            head_scale = (head_of[None, :] == torch.arange(heads, device=device)[:, None]) * (dim // heads) ** -0.5
+            self._constants[key] = (outside.repeat_interleave(heads, dim=1), head_scale.to(dtype))
+        return self._constants[key]
 
     def forward(self, modality_features: torch.Tensor, patch_tokens: torch.Tensor) -> torch.Tensor:
         """`modality_features` (B, 3, C) and `patch_tokens` (B, 3, L, C) -> decoupled features (B, 7, C)."""
-        batch = modality_features.shape[0]
-        # Keys of modality m: [f_m, F_m] (eq. 3).
-        keys = torch.cat([modality_features.unsqueeze(2), patch_tokens], dim=2)
-        decoupled = []
-        for query, attention, combination in zip(self.queries, self.attentions, EXPERT_COMBINATIONS):
-            memory = keys[:, list(combination)].flatten(1, 2)
-            query = query.to(memory.dtype).expand(batch, 1, -1)
-            out, _ = attention(query, memory, memory, need_weights=False)
-            decoupled.append(out.squeeze(1))
-        return torch.stack(decoupled, dim=1)
+        batch, num_modalities, length, dim = patch_tokens.shape
+        experts, heads = len(EXPERT_COMBINATIONS), self.num_heads
+        head_dim = dim // heads
+        # Keys of modality m: [f_m, F_m] (eq. 3); the three modalities' tokens in one sequence.
+        tokens = torch.cat([modality_features.unsqueeze(2), patch_tokens], dim=2).flatten(1, 2)
+        dtype = tokens.dtype
+        outside, head_scale = self._masks(dim, tokens.device, dtype)
+        in_weight = stack_parameters([a.in_proj_weight for a in self.attentions], dtype)  # (7, 3C, C)
+        in_bias = stack_parameters([a.in_proj_bias for a in self.attentions], dtype)  # (7, 3C)
+        w_q, w_k, w_v = in_weight.split(dim, dim=1)
+        b_q, _, b_v = in_bias.split(dim, dim=1)
+        query = torch.baddbmm(b_q.unsqueeze(2), w_q, self.queries.to(dtype).unsqueeze(2))  # (7, C, 1)
+        # Folded key projection, one row per (combination, head): W_k^T (q restricted to the head) / sqrt(head_dim).
+        folded = torch.bmm(query.transpose(1, 2) * head_scale, w_k)  # (7, heads, C)
+        scores = torch.matmul(tokens, folded.view(experts * heads, dim).t())  # (B, 3(L+1), 7 * heads)
+        scores = scores.view(batch, num_modalities, length + 1, experts * heads)
+        scores = scores.masked_fill(outside[None, :, None], float("-inf")).flatten(1, 2)
+        weights = F.dropout(scores.softmax(dim=1), self.dropout, self.training)
+        # Attention-weighted sums of the raw tokens, then each head's value projection: (7 * heads, B, head_dim).
+        # (Layouts keep a unit stride in every matmul operand, forward and backward: CPU bmm is slow otherwise.)
+        context = torch.bmm(weights.transpose(1, 2), tokens).transpose(0, 1)  # (7 * heads, B, C)
+        values = torch.bmm(context, w_v.reshape(experts * heads, head_dim, dim).transpose(1, 2))
+        value_bias = b_v.reshape(experts * heads, 1, head_dim)
+        if self.training and self.dropout > 0:  # dropped weights no longer sum to 1: scale the value bias alike
+            value_bias = value_bias * weights.sum(dim=1).t().unsqueeze(-1)
+        values = (values + value_bias).view(experts, heads, batch, head_dim).transpose(1, 2)
+        out_weight = stack_parameters([a.out_proj.weight for a in self.attentions], dtype)  # (7, C, C)
+        out_bias = stack_parameters([a.out_proj.bias for a in self.attentions], dtype)  # (7, C)
+        out = torch.baddbmm(out_bias.unsqueeze(1), values.reshape(experts, batch, dim), out_weight.transpose(1, 2))
+        return out.transpose(0, 1)
 
 
 class DeMoExpert(nn.Module):
-    """One expert on one head's chunk: BN(QuickGELU(Linear(x))) (eq. 14)."""
+    """One expert on one head's chunk: BN(QuickGELU(Linear(x))) (eq. 14).
+
+    Holds the expert's weights (the authors' layout); `DeMoMixtureOfExperts` runs all experts at once from them.
+    """
 
     def __init__(self, dim: int):
         super().__init__()
@@ -234,7 +304,12 @@ class DeMoSimpleGate(nn.Module):
 
 
 class DeMoMixtureOfExperts(nn.Module):
-    """ATMoE: per-head experts on each head's chunk of every decoupled feature, weighted by the gate (eq. 14-15)."""
+    """ATMoE: per-head experts on each head's chunk of every decoupled feature, weighted by the gate (eq. 14-15).
+
+    Each expert keeps its own `DeMoExpert` module (state dict and init as the authors'), but all heads x 7 experts run
+    as one batched matmul and one batch norm over the stacked weights instead of three small modules per expert.
+    Batch norms replaced by another class (the trainer's global-batch ones across processes) are called one by one.
+    """
 
     def __init__(self, dim: int, num_heads: int, gating: str):
         super().__init__()
@@ -253,15 +328,61 @@ class DeMoMixtureOfExperts(nn.Module):
     def forward(self, decoupled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """`decoupled` (B, 7, C) -> (feature (B, 7C) or (B, C) for simple_add, weights (B, heads, 7))."""
         weights = self.gate(decoupled)
-        chunks = decoupled.chunk(self.num_heads, dim=-1)
-        per_head = []
-        for head, (experts, chunk) in enumerate(zip(self.experts, chunks)):
-            outputs = torch.stack([expert(chunk[:, e]) for e, expert in enumerate(experts)], dim=1)
-            per_head.append(outputs * weights[:, head].unsqueeze(-1))
+        batch, num_experts, dim = decoupled.shape
+        heads, head_dim = self.num_heads, dim // self.num_heads
+        experts = [expert for per_head in self.experts for expert in per_head]  # head-major: (heads, 7)
+        dtype = decoupled.dtype
+        weight = stack_parameters([e.dense.weight for e in experts], dtype)  # (heads * 7, d, d)
+        bias = stack_parameters([e.dense.bias for e in experts], dtype)
+        # Head h's chunk of decoupled feature e, transposed: (heads * 7, d, B).
+        chunks = decoupled.permute(1, 2, 0).reshape(num_experts, heads, head_dim, batch).transpose(0, 1)
+        hidden = torch.baddbmm(bias.unsqueeze(2), weight, chunks.reshape(heads * num_experts, head_dim, batch))
+        hidden = hidden * torch.sigmoid(1.702 * hidden)  # QuickGELU
+        # One batch norm over all experts' channels: (1, channels, B) normalises each channel over the batch.
+        norms = [e.norm for e in experts]
+        if all(type(norm) is nn.BatchNorm1d for norm in norms):
+            hidden = _stacked_batch_norm(norms, hidden.view(1, -1, batch))
+        else:  # norms swapped for another class (e.g. SyncBatchNorm across processes): call each one
+            chunks = hidden.transpose(1, 2).unbind(0)
+            hidden = torch.stack([norm(chunk) for norm, chunk in zip(norms, chunks)]).transpose(1, 2)
+        hidden = hidden.view(heads, num_experts, head_dim, batch) * weights.permute(1, 2, 0).unsqueeze(2)
         # (B, 7, heads * head_dim): each expert's output re-assembled from its head chunks, experts in order.
-        weighted = torch.cat(per_head, dim=-1)
+        weighted = hidden.permute(3, 1, 0, 2).reshape(batch, num_experts, dim)
         feature = weighted.flatten(1) if self.concat else weighted.sum(dim=1)
         return feature, weights
+
+
+def _stacked_batch_norm(norms: list[nn.BatchNorm1d], hidden: torch.Tensor) -> torch.Tensor:
+    """`nn.BatchNorm1d` semantics for `norms` laid side by side over the channels of `hidden` (1, channels, B).
+
+    Running statistics are updated in one stacked buffer and copied back to each module's own buffers.
+    """
+    first = norms[0]
+    use_batch = first.training or not first.track_running_stats
+    factor = 0.0 if first.momentum is None else first.momentum
+    running_mean = running_var = None
+    if first.track_running_stats:
+        running_mean = torch.cat([n.running_mean for n in norms])
+        running_var = torch.cat([n.running_var for n in norms])
+        if first.training:
+            counters = [n.num_batches_tracked for n in norms]
+            torch._foreach_add_(counters, 1)
+            if first.momentum is None:  # cumulative moving average
+                factor = 1.0 / float(first.num_batches_tracked)
+    out = F.batch_norm(
+        hidden,
+        running_mean,
+        running_var,
+        stack_parameters([n.weight for n in norms], first.weight.dtype).flatten(),
+        stack_parameters([n.bias for n in norms], first.bias.dtype).flatten(),
+        use_batch,
+        factor,
+        first.eps,
+    )
+    if use_batch and running_mean is not None:
+        torch._foreach_copy_([n.running_mean for n in norms], list(running_mean.split(first.num_features)))
+        torch._foreach_copy_([n.running_var for n in norms], list(running_var.split(first.num_features)))
+    return out
 
 
 class DeMoBNNeck(nn.BatchNorm1d):

@@ -6,6 +6,9 @@ protocol) or in the same scene (scene protocol) are "junk" and removed before ra
 queries with no remaining true match are skipped. Ties in the distance matrix are
 broken by gallery order (stable sort), so results are deterministic.
 
+Only the ranks of the query's own identity (true matches and junk) are needed, so no row is
+fully argsorted: see :func:`stable_positions`.
+
 Everything works on blocks of query rows, so neither the distances nor the ranking ever
 need a full Q x G array in float64; :func:`reid_metrics_from_features` never holds a full
 Q x G array at all.
@@ -112,6 +115,101 @@ def _as_ids(x, name: str, length: Optional[int] = None) -> np.ndarray:
     return arr.astype(np.int64)
 
 
+def _rank_on_device(dist: torch.Tensor) -> bool:
+    """Tensors on an accelerator are ranked where they are; CPU tensors go through numpy (faster sorts)."""
+    return dist.device.type != "cpu"
+
+
+def stable_positions(dist, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """0-based position of ``dist[rows, cols]`` in its row's stable ascending sort (ties by column).
+
+    ``rows`` must be grouped (all entries of a row together). Why not ``argsort(kind="stable")`` of
+    every row: numpy's stable argsort is a merge sort with no vectorised fast path, about 25x
+    slower than sorting the values alone. Only a few entries per row are asked for (the query's
+    own identity), so each row's values are sorted once and the entries binary-searched into
+    them: the left insertion point counts the strictly smaller values, which is the stable
+    position unless another value of the row is equal. Tied entries then add the equal values
+    at smaller columns, counted directly when a row has few of them, else read off a stable
+    argsort of that row.
+    """
+    if torch.is_tensor(dist):
+        return _stable_positions_torch(dist, rows, cols)
+    positions = np.empty(len(rows), dtype=np.int64)
+    if len(rows) == 0:
+        return positions
+    num_cols = dist.shape[1]
+    values = dist[rows, cols]
+    row_ids, first, per_row = np.unique(rows, return_index=True, return_counts=True)
+    stops = first + per_row
+    # Values above a row's largest asked-for value never change a position, so they are clipped
+    # to just above it: a clipped row keeps every position that matters, and the sort moves equal
+    # values far faster than distinct ones (with a trained model most of a row is clipped). The
+    # clipped copy is also the copy ``np.sort`` would make.
+    ceiling = np.nextafter(np.maximum.reduceat(values, first), np.inf)
+    sorted_rows = np.minimum(dist if len(row_ids) == dist.shape[0] else dist[row_ids], ceiling[:, None])
+    sorted_rows.sort(axis=1)
+    for i, (start, stop) in enumerate(zip(first.tolist(), stops.tolist())):
+        positions[start:stop] = sorted_rows[i].searchsorted(values[start:stop], side="left")
+    # The entry itself sits at ``positions``; it ties iff the next sorted value is equal.
+    local = np.repeat(np.arange(len(row_ids)), per_row)
+    following = np.minimum(positions + 1, num_cols - 1)
+    tied = (positions + 1 < num_cols) & (sorted_rows[local, following] == values)
+    if tied.any():
+        tied_per_row = np.bincount(local[tied], minlength=len(row_ids))
+        many = tied_per_row[local] > _DIRECT_TIE_COUNT
+        few = np.flatnonzero(tied & ~many)
+        positions[few] += _equal_before(dist, rows[few], cols[few], values[few])
+        heavy = np.flatnonzero(tied & many)
+        if len(heavy):
+            positions[heavy] = _stable_argsort_positions(dist, rows[heavy], cols[heavy])
+    return positions
+
+
+# A tied entry costs one pass over its row when counted directly; a stable argsort of the row
+# costs about as much as this many passes.
+_DIRECT_TIE_COUNT = 16
+
+
+def _equal_before(dist: np.ndarray, rows: np.ndarray, cols: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """For each entry, how many values of its row equal it at a smaller column (in bounded chunks)."""
+    num_cols = dist.shape[1]
+    out = np.empty(len(rows), dtype=np.int64)
+    step = max(1, _BLOCK_ELEMENTS // max(1, num_cols))
+    ramp = np.arange(num_cols)
+    for start in range(0, len(rows), step):
+        sl = slice(start, start + step)
+        equal = (dist[rows[sl]] == values[sl, None]) & (ramp[None, :] < cols[sl, None])
+        out[sl] = np.count_nonzero(equal, axis=1)
+    return out
+
+
+def _stable_argsort_positions(dist: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Positions read off a stable argsort of each distinct row (for rows with many tied entries)."""
+    row_ids, local = np.unique(rows, return_inverse=True)
+    out = np.empty(len(rows), dtype=np.int64)
+    step = max(1, _BLOCK_ELEMENTS // max(1, dist.shape[1]))
+    for start in range(0, len(row_ids), step):
+        chunk = row_ids[start : start + step]
+        order = np.argsort(dist[chunk], axis=1, kind="stable")
+        inverse = np.empty_like(order)
+        np.put_along_axis(inverse, order, np.arange(order.shape[1])[None, :], axis=1)
+        hit = (local >= start) & (local < start + len(chunk))
+        out[hit] = inverse[local[hit] - start, cols[hit]]
+    return out
+
+
+def _stable_positions_torch(dist: torch.Tensor, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """The same positions on the tensor's device: a stable sort there is cheap, so every row uses one."""
+    row_ids, local = np.unique(rows, return_inverse=True)
+    block = dist[torch.as_tensor(row_ids, device=dist.device)]
+    order = torch.sort(block, dim=1, stable=True).indices
+    inverse = torch.empty_like(order)
+    ramp = torch.arange(block.shape[1], device=dist.device).expand_as(order)
+    inverse.scatter_(1, order, ramp)
+    picked = inverse[torch.as_tensor(local, device=dist.device), torch.as_tensor(cols, device=dist.device)]
+    return picked.cpu().numpy().astype(np.int64)
+
+
 class RankingAccumulator:
     """Accumulates CMC / AP / INP over blocks of query rows of a distance matrix.
 
@@ -131,6 +229,11 @@ class RankingAccumulator:
             raise ValueError(f"max_rank must be >= 1, got {max_rank}")
         # Ranks past the gallery size are undefined, so the CMC curve stops there.
         self.max_rank = min(int(max_rank), self.num_gallery)
+        # Gallery columns grouped by identity, ascending within a group (stable sort by pid).
+        self._by_pid = np.argsort(self.g_pids, kind="stable")
+        self._pid_values, self._pid_starts, self._pid_counts = np.unique(
+            self.g_pids[self._by_pid], return_index=True, return_counts=True
+        )
         self.first_hit_counts = np.zeros(self.num_gallery + 1, dtype=np.int64)
         self.ap_sum = 0.0
         self.inp_sum = 0.0
@@ -138,45 +241,80 @@ class RankingAccumulator:
         self.num_queries = 0
 
     def update(self, dist_block, q_pids, q_group) -> None:
-        """Rank one block of rows; ``q_group`` is camera ids or scene ids matching the gallery's."""
-        dist = np.asarray(dist_block)
+        """Rank one block of rows; ``q_group`` is camera ids or scene ids matching the gallery's.
+
+        A CUDA (or other accelerator) tensor is ranked on its device; anything else with numpy.
+        """
+        dist = dist_block
+        if torch.is_tensor(dist):
+            dist = dist.detach()
+            if not _rank_on_device(dist):
+                dist = dist.cpu().numpy()
+        else:
+            dist = np.asarray(dist)
+        if dist.ndim != 2:
+            raise ValueError(f"distance block must be 2-D, got shape {tuple(dist.shape)}")
         n, g = dist.shape
         if g != self.num_gallery:
             raise ValueError(f"distance block has {g} columns but the gallery has {self.num_gallery} entries")
-        if np.isnan(dist).any():
+        # min() propagates NaN: one reduction instead of a boolean array as large as the block.
+        has_nan = bool(torch.isnan(dist.min())) if torch.is_tensor(dist) else bool(np.isnan(dist.min()))
+        if has_nan:
             raise ValueError("the distance matrix contains NaN: check the features for NaN/inf values")
         q_pids = _as_ids(q_pids, "q_pids", n)
         q_group = _as_ids(q_group, "q_sceneids" if self.use_scene else "q_camids", n)
         self.num_queries += n
 
-        order = np.argsort(dist, axis=1, kind="stable")
-        same_pid = self.g_pids[order] == q_pids[:, None]
-        same_group = self.g_group[order] == q_group[:, None]
-        junk = same_pid & same_group
-        good = same_pid & ~same_group
-
-        # Sparse bookkeeping: only the positions of true matches and junk entries matter.
-        g_rows, g_cols = np.nonzero(good)  # row-major, so columns ascend within a row
-        j_rows, j_cols = np.nonzero(junk)
-        num_good = np.bincount(g_rows, minlength=n)
+        # Only the gallery entries sharing the query's identity matter (true matches and junk):
+        # (row, column) pairs of them, row-major with ascending columns.
+        rows, cols = self._same_identity_entries(q_pids)
+        good = self.g_group[cols] != q_group[rows]
+        num_good = np.bincount(rows[good], minlength=n)
         valid = num_good > 0
         if not valid.any():
             return
-        # Rank (1-based, junk removed) of every true match: position + 1 - junk entries before it.
-        junk_keys = j_rows * g + j_cols
-        junk_before = np.searchsorted(junk_keys, g_rows * g + g_cols) - np.searchsorted(junk_keys, g_rows * g)
-        rank = g_cols + 1 - junk_before
-        # k-th true match of its row (1-based): precision at that rank is k / rank.
-        row_start = np.concatenate(([0], np.cumsum(num_good)[:-1]))
-        hit_index = np.arange(len(g_rows)) - row_start[g_rows] + 1
-        ap = np.bincount(g_rows, weights=hit_index / rank, minlength=n)[valid] / num_good[valid]
+        keep = valid[rows]  # rows without a true match are skipped: do not rank them
+        rows, cols, good = rows[keep], cols[keep], good[keep]
 
+        # 0-based position of each entry in its row's stable (ties by gallery order) sort.
+        pos = stable_positions(dist, rows, cols)
+
+        # Order each row's entries by position; the good flag rides in the lowest bit of the key.
+        key = np.sort(((rows * g + pos) << 1) | good)
+        good = (key & 1).astype(bool)
+        key >>= 1
+        rows, pos = key // g, key % g
+        counts = np.bincount(rows, minlength=n)
+        row_first = np.repeat(np.cumsum(counts) - counts, counts)  # index of each entry's row's first entry
+        junk_seen = np.cumsum(~good)  # junk entries up to and including this one (whole block)
+        good_seen = np.cumsum(good)
+        base_junk = junk_seen[row_first] - ~good[row_first]
+        base_good = good_seen[row_first] - good[row_first]
+        rows, pos = rows[good], pos[good]
+        # Rank (1-based, junk removed) of every true match: position + 1 - junk entries before it;
+        # it is the k-th true match of its row, so the precision at that rank is k / rank.
+        rank = pos + 1 - (junk_seen[good] - base_junk[good])
+        hit_index = good_seen[good] - base_good[good]
+        ap = np.bincount(rows, weights=hit_index / rank, minlength=n)[valid] / num_good[valid]
+        row_start = np.concatenate(([0], np.cumsum(num_good)[:-1]))
         first_rank = rank[row_start[valid]]
         last_rank = rank[row_start[valid] + num_good[valid] - 1]
         self.first_hit_counts += np.bincount(first_rank, minlength=self.num_gallery + 1)
         self.ap_sum += float(ap.sum())
         self.inp_sum += float((num_good[valid] / last_rank).sum())
         self.num_valid += int(valid.sum())
+
+    def _same_identity_entries(self, q_pids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(row, gallery column) of every gallery entry with the row's query identity, from the pid index."""
+        slot = np.searchsorted(self._pid_values, q_pids)
+        slot = np.minimum(slot, len(self._pid_values) - 1)
+        found = self._pid_values[slot] == q_pids
+        counts = np.where(found, self._pid_counts[slot], 0)
+        total = int(counts.sum())
+        rows = np.repeat(np.arange(len(q_pids)), counts)
+        within = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
+        cols = self._by_pid[np.repeat(self._pid_starts[slot], counts) + within]
+        return rows, cols
 
     def compute(self) -> dict:
         if self.num_valid == 0:
@@ -216,12 +354,16 @@ def reid_metrics(
 
     With ``q_sceneids``/``g_sceneids`` the scene protocol is used (MSVR310, WMVEID863): same
     identity in the same scene is junk. Otherwise the camera protocol (RGBNT201, RGBNT100).
-    Also returns ``num_valid_queries``, ``num_queries`` and ``protocol``.
+    Also returns ``num_valid_queries``, ``num_queries`` and ``protocol``. A CUDA tensor is ranked
+    on its device (only positions of same-identity entries come back to the host).
     """
     _check_protocol_args(q_sceneids, g_sceneids)
     if torch.is_tensor(distmat):
-        distmat = distmat.detach().cpu().numpy()
-    distmat = np.asarray(distmat)
+        distmat = distmat.detach()
+        if not _rank_on_device(distmat):
+            distmat = distmat.cpu().numpy()
+    else:
+        distmat = np.asarray(distmat)
     if distmat.ndim != 2:
         raise ValueError(f"distmat must be 2-D (num_query, num_gallery), got shape {distmat.shape}")
     num_q, num_g = distmat.shape

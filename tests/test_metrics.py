@@ -264,3 +264,75 @@ def test_smallest_k_equals_stable_argsort_with_ties(k):
 
     d = np.random.default_rng(k).integers(0, 3, (20, 12)).astype(np.float32)  # many ties at the k-th value
     np.testing.assert_array_equal(smallest_k_stable(d, k), np.argsort(d, axis=1, kind="stable")[:, :k])
+
+
+# ---------------------------------------------------- ranking without a full stable argsort
+def stable_position_oracle(dist, rows, cols):
+    """Position of dist[r, c] in row r sorted by (value, column): count of smaller values and equal ones before c."""
+    return np.array([int(np.sum(dist[r] < dist[r, c]) + np.sum(dist[r, :c] == dist[r, c])) for r, c in zip(rows, cols)])
+
+
+def grouped_entries(rng, num_rows, num_cols, per_row):
+    rows, cols = [], []
+    for r in range(num_rows):
+        if r % 4 == 3:
+            continue  # rows that ask for nothing
+        chosen = np.sort(rng.choice(num_cols, size=min(per_row, num_cols), replace=False))
+        rows += [r] * len(chosen)
+        cols += chosen.tolist()
+    return np.array(rows), np.array(cols)
+
+
+@pytest.mark.parametrize("direct_tie_count", [0, 10**9])  # every tied row by argsort / every tie counted directly
+@pytest.mark.parametrize("kind", ["float32", "integers", "signed_zero_inf"])
+def test_stable_positions_equal_a_stable_sort(monkeypatch, kind, direct_tie_count):
+    import demo_reid.metrics as metrics
+
+    monkeypatch.setattr(metrics, "_DIRECT_TIE_COUNT", direct_tie_count)
+    rng = np.random.default_rng(7)
+    if kind == "float32":  # few ties: rounding to 1/64 leaves a few equal values per row
+        dist = (np.round(rng.random((12, 300)) * 64) / 64).astype(np.float32)
+    elif kind == "integers":  # every value tied many times
+        dist = rng.integers(0, 5, (12, 300)).astype(np.float64)
+    else:  # -0.0 equals 0.0; infinities rank last / first
+        dist = rng.choice(np.array([-0.0, 0.0, 1.0, np.inf, -np.inf]), size=(12, 300))
+    rows, cols = grouped_entries(rng, 12, 300, per_row=25)
+    expected = stable_position_oracle(dist, rows, cols)
+    np.testing.assert_array_equal(metrics.stable_positions(dist, rows, cols), expected)
+    # The device path (a stable sort on the tensor's device), run here on CPU tensors.
+    np.testing.assert_array_equal(metrics.stable_positions(torch.from_numpy(dist), rows, cols), expected)
+
+
+@pytest.mark.parametrize("protocol", ["camera", "scene"])
+@pytest.mark.parametrize("on_device_path", [False, True])
+def test_mixed_tie_rows_match_oracle(monkeypatch, protocol, on_device_path):
+    """One block with untied rows, rows with one tie, heavily tied rows, a query of an identity absent from the
+    gallery and a query whose only matches are junk, through the numpy path and the device path."""
+    import demo_reid.metrics as metrics
+
+    rng = np.random.default_rng(11)
+    num_q, num_g = 30, 400
+    q_pids, g_pids = rng.integers(0, 4, num_q), rng.integers(0, 4, num_g)
+    q_pids[0] = 99  # absent from the gallery
+    q_groups, g_groups = rng.integers(0, 3, num_q), rng.integers(0, 3, num_g)
+    dist = rng.random((num_q, num_g)).astype(np.float32)
+    dist[5:10] = np.round(dist[5:10] * 4) / 4  # heavily tied rows
+    dist[10, 1:] = dist[10, 0]  # one row all equal: pure gallery order
+    matches = np.flatnonzero(g_pids == q_pids[12])
+    dist[12, matches[1]] = dist[12, matches[0]]  # exactly one tie between two true matches / junk
+    dist[12, 7] = dist[12, matches[2]]  # and one between a match and another identity
+    q_pids[13], q_groups[13] = 3, 0
+    g_groups[g_pids == 3] = 0  # query 13: all its matches are junk
+    args = (dist, q_pids, g_pids)
+    if on_device_path:
+        monkeypatch.setattr(metrics, "_rank_on_device", lambda tensor: True)
+        args = (torch.from_numpy(dist), q_pids, g_pids)
+    if protocol == "camera":
+        res = reid_metrics(*args, q_groups, g_groups, max_rank=30, chunk_size=8)
+    else:
+        cams = rng.integers(0, 5, num_q), rng.integers(0, 5, num_g)
+        res = reid_metrics(*args, *cams, q_groups, g_groups, max_rank=30, chunk_size=8)
+    ref = oracle_metrics(dist, q_pids, g_pids, q_groups, g_groups, max_rank=30)
+    assert res["num_valid_queries"] == ref["num_valid"] <= num_q - 2
+    assert abs(res["mAP"] - ref["mAP"]) < 1e-9 and abs(res["mINP"] - ref["mINP"]) < 1e-9
+    np.testing.assert_allclose(res["cmc"], ref["cmc"], rtol=0, atol=1e-9)
