@@ -45,7 +45,7 @@ PRESETS: dict[str, dict] = {
     # The embedded default of `python train.py`: tiny CLIP-shaped tower from random init on the synthetic
     # RGBNT201-layout set, under a minute on 2 CPU cores. Everything else is the authors' recipe (PyTorch-default head
     # init, per-modality augmentation, ...); the lr is 2e-3 for every group because nothing is pretrained (1e-3
-    # reached mAP 65 in 20 epochs with the authors' init, 2e-3 reaches 92.6: docs/training.md).
+    # reached mAP 65 in 20 epochs with the authors' init, 2e-3 reaches 91-93: docs/training.md).
     "synthetic": {
         "backbone": "tiny",
         "image_height": 64,

@@ -282,8 +282,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, monke
     assert list(tmp_path.iterdir()) == []
 
 
-# The headline: `python train.py` (synthetic preset, 20 epochs) reaches mAP 92.6 on the synthetic test split
-# (docs/training.md); random features give about 4.5. The bar sits 10 points under the measured figure, so a
+# The headline: `python train.py` (synthetic preset, 20 epochs) reaches mAP 91.0 on the synthetic test split
+# (docs/training.md; seeds 1 and 2 give 90-93); random features give about 4.5. The bar sits 6 points under it, so a
 # regression of the recipe fails (the previous recipe reached 79.4, PyTorch init at lr 1e-3 65.0) while
 # BLAS or thread-count differences between machines do not.
 DEFAULT_RUN_MAP_BAR = 85.0
