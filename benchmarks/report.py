@@ -1,0 +1,74 @@
+"""Markdown tables of a benchmarks/run.py result (the JSON has every repeat; the tables show medians and ratios)."""
+
+from __future__ import annotations
+
+
+def _fmt(value, digits=2):
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def markdown(result: dict) -> str:
+    m = result["machine"]
+    lines = [
+        f"Machine: {m['cpu']}, {m['usable_cores']} usable cores ({m['logical_cores']} logical), "
+        f"{m['memory_gib']} GiB, torch {m['torch']} ({m['torch_threads']} threads), numpy {m['numpy']}"
+        + (f", GPU {m['gpu']}" if m.get("gpu") else "")
+        + f"; 1-minute load average at start {_fmt(m['load_average_1min_at_start'], 1)}.",
+        f"Command: `{result['command']}` ({result['started']}). Figures: median of repeated runs after warm-up; "
+        "ratios: median of per-round ratios of interleaved runs.",
+        "",
+    ]
+    if result.get("model"):
+        lines += ["**DeMo, ViT-B/16 shapes** (PIFE + HDM + ATMoE, random weights; train = forward + ReID loss + "
+                  "backward + Adam step)", "",
+                  "| mode | H x W | batch | triples/s | s / batch | peak memory (GiB) | GFLOP / triple | TFLOP/s |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in result["model"]:
+            lines.append(f"| {r['mode']} | {r['image_size']} | {r['batch']} | {r['triples_per_s']:.2f} | "
+                         f"{r['median_s']:.2f} | {_fmt(r['peak_memory_gib'])} | {r['gflop_per_triple']:.1f} | "
+                         f"{r['achieved_tflops']:.3f} |")
+        if result.get("cpu_matmul_gflops"):
+            lines.append(f"\nReference: this CPU's fp32 matmul (torch.mm 2048^2) reaches "
+                         f"{result['cpu_matmul_gflops']:.0f} GFLOP/s.")
+        lines.append("")
+    h = result.get("heads")
+    if h:
+        lines += [f"**Heads alone** (HDM + ATMoE forward + backward, training mode, batch {h['batch']}, C = {h['dim']}, "
+                  f"{h['tokens_per_modality']} tokens per modality, {h['atmoe_heads']} ATMoE heads)", "",
+                  "| implementation | s / step | operator calls |", "|---|---|---|",
+                  f"| module per expert (before) | {h['median_s']['module_per_expert']:.3f} | "
+                  f"{h['operator_calls']['module_per_expert']} |",
+                  f"| batched (now) | {h['median_s']['batched']:.3f} | {h['operator_calls']['batched']} |",
+                  f"| **ratio** | **{h['speedup_median_of_pairs']:.1f}x faster** | "
+                  f"**{h['operator_call_ratio']:.1%}** |", ""]
+    if result.get("ranking"):
+        lines += ["**Ranking** (`reid_metrics` vs the authors' per-query argsort loop, same float32 matrix, "
+                  "100 identities, 8 cameras)", "",
+                  "| Q x G | regime (mAP) | reference (s) | reid_metrics (s) | speed-up | max diff (stable ref.) |",
+                  "|---|---|---|---|---|---|"]
+        for r in result["ranking"]:
+            ref, diff = r["median_s"].get("reference"), r.get("max_diff_vs_stable_reference")
+            speedup = r.get("speedup_median_of_pairs")
+            lines.append(f"| {r['size']} | {r['regime']} ({r['mAP']:.2f}) | {_fmt(ref, 3)} | "
+                         f"{r['median_s']['reid_metrics']:.3f} | {'-' if speedup is None else f'{speedup:.1f}x'} | "
+                         f"{'-' if diff is None else f'{diff:.1e}'} |")
+        lines.append("")
+    if result.get("decode"):
+        lines += ["**Decoding** (3 JPEGs per triple, stored 256x128, through the training collator)", "",
+                  "| output H x W | workers | triples/s | per worker |", "|---|---|---|---|"]
+        for r in result["decode"]:
+            lines.append(f"| {r['output_size']} | {r['workers']} | {r['triples_per_s']:.0f} | "
+                         f"{r['triples_per_s_per_worker']:.0f} |")
+        lines.append("")
+    g = result.get("gpu_fraction")
+    if g:
+        lines += [f"**Fraction of bf16 peak** ({g['gpu']}, {_fmt(g['bf16_peak_tflops'], 0)} TFLOP/s dense bf16; batch "
+                  f"{g['batch']} triples, {g['image_size']}, bf16 autocast, compile={g['compile']}, "
+                  f"attention={g['attention']})", "", "| mode | triples/s | TFLOP/s | fraction of peak |",
+                  "|---|---|---|---|"]
+        for mode in ("inference", "train"):
+            r = g[mode]
+            lines.append(f"| {mode} | {r['triples_per_s']:.1f} | {r['achieved_tflops']:.1f} | "
+                         f"{r['fraction_of_peak']:.1%} |")
+        lines.append("")
+    return "\n".join(lines)

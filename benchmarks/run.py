@@ -1,0 +1,120 @@
+#!/usr/bin/env python
+"""Benchmark suite: training / inference throughput, the heads, ranking and decoding; JSON + Markdown out.
+
+    python benchmarks/run.py --quick                 # CPU, affordable (about 15 min on 2 cores)
+    python benchmarks/run.py                         # CPU, every size and batch (about an hour on 2 cores)
+    python benchmarks/run.py --device cuda           # GPU: also the fraction of bf16 peak at batch 64
+    python benchmarks/run.py --device cuda --compile --attention sdpa --deterministic
+
+Writes <output-dir>/<device>[-quick].json (every repeat, the machine, the command) and .md (the tables of
+docs/benchmarks.md). Each figure is the median of repeated runs after warm-up; comparisons (batched heads vs the
+module-per-expert oracle, reid_metrics vs the authors' ranking loop) are interleaved in this one process so their
+ratios hold on a shared, noisy machine. Nothing needs a GPU: --device cuda adds device figures where one exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import shlex
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+import torch  # noqa: E402
+
+from harness import describe_machine  # noqa: E402
+from report import markdown  # noqa: E402
+
+SUITES = ("model", "heads", "ranking", "decode", "gpu")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--quick", action="store_true", help="fewer sizes and repeats (batch 8 only for the model)")
+    p.add_argument("--only", nargs="+", choices=SUITES, default=list(SUITES), help="run only these suites")
+    p.add_argument("--output-dir", type=Path, default=HERE / "results")
+    p.add_argument("--repeats", type=int, default=None, help="timed runs per figure (default 3, --quick 2)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs before each figure")
+    p.add_argument("--amp", choices=("none", "bfloat16", "float16"), default=None,
+                   help="autocast dtype for the model suite (default: bfloat16 on cuda, none on cpu)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (model and gpu suites)")
+    p.add_argument("--attention", default="sdpa", help="tower attention: sdpa, eager or flash_attention_2")
+    p.add_argument("--deterministic", action="store_true",
+                   help="deterministic algorithms and the math SDPA backend (what train.py --deterministic does)")
+    p.add_argument("--peak-tflops", type=float, default=None, help="the GPU's dense bf16 peak, if not in the table")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is visible; run on a GPU machine or use --device cpu")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.deterministic:
+        from demo_reid.profiling import make_deterministic
+
+        make_deterministic()
+    quick = args.quick
+    repeats = args.repeats or (2 if quick else 3)
+    amp = None if args.amp == "none" else (args.amp or ("bfloat16" if args.device == "cuda" else None))
+    started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    command = "python benchmarks/run.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    result = {"command": command.strip(), "started": started, "machine": describe_machine(args.device),
+              "settings": {"quick": quick, "repeats": repeats, "warmup": args.warmup, "amp": amp,
+                           "compile": args.compile, "attention": args.attention,
+                           "deterministic": args.deterministic}}
+    print(f"{result['machine']['cpu']} ({result['machine']['usable_cores']} cores), torch "
+          f"{torch.__version__}, {torch.get_num_threads()} threads, device {args.device}", flush=True)
+    log = lambda line: print(line, flush=True)  # noqa: E731
+
+    if "heads" in args.only:
+        from heads_suite import run_heads_suite
+
+        print("heads", flush=True)
+        result["heads"] = run_heads_suite(args.device, 64, repeats=5 if quick else 9, warmup=args.warmup, log=log)
+    if "ranking" in args.only:
+        from ranking_suite import run_ranking_suite
+
+        print("ranking", flush=True)
+        sizes = [(1000, 10000), (1715, 8675), (10000, 10000)]
+        result["ranking"] = run_ranking_suite(sizes, set(sizes), 3 if quick else 5, args.warmup, args.device, log=log)
+    if "decode" in args.only:
+        from decode_suite import run_decode_suite
+
+        print("decode", flush=True)
+        sizes = [(256, 128)] if quick else [(256, 128), (128, 256)]
+        result["decode"] = run_decode_suite([1, 2], sizes, repeats, log=log)
+    if "model" in args.only:
+        from model_suite import cpu_matmul_gflops, run_model_suite
+
+        print("model", flush=True)
+        if args.device == "cpu":
+            result["cpu_matmul_gflops"] = cpu_matmul_gflops()
+        batches = [8] if quick and args.device == "cpu" else [8, 32]
+        result["model"] = run_model_suite(args.device, [(256, 128), (128, 256)], batches, repeats, args.warmup, amp,
+                                          args.compile, args.attention, log=log)
+    if "gpu" in args.only and args.device == "cuda":
+        from model_suite import run_gpu_fraction
+
+        print("fraction of bf16 peak", flush=True)
+        result["gpu_fraction"] = run_gpu_fraction(64, (256, 128), repeats, args.warmup, args.compile, args.attention,
+                                                  args.peak_tflops, log=log)
+
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    stem = args.device + ("-quick" if quick else "")
+    (args.output_dir / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (args.output_dir / f"{stem}.md").write_text(markdown(result) + "\n")
+    print(f"wrote {args.output_dir / stem}.json and .md", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
