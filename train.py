@@ -277,6 +277,7 @@ def main(argv: list[str] | None = None) -> dict:
         set_seed(training_args.seed)
 
     from demo_reid.checkpoints import clear_previous_run
+    from demo_reid.profiling import ProfilerCallback
     from demo_reid.data import load_reid_dataset
     from demo_reid.trainer import ReIDTrainer, RunInfoCallback, collect_run_info
 
@@ -292,6 +293,10 @@ def main(argv: list[str] | None = None) -> dict:
     num_labels = len(set(dsdict["train"]["label"]))
     tokenizer = load_tokenizer(script_args, dsdict)
     model = build_model(script_args, num_labels, _num_cameras(dsdict), tokenizer)
+    if training_args.deterministic:
+        from demo_reid.profiling import make_deterministic
+
+        make_deterministic(model)  # math SDPA only: the fused attention kernels vary run to run
     if script_args.overwrite_output_dir and training_args.process_index == 0:
         clear_previous_run(training_args.output_dir)
 
@@ -314,7 +319,7 @@ def main(argv: list[str] | None = None) -> dict:
         train_dataset=dsdict["train"],
         query_dataset=dsdict["query"],
         gallery_dataset=dsdict["gallery"],
-        callbacks=[RunInfoCallback(run_info)],
+        callbacks=[RunInfoCallback(run_info), *([ProfilerCallback()] if script_args.profile else [])],
         processing_class=tokenizer,  # saved beside the weights of every checkpoint and of the final model
     )
     trainer.select_best_on_test = script_args.select_best_on_test

@@ -182,6 +182,11 @@ class DeMoScriptArguments:
         default=False,
         metadata={"help": "Continue from the last complete checkpoint in --output-dir (incomplete ones are skipped)."},
     )
+    profile: bool = field(
+        default=False,
+        metadata={"help": "Record a few optimizer steps with torch.profiler into <output-dir>/profile (a trace for "
+                  "Perfetto / chrome://tracing and an operator summary); see docs/benchmarks.md."},
+    )
     overwrite_output_dir: bool = field(
         default=False,
         metadata={"help": "Train into an --output-dir that already holds a model or checkpoints (its old "

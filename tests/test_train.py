@@ -427,3 +427,12 @@ def test_gradient_checkpointing_option_trains(tiny_dataset, tmp_path):
     trainer.train()
     assert any(getattr(m, "gradient_checkpointing", False) for m in trainer.model.vision_tower.modules())
     assert math.isfinite(_losses(trainer.state.log_history)[0])
+
+
+def test_profile_flag_writes_a_trace_of_a_few_steps(tiny_dataset, tmp_path):
+    out = tmp_path / "profiled"
+    train.main([*TINY, "--dataset", tiny_dataset, "--max-steps", "7", "--profile", "--output-dir", str(out)])
+    events = json.loads((out / "profile" / "trace_rank0.json").read_text())["traceEvents"]
+    steps = sorted({e["name"] for e in events if e.get("name", "").startswith("ProfilerStep#")})
+    assert steps == ["ProfilerStep#3", "ProfilerStep#4", "ProfilerStep#5"]  # 2 skipped, 1 warm-up, 3 recorded
+    assert any(e.get("name") == "aten::scaled_dot_product_attention" for e in events)  # the tower's attention
