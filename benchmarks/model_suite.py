@@ -5,7 +5,7 @@ sizes, and on a GPU how close they come to the device's bf16 peak. The model is 
 171 identities, 4 cameras, PIFE + HDM + ATMoE) with random weights, so nothing is downloaded; a training step is
 the trainer's: forward, the ReID loss (label-smoothed CE + batch-hard triplet over a P x 4 batch), backward, Adam.
 FLOPs come from torch.utils.flop_counter on the eager model with eager attention (the counter has no formula for
-CPU's fused attention), counted at batch 2 and scaled linearly (every layer is per-sample).
+CPU's fused attention), counted at batch 4 and scaled linearly (every layer is per-sample).
 """
 
 from __future__ import annotations
@@ -60,12 +60,12 @@ def build_model(image_size, device: str, attention: str = "sdpa") -> DeMoModel:
     return DeMoModel(config).to(device)
 
 
-def make_batch(batch: int, image_size, device: str) -> dict:
+def make_batch(batch: int, image_size, device: str, per_identity: int = IDENTITIES_PER_BATCH_ROW) -> dict:
     gen = torch.Generator().manual_seed(batch)
     return {
         "pixel_values": (torch.rand(batch, 3, 3, *image_size, generator=gen) * 2 - 1).to(device),
         "camera_ids": torch.randint(0, 4, (batch,), generator=gen).to(device),
-        "labels": (torch.arange(batch) // IDENTITIES_PER_BATCH_ROW).to(device),
+        "labels": (torch.arange(batch) // per_identity).to(device),
     }
 
 
@@ -97,13 +97,13 @@ def inference_pass(model, batch: dict, device: str, amp: str | None):
     return run
 
 
-def count_flops(model: DeMoModel, image_size, device: str, train: bool, batch: int = 2) -> int:
+def count_flops(model: DeMoModel, image_size, device: str, train: bool, batch: int = 4) -> int:
     """FLOPs of one forward (``train``: forward + backward) per triple, counted with eager attention at ``batch``."""
     vision = model.config.vision_config
     saved, was_training = vision._attn_implementation, model.training
     vision._attn_implementation = "eager"
     model.train(train)
-    data = make_batch(batch, image_size, device)
+    data = make_batch(batch, image_size, device, per_identity=2)  # the triplet loss needs 2 identities
     try:
         with FlopCounterMode(display=False) as counter:
             out = model(pixel_values=data["pixel_values"], camera_ids=data["camera_ids"])
@@ -116,11 +116,12 @@ def count_flops(model: DeMoModel, image_size, device: str, train: bool, batch: i
     return counter.get_total_flops() // batch
 
 
-def cpu_matmul_gflops(repeats: int = 5, size: int = 2048) -> float:
-    """Best-case fp32 matmul throughput of this CPU (torch.mm of two size x size matrices): the CPU's reference peak."""
+def cpu_matmul_gflops(repeats: int = 10, size: int = 2048) -> float:
+    """Best-case fp32 matmul throughput of this CPU (fastest of ``repeats`` torch.mm of two size x size matrices):
+    the reference peak a CPU figure is read against (the best of several runs, as a peak should be)."""
     a, b = torch.randn(size, size), torch.randn(size, size)
-    seconds, _ = median_seconds(lambda: torch.mm(a, b), repeats, warmup=2)
-    return 2 * size**3 / seconds / 1e9
+    _, times = median_seconds(lambda: torch.mm(a, b), repeats, warmup=2)
+    return 2 * size**3 / min(times) / 1e9
 
 
 def run_model_suite(device: str, sizes, batches, repeats: int, warmup: int, amp: str | None, compile_model: bool,

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Benchmark suite: training / inference throughput, the heads, ranking and decoding; JSON + Markdown out.
 
-    python benchmarks/run.py --quick                 # CPU, affordable (about 15 min on 2 cores)
-    python benchmarks/run.py                         # CPU, every size and batch (about an hour on 2 cores)
+    python benchmarks/run.py --quick                 # CPU, batch 8 only (about 15 min on 2 cores)
+    python benchmarks/run.py                         # CPU, batch 8 and 32 (about 45 min on 2 cores)
     python benchmarks/run.py --device cuda           # GPU: also the fraction of bf16 peak at batch 64
     python benchmarks/run.py --device cuda --compile --attention sdpa --deterministic
 
@@ -39,7 +39,7 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="fewer sizes and repeats (batch 8 only for the model)")
     p.add_argument("--only", nargs="+", choices=SUITES, default=list(SUITES), help="run only these suites")
     p.add_argument("--output-dir", type=Path, default=HERE / "results")
-    p.add_argument("--repeats", type=int, default=None, help="timed runs per figure (default 3, --quick 2)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per figure of the model and decode suites")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs before each figure")
     p.add_argument("--amp", choices=("none", "bfloat16", "float16"), default=None,
                    help="autocast dtype for the model suite (default: bfloat16 on cuda, none on cpu)")
@@ -63,7 +63,7 @@ def main(argv=None) -> int:
 
         make_deterministic()
     quick = args.quick
-    repeats = args.repeats or (2 if quick else 3)
+    repeats = args.repeats
     amp = None if args.amp == "none" else (args.amp or ("bfloat16" if args.device == "cuda" else None))
     started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     command = "python benchmarks/run.py " + shlex.join(sys.argv[1:] if argv is None else argv)
