@@ -153,34 +153,27 @@ class CaptionEncoder:
         self.max_length = max_length
         self.train = train
 
-    def _texts(self, captions: Sequence[Sequence[str]], seeds: Optional[Sequence[int]]) -> list[str]:
-        """Flattened texts in (row, [expert,] modality) order."""
+    def _nested(self, captions: Sequence[Sequence[str]], seeds: Optional[Sequence[int]]) -> list:
+        """Per row its (RGB, NIR, TIR) captions (evaluation), or one sampled triple per expert (training)."""
         from .text import sample_sentences
 
         if not self.train:
-            return [text for row in captions for text in row]
+            return [list(row) for row in captions]
         if seeds is None:
             raise ValueError("training batches need one seed per row to sample caption sentences "
                              "(use the trainer's seeded data loader)")
-        texts = []
+        nested = []
         for row, seed in zip(captions, seeds):
             generator = torch.Generator().manual_seed(int(seed) ^ 0x7E47)  # a stream apart from augmentation's
-            for _ in range(self.num_experts):
-                texts.extend(sample_sentences(text, self.sentences_per_expert, generator) for text in row)
-        return texts
+            nested.append([[sample_sentences(text, self.sentences_per_expert, generator) for text in row]
+                           for _ in range(self.num_experts)])
+        return nested
 
     def __call__(self, captions: Sequence[Sequence[str]], seeds: Optional[Sequence[int]] = None) -> dict:
         """``captions``: per row, its (RGB, NIR, TIR) captions ("" where missing)."""
         from .text import tokenize_captions
 
-        texts = self._texts(captions, seeds)
-        if self.train:  # (row, expert, modality) -> per row, one (rgb, nir, tir) triple per expert
-            per_row = 3 * self.num_experts
-            nested = [[texts[r * per_row + 3 * e: r * per_row + 3 * e + 3] for e in range(self.num_experts)]
-                      for r in range(len(captions))]
-        else:
-            nested = [texts[3 * r: 3 * r + 3] for r in range(len(captions))]
-        return tokenize_captions(self.tokenizer, nested, max_length=self.max_length)
+        return tokenize_captions(self.tokenizer, self._nested(captions, seeds), max_length=self.max_length)
 
 
 class ReIDCollator:

@@ -360,9 +360,14 @@ MODEL_OPTIONS = {
 }
 
 
-def refuse_other_model_options(argv: list[str], config: dict, model: str) -> None:
+def _given_options(argv: list[str], config: dict) -> set[str]:
+    """Option names set explicitly, as flags (either spelling, `--no-x` counted as `x`) or in the YAML file."""
     given = {a.split("=", 1)[0].lstrip("-").replace("-", "_") for a in argv if a.startswith("--")} | set(config)
-    given |= {name[3:] for name in given if name.startswith("no_")}
+    return given | {name[3:] for name in given if name.startswith("no_")}
+
+
+def refuse_other_model_options(argv: list[str], config: dict, model: str) -> None:
+    given = _given_options(argv, config)
     for other, names in MODEL_OPTIONS.items():
         if other != model:
             for name in names:
@@ -376,7 +381,7 @@ def refuse_ignored_options(argv: list[str], config: dict, scheduler_type: str) -
     refused = dict(IGNORED_TRAINER_OPTIONS)
     if scheduler_type in SCHEDULER_TYPES:
         refused.update(IGNORED_UNDER_DEMO_SCHEDULES)
-    given = {a.split("=", 1)[0].lstrip("-").replace("-", "_") for a in argv if a.startswith("--")} | set(config)
+    given = _given_options(argv, config)
     for name, why in refused.items():
         if name in given:
             raise ValueError(f"--{name.replace('_', '-')} does nothing in train.py: {why}")

@@ -35,3 +35,12 @@ def random_triples(batch: int, image_size=(32, 16), seed: int = 0) -> torch.Tens
     """Normalized-looking pixel values (B, 3, 3, H, W) in [-1, 1]."""
     generator = torch.Generator().manual_seed(seed)
     return torch.rand(batch, 3, 3, *image_size, generator=generator) * 2 - 1
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 for a multi-process launch (a fixed one collides with other jobs)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import free_port
 
 import datasets
 from demo_reid import visualize as vis
@@ -193,12 +194,7 @@ def test_two_processes_give_the_single_process_result(model, model_dir, dataset_
     if torchrun is None:
         pytest.skip("torchrun is not installed")
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    import socket
-
-    with socket.socket() as sock:  # a free port: a fixed one collides with other jobs on the machine
-        sock.bind(("127.0.0.1", 0))
-        port = str(sock.getsockname()[1])
-    cmd = [torchrun, "--nproc_per_node", "2", "--master_port", port, str(REPO / "eval.py"), "--model", str(model_dir),
+    cmd = [torchrun, "--nproc_per_node", "2", "--master_port", str(free_port()), str(REPO / "eval.py"), "--model", str(model_dir),
            "--dataset", str(dataset_dir), "--output", str(tmp_path), "--batch-size", "5", "--features", "all",
            "--no-complexity", "--no-progress", "--max-rank", "10"]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)

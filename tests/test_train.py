@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -307,14 +308,6 @@ def test_default_run_reaches_its_headline_map(tmp_path, synthetic_dir):
     assert config["model_type"] == "demo_reid" and "auto_map" in config
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:  # a free port, so parallel CI jobs do not collide
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _logged(output_dir: Path, key: str) -> list[float]:
     history = json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
     return [h[key] for h in history if key in h and "eval_mAP" not in h]
@@ -329,7 +322,7 @@ def test_one_and_two_processes_compute_the_same_run(tmp_path, synthetic_dir):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     for cmd, out in (
         ([sys.executable, str(REPO / "train.py")], one),
-        ([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+        ([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
           str(REPO / "train.py")], two),
     ):
         proc = subprocess.run([*cmd, *common, "--output-dir", str(out)], cwd=tmp_path, env=env, capture_output=True,
@@ -355,7 +348,7 @@ def test_two_process_accelerate_launch(tiny_dataset, tmp_path):
     """The documented `accelerate launch --config_file accelerate_configs/cpu_2proc.yaml` really runs 2 ranks."""
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-           str(REPO / "accelerate_configs" / "cpu_2proc.yaml"), "--main_process_port", str(_free_port()),
+           str(REPO / "accelerate_configs" / "cpu_2proc.yaml"), "--main_process_port", str(free_port()),
            str(REPO / "train.py"), *TINY, "--num-identities", "4", "--dataset", tiny_dataset,
            "--output-dir", str(out), "--max-steps", "2"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
