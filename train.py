@@ -279,6 +279,7 @@ def main(argv: list[str] | None = None) -> dict:
     from demo_reid.checkpoints import clear_previous_run
     from demo_reid.profiling import ProfilerCallback
     from demo_reid.data import load_reid_dataset
+    from demo_reid.processors import build_processor
     from demo_reid.trainer import ReIDTrainer, RunInfoCallback, collect_run_info
 
     if script_args.dataset:
@@ -320,7 +321,7 @@ def main(argv: list[str] | None = None) -> dict:
         query_dataset=dsdict["query"],
         gallery_dataset=dsdict["gallery"],
         callbacks=[RunInfoCallback(run_info), *([ProfilerCallback()] if script_args.profile else [])],
-        processing_class=tokenizer,  # saved beside the weights of every checkpoint and of the final model
+        processing_class=build_processor(model.config, tokenizer),  # saved with every checkpoint and the final model
     )
     trainer.select_best_on_test = script_args.select_best_on_test
 

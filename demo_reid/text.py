@@ -11,6 +11,8 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
+from processing_next import encode_captions  # the checkpoint's processor tokenizes captions the same way
+
 PAD_TOKEN, UNK_TOKEN, BOS_TOKEN, EOS_TOKEN = "<pad>", "<unk>", "<bos>", "<eos>"
 # A sentence ends at ".", "!" or "?" followed by white space (so "0.8" or "t-shirt." at the end stay whole).
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -107,19 +109,8 @@ def tokenize_captions(tokenizer, captions: Sequence, max_length: int | None = No
             if len(triple) != 3 or not all(isinstance(c, str) for c in triple):
                 raise ValueError(f"each caption triple must be 3 strings (rgb, nir, tir), got {triple!r}")
             flat.extend(triple)
-    present = [i for i, c in enumerate(flat) if c.strip()]
-    max_length = max_length or tokenizer.model_max_length
-    length = 1
-    if present:
-        encoded = tokenizer(
-            [flat[i] for i in present], padding="longest", truncation=True, max_length=max_length, return_tensors="pt"
-        )
-        length = encoded["input_ids"].shape[1]
-    input_ids = torch.full((len(flat), length), tokenizer.pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(flat), length), dtype=torch.long)
-    if present:
-        input_ids[present] = encoded["input_ids"]
-        attention_mask[present] = encoded["attention_mask"].long()
+    input_ids, attention_mask = encode_captions(tokenizer, flat, max_length)
+    length = input_ids.shape[-1]
     out_shape = shape + (length,) if per_expert else (shape[0], 3, length)
     return {"input_ids": input_ids.view(out_shape), "attention_mask": attention_mask.view(out_shape)}
 

@@ -45,6 +45,7 @@ from .data import CAPTION_COLUMNS, collator_for
 from .distributed import all_gather_with_grad, convert_to_global_batchnorm
 from .losses import ReIDLoss
 from .metrics import METRIC_KEYS
+from .processors import tokenizer_of
 from .sampler import PKBatchSampler, SeededBatchSampler
 from .scheduler import SCHEDULER_TYPES, DeMoCosineLR
 
@@ -204,8 +205,9 @@ class ReIDTrainer(Trainer):
 
     Args:
         model, args, callbacks, processing_class, ...: as for ``transformers.Trainer``; ``args`` is a
-            :class:`~demo_reid.training_args.DeMoTrainingArguments`. A tokenizer given as ``processing_class`` is
-            saved with every checkpoint and used for the captions of text-conditioned models.
+            :class:`~demo_reid.training_args.DeMoTrainingArguments`. The ``processing_class`` (the checkpoint's
+            processor, see :func:`~demo_reid.processors.build_processor`, or a bare tokenizer) is saved with every
+            checkpoint; its tokenizer encodes the captions of text-conditioned models.
         train_dataset: the ``train`` split (needs a ``label`` column).
         query_dataset / gallery_dataset: splits for :meth:`evaluate`.
         data_collator / eval_collator: row collators for training / evaluation (default:
@@ -233,7 +235,7 @@ class ReIDTrainer(Trainer):
     ):
         if model is None:
             raise ValueError("ReIDTrainer needs `model` (a DeMoModel or NextModel)")
-        tokenizer = kwargs.get("processing_class")
+        tokenizer = tokenizer_of(kwargs.get("processing_class"))
         with_captions = train_dataset is None or all(
             c in getattr(train_dataset, "column_names", CAPTION_COLUMNS) for c in CAPTION_COLUMNS)
         if data_collator is None:
@@ -472,7 +474,7 @@ class ReIDTrainer(Trainer):
             batch_size=self.args.per_device_eval_batch_size,
             accelerator=self.accelerator,
             progress=False,
-            tokenizer=self.processing_class,
+            tokenizer=tokenizer_of(self.processing_class),
         )
         metrics = {f"{metric_key_prefix}_{k}": float(results[main][k]) for k in METRIC_KEYS if k in results[main]}
         for name, res in results.items():

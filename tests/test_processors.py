@@ -1,0 +1,190 @@
+"""The processors shipped with every checkpoint: images (and captions) -> the inputs eval.py builds, in a fresh process
+that can import nothing from this repository."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import eval as eval_script  # noqa: E402
+import train  # noqa: E402
+from demo_reid.data import CAPTION_COLUMNS, MODALITY_COLUMNS, ReIDTransform, load_reid_dataset  # noqa: E402
+from demo_reid.evaluation import extract_features  # noqa: E402
+from image_processing_demo import DeMoImageProcessor  # noqa: E402
+
+TINY = [
+    "--backbone", "tiny", "--tiny-hidden-size", "32", "--tiny-num-layers", "1", "--tiny-patch-size", "8",
+    "--image-height", "32", "--image-width", "16", "--num-identities", "4", "--num-instances", "2",
+    "--per-device-eval-batch-size", "8", "--num-train-epochs", "1", "--disable-tqdm", "true", "--save-strategy", "no",
+]
+MODEL_FLAGS = {"demo": ["--atmoe-heads", "2"],
+               "next": ["--num-semantic-experts", "2", "--num-structure-experts", "2", "--tokens-per-expert", "2"]}
+# The project's own modules: blocked in the fresh process, so only the checkpoint's files can be used.
+PROJECT_MODULES = ("demo_reid", "configuration_demo", "modeling_demo", "configuration_next", "modeling_next",
+                   "image_processing_demo", "processing_next")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    from demo_reid.dataset_builder import build_dataset, save_dataset
+    from demo_reid.synthetic import make_synthetic
+
+    base = tmp_path_factory.mktemp("processor-synthetic")
+    # Stored at 40x20, so every image is resized to the model's 32x16 (the part most likely to differ).
+    root = make_synthetic("RGBNT201", base / "raw", seed=4, num_train_ids=6, num_test_ids=3, images_per_id=4,
+                          image_size=(40, 20))
+    return str(save_dataset(build_dataset("RGBNT201", root, captions_dir=root / "captions", cache_dir=base / "c"),
+                            base / "ds"))
+
+
+@pytest.fixture(scope="module", params=["demo", "next"])
+def checkpoint(request, dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp(f"ckpt-{request.param}") / "run"
+    train.main([*TINY, *MODEL_FLAGS[request.param], "--model", request.param, "--dataset", dataset, "--output-dir", str(out)])
+    return request.param, out
+
+
+def _query_files(dataset, folder: Path, rows: int):
+    """The first ``rows`` query triples as JPEG files (their stored bytes), with camera ids and captions."""
+    import datasets
+
+    query = load_reid_dataset(dataset)["query"].select(range(rows))
+    raw = query.cast_column("rgb", datasets.Image(decode=False)).cast_column("nir", datasets.Image(decode=False))
+    raw = raw.cast_column("tir", datasets.Image(decode=False))
+    folder.mkdir()
+    files = []
+    for i, row in enumerate(raw):
+        triple = []
+        for m in MODALITY_COLUMNS:
+            path = folder / f"{i}_{m}.jpg"
+            path.write_bytes(row[m]["bytes"])
+            triple.append(str(path))
+        files.append(triple)
+    captions = [[row[c] for c in CAPTION_COLUMNS] for row in query]
+    return query, files, list(query["camid"]), captions
+
+
+FRESH_PROCESS = textwrap.dedent(
+    """
+    import json, sys
+    for name in {modules!r}:
+        sys.modules[name] = None
+    import torch
+    from PIL import Image
+    from safetensors.torch import save_file
+    from transformers import AutoImageProcessor, AutoModel, AutoProcessor
+
+    spec = json.loads(open({spec!r}).read())
+    model = AutoModel.from_pretrained(spec["checkpoint"], trust_remote_code=True).eval()
+    processor = AutoProcessor.from_pretrained(spec["checkpoint"], trust_remote_code=True)
+    image_processor = AutoImageProcessor.from_pretrained(spec["checkpoint"], trust_remote_code=True)
+    assert type(processor).__module__.startswith("transformers_modules"), type(processor)
+    assert type(image_processor).__name__ == "DeMoImageProcessor", type(image_processor)
+    images = [[Image.open(path) for path in triple] for triple in spec["files"]]
+    text = {{"text": spec["captions"]}} if spec["captions"] else {{}}
+    missing_tir = [[rgb, nir, None] for rgb, nir, _ in images]
+    out = {{}}
+    with torch.no_grad():
+        for name, triples in (("full", images), ("missing_tir", missing_tir)):
+            inputs = processor(images=triples, camera_ids=spec["camids"], **text)
+            out[name] = model(**inputs).embeddings.contiguous()
+        one = processor(images=images[0], camera_ids=spec["camids"][0], **({{"text": spec["captions"][0]}}
+                                                                          if spec["captions"] else {{}}))
+        out["single"] = model(**one).embeddings.contiguous()
+    out["pixel_values"] = image_processor(missing_tir)["pixel_values"].contiguous()
+    save_file(out, spec["output"])
+    """
+)
+
+
+def test_processor_embeddings_equal_eval_in_a_fresh_process(checkpoint, dataset, tmp_path):
+    """AutoProcessor + AutoModel on JPEG files give eval.py's embeddings (full and TIR missing), for both models."""
+    from safetensors.torch import load_file
+
+    kind, ckpt = checkpoint
+    files = {p.name for p in ckpt.iterdir()}
+    assert {"image_processing_demo.py", "model.safetensors"} <= files
+    assert ("processor_config.json" if kind == "next" else "preprocessor_config.json") in files
+    query, paths, camids, captions = _query_files(dataset, tmp_path / "jpegs", rows=5)
+
+    model = eval_script.load_model(str(ckpt))
+    tokenizer = eval_script.load_tokenizer(str(ckpt), model)
+    assert (tokenizer is not None) == (kind == "next")
+    full = extract_features(model, query, 2, None, progress=False, tokenizer=tokenizer)
+    missing = extract_features(model, query, 2, "t", progress=False, tokenizer=tokenizer)
+    expected = {"full": full.get(full.headline), "t": missing.get(full.headline)}
+
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"checkpoint": str(ckpt), "files": paths, "camids": camids,
+                                "captions": captions if kind == "next" else None,
+                                "output": str(tmp_path / "out.safetensors")}))
+    script = FRESH_PROCESS.format(modules=PROJECT_MODULES, spec=str(spec))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), OMP_NUM_THREADS="1")
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    result = subprocess.run([sys.executable, "-c", script], cwd=work, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    got = load_file(tmp_path / "out.safetensors")
+
+    assert (got["full"] - expected["full"]).abs().max().item() < 1e-5
+    assert (got["missing_tir"] - expected["t"]).abs().max().item() < 1e-5
+    assert (got["single"][0] - expected["full"][0]).abs().max().item() < 1e-5
+    assert (expected["full"] - expected["t"]).abs().max().item() > 1e-3  # the missing modality matters
+    assert (expected["full"][0] - expected["full"][1]).abs().max().item() > 1e-3  # the rows differ
+    assert torch.count_nonzero(got["pixel_values"][:, 2]) == 0  # the missing TIR slot is zeros
+
+
+def _jpeg_images(size=(37, 19), seed=0):
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)) for _ in range(3)]
+
+
+def test_image_processor_matches_the_evaluation_transform_for_every_input_type():
+    """PIL, HWC uint8 arrays, CHW tensors and grey images all give the eval transform's values."""
+    rgb, nir, tir = _jpeg_images()
+    grey = nir.convert("L")
+    processor = DeMoImageProcessor(size={"height": 32, "width": 16})
+    reference = ReIDTransform(image_size=(32, 16))({"rgb": [rgb, rgb], "nir": [grey, grey], "tir": [tir, tir]})
+    as_array = np.asarray(rgb)
+    as_tensor = torch.from_numpy(np.asarray(tir).copy()).permute(2, 0, 1)
+    out = processor([[rgb, grey, tir], [as_array, np.asarray(grey), as_tensor]])
+    assert out["pixel_values"].shape == (2, 3, 3, 32, 16) and out["pixel_values"].dtype == torch.float32
+    assert (out["pixel_values"] - reference["pixel_values"]).abs().max().item() < 1e-6
+    assert out["modality_mask"].all() and "camera_ids" not in out
+
+
+def test_missing_modalities_are_zero_and_masked():
+    rgb, nir, tir = _jpeg_images(seed=1)
+    out = DeMoImageProcessor(size={"height": 32, "width": 16})([[None, nir, tir], [rgb, None, None]],
+                                                              camera_ids=[3, 0])
+    assert out["modality_mask"].tolist() == [[False, True, True], [True, False, False]]
+    assert torch.count_nonzero(out["pixel_values"][0, 0]) == 0 and torch.count_nonzero(out["pixel_values"][1, 1:]) == 0
+    assert out["pixel_values"][0, 1].abs().sum() > 0
+    assert out["camera_ids"].tolist() == [3, 0] and out["camera_ids"].dtype == torch.long
+
+
+@pytest.mark.parametrize("images, match", [
+    ([None, None, None], "every modality of every sample is None"),
+    ("photo.jpg", "expected one \\[rgb, nir, tir\\] triple"),
+    ([[None, None]], "images\\[0\\]: expected a triple"),
+])
+def test_bad_images_raise_one_line_errors(images, match):
+    with pytest.raises(ValueError, match=match):
+        DeMoImageProcessor()(images)
+
+
+def test_camera_ids_must_be_one_per_sample():
+    with pytest.raises(ValueError, match="camera_ids: expected one id per sample \\(1\\)"):
+        DeMoImageProcessor(size={"height": 32, "width": 16})(list(_jpeg_images()), camera_ids=[0, 1])
