@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 import tempfile
 from dataclasses import asdict
@@ -23,7 +24,7 @@ from transformers import set_seed  # noqa: E402
 from transformers.trainer_utils import enable_full_determinism  # noqa: E402
 
 from demo_reid.metrics import METRIC_KEYS  # noqa: E402
-from demo_reid.model_card import MODEL_CARD_TEXT  # noqa: E402
+from demo_reid.model_card import BEST_ON_TEST, FINAL_EPOCH, ModelCardInfo  # noqa: E402
 from demo_reid.training_args import (  # noqa: E402
     RANDOM_BACKBONES,
     DeMoScriptArguments,
@@ -218,6 +219,31 @@ def load_pretrained_backbone(backbone: str, config_kwargs: dict):
         raise UsageError(f"--backbone {backbone}: could not load the tower ({_first_line(exc)}); {BACKBONE_HINT}") from None
 
 
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def hub_id_of(backbone: str) -> str | None:
+    """The Hub id of the pretrained tower, for the card's ``base_model``: ``--backbone`` itself when it names a Hub
+    repo, the ``_name_or_path`` recorded in a local checkpoint's config.json when that is one; None otherwise."""
+    if backbone in RANDOM_BACKBONES:
+        return None
+    local = Path(backbone).expanduser()
+    if not local.exists():
+        return backbone if _HUB_ID.match(backbone) else None
+    try:
+        recorded = json.loads((local / "config.json").read_text()).get("_name_or_path", "")
+    except (OSError, ValueError):
+        return None
+    return recorded if isinstance(recorded, str) and _HUB_ID.match(recorded) and not Path(recorded).exists() else None
+
+
+def dataset_name(path: str | None, dsdict) -> str:
+    """The dataset's name for the card: the one build_dataset recorded, else the folder's name."""
+    if not path:
+        return f"synthetic-{SYNTHETIC['layout'].lower()}"
+    return dsdict["train"].info.dataset_name or Path(path).name
+
+
 def _num_cameras(dsdict) -> int:
     return 1 + max(max(dsdict[s]["camid"]) for s in ("train", "query", "gallery"))
 
@@ -328,7 +354,7 @@ def main(argv: list[str] | None = None) -> dict:
     train_result = trainer.train(resume_from_checkpoint=resume)
 
     metrics = trainer.evaluate()
-    label = "best epoch selected on TEST split (optimistic)" if script_args.select_best_on_test else "final epoch"
+    label = BEST_ON_TEST if script_args.select_best_on_test else FINAL_EPOCH
     result = {
         "mAP": metrics["eval_mAP"],
         "Rank-1": metrics["eval_Rank-1"],
@@ -345,12 +371,21 @@ def main(argv: list[str] | None = None) -> dict:
     if trainer.is_world_process_zero():
         out = Path(training_args.output_dir)
         (out / "final_metrics.json").write_text(json.dumps(result, indent=2) + "\n")
-        trainer.model_card_info = {
-            **MODEL_CARD_TEXT[model.config.model_type],
-            "name": out.name,
-            "dataset": script_args.dataset or f"synthetic {SYNTHETIC['layout']} layout ({SYNTHETIC})",
-            "backbone": script_args.backbone,
-            "recipe": {
+        trainer.model_card_info = ModelCardInfo(
+            model_type=model.config.model_type,
+            name=out.name,
+            repo_id=training_args.hub_model_id or f"path/to/{out.name}",
+            dataset_name=dataset_name(script_args.dataset, dsdict),
+            dataset_description=(f"the dataset at {script_args.dataset}" if script_args.dataset
+                                 else f"the synthetic {SYNTHETIC['layout']}-layout set ({SYNTHETIC})"),
+            backbone=script_args.backbone,
+            base_model=hub_id_of(script_args.backbone),
+            research_only_data=bool(script_args.dataset),
+            uses_text=bool(getattr(model.config, "use_text", False)),
+            uses_cameras=model.config.num_cameras > 0,
+            metrics={k: result[k] for k in METRIC_KEYS if result[k] is not None},
+            selection=label,
+            recipe={
                 "model": script_args.model,
                 "preset": script_args.preset,
                 "image_size": f"{script_args.image_height}x{script_args.image_width}",
@@ -362,9 +397,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "world_size": training_args.world_size,
                 "seed": training_args.seed,
             },
-            "metrics": {k: result[k] for k in METRIC_KEYS if result[k] is not None}
-            | {"selection": label},
-        }
+        )
         trainer.create_model_card()
         print(
             f"[{label}] mAP {result['mAP']:.2f}  Rank-1 {result['Rank-1']:.2f}  Rank-5 {result['Rank-5']:.2f}  "

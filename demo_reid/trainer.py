@@ -45,6 +45,7 @@ from .data import CAPTION_COLUMNS, collator_for
 from .distributed import all_gather_with_grad, convert_to_global_batchnorm
 from .losses import ReIDLoss
 from .metrics import METRIC_KEYS
+from .model_card import ModelCardInfo, build_model_card
 from .processors import tokenizer_of
 from .sampler import PKBatchSampler, SeededBatchSampler
 from .scheduler import SCHEDULER_TYPES, DeMoCosineLR
@@ -489,49 +490,18 @@ class ReIDTrainer(Trainer):
 
     # ---- model card -------------------------------------------------------------------------------------------
 
-    model_card_info: dict | None = None
+    model_card_info: ModelCardInfo | None = None  # set by train.py once the final metrics are known
 
     def create_model_card(self, *args, **kwargs) -> None:
-        """README.md with dataset, recipe and metrics (used by ``push_to_hub`` and written at the end of train.py)."""
-        if not self.is_world_process_zero():
+        """README.md with Hub metadata, usage, results and recipe (written by train.py; pushed by ``push_to_hub``).
+
+        Without ``model_card_info`` (a run that never finished) no card is written: a card without results would
+        describe a model nobody evaluated.
+        """
+        if not self.is_world_process_zero() or self.model_card_info is None:
             return
-        info = self.model_card_info or {}
-        metrics = info.get("metrics", {})
-        recipe = info.get("recipe", {})
-        lines = [
-            "---",
-            "library_name: transformers",
-            "tags:",
-            "- re-identification",
-            "- multi-modal",
-            *[f"- {tag}" for tag in info.get("tags", ())],
-            "---",
-            "",
-            f"# {info.get('name', Path(self.args.output_dir).name)}",
-            "",
-            f"{info.get('description', 'Multi-modal (RGB / NIR / TIR) object re-identification model')}, trained "
-            "with `train.py` of this repository. Load with `AutoModel.from_pretrained(path, trust_remote_code=True)`.",
-            "",
-            f"- Dataset: {info.get('dataset', 'unknown')}",
-            f"- Backbone: {info.get('backbone', 'unknown')}",
-            "",
-            "## Recipe",
-            "",
-            "| option | value |",
-            "|---|---|",
-            *[f"| {k} | {v} |" for k, v in recipe.items()],
-            "",
-            "## Results (final epoch unless stated)",
-            "",
-            "| metric | value |",
-            "|---|---|",
-            *[f"| {k} | {v:.2f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()],
-            "",
-        ]
-        for title, body in info.get("sections", {}).items():
-            lines += [f"## {title}", "", *body, ""]
         Path(self.args.output_dir).mkdir(parents=True, exist_ok=True)
-        (Path(self.args.output_dir) / "README.md").write_text("\n".join(lines))
+        build_model_card(self.model_card_info).save(Path(self.args.output_dir) / "README.md")
 
 
 DeMoTrainer = ReIDTrainer  # the name of the first version, kept for code written against it
