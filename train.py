@@ -377,7 +377,8 @@ def main(argv: list[str] | None = None) -> dict:
             repo_id=training_args.hub_model_id or f"path/to/{out.name}",
             dataset_name=dataset_name(script_args.dataset, dsdict),
             dataset_description=(f"the dataset at {script_args.dataset}" if script_args.dataset
-                                 else f"the synthetic {SYNTHETIC['layout']}-layout set ({SYNTHETIC})"),
+                                 else f"the synthetic {SYNTHETIC['layout']}-layout set ({SYNTHETIC['num_train_ids']} "
+                                 f"train / {SYNTHETIC['num_test_ids']} test identities, seed {SYNTHETIC['seed']})"),
             backbone=script_args.backbone,
             base_model=hub_id_of(script_args.backbone),
             research_only_data=bool(script_args.dataset),
