@@ -96,7 +96,8 @@ def test_continuous_distances_and_skipped_queries():
 
 
 def test_hand_checked_percent_values():
-    """One query (pid 1, cam 0); by distance the gallery reads pid 2, pid 1 (cam 1), pid 1 (cam 0: junk), pid 1 (cam 1)."""
+    """One query (pid 1, cam 0); by distance the gallery reads
+    pid 2, pid 1 (cam 1), pid 1 (cam 0: junk), pid 1 (cam 1)."""
     module = evaluate.load(MODULE)
     got = module.compute(predictions=[[0.2, 0.1, 0.3, 0.3]], references=[1], query_camids=[0],
                          gallery_pids=[1, 2, 1, 1], gallery_camids=[1, 0, 0, 1])
