@@ -48,7 +48,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
     parser.add_argument("--output", default=None, help="output directory (default: <model>/eval)")
-    parser.add_argument("--visualize", action="store_true", help="write rank-list, expert-weight and feature-map PNGs")
+    parser.add_argument("--visualize", action="store_true",
+                        help="write rank-list, expert-weight and feature-map PNGs (t-SNE; PCA without scikit-learn)")
     parser.add_argument("--num-visualize", type=int, default=4, help="queries shown in the rank-list picture")
     parser.add_argument("--no-complexity", action="store_true", help="skip the parameter / MAC count")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -144,12 +145,12 @@ def complexity_of(model) -> dict:
 
 def write_figures(args, model, dsdict, query, gallery, sweep, out_dir: Path, feature_name: str,
                   tokenizer=None) -> list[str]:
-    """Rank lists, expert weights (per query and per missing setting) and the PCA feature map."""
+    """Rank lists, expert weights (per query and per missing setting) and the t-SNE (or PCA) feature map."""
     import torch
 
     from demo_reid.evaluation import MISSING_LABELS, MISSING_SETTINGS, choose_protocol, extract_features
-    from demo_reid.visualize import (plot_expert_weights, plot_expert_weights_by_setting, plot_feature_scatter,
-                                     rank_list_for_queries, write_rank_lists)
+    from demo_reid.visualize import (choose_embedding_method, plot_expert_weights, plot_expert_weights_by_setting,
+                                     plot_feature_scatter, rank_list_for_queries, write_rank_lists)
 
     scene = choose_protocol(query.sceneids, gallery.sceneids) == "scene"
     q_groups, g_groups = (query.sceneids, gallery.sceneids) if scene else (query.camids, gallery.camids)
@@ -176,15 +177,18 @@ def write_figures(args, model, dsdict, query, gallery, sweep, out_dir: Path, fea
                                      desc=f"query {s} (weights)", tokenizer=tokenizer)
                 done = dict(done, **{s: q.expert_weights.mean(dim=(0, 1)).tolist()})
             by_setting[MISSING_LABELS[s]] = done[s]
-        paths.append(plot_expert_weights_by_setting(by_setting, out_dir / "expert_weights_missing.png", names))
+        paths.append(plot_expert_weights_by_setting(
+            by_setting, out_dir / "expert_weights_missing.png", names,
+            xlabel="Full = all modalities; M (X) = modality X missing in query and gallery"))
     if list(dsdict["query"]["name"]) == list(dsdict["gallery"]["name"]):  # RGBNT201: query and gallery are one set
         feats, pids, is_query = gallery.get(feature_name), list(gallery.pids), None
     else:
         feats = torch.cat([query.get(feature_name), gallery.get(feature_name)])
         pids = list(query.pids) + list(gallery.pids)
         is_query = [True] * len(query) + [False] * len(gallery)
-    paths.append(plot_feature_scatter(feats, pids, out_dir / "feature_scatter.png", is_query,
-                                      title=f"'{feature_name}' features (PCA), coloured by identity"))
+    method = choose_embedding_method()  # t-SNE with scikit-learn, else PCA (logged); the file is named after it
+    paths.append(plot_feature_scatter(feats, pids, out_dir / f"feature_{method}.png", is_query,
+                                      subject=f"'{feature_name}' retrieval features", method=method))
     return [str(p) for p in paths]
 
 

@@ -1,4 +1,4 @@
-"""Pictures of an evaluation: rank lists, ATMoE expert weights, and a 2-D map of the features.
+"""Pictures of an evaluation: rank lists, ATMoE expert weights, and a 2-D (t-SNE or PCA) map of the features.
 
 Pure drawing functions (no model, no dataset): callers pass images, weights and features.
 Matplotlib is used through its object API with the Agg canvas, so importing this module never
@@ -7,6 +7,7 @@ changes the global backend, and figure sizes in pixels are exactly ``figsize * d
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -15,6 +16,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 DEFAULT_EXPERT_NAMES = ("R", "N", "T", "RN", "RT", "NT", "RNT")
 MODALITY_LABELS = ("RGB", "NIR", "TIR")
+
+logger = logging.getLogger(__name__)
 
 # Rank-list layout, in pixels (tests derive the expected picture size from these).
 BORDER = 4  # coloured frame around every image
@@ -109,7 +112,9 @@ def _stacked_bars(ax, weights: np.ndarray, expert_names: Sequence[str]) -> None:
         ax.bar(np.arange(len(weights)), weights[:, e], bottom=bottom, color=color, label=name, width=0.8)
         bottom += weights[:, e]
     ax.set_ylim(0, max(1.0, float(bottom.max()) if len(bottom) else 1.0))
-    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), title="expert", fontsize=8)
+    # the default names are modality combinations; say what the letters stand for
+    title = "expert\n(R = RGB, N = NIR,\nT = TIR)" if tuple(expert_names) == DEFAULT_EXPERT_NAMES else "expert"
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), title=title, fontsize=8, title_fontsize=8)
 
 
 def plot_expert_weights(
@@ -149,10 +154,12 @@ def plot_expert_weights_by_setting(
     expert_names: Sequence[str] = DEFAULT_EXPERT_NAMES,
     figsize: tuple[float, float] = (8, 4),
     dpi: int = 100,
+    xlabel: Optional[str] = None,
 ) -> Path:
     """Mean expert weight under each missing-modality setting: one stacked bar per setting.
 
-    ``mean_weights`` maps a setting label (e.g. "Full", "M (RGB)") to a vector of expert weights.
+    ``mean_weights`` maps a setting label (e.g. "Full", "M (RGB)") to a vector of expert weights;
+    ``xlabel`` can explain the labels' notation.
     """
     if not mean_weights:
         raise ValueError("mean_weights is empty: pass at least one setting")
@@ -166,19 +173,94 @@ def plot_expert_weights_by_setting(
     ax.set_xticks(np.arange(len(names)))
     ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("mean expert weight")
+    if xlabel:
+        ax.set_xlabel(xlabel, fontsize=8)
     ax.set_title("ATMoE expert weights under missing modalities")
     path = Path(path)
     fig.savefig(path, format="png", dpi=dpi)
     return path
 
 
+def _l2_normalise(features) -> np.ndarray:
+    x = np.asarray(features, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"features must be 2-D (num_items, dim), got shape {x.shape}")
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
 def pca_2d(features) -> np.ndarray:
     """Project features (L2-normalised first, as retrieval sees them) on their first two principal axes."""
-    x = np.asarray(features, dtype=np.float64)
-    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    x = _l2_normalise(features)
     x = x - x.mean(axis=0)
     _, _, vt = np.linalg.svd(x, full_matrices=False)
     return x @ vt[:2].T if vt.shape[0] >= 2 else np.column_stack([x @ vt[:1].T, np.zeros(len(x))])
+
+
+def tsne_perplexity(num_samples: int) -> float:
+    """scikit-learn's default 30, lowered for small sets: t-SNE needs perplexity < number of points, and
+    a perplexity near the set size makes every point a neighbour of every other (one blob)."""
+    return float(min(30.0, max(1.0, (num_samples - 1) / 3.0)))
+
+
+def tsne_2d(features, random_state: int = 0, perplexity: Optional[float] = None) -> np.ndarray:
+    """2-D t-SNE (scikit-learn) of the L2-normalised features: euclidean distances between them rank the
+    gallery like the retrieval distance, so t-SNE neighbours are retrieval neighbours. Fixed
+    ``random_state`` and PCA initialisation make it deterministic. Raises ImportError without scikit-learn."""
+    from sklearn.manifold import TSNE
+
+    x = _l2_normalise(features)
+    if len(x) < 2:
+        raise ValueError(f"t-SNE needs at least 2 points, got {len(x)}")
+    if perplexity is None:
+        perplexity = tsne_perplexity(len(x))
+    if not 0 < perplexity < len(x):
+        raise ValueError(f"perplexity must be in (0, {len(x)}) for {len(x)} points, got {perplexity}")
+    tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=random_state)
+    return np.asarray(tsne.fit_transform(x), dtype=np.float64)
+
+
+EMBEDDING_METHODS = ("auto", "tsne", "pca")
+_METHOD_LABELS = {"tsne": "t-SNE", "pca": "PCA"}
+
+
+def choose_embedding_method(method: str = "auto") -> str:
+    """Resolve ``method``: "auto" gives "tsne" when scikit-learn imports, else "pca" with one logged line.
+
+    Why a separate step: callers name the picture after the method before drawing it.
+    """
+    if method not in EMBEDDING_METHODS:
+        raise ValueError(f"unknown embedding method {method!r}: use one of {', '.join(EMBEDDING_METHODS)}")
+    if method != "auto":
+        return method
+    try:
+        from sklearn.manifold import TSNE  # noqa: F401
+    except ImportError:
+        logger.warning("scikit-learn is not installed: the feature map uses PCA instead of t-SNE "
+                       "(pip install scikit-learn)")
+        return "pca"
+    return "tsne"
+
+
+def embed_2d(features, method: str = "auto", random_state: int = 0) -> tuple[np.ndarray, str]:
+    """``(coordinates (N, 2), method used)``: t-SNE if scikit-learn is importable, else PCA (see
+    :func:`choose_embedding_method`)."""
+    method = choose_embedding_method(method)
+    if method == "tsne":
+        return tsne_2d(features, random_state=random_state), method
+    return pca_2d(features), method
+
+
+def _identity_colors(num: int):
+    """Distinct colours: tab10 up to 10 identities; beyond, tab20's dark shades first, then its light ones
+    (tab20 in its own order puts each dark shade beside its light twin)."""
+    from matplotlib import colormaps
+
+    if num <= 10:
+        cmap = colormaps["tab10"]
+        return [cmap(i) for i in range(num)]
+    cmap = colormaps["tab20"]
+    order = list(range(0, 20, 2)) + list(range(1, 20, 2))
+    return [cmap(order[i % 20]) for i in range(num)]
 
 
 def plot_feature_scatter(
@@ -187,37 +269,80 @@ def plot_feature_scatter(
     path: str | Path,
     is_query=None,
     max_identities: int = 20,
-    figsize: tuple[float, float] = (6, 6),
+    figsize: tuple[float, float] = (8, 6),
     dpi: int = 100,
-    title: str = "retrieval features (PCA), coloured by identity",
+    subject: str = "retrieval features",
+    method: str = "auto",
+    random_state: int = 0,
 ) -> Path:
-    """Paper Fig. 4 style map: 2-D PCA of the features, one colour per identity (first ``max_identities``);
-    queries drawn as crosses, gallery entries as dots."""
-    from matplotlib import colormaps
+    """Paper Fig. 4 style map: a 2-D t-SNE (PCA without scikit-learn, or if asked) of the features of the
+    first ``max_identities`` identities (in order of appearance), one colour per identity; queries drawn
+    as crosses, gallery entries as dots. ``is_query=None``: one set serves as query and gallery.
+
+    The title says the method and how many identities are shown; it is also stored in the PNG's
+    "Title" text field.
+    """
+    from matplotlib.lines import Line2D
 
     feats = np.asarray(features)
     pids = np.asarray(pids)
     if len(feats) != len(pids) or len(feats) < 2:
         raise ValueError(f"need at least 2 features with one pid each, got {len(feats)} features and {len(pids)} pids")
-    keep_ids = list(dict.fromkeys(pids.tolist()))[:max_identities]
+    if max_identities < 1:
+        raise ValueError(f"max_identities must be >= 1, got {max_identities}")
+    all_ids = list(dict.fromkeys(pids.tolist()))
+    keep_ids = all_ids[:max_identities]
     mask = np.isin(pids, keep_ids)
-    xy = pca_2d(feats[mask])
+    if mask.sum() < 2:
+        raise ValueError(f"the first {len(keep_ids)} identities have {int(mask.sum())} feature(s): need at least 2 "
+                         "points to draw; raise max_identities")
+    xy, method = embed_2d(feats[mask], method, random_state)
     pids_kept = pids[mask]
     query = np.zeros(len(pids), dtype=bool) if is_query is None else np.asarray(is_query, dtype=bool)
+    if len(query) != len(pids):
+        raise ValueError(f"is_query has {len(query)} entries but there are {len(pids)} features")
     query = query[mask]
-    cmap = colormaps["tab10" if len(keep_ids) <= 10 else "tab20"]
+
     fig = _figure(figsize, dpi)
-    ax = fig.add_axes((0.15, 0.1, 0.8, 0.82))
-    for n, pid in enumerate(keep_ids):
+    ax = fig.add_axes((0.06, 0.08, 0.72, 0.82))
+    colors = _identity_colors(len(keep_ids))
+    for pid, color in zip(keep_ids, colors):
         sel = pids_kept == pid
-        color = cmap(n % cmap.N)
-        ax.scatter(xy[sel & ~query, 0], xy[sel & ~query, 1], s=18, color=color, marker="o")
-        ax.scatter(xy[sel & query, 0], xy[sel & query, 1], s=30, color=color, marker="x")
-    ax.set_title(title + ("  (x = query, o = gallery)" if query.any() else ""), fontsize=9)
-    ax.set_xlabel("PC 1")
-    ax.set_ylabel("PC 2")
+        ax.scatter(xy[sel & ~query, 0], xy[sel & ~query, 1], s=22, color=color, marker="o", alpha=0.75,
+                   edgecolors="none")
+        ax.scatter(xy[sel & query, 0], xy[sel & query, 1], s=46, color=color, marker="x", linewidths=1.6)
+    label = _METHOD_LABELS[method]
+    shown = (f"all {len(all_ids)} identities" if len(keep_ids) == len(all_ids)
+             else f"first {len(keep_ids)} of {len(all_ids)} identities")
+    title = f"{subject}: {label}, {shown}, colour = identity"
+    ax.set_title(title, fontsize=10)
+    if method == "tsne":
+        # t-SNE axes have no units or meaning; only which points lie near which does.
+        ax.set_xlabel("t-SNE dimension 1 (only neighbourhoods are meaningful)", fontsize=8)
+        ax.set_ylabel("t-SNE dimension 2", fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    else:
+        ax.set_xlabel("principal component 1 (of L2-normalised features)", fontsize=8)
+        ax.set_ylabel("principal component 2", fontsize=8)
+        ax.tick_params(labelsize=7)
+    gray = "0.35"
+    if query.any():
+        marks = [Line2D([], [], ls="", marker="x", color=gray, markersize=7, mew=1.6, label="query"),
+                 Line2D([], [], ls="", marker="o", color=gray, markersize=6, label="gallery")]
+    else:
+        marks = [Line2D([], [], ls="", marker="o", color=gray, markersize=6,
+                        label="image\n(query and gallery\nare one set)" if is_query is None else "gallery")]
+    # identities listed from the top right, the marker key at the bottom right: they never overlap
+    marker_legend = ax.legend(handles=marks, loc="lower left", bbox_to_anchor=(1.01, 0.0), fontsize=8,
+                              title="marker", title_fontsize=8, frameon=False)
+    ax.add_artist(marker_legend)
+    id_handles = [Line2D([], [], ls="", marker="s", color=c, markersize=7, label=str(p))
+                  for p, c in zip(keep_ids, colors)]
+    ax.legend(handles=id_handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, title="identity (pid)",
+              title_fontsize=8, ncol=-(-len(keep_ids) // 22), frameon=False)
     path = Path(path)
-    fig.savefig(path, format="png", dpi=dpi)
+    fig.savefig(path, format="png", dpi=dpi, metadata={"Title": title})
     return path
 
 

@@ -1,4 +1,8 @@
-"""Pictures: valid PNGs of the promised pixel size, frames coloured by correctness, sane rank lists."""
+"""Pictures: valid PNGs of the promised pixel size, frames coloured by correctness, sane rank lists,
+feature maps (t-SNE, PCA without scikit-learn) that keep identities apart."""
+
+import logging
+import sys
 
 import numpy as np
 import pytest
@@ -60,7 +64,25 @@ def test_expert_weight_pictures(tmp_path):
         vis.plot_expert_weights(np.ones((3, 5)), tmp_path / "bad.png")
 
 
-def test_pca_separates_clusters_and_scatter_png(tmp_path):
+def clusters(num_ids=4, per_id=8, dim=32, noise=0.1, seed=0):
+    """Well-separated identities: random (nearly orthogonal) directions plus small noise."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(num_ids, dim))
+    feats = np.concatenate([c + noise * np.linalg.norm(c) / np.sqrt(dim) * rng.normal(size=(per_id, dim))
+                            for c in centers])
+    return feats, np.repeat(np.arange(10, 10 + num_ids), per_id)
+
+
+def assert_grouped_by_identity(xy, pids):
+    d = np.linalg.norm(xy[:, None] - xy[None, :], axis=-1)
+    same = pids[:, None] == pids[None, :]
+    np.fill_diagonal(d, np.inf)
+    assert (same[np.arange(len(xy)), d.argmin(1)]).all()  # every point's nearest neighbour shares its identity
+    off = ~np.eye(len(xy), dtype=bool)
+    assert d[same & off].max() < d[~same].min()  # each identity is a cluster of its own
+
+
+def test_pca_separates_clusters():
     rng = np.random.default_rng(0)
     direction = rng.normal(size=16)
     a = direction + 0.05 * rng.normal(size=(10, 16))
@@ -69,10 +91,63 @@ def test_pca_separates_clusters_and_scatter_png(tmp_path):
     assert xy.shape == (20, 2)
     assert len(set(np.sign(xy[:10, 0]))) == 1 and len(set(np.sign(xy[10:, 0]))) == 1  # each cluster on one side
     assert np.sign(xy[0, 0]) != np.sign(xy[10, 0])
-    pids = [1] * 10 + [2] * 10
-    path = vis.plot_feature_scatter(np.concatenate([a, b]), pids, tmp_path / "f.png", is_query=[True, False] * 10,
-                                    figsize=(6, 5), dpi=80)
-    assert open_png(path).size == (480, 400)
+
+
+def test_tsne_groups_identities_deterministically():
+    pytest.importorskip("sklearn.manifold")
+    feats, pids = clusters()
+    xy = vis.tsne_2d(feats)
+    assert xy.shape == (len(feats), 2)
+    assert_grouped_by_identity(xy, pids)
+    np.testing.assert_array_equal(vis.tsne_2d(feats), xy)  # fixed random_state
+    coords, method = vis.embed_2d(feats)
+    assert method == "tsne"
+    np.testing.assert_array_equal(coords, xy)
+
+
+def test_tsne_on_tiny_sets():
+    pytest.importorskip("sklearn.manifold")
+    for n in (2, 3, 5, 31, 200):
+        assert 0 < vis.tsne_perplexity(n) < n  # scikit-learn refuses perplexity >= n_samples
+    feats, pids = clusters(num_ids=2, per_id=2)
+    assert vis.tsne_2d(feats).shape == (4, 2)  # default perplexity 30 would fail on 4 points
+    with pytest.raises(ValueError, match="perplexity must be in"):
+        vis.tsne_2d(feats, perplexity=4)
+
+
+def test_feature_map_png_with_tsne(tmp_path):
+    pytest.importorskip("sklearn.manifold")
+    feats, pids = clusters(num_ids=3, per_id=6)
+    path = vis.plot_feature_scatter(feats, pids, tmp_path / "feature_tsne.png", is_query=[True, False] * 9,
+                                    max_identities=2, figsize=(6, 5), dpi=80)
+    img = open_png(path)
+    assert img.size == (480, 400)
+    title = img.info["Title"]  # the title is kept in the PNG's text chunk
+    assert "t-SNE" in title and "first 2 of 3 identities" in title
+
+
+def test_pca_fallback_without_sklearn(tmp_path, monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "sklearn", None)  # import sklearn now raises ImportError
+    monkeypatch.setitem(sys.modules, "sklearn.manifold", None)
+    feats, pids = clusters()
+    with caplog.at_level(logging.WARNING, logger="demo_reid.visualize"):
+        coords, method = vis.embed_2d(feats)
+    assert method == "pca"
+    np.testing.assert_array_equal(coords, vis.pca_2d(feats))
+    assert len(caplog.records) == 1 and "pip install scikit-learn" in caplog.records[0].getMessage()
+    path = vis.plot_feature_scatter(feats, pids, tmp_path / "feature_pca.png", is_query=None, figsize=(8, 6), dpi=50)
+    img = open_png(path)
+    assert img.size == (400, 300)
+    assert "PCA" in img.info["Title"] and "all 4 identities" in img.info["Title"]
+    with pytest.raises(ImportError):
+        vis.tsne_2d(feats)  # asked for explicitly, t-SNE does not silently become PCA
+
+
+def test_feature_map_rejects_bad_input(tmp_path):
+    with pytest.raises(ValueError, match="unknown embedding method"):
+        vis.choose_embedding_method("umap")
+    with pytest.raises(ValueError, match="is_query has 3 entries"):
+        vis.plot_feature_scatter(np.ones((4, 3)), [1, 1, 2, 2], tmp_path / "x.png", is_query=[True] * 3, method="pca")
 
 
 def test_rank_list_selection_agrees_with_metric():
