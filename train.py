@@ -354,6 +354,7 @@ def main(argv: list[str] | None = None) -> dict:
     train_result = trainer.train(resume_from_checkpoint=resume)
 
     metrics = trainer.evaluate()
+    trainer.close_event_writers()  # --report-to tensorboard: the final evaluation's point is on disk
     label = BEST_ON_TEST if script_args.select_best_on_test else FINAL_EPOCH
     result = {
         "mAP": metrics["eval_mAP"],

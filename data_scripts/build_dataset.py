@@ -5,13 +5,17 @@
         [--captions /data/next_captions/201] [--skip-incomplete] [--push-to-hub user/rgbnt201]
 
 The Arrow files are built in a temporary folder next to --output and renamed into place at the
-end, so a failure (bad file, Ctrl-C) never leaves a partial dataset at --output.
+end, so a failure (bad file, Ctrl-C) never leaves a partial dataset at --output. A dataset card
+(README.md: source paper, terms of use, splits, columns, this command) is written inside --output
+with the data and, with --push-to-hub, pushed before the data so that the Hub card keeps its text
+and gains the `dataset_info` / `configs` metadata `push_to_hub` adds.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import shutil
 import sys
 import tempfile
@@ -20,6 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a plain checkout too
 
 from demo_reid.dataset_builder import LAYOUTS, DatasetLayoutError, build_dataset, save_dataset  # noqa: E402
+from demo_reid.dataset_card import make_dataset_card, push_dataset_with_card  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -35,29 +40,51 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="keep triples whose modality images differ in size (the collator resizes each)")
     p.add_argument("--num-proc", type=int, default=None, help="processes decoding images (default: 1)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
-    p.add_argument("--push-to-hub", metavar="REPO_ID", default=None, help="also push_to_hub to this dataset repo")
+    p.add_argument("--push-to-hub", metavar="REPO_ID", default=None,
+                   help="also push the dataset card, then the data, to this dataset repo")
     p.add_argument("--private", action="store_true", help="with --push-to-hub: create a private repo")
     return p.parse_args(argv)
 
 
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     output = args.output.expanduser().absolute()
     if output.exists() and not args.overwrite:
         print(f"error: --output {output} already exists (pass --overwrite to replace it)", file=sys.stderr)
         return 2
+    if args.push_to_hub:
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+        try:
+            validate_repo_id(args.push_to_hub)
+        except HFValidationError as exc:
+            print(f"error: --push-to-hub {args.push_to_hub}: not a repo id ({_first_line(exc)})", file=sys.stderr)
+            return 2
     output.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{output.name}.build-", dir=output.parent))
     try:
         dsdict = build_dataset(args.name, args.root, captions_dir=args.captions, skip_incomplete=args.skip_incomplete,
                                num_proc=args.num_proc, allow_size_mismatch=args.allow_size_mismatch, cache_dir=work)
-        save_dataset(dsdict, output, overwrite=args.overwrite)
+        card = make_dataset_card(dsdict, args.name, output=str(args.output), repo_id=args.push_to_hub,
+                                 command=shlex.join(["python", "data_scripts/build_dataset.py", *argv]))
+        save_dataset(dsdict, output, overwrite=args.overwrite, card=card)
         print(dsdict)
-        print(f"saved to {output}")
+        print(f"saved to {output} (dataset card: {output / 'README.md'})")
         if args.push_to_hub:
-            dsdict.push_to_hub(args.push_to_hub, private=args.private)
-            print(f"pushed to https://huggingface.co/datasets/{args.push_to_hub}")
+            try:
+                push_dataset_with_card(dsdict, card, args.push_to_hub, private=args.private)
+            except Exception as exc:  # HTTP, auth, offline mode...: one line; the local copy is complete
+                print(f"error: --push-to-hub {args.push_to_hub}: {type(exc).__name__}: {_first_line(exc)} "
+                      f"(the dataset is saved at {output})", file=sys.stderr)
+                return 1
+            print(f"pushed to the dataset repo {args.push_to_hub}")
     except (DatasetLayoutError, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

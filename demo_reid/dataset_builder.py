@@ -533,9 +533,12 @@ def _build_splits(layout, triples_of, labels, captions, allow_size_mismatch, num
 # --------------------------------------------------------------------------------------------
 
 
-def save_dataset(dsdict: datasets.DatasetDict, output: str | Path, overwrite: bool = False) -> Path:
+def save_dataset(dsdict: datasets.DatasetDict, output: str | Path, overwrite: bool = False, card=None) -> Path:
     """``save_to_disk`` into a temporary sibling of ``output``, then rename it into place, so
-    an interrupted or failed save never leaves a partial dataset at ``output``."""
+    an interrupted or failed save never leaves a partial dataset at ``output``.
+
+    ``card`` (a ``huggingface_hub.DatasetCard`` or its text) is written as ``README.md`` inside the
+    folder before the rename, so the data never appears without it (``load_from_disk`` ignores it)."""
     output = Path(output).expanduser().absolute()
     if output.exists() and not overwrite:
         raise FileExistsError(f"--output {output} already exists (pass --overwrite to replace it)")
@@ -543,6 +546,8 @@ def save_dataset(dsdict: datasets.DatasetDict, output: str | Path, overwrite: bo
     tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
     try:
         dsdict.save_to_disk(str(tmp / "data"))
+        if card is not None:
+            (tmp / "data" / "README.md").write_text(str(card), encoding="utf-8")
         if output.exists():
             output.rename(tmp / "old")
         (tmp / "data").rename(output)

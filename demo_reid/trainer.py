@@ -15,8 +15,10 @@ What it changes, and why:
   every (logits, features) pair the model returns. The loss is the mean over one complete P x K batch, so the
   Trainer divides it by the accumulation steps (``loss_is_scaled_for_ga = False``): exact under accumulation since
   all micro-batches have the same size.
-- ``create_optimizer``: Adam with three groups (tower, head weights, head biases x2); ``create_scheduler`` adds the
-  per-epoch ``demo_cosine`` / ``demo_cosine_plain`` schedules.
+- ``create_optimizer``: Adam with three named groups (tower, head weights, head biases x2); ``create_scheduler`` adds
+  the per-epoch ``demo_cosine`` / ``demo_cosine_plain`` schedules.
+- ``log``: training logs also carry ``id_loss`` / ``triplet_loss`` and each group's ``learning_rate/<group>``, so
+  ``--report-to tensorboard`` plots them.
 - ``evaluate``: query/gallery retrieval (mAP, CMC, mINP) through :mod:`demo_reid.evaluation`.
 """
 
@@ -59,9 +61,17 @@ __all__ = [
     "SeededDataset",
     "collect_run_info",
     "build_param_groups",
+    "PARAM_GROUPS",
+    "GROUP_LR_LOG",
 ]
 
 TOWER_PREFIX = "vision_tower."
+# The optimizer's parameter groups, named once here: build_param_groups tags each group with its name and the trainer
+# logs each group's lr as ``learning_rate/<name>`` (TensorBoard: ``train/learning_rate/<name>``). Head first: the
+# Trainer's own ``learning_rate`` log is group 0's.
+HEAD_GROUP, HEAD_BIAS_GROUP, TOWER_GROUP = "head", "head_bias", "vision_tower"
+PARAM_GROUPS = (HEAD_GROUP, HEAD_BIAS_GROUP, TOWER_GROUP)
+GROUP_LR_LOG = "learning_rate/{}"
 # Parameters that live in the tower module but are new (not in the pretrained checkpoint): they train at the head
 # learning rate, as in the original, where only the pretrained CLIP parameters get the tower's rate.
 NEW_TOWER_PARAMETERS = ("vision_tower.embeddings.camera_embedding",)
@@ -126,19 +136,19 @@ def build_param_groups(
     """Adam groups of the recipe: every pretrained ``vision_tower.*`` parameter at ``vision_tower_lr``; other weights
     (the camera / SIE embedding included) at ``learning_rate``; other biases at ``learning_rate * bias_lr_factor``;
     ``weight_decay`` everywhere."""
-    groups = {"head": [], "head_bias": [], "vision_tower": []}  # head first: the Trainer logs group 0
+    groups = {name: [] for name in PARAM_GROUPS}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         name = name.removeprefix("module.")
         if name.startswith(TOWER_PREFIX) and name not in NEW_TOWER_PARAMETERS:
-            groups["vision_tower"].append(param)
+            groups[TOWER_GROUP].append(param)
         elif name.endswith("bias"):
-            groups["head_bias"].append(param)
+            groups[HEAD_BIAS_GROUP].append(param)
         else:
-            groups["head"].append(param)
-    lrs = {"vision_tower": vision_tower_lr, "head": learning_rate, "head_bias": learning_rate * bias_lr_factor}
-    if not groups["vision_tower"]:
+            groups[HEAD_GROUP].append(param)
+    lrs = {TOWER_GROUP: vision_tower_lr, HEAD_GROUP: learning_rate, HEAD_BIAS_GROUP: learning_rate * bias_lr_factor}
+    if not groups[TOWER_GROUP]:
         raise ValueError(
             f"found no trainable parameter named `{TOWER_PREFIX}*`: the model must expose its tower as `vision_tower`"
         )
@@ -267,6 +277,7 @@ class ReIDTrainer(Trainer):
         self.loss = loss if loss is not None else ReIDLoss.from_config(model.config)
         self.augment = augment or self.build_augment(self.args)
         self._loss_parts = {"id_loss": 0.0, "triplet_loss": 0.0, "n": 0}
+        self._step_lrs: dict[str, float] = {}
         self._pk_sampler: PKBatchSampler | None = None
         self.select_best_on_test = False
 
@@ -441,8 +452,21 @@ class ReIDTrainer(Trainer):
             self._loss_parts["n"] += 1
         return (out.loss, outputs) if return_outputs else out.loss
 
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """Notes each group's lr before the step: the lr the optimizer step uses, which is what the Trainer logs as
+        ``learning_rate`` (the scheduler has stepped by the time ``log`` runs)."""
+        if self.optimizer is not None:
+            self._step_lrs = {
+                GROUP_LR_LOG.format(group.get("name", f"group_{i}")): float(group["lr"])
+                for i, group in enumerate(self.optimizer.param_groups)
+            }
+        return super().training_step(model, inputs, num_items_in_batch)
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Adds the mean ID and triplet parts since the last log to training logs."""
+        """Adds to training logs the mean ID and triplet parts since the last log and every group's lr (the
+        Trainer's ``learning_rate`` is the first group's only)."""
+        if "loss" in logs:
+            logs.update(self._step_lrs)
         if "loss" in logs and self._loss_parts["n"]:
             n = self._loss_parts["n"]
             parts = torch.stack([torch.as_tensor(self._loss_parts[k], dtype=torch.float32).to(self.args.device)
@@ -487,6 +511,16 @@ class ReIDTrainer(Trainer):
             metrics[f"{metric_key_prefix}_selection"] = "best epoch selected on TEST split (optimistic)"
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
+
+    def close_event_writers(self) -> None:
+        """Close TensorBoard's event writer: the Trainer closes it at the end of training, but a log after that
+        (train.py's final evaluation) reopens it, and it must be flushed and closed before the process ends."""
+        from transformers.integrations import TensorBoardCallback
+
+        for callback in self.callback_handler.callbacks:
+            if isinstance(callback, TensorBoardCallback) and callback.tb_writer is not None:
+                callback.tb_writer.close()
+                callback.tb_writer = None
 
     # ---- model card -------------------------------------------------------------------------------------------
 

@@ -424,6 +424,19 @@ def resolve_defaults(argv: list[str]) -> dict:
     return defaults
 
 
+def check_report_to(report_to: list[str]) -> None:
+    """Refuse, before anything is written, a ``--report-to`` integration the Trainer would only reject once the
+    dataset and model are built (with a traceback): an unknown name, or tensorboard without its package."""
+    from transformers.integrations import INTEGRATION_TO_CALLBACK, is_tensorboard_available
+
+    for name in report_to:
+        if name not in INTEGRATION_TO_CALLBACK:
+            raise ValueError(f"--report-to {name}: unknown integration; use none, all or one of "
+                             f"{', '.join(sorted(INTEGRATION_TO_CALLBACK))}")
+    if "tensorboard" in report_to and not is_tensorboard_available():
+        raise ValueError("--report-to tensorboard: the tensorboard package is not installed; pip install tensorboard")
+
+
 def parse_args(argv: list[str] | None = None) -> tuple[DeMoScriptArguments, DeMoTrainingArguments]:
     """Parse flags on top of preset and YAML defaults."""
     import sys
@@ -451,6 +464,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[DeMoScriptArguments, DeMo
             raise ValueError("--select-best-on-test needs periodic evaluation: pass --eval-strategy epoch")
         if training_args.save_strategy != training_args.eval_strategy:
             raise ValueError("--select-best-on-test: --save-strategy must equal --eval-strategy")
+    check_report_to(training_args.report_to)
     refuse_other_model_options(argv, load_yaml(script_args.config) if script_args.config else {}, script_args.model)
     if not 0.0 <= script_args.hdm_dropout < 1.0:
         raise ValueError(f"--hdm-dropout must be in [0, 1), got {script_args.hdm_dropout}")
