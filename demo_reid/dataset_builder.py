@@ -446,7 +446,8 @@ def _rows(triples, labels, captions, allow_size_mismatch, num_proc, desc) -> Ite
         yield row
 
 
-def _write_split(path: Path, features: datasets.Features, rows: Iterable[dict], split: str) -> datasets.Dataset:
+def _write_split(path: Path, features: datasets.Features, rows: Iterable[dict], split: str,
+                 dataset_name: str) -> datasets.Dataset:
     writer = ArrowWriter(features=features, path=str(path), writer_batch_size=64)
     try:
         for row in rows:
@@ -455,7 +456,9 @@ def _write_split(path: Path, features: datasets.Features, rows: Iterable[dict], 
     except BaseException:
         writer.stream.close()
         raise
-    return datasets.Dataset.from_file(str(path), info=datasets.DatasetInfo(features=features), split=split)
+    # The layout name travels in each split's DatasetInfo (the model card of a run names its dataset from it).
+    info = datasets.DatasetInfo(features=features, dataset_name=dataset_name)
+    return datasets.Dataset.from_file(str(path), info=info, split=split)
 
 
 def build_dataset(
@@ -522,7 +525,8 @@ def _build_splits(layout, triples_of, labels, captions, allow_size_mismatch, num
             num_proc,
             desc=f"{layout.name} {split}",
         )
-        ds = _write_split(work / f"{split}.arrow", dataset_features(split, captions is not None), rows, split)
+        ds = _write_split(work / f"{split}.arrow", dataset_features(split, captions is not None), rows, split,
+                          layout.name)
         out[split] = built_by_dir[split_dir] = ds
         logger.info("%s %s: %d triples, %d identities", layout.name, split, len(ds), len({t.pid for t in triples}))
     return datasets.DatasetDict(out)

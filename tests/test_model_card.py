@@ -52,7 +52,7 @@ def test_card_of_a_training_run_parses_and_reports_eval_py_numbers(dataset, tmp_
     assert set(by_metric) == {"map", "rank-1"}
     for result in results:
         assert result.task_type == "image-feature-extraction" and result.dataset_split == "test"
-        assert result.dataset_name == "rgbnt201-mini"
+        assert result.dataset_name == "RGBNT201"  # recorded by build_dataset, not the folder name
         assert result.metric_args["selection"] == BEST_ON_TEST and BEST_ON_TEST in result.metric_name
 
     # The numbers are what eval.py measures on the saved checkpoint (an independent extraction and ranking).
