@@ -60,6 +60,13 @@ class DeMoModelOutput(ModelOutput):
     expert_weights: torch.FloatTensor | None = None
 
 
+def is_exporting() -> bool:
+    """Whether torch.export (and so the ONNX exporter) is tracing: checks that read tensor values are skipped then,
+    as a traced graph cannot branch on them. False in eager mode and on torch releases without the flag."""
+    flag = getattr(torch.compiler, "is_exporting", None)
+    return flag is not None and flag()
+
+
 class DeMoLinear(nn.Linear):
     """A Linear layer of the new (not pretrained) head modules.
 
@@ -523,7 +530,7 @@ class DeMoModel(DeMoPreTrainedModel):
                 raise ValueError(f"camera_ids must have shape ({batch},), got {tuple(camera_ids.shape)}")
             if self.config.num_cameras == 0:
                 raise ValueError("camera_ids were given but the model has no camera embedding (num_cameras=0)")
-            if bool(((camera_ids < 0) | (camera_ids >= self.config.num_cameras)).any()):
+            if not is_exporting() and bool(((camera_ids < 0) | (camera_ids >= self.config.num_cameras)).any()):
                 raise ValueError(
                     f"camera_ids must be in [0, {self.config.num_cameras}) (num_cameras={self.config.num_cameras}), "
                     f"got values {sorted(set(camera_ids.tolist()))}"

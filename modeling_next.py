@@ -36,6 +36,7 @@ try:
         DeMoVisionEmbeddings,
         DeMoVisionTower,
         QuickGELU,
+        is_exporting,
         tower_state_dict_from_hf,
     )
 except ImportError:  # imported as top-level modules from a checkout
@@ -50,6 +51,7 @@ except ImportError:  # imported as top-level modules from a checkout
         DeMoVisionEmbeddings,
         DeMoVisionTower,
         QuickGELU,
+        is_exporting,
         tower_state_dict_from_hf,
     )
 
@@ -409,6 +411,8 @@ class NextModel(NextPreTrainedModel):
                 f"{text.max_position_embeddings}; tokenize with truncation=True, "
                 f"max_length={text.max_position_embeddings}"
             )
+        if is_exporting():
+            return  # the checks below read token values, which a traced graph (torch.export, ONNX) cannot branch on
         used = input_ids if attention_mask is None else input_ids[attention_mask.bool().any(-1)]
         used = used.reshape(-1, input_ids.shape[-1])
         if used.numel() and bool(((used < 0) | (used >= text.vocab_size)).any()):
@@ -440,6 +444,11 @@ class NextModel(NextPreTrainedModel):
         has_text = attention_mask.bool().any(dim=-1)
         if modality_mask is not None:
             has_text = has_text & modality_mask.bool()[:, None, :]
+        if is_exporting():
+            # A traced graph cannot pick the present captions out (data-dependent shape): embed every caption and
+            # zero the absent ones, which is what the eager path below leaves in them.
+            embeds = self.get_text_features(input_ids, attention_mask).to(self.dtype)
+            return torch.where(has_text.unsqueeze(-1), embeds, 0), has_text
         embeds = torch.zeros(
             *has_text.shape, self.config.text_config.projection_dim, device=input_ids.device, dtype=self.dtype
         )

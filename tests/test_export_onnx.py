@@ -1,0 +1,315 @@
+"""data_scripts/export_onnx.py: tiny DeMo and NEXT checkpoints exported to ONNX reproduce PyTorch in onnxruntime at
+other batch sizes (and caption lengths) than the export's, with missing modalities and varied cameras; bad input and
+a failed check write nothing."""
+
+import contextlib
+import importlib.util
+import io
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxscript")
+onnxruntime = pytest.importorskip("onnxruntime")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from conftest import REPO_ROOT, random_triples  # noqa: E402
+
+from demo_reid.backbones import tiny_demo_config, tiny_next_config  # noqa: E402
+from demo_reid.text import build_caption_tokenizer, tokenize_captions  # noqa: E402
+from modeling_demo import DeMoModel  # noqa: E402
+from modeling_next import NextModel  # noqa: E402
+
+SCRIPT = REPO_ROOT / "data_scripts" / "export_onnx.py"
+TOLERANCE = 1e-4
+CAPTIONS = [
+    "An adult male seen from the side in dim lighting. He is wearing a white t-shirt with black shorts.",
+    "A teenager male seen from the front. He is carrying a bag.",
+    "An adult female seen from the back. She is wearing a red coat with blue jeans and glasses.",
+    "A person on a bicycle.",
+]
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("export_onnx", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def trained_looking(model):
+    """Random BatchNorm statistics, so a graph that ignored (or mis-ordered) them would not match."""
+    generator = torch.Generator().manual_seed(1)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm1d):
+            module.running_mean.copy_(torch.randn(module.num_features, generator=generator))
+            module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
+    return model.eval()
+
+
+def run_onnx(path, **inputs):
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    values = session.run(None, {name: tensor.numpy() for name, tensor in inputs.items()})
+    return dict(zip(names, values))
+
+
+def max_diff(onnx_value, torch_value) -> float:
+    return float(np.abs(onnx_value - torch_value.numpy()).max())
+
+
+def assert_matches(onnx_out, torch_out):
+    """Every exported output equals its PyTorch counterpart within the tolerance; returns the embeddings' diff."""
+    assert set(onnx_out) == {"embeddings"} | {f"features_{row}" for row in torch_out.feature_sets}
+    for row, value in torch_out.feature_sets.items():
+        assert max_diff(onnx_out[f"features_{row}"], value) < TOLERANCE, row
+    diff = max_diff(onnx_out["embeddings"], torch_out.embeddings)
+    assert diff < TOLERANCE
+    return diff
+
+
+def masks(batch):
+    """Row 0 misses NIR, row 2 misses TIR and RGB; the others are complete."""
+    mask = torch.ones(batch, 3, dtype=torch.bool)
+    mask[0, 1] = False
+    if batch > 2:
+        mask[2, [0, 2]] = False
+    return mask
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """A tiny DeMo checkpoint exported by the command line in a fresh process: (model, onnx path, process)."""
+    base = tmp_path_factory.mktemp("demo")
+    torch.manual_seed(0)
+    model = trained_looking(DeMoModel(tiny_demo_config(num_labels=6, num_cameras=3, image_size=(32, 16))))
+    model.save_pretrained(base / "model")
+    (base / "out").mkdir()
+    output = base / "out" / "demo.onnx"
+    process = subprocess.run(
+        [sys.executable, str(SCRIPT), "--model", str(base / "model"), "--output", str(output), "--opset", "18"],
+        capture_output=True, text=True, timeout=300, cwd=base,
+    )
+    return model, output, process
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_caption_tokenizer(CAPTIONS, model_max_length=40)
+
+
+@pytest.fixture(scope="module")
+def next_export(tmp_path_factory, tokenizer):
+    """A tiny NEXT checkpoint (with its tokenizer) exported by `main` in this process: (model, path, stdout)."""
+    base = tmp_path_factory.mktemp("next")
+    torch.manual_seed(0)
+    model = trained_looking(NextModel(tiny_next_config(tokenizer, num_labels=6, num_cameras=3, image_size=(32, 16))))
+    model.save_pretrained(base / "model")
+    tokenizer.save_pretrained(base / "model")
+    output = base / "next.onnx"
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        code = load_script().main(["--model", str(base / "model"), "--output", str(output)])
+    assert code == 0
+    return model, output, stdout.getvalue()
+
+
+# -------------------------------------------------------------------------------------------------------------- DeMo
+
+
+def test_cli_exports_demo_and_reports_the_difference(demo):
+    _, output, process = demo
+    assert process.returncode == 0, process.stderr
+    printed = [line for line in process.stdout.splitlines() if "max |ONNX - PyTorch|" in line]
+    assert [line.split(":")[0] for line in printed] == ["batch 1", "batch 4"]
+    assert all(float(line.split("= ")[1].split()[0]) < TOLERANCE for line in printed)
+    assert sorted(p.name for p in output.parent.iterdir()) == ["demo.onnx"]  # no temp file left, no external data
+    import onnx
+
+    proto = onnx.load(str(output))
+    assert {o.domain: o.version for o in proto.opset_import}[""] == 18  # --opset reached the file
+    session = onnxruntime.InferenceSession(str(output), providers=["CPUExecutionProvider"])
+    inputs = {i.name: i for i in session.get_inputs()}
+    assert list(inputs) == ["pixel_values", "modality_mask", "camera_ids"]
+    assert inputs["pixel_values"].shape[1:] == [3, 3, 32, 16] and isinstance(inputs["pixel_values"].shape[0], str)
+    assert (inputs["pixel_values"].type, inputs["modality_mask"].type, inputs["camera_ids"].type) == (
+        "tensor(float)", "tensor(bool)", "tensor(int64)"
+    )
+    assert [o.name for o in session.get_outputs()] == ["embeddings", "features_ori", "features_moe", "features_all"]
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+def test_demo_onnx_matches_pytorch(demo, batch):
+    model, output, process = demo
+    assert process.returncode == 0, process.stderr
+    inputs = dict(
+        pixel_values=random_triples(batch, seed=10 + batch),
+        modality_mask=masks(batch),
+        camera_ids=torch.tensor([2, 0, 1, 1])[:batch],
+    )
+    with torch.no_grad():
+        expected = model(**inputs)
+    got = run_onnx(output, **inputs)
+    print(f"DeMo batch {batch}: max |ONNX - PyTorch| on embeddings = {assert_matches(got, expected):.2e}")
+    # Not vacuous: the features are not tiny, and the camera and a missing modality change them.
+    assert np.abs(got["embeddings"]).max() > 0.05
+    other_camera = run_onnx(output, **dict(inputs, camera_ids=(inputs["camera_ids"] + 1) % 3))
+    assert np.abs(other_camera["embeddings"] - got["embeddings"]).max() > 1e-3
+    complete = run_onnx(output, **dict(inputs, modality_mask=torch.ones(batch, 3, dtype=torch.bool)))
+    assert np.abs(complete["embeddings"][0] - got["embeddings"][0]).max() > 1e-3
+    if batch > 1:
+        assert np.abs(got["embeddings"][0] - got["embeddings"][1]).max() > 1e-3
+
+
+# -------------------------------------------------------------------------------------------------------------- NEXT
+
+
+def test_main_exports_next_with_caption_inputs(next_export):
+    _, output, stdout = next_export
+    assert "batch 1: max |ONNX - PyTorch|" in stdout and "batch 4: max |ONNX - PyTorch|" in stdout
+    session = onnxruntime.InferenceSession(str(output), providers=["CPUExecutionProvider"])
+    inputs = {i.name: i.shape for i in session.get_inputs()}
+    assert list(inputs) == ["pixel_values", "modality_mask", "camera_ids", "input_ids", "attention_mask"]
+    assert inputs["input_ids"][1] == 3 and all(isinstance(inputs["input_ids"][d], str) for d in (0, 2))
+    outputs = [o.name for o in session.get_outputs()]
+    assert outputs == ["embeddings"] + [f"features_{r}" for r in ("cls", "semantic", "structure", "final", "all")]
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+def test_next_onnx_matches_pytorch(next_export, tokenizer, batch):
+    model, output, _ = next_export
+    triples = [[CAPTIONS[0], CAPTIONS[1], ""], [CAPTIONS[2], "", CAPTIONS[3]], ["", "", ""], CAPTIONS[1:]][:batch]
+    if batch == 1:
+        triples = [[CAPTIONS[3], CAPTIONS[1], ""]]  # shorter captions: another caption length than batch 4's
+    captions = tokenize_captions(tokenizer, triples)
+    inputs = dict(
+        pixel_values=random_triples(batch, seed=20 + batch),
+        modality_mask=masks(batch),
+        camera_ids=torch.tensor([1, 2, 0, 2])[:batch],
+        **captions,
+    )
+    with torch.no_grad():
+        expected = model(**inputs)
+    got = run_onnx(output, **inputs)
+    print(f"NEXT batch {batch}, caption length {captions['input_ids'].shape[-1]}: max |ONNX - PyTorch| on "
+          f"embeddings = {assert_matches(got, expected):.2e}")
+    assert np.abs(got["embeddings"]).max() > 0.05
+
+    # The captions matter in the graph: other captions change the semantic row (and match PyTorch again).
+    other = tokenize_captions(tokenizer, [[CAPTIONS[2], CAPTIONS[0], CAPTIONS[3]]] * batch)
+    other_inputs = dict(inputs, **other)
+    with torch.no_grad():
+        other_expected = model(**other_inputs)
+    other_got = run_onnx(output, **other_inputs)
+    assert_matches(other_got, other_expected)
+    assert np.abs(other_got["features_semantic"] - got["features_semantic"]).max() > 1e-3
+    # An absent caption (all-zero mask, or its modality missing) is ignored whatever its token ids.
+    noisy = {k: v.clone() for k, v in captions.items()}
+    word = tokenizer.convert_tokens_to_ids("male")
+    noisy["input_ids"][noisy["attention_mask"] == 0] = word
+    noisy["input_ids"][0, 1] = word  # row 0's NIR is missing: its caption must not count
+    noisy_got = run_onnx(output, **dict(inputs, **noisy))
+    assert np.abs(noisy_got["embeddings"] - got["embeddings"]).max() < TOLERANCE
+
+
+# ------------------------------------------------------------------------------------------------ failures, bad input
+
+
+def test_failed_check_exits_2_and_leaves_nothing(tmp_path, monkeypatch, capsys):
+    """A model without cameras (no camera_ids input); the check is made to fail by inflating its real result."""
+    torch.manual_seed(0)
+    DeMoModel(tiny_demo_config(num_cameras=0, use_atmoe=False, image_size=(32, 16))).save_pretrained(tmp_path / "m")
+    (tmp_path / "out").mkdir()
+    script = load_script()
+    real, seen = script.max_differences, {}
+
+    def inflated(graph, path):
+        seen.update(inputs=list(graph.input_names), file=path.is_file(), results=real(graph, path))
+        return {batch: (diff + 1.0, name) for batch, (diff, name) in seen["results"].items()}
+
+    monkeypatch.setattr(script, "max_differences", inflated)
+    capsys.readouterr()
+    assert script.main(["--model", str(tmp_path / "m"), "--output", str(tmp_path / "out" / "m.onnx")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("export_onnx.py: error: the ONNX graph differs from PyTorch by 1.")
+    assert list((tmp_path / "out").iterdir()) == []  # the checked temp file is gone, nothing at --output
+    assert seen["file"] and seen["inputs"] == ["pixel_values", "modality_mask"]
+    assert all(diff < TOLERANCE for diff, _ in seen["results"].values())  # the real graph was right
+
+
+@pytest.mark.parametrize(
+    "case, argument",
+    [("no_config", "--model"), ("bert", "--model"), ("old_code", "--model"), ("missing_dir", "--output"),
+     ("output_is_dir", "--output"), ("old_opset", "--opset")],
+)
+def test_bad_input_is_one_line_and_exit_2(demo, tmp_path, capsys, case, argument):
+    model_dir = demo[1].parents[1] / "model"  # a valid checkpoint, for the cases about other arguments
+    output = tmp_path / "model.onnx"
+    extra = []
+    if case == "no_config":
+        model_dir = tmp_path / "empty"
+        model_dir.mkdir()
+    elif case == "bert":
+        model_dir = tmp_path / "bert"
+        model_dir.mkdir()
+        (model_dir / "config.json").write_text('{"model_type": "bert"}')
+    elif case == "old_code":  # modeling code saved before export support: without the is_exporting switch
+        old = tmp_path / "renamed_flag"  # a name of its own: transformers caches remote code by folder name
+        shutil.copytree(model_dir, old)
+        code = (old / "modeling_demo.py").read_text()
+        (old / "modeling_demo.py").write_text(code.replace("is_exporting", "traced_flag"))
+        model_dir = old
+    elif case == "missing_dir":
+        output = tmp_path / "no" / "model.onnx"
+    elif case == "output_is_dir":
+        output = tmp_path
+    else:
+        extra = ["--opset", "17"]
+    before = sorted(tmp_path.rglob("*"))
+    capsys.readouterr()
+    assert load_script().main(["--model", str(model_dir), "--output", str(output), *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"export_onnx.py: error: {argument}"), err
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_missing_onnx_packages_name_the_extra(demo, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` fail
+    capsys.readouterr()
+    code = load_script().main(["--model", str(demo[1].parents[1] / "model"), "--output", str(tmp_path / "m.onnx")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and 'pip install -e ".[onnx]"' in err[0] and "onnxruntime" in err[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_eager_models_still_check_input_values(next_export, tokenizer):
+    """The checks skipped while exporting still run in eager mode."""
+    torch.manual_seed(0)
+    demo_model = DeMoModel(tiny_demo_config(num_cameras=3, image_size=(32, 16))).eval()
+    with pytest.raises(ValueError, match="camera_ids must be in"):
+        demo_model(random_triples(2), camera_ids=torch.tensor([0, 3]))
+    captions = tokenize_captions(tokenizer, [CAPTIONS[:3]])
+    captions["input_ids"][0, 0, 1] = 10_000
+    with pytest.raises(ValueError, match="input_ids must be token ids"):
+        next_export[0](random_triples(1), camera_ids=torch.tensor([0]), **captions)
+
+
+def test_exporter_failure_is_one_line_exit_1_and_leaves_nothing(demo, tmp_path, capsys):
+    """Modeling code whose value check still runs while traced: torch.export fails; its pages become one line."""
+    old = tmp_path / "checked_while_traced"
+    shutil.copytree(demo[1].parents[1] / "model", old)
+    code = (old / "modeling_demo.py").read_text()
+    assert code.count("if not is_exporting() and") == 1
+    (old / "modeling_demo.py").write_text(code.replace("if not is_exporting() and", "if"))
+    (tmp_path / "out").mkdir()
+    capsys.readouterr()
+    assert load_script().main(["--model", str(old), "--output", str(tmp_path / "out" / "m.onnx")]) == 1
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("export_onnx.py: error: torch.onnx.export failed for --model"), err
+    assert "data-dependent" in err[0] and captured.out == ""
+    assert list((tmp_path / "out").iterdir()) == []
