@@ -44,3 +44,16 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def build_tiny_dataset(base: Path, seed: int, num_train_ids: int, num_test_ids: int, images_per_id: int,
+                       image_size=(32, 16), captions: bool = False, name: str = "ds") -> str:
+    """A synthetic RGBNT201-layout release (real JPEGs) under ``base``, converted to Arrow; returns its path."""
+    from demo_reid.dataset_builder import build_dataset, save_dataset
+    from demo_reid.synthetic import make_synthetic
+
+    root = make_synthetic("RGBNT201", base / "raw", seed=seed, num_train_ids=num_train_ids,
+                          num_test_ids=num_test_ids, images_per_id=images_per_id, image_size=image_size)
+    dataset = build_dataset("RGBNT201", root, captions_dir=root / "captions" if captions else None,
+                            cache_dir=base / "cache")
+    return str(save_dataset(dataset, base / name))

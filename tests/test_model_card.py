@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import build_tiny_dataset
 from huggingface_hub import ModelCard
 from huggingface_hub.repocard_data import model_index_to_eval_results
 
@@ -24,13 +25,8 @@ TINY = [
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    from demo_reid.dataset_builder import build_dataset, save_dataset
-    from demo_reid.synthetic import make_synthetic
-
-    base = tmp_path_factory.mktemp("card-synthetic")
-    root = make_synthetic("RGBNT201", base / "raw", seed=2, num_train_ids=6, num_test_ids=4, images_per_id=4,
-                          image_size=(32, 16))
-    return str(save_dataset(build_dataset("RGBNT201", root, cache_dir=base / "cache"), base / "rgbnt201-mini"))
+    return build_tiny_dataset(tmp_path_factory.mktemp("card-synthetic"), seed=2, num_train_ids=6, num_test_ids=4,
+                              images_per_id=4, name="rgbnt201-mini")
 
 
 def test_card_of_a_training_run_parses_and_reports_eval_py_numbers(dataset, tmp_path):

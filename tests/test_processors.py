@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import build_tiny_dataset
 import torch
 from PIL import Image
 
@@ -36,15 +37,9 @@ PROJECT_MODULES = ("demo_reid", "configuration_demo", "modeling_demo", "configur
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    from demo_reid.dataset_builder import build_dataset, save_dataset
-    from demo_reid.synthetic import make_synthetic
-
-    base = tmp_path_factory.mktemp("processor-synthetic")
     # Stored at 40x20, so every image is resized to the model's 32x16 (the part most likely to differ).
-    root = make_synthetic("RGBNT201", base / "raw", seed=4, num_train_ids=6, num_test_ids=3, images_per_id=4,
-                          image_size=(40, 20))
-    return str(save_dataset(build_dataset("RGBNT201", root, captions_dir=root / "captions", cache_dir=base / "c"),
-                            base / "ds"))
+    return build_tiny_dataset(tmp_path_factory.mktemp("processor-synthetic"), seed=4, num_train_ids=6,
+                              num_test_ids=3, images_per_id=4, image_size=(40, 20), captions=True)
 
 
 @pytest.fixture(scope="module", params=["demo", "next"])

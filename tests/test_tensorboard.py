@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import build_tiny_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -29,13 +30,8 @@ TINY = [
 
 @pytest.fixture(scope="module")
 def tiny_dataset(tmp_path_factory):
-    from demo_reid.dataset_builder import build_dataset, save_dataset
-    from demo_reid.synthetic import make_synthetic
-
-    base = tmp_path_factory.mktemp("synthetic")
-    root = make_synthetic("RGBNT201", base / "raw", seed=1, num_train_ids=8, num_test_ids=4, images_per_id=5,
-                          image_size=(32, 16))
-    return str(save_dataset(build_dataset("RGBNT201", root, cache_dir=base / "cache"), base / "ds"))
+    return build_tiny_dataset(tmp_path_factory.mktemp("synthetic"), seed=1, num_train_ids=8, num_test_ids=4,
+                              images_per_id=5)
 
 
 def _scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
