@@ -99,11 +99,14 @@ def _as_triples(images: Any) -> list[Sequence[Any]]:
     if not isinstance(images, (list, tuple)) or not images:
         raise ValueError("images: expected one [rgb, nir, tir] triple or a list of such triples "
                          f"(None for a missing modality), got {type(images).__name__}")
-    batch = images if isinstance(images[0], (list, tuple)) else [images]
+    nested = isinstance(images[0], (list, tuple))
+    batch = images if nested else [images]
     for i, triple in enumerate(batch):
         if not isinstance(triple, (list, tuple)) or len(triple) != len(MODALITIES):
-            raise ValueError(f"images[{i}]: expected a triple [rgb, nir, tir] (None for a missing modality), "
-                             f"got {type(triple).__name__} of length {len(triple) if hasattr(triple, '__len__') else '?'}")
+            where = f"images[{i}]" if nested else "images"
+            size = f" of length {len(triple)}" if hasattr(triple, "__len__") else ""
+            raise ValueError(f"{where}: expected a triple [rgb, nir, tir] (None for a missing modality), "
+                             f"got {type(triple).__name__}{size}")
     return list(batch)
 
 

@@ -174,6 +174,7 @@ def test_missing_modalities_are_zero_and_masked():
     ([None, None, None], "every modality of every sample is None"),
     ("photo.jpg", "expected one \\[rgb, nir, tir\\] triple"),
     ([[None, None]], "images\\[0\\]: expected a triple"),
+    ([None, None], "images: expected a triple"),
 ])
 def test_bad_images_raise_one_line_errors(images, match):
     with pytest.raises(ValueError, match=match):
@@ -183,3 +184,26 @@ def test_bad_images_raise_one_line_errors(images, match):
 def test_camera_ids_must_be_one_per_sample():
     with pytest.raises(ValueError, match="camera_ids: expected one id per sample \\(1\\)"):
         DeMoImageProcessor(size={"height": 32, "width": 16})(list(_jpeg_images()), camera_ids=[0, 1])
+
+
+def test_next_processor_captions_match_the_evaluation_encoding_and_check_their_count():
+    """Each caption is the tokenizer's own encoding (truncated), right-padded to the longest; None and "" mean
+    "no caption" (pad ids, all-zero mask)."""
+    from demo_reid.text import build_caption_tokenizer
+    from processing_next import NextProcessor
+
+    tokenizer = build_caption_tokenizer(["a man in a red coat.", "a warm shape.", "he walks fast."])
+    processor = NextProcessor(DeMoImageProcessor(size={"height": 32, "width": 16}), tokenizer, caption_max_length=6)
+    images = [list(_jpeg_images(seed=2)), list(_jpeg_images(seed=3))]
+    text = [["A man in a red coat. He walks fast.", None, "a warm shape."], ["", "he walks.", None]]
+    out = processor(images=images, text=text)
+    assert out["input_ids"].shape == (2, 3, 6)  # the longest caption, truncated to caption_max_length
+    for i, triple in enumerate(text):
+        for m, caption in enumerate(triple):
+            ids = tokenizer(caption, truncation=True, max_length=6)["input_ids"] if caption else []
+            padding = [tokenizer.pad_token_id] * (6 - len(ids))
+            assert out["input_ids"][i, m].tolist() == ids + padding, (i, m)
+            assert out["attention_mask"][i, m].tolist() == [1] * len(ids) + [0] * len(padding), (i, m)
+    assert out["input_ids"][0, 0, -1] == tokenizer.eos_token_id  # truncation keeps the end token
+    with pytest.raises(ValueError, match="text: 1 caption triple\\(s\\) for 2 image triple\\(s\\)"):
+        processor(images=images, text=text[0])
