@@ -94,12 +94,14 @@ def load_tokenizer(path: str, model):
         return None
     from transformers import AutoTokenizer
 
+    from demo_reid.errors import first_line
+
     try:
         # trust_remote_code: AutoTokenizer reads config.json, whose model class is the checkpoint's own code
         return AutoTokenizer.from_pretrained(str(Path(path).expanduser()), trust_remote_code=True)
     except (OSError, ValueError) as exc:
         raise UsageError(f"--model {path}: the model reads captions but no tokenizer loads from that directory "
-                         f"({str(exc).splitlines()[0][:120]}); train.py saves it beside the weights") from None
+                         f"({first_line(exc, 120)}); train.py saves it beside the weights") from None
 
 
 def load_dataset(path: str):

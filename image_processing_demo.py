@@ -75,8 +75,7 @@ class DeMoImageProcessor(PilBackend):
         for i, triple in enumerate(triples):
             for m, image in enumerate(triple):
                 if image is not None:
-                    array = next(arrays)
-                    pixel_values[i, m] = array if array.shape[0] == 3 else np.repeat(array, 3, axis=0)
+                    pixel_values[i, m] = next(arrays)  # (1, H, W) broadcasts when do_convert_rgb=False
                     modality_mask[i, m] = True
         data = {"pixel_values": pixel_values, "modality_mask": modality_mask}
         if camera_ids is not None:

@@ -23,6 +23,7 @@ import torch  # noqa: E402
 from transformers import set_seed  # noqa: E402
 from transformers.trainer_utils import enable_full_determinism  # noqa: E402
 
+from demo_reid.errors import first_line  # noqa: E402
 from demo_reid.metrics import METRIC_KEYS  # noqa: E402
 from demo_reid.model_card import BEST_ON_TEST, FINAL_EPOCH, ModelCardInfo  # noqa: E402
 from demo_reid.training_args import (  # noqa: E402
@@ -120,7 +121,7 @@ def build_next_model(script_args: DeMoScriptArguments, num_labels: int, num_came
         return NextModel.from_clip_pretrained(str(local) if local.exists() else backbone, **common)
     except (OSError, ValueError) as exc:
         raise UsageError(f"--backbone {backbone}: could not load a CLIP model for --model next "
-                         f"({_first_line(exc)}); {BACKBONE_HINT}") from None
+                         f"({first_line(exc)}); {BACKBONE_HINT}") from None
 
 
 def load_tokenizer(script_args: DeMoScriptArguments, dsdict):
@@ -139,7 +140,7 @@ def load_tokenizer(script_args: DeMoScriptArguments, dsdict):
             return AutoTokenizer.from_pretrained(str(local) if local.exists() else script_args.backbone)
         except (OSError, ValueError) as exc:
             raise UsageError(f"--backbone {script_args.backbone}: no tokenizer loads from it "
-                             f"({_first_line(exc)}); --model next needs the CLIP tokenizer saved beside the weights")
+                             f"({first_line(exc)}); --model next needs the CLIP tokenizer saved beside the weights")
     train_split = dsdict["train"]
     texts = [t for c in CAPTION_COLUMNS if c in train_split.column_names for t in train_split[c] if t]
     if not texts:
@@ -196,16 +197,11 @@ def check_backbone(backbone: str) -> None:
     try:
         config = AutoConfig.from_pretrained(str(local) if local.exists() else backbone)
     except (OSError, ValueError) as exc:
-        raise UsageError(f"--backbone {backbone}: could not load it ({_first_line(exc)}); {BACKBONE_HINT}") from None
+        raise UsageError(f"--backbone {backbone}: could not load it ({first_line(exc)}); {BACKBONE_HINT}") from None
     finally:
         hub_logger.setLevel(level)
     if config.model_type not in ("clip", "clip_vision_model", "vit"):
         raise UsageError(f"--backbone {backbone} is a {config.model_type!r} checkpoint; expected CLIP or ViT")
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def load_pretrained_backbone(backbone: str, config_kwargs: dict):
@@ -216,7 +212,7 @@ def load_pretrained_backbone(backbone: str, config_kwargs: dict):
     try:
         return DeMoModel.from_vision_pretrained(str(local) if local.exists() else backbone, **config_kwargs)
     except (OSError, ValueError) as exc:
-        raise UsageError(f"--backbone {backbone}: could not load the tower ({_first_line(exc)}); {BACKBONE_HINT}") from None
+        raise UsageError(f"--backbone {backbone}: could not load the tower ({first_line(exc)}); {BACKBONE_HINT}") from None
 
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")

@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a plain
 
 from demo_reid.dataset_builder import LAYOUTS, DatasetLayoutError, build_dataset, save_dataset  # noqa: E402
 from demo_reid.dataset_card import make_dataset_card, push_dataset_with_card  # noqa: E402
+from demo_reid.errors import first_line  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -46,11 +47,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
-
-
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
@@ -65,7 +61,7 @@ def main(argv=None) -> int:
         try:
             validate_repo_id(args.push_to_hub)
         except HFValidationError as exc:
-            print(f"error: --push-to-hub {args.push_to_hub}: not a repo id ({_first_line(exc)})", file=sys.stderr)
+            print(f"error: --push-to-hub {args.push_to_hub}: not a repo id ({first_line(exc, 300)})", file=sys.stderr)
             return 2
     output.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{output.name}.build-", dir=output.parent))
@@ -81,7 +77,7 @@ def main(argv=None) -> int:
             try:
                 push_dataset_with_card(dsdict, card, args.push_to_hub, private=args.private)
             except Exception as exc:  # HTTP, auth, offline mode...: one line; the local copy is complete
-                print(f"error: --push-to-hub {args.push_to_hub}: {type(exc).__name__}: {_first_line(exc)} "
+                print(f"error: --push-to-hub {args.push_to_hub}: {type(exc).__name__}: {first_line(exc, 300)} "
                       f"(the dataset is saved at {output})", file=sys.stderr)
                 return 1
             print(f"pushed to the dataset repo {args.push_to_hub}")

@@ -211,6 +211,7 @@ def max_differences(graph: OnnxGraph, path: Path) -> dict[int, tuple[float, str]
 
 
 def run(args) -> dict[int, tuple[float, str]]:
+    from demo_reid.errors import first_line
     from eval import UsageError as LoadError
     from eval import load_model
 
@@ -229,8 +230,7 @@ def run(args) -> dict[int, tuple[float, str]]:
     except LoadError as exc:
         raise UsageError(str(exc)) from None
     except (OSError, ValueError) as exc:
-        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
-        raise UsageError(f"--model {args.model}: the checkpoint does not load ({reason})") from None
+        raise UsageError(f"--model {args.model}: the checkpoint does not load ({first_line(exc, 160)})") from None
     if not hasattr(sys.modules[type(model).__module__], "is_exporting"):
         raise UsageError(
             f"--model {args.model}: the modeling code saved with it predates ONNX export support; re-save it from "

@@ -226,10 +226,12 @@ class ReIDCollator:
 def collator_for(config, train: bool, tokenizer=None, with_captions: bool = True) -> ReIDCollator:
     """The collator a model config asks for: its image size, camera ids when it has cameras, and captions when it
     reads text (``config.use_text``), a ``tokenizer`` is given and the dataset has captions (``with_captions``)."""
+    from .text import caption_max_length
+
     text = None
     if getattr(config, "use_text", False) and tokenizer is not None and with_captions:
         text = CaptionEncoder(tokenizer, config.num_semantic_experts, config.caption_sentences_per_expert,
-                              max_length=min(tokenizer.model_max_length, config.text_config.max_position_embeddings),
+                              max_length=caption_max_length(config, tokenizer),
                               train=train)
     return ReIDCollator(image_size=tuple(config.image_size), train=train, with_camera_ids=config.num_cameras > 0,
                         text=text)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from image_processing_demo import DeMoImageProcessor
 from processing_next import NextProcessor
 
+from .text import caption_max_length
+
 __all__ = ["build_processor", "tokenizer_of"]
 
 
@@ -15,8 +17,7 @@ def build_processor(config, tokenizer=None):
     image_processor = DeMoImageProcessor(size={"height": int(height), "width": int(width)})
     if tokenizer is None:
         return image_processor
-    max_length = min(tokenizer.model_max_length, config.text_config.max_position_embeddings)
-    return NextProcessor(image_processor, tokenizer, caption_max_length=max_length)
+    return NextProcessor(image_processor, tokenizer, caption_max_length=caption_max_length(config, tokenizer))
 
 
 def tokenizer_of(processing_class):

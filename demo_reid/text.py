@@ -88,6 +88,11 @@ def build_caption_tokenizer(
     )
 
 
+def caption_max_length(config, tokenizer) -> int:
+    """Captions are truncated to what both the tokenizer and the model's text tower accept."""
+    return min(tokenizer.model_max_length, config.text_config.max_position_embeddings)
+
+
 def tokenize_captions(tokenizer, captions: Sequence, max_length: int | None = None) -> dict[str, torch.Tensor]:
     """Tokenize nested captions into the model's `input_ids` / `attention_mask`.
 
@@ -115,4 +120,4 @@ def tokenize_captions(tokenizer, captions: Sequence, max_length: int | None = No
     return {"input_ids": input_ids.view(out_shape), "attention_mask": attention_mask.view(out_shape)}
 
 
-__all__ = ["build_caption_tokenizer", "sample_sentences", "split_sentences", "tokenize_captions"]
+__all__ = ["build_caption_tokenizer", "caption_max_length", "sample_sentences", "split_sentences", "tokenize_captions"]
