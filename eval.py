@@ -25,7 +25,7 @@ class UsageError(Exception):
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from demo_reid.evaluation import MISSING_SETTINGS
+    from demo_reid.evaluation.protocol import MISSING_SETTINGS
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="directory written by save_pretrained (train.py --output-dir)")
@@ -105,7 +105,7 @@ def load_tokenizer(path: str, model):
 
 
 def load_dataset(path: str):
-    from demo_reid.data import load_reid_dataset
+    from demo_reid.data.loading import load_reid_dataset
 
     if not Path(path).expanduser().exists():
         raise UsageError(f"--dataset {path} does not exist; build one with data_scripts/build_dataset.py "
@@ -130,7 +130,7 @@ def _has_no_data_files(split_dir: Path) -> bool:
 
 def expert_names_of(model) -> tuple[str, ...]:
     """The model's names for its expert weights (`model.expert_names`, else its module's EXPERT_NAMES)."""
-    from demo_reid.visualize import DEFAULT_EXPERT_NAMES
+    from demo_reid.evaluation.visualize import DEFAULT_EXPERT_NAMES
 
     names = getattr(model, "expert_names", None)
     if names is None:
@@ -139,7 +139,7 @@ def expert_names_of(model) -> tuple[str, ...]:
 
 
 def complexity_of(model) -> dict:
-    from demo_reid.complexity import count_macs, count_trainable_parameters
+    from demo_reid.evaluation.complexity import count_macs, count_trainable_parameters
 
     return {"params": int(count_trainable_parameters(model)), "macs": int(count_macs(model)),
             "image_size": list(model.config.image_size)}
@@ -150,8 +150,8 @@ def write_figures(args, model, dsdict, query, gallery, sweep, out_dir: Path, fea
     """Rank lists, expert weights (per query and per missing setting) and the t-SNE (or PCA) feature map."""
     import torch
 
-    from demo_reid.evaluation import MISSING_LABELS, MISSING_SETTINGS, choose_protocol, extract_features
-    from demo_reid.visualize import (choose_embedding_method, plot_expert_weights, plot_expert_weights_by_setting,
+    from demo_reid.evaluation.protocol import MISSING_LABELS, MISSING_SETTINGS, choose_protocol, extract_features
+    from demo_reid.evaluation.visualize import (choose_embedding_method, plot_expert_weights, plot_expert_weights_by_setting,
                                      plot_feature_scatter, rank_list_for_queries, write_rank_lists)
 
     scene = choose_protocol(query.sceneids, gallery.sceneids) == "scene"
@@ -206,7 +206,7 @@ def _distributed_without_gpu() -> bool:
 def run(args) -> dict:
     from accelerate import Accelerator
 
-    from demo_reid.evaluation import (EvaluationInputError, check_split, choose_protocol, compute_retrieval_metrics,
+    from demo_reid.evaluation.protocol import (EvaluationInputError, check_split, choose_protocol, compute_retrieval_metrics,
                                       extract_features, format_markdown, missing_modality_sweep, write_report)
 
     if args.no_progress:
@@ -270,7 +270,7 @@ def run(args) -> dict:
 def main(argv=None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from demo_reid.evaluation import EvaluationInputError
+    from demo_reid.evaluation.protocol import EvaluationInputError
 
     try:
         run(parse_args(argv))

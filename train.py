@@ -24,9 +24,9 @@ from transformers import set_seed  # noqa: E402
 from transformers.trainer_utils import enable_full_determinism  # noqa: E402
 
 from demo_reid.errors import first_line  # noqa: E402
-from demo_reid.metrics import METRIC_KEYS  # noqa: E402
-from demo_reid.model_card import BEST_ON_TEST, FINAL_EPOCH, ModelCardInfo  # noqa: E402
-from demo_reid.training_args import (  # noqa: E402
+from demo_reid.evaluation.metrics import METRIC_KEYS  # noqa: E402
+from demo_reid.hub.model_card import BEST_ON_TEST, FINAL_EPOCH, ModelCardInfo  # noqa: E402
+from demo_reid.training.arguments import (  # noqa: E402
     RANDOM_BACKBONES,
     DeMoScriptArguments,
     DeMoTrainingArguments,
@@ -44,8 +44,8 @@ class UsageError(Exception):
 
 def prepare_synthetic(path: str | Path, training_args: DeMoTrainingArguments) -> Path:
     """Build (once) the synthetic RGBNT201-layout DatasetDict at ``path``, with its captions (NEXT reads them)."""
-    from demo_reid.dataset_builder import build_dataset, save_dataset
-    from demo_reid.synthetic import make_synthetic
+    from demo_reid.data.builder import build_dataset, save_dataset
+    from demo_reid.data.synthetic import make_synthetic
 
     path = Path(path)
     with training_args.main_process_first(desc="synthetic dataset"):
@@ -90,7 +90,7 @@ def build_next_model(script_args: DeMoScriptArguments, num_labels: int, num_came
     """NextModel for ``--backbone``: both towers from a CLIP checkpoint, or random-init towers asked for by name
     (the text tower sized to ``tokenizer``'s vocabulary)."""
     from configuration_next import NextConfig
-    from demo_reid.backbones import clip_vit_b16_vision_config, tiny_next_config, tiny_text_config
+    from demo_reid.hub.backbones import clip_vit_b16_vision_config, tiny_next_config, tiny_text_config
     from modeling_next import NextModel
 
     common = _loss_and_size_kwargs(script_args, num_labels, num_cameras) | dict(
@@ -129,8 +129,8 @@ def load_tokenizer(script_args: DeMoScriptArguments, dsdict):
     word-level one built from the training captions; None for DeMo."""
     if script_args.model != "next":
         return None
-    from demo_reid.data import CAPTION_COLUMNS
-    from demo_reid.text import build_caption_tokenizer
+    from demo_reid.data.collate import CAPTION_COLUMNS
+    from demo_reid.data.text import build_caption_tokenizer
 
     if script_args.backbone not in RANDOM_BACKBONES:
         from transformers import AutoTokenizer
@@ -159,7 +159,7 @@ def build_model(script_args: DeMoScriptArguments, num_labels: int, num_cameras: 
 def build_demo_model(script_args: DeMoScriptArguments, num_labels: int, num_cameras: int):
     """DeMoModel for ``--backbone``: a pretrained CLIP / ViT tower, or a random-init tower asked for by name."""
     from configuration_demo import DeMoConfig
-    from demo_reid.backbones import clip_vit_b16_vision_config, tiny_vision_config, vit_b16_vision_config
+    from demo_reid.hub.backbones import clip_vit_b16_vision_config, tiny_vision_config, vit_b16_vision_config
     from modeling_demo import DeMoModel
 
     common = _loss_and_size_kwargs(script_args, num_labels, num_cameras) | dict(
@@ -250,7 +250,7 @@ def resolve_resume(script_args: DeMoScriptArguments, training_args: DeMoTraining
     Returns the checkpoint to resume from (or None). Raises UsageError, before anything is written, when the
     directory holds a previous run and none of those flags says what to do with it.
     """
-    from demo_reid.checkpoints import (
+    from demo_reid.training.checkpoints import (
         find_resume_checkpoint,
         incomplete_checkpoints,
         is_complete_checkpoint,
@@ -298,11 +298,11 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         set_seed(training_args.seed)
 
-    from demo_reid.checkpoints import clear_previous_run
-    from demo_reid.profiling import ProfilerCallback
-    from demo_reid.data import load_reid_dataset
-    from demo_reid.processors import build_processor
-    from demo_reid.trainer import ReIDTrainer, RunInfoCallback, collect_run_info
+    from demo_reid.training.checkpoints import clear_previous_run
+    from demo_reid.training.profiling import ProfilerCallback
+    from demo_reid.data.loading import load_reid_dataset
+    from demo_reid.hub.processors import build_processor
+    from demo_reid.training.trainer import ReIDTrainer, RunInfoCallback, collect_run_info
 
     if script_args.dataset:
         try:
@@ -317,7 +317,7 @@ def main(argv: list[str] | None = None) -> dict:
     tokenizer = load_tokenizer(script_args, dsdict)
     model = build_model(script_args, num_labels, _num_cameras(dsdict), tokenizer)
     if training_args.deterministic:
-        from demo_reid.profiling import make_deterministic
+        from demo_reid.training.profiling import make_deterministic
 
         make_deterministic(model)  # math SDPA only: the fused attention kernels vary run to run
     if script_args.overwrite_output_dir and training_args.process_index == 0:

@@ -23,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a plain
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-from demo_reid.data import ReIDCollator  # noqa: E402
-from demo_reid.dataset_builder import build_dataset  # noqa: E402
-from demo_reid.synthetic import make_synthetic  # noqa: E402
+from demo_reid.data.collate import ReIDCollator  # noqa: E402
+from demo_reid.data.builder import build_dataset  # noqa: E402
+from demo_reid.data.synthetic import make_synthetic  # noqa: E402
 
 
 def measure(dataset, size, workers: int, batch_size: int, repeats: int) -> float:

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from demo_reid.metrics import reid_metrics_from_features  # noqa: E402
-from demo_reid.reranking import re_ranking  # noqa: E402
+from demo_reid.evaluation.metrics import reid_metrics_from_features  # noqa: E402
+from demo_reid.evaluation.reranking import re_ranking  # noqa: E402
 
 
 def parse_sizes(text):

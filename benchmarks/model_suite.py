@@ -17,8 +17,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from configuration_demo import DeMoConfig
-from demo_reid.backbones import clip_vit_b16_vision_config
-from demo_reid.losses import reid_loss
+from demo_reid.hub.backbones import clip_vit_b16_vision_config
+from demo_reid.training.losses import reid_loss
 from modeling_demo import DeMoModel
 
 from harness import PeakMemory, median_seconds

@@ -23,8 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a plain checkout too
 
-from demo_reid.dataset_builder import LAYOUTS, DatasetLayoutError, build_dataset, save_dataset  # noqa: E402
-from demo_reid.dataset_card import make_dataset_card, push_dataset_with_card  # noqa: E402
+from demo_reid.data.builder import LAYOUTS, DatasetLayoutError, build_dataset, save_dataset  # noqa: E402
+from demo_reid.hub.dataset_card import make_dataset_card, push_dataset_with_card  # noqa: E402
 from demo_reid.errors import first_line  # noqa: E402
 
 

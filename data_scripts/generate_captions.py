@@ -31,7 +31,7 @@ from demo_reid.captioning.render import TEMPLATE_VERSION  # noqa: E402
 from demo_reid.captioning.schema import KINDS  # noqa: E402
 from demo_reid.captioning.stats import CAPTION_SPLITS, folder_stats, format_stats, stats_to_json  # noqa: E402
 from demo_reid.captioning.store import check_manifest  # noqa: E402
-from demo_reid.dataset_builder import LAYOUTS, DatasetLayoutError  # noqa: E402
+from demo_reid.data.builder import LAYOUTS, DatasetLayoutError  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

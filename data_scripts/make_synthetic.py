@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a plain checkout too
 
-from demo_reid.synthetic import CAPTIONS_DIR, SYNTHETIC_LAYOUTS, make_synthetic  # noqa: E402
+from demo_reid.data.synthetic import CAPTIONS_DIR, SYNTHETIC_LAYOUTS, make_synthetic  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -18,7 +18,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture
 def tiny_config():
-    from demo_reid.backbones import tiny_demo_config
+    from demo_reid.hub.backbones import tiny_demo_config
 
     return tiny_demo_config(num_labels=6, num_cameras=3, image_size=(32, 16))
 
@@ -49,8 +49,8 @@ def free_port() -> int:
 def build_tiny_dataset(base: Path, seed: int, num_train_ids: int, num_test_ids: int, images_per_id: int,
                        image_size=(32, 16), captions: bool = False, name: str = "ds") -> str:
     """A synthetic RGBNT201-layout release (real JPEGs) under ``base``, converted to Arrow; returns its path."""
-    from demo_reid.dataset_builder import build_dataset, save_dataset
-    from demo_reid.synthetic import make_synthetic
+    from demo_reid.data.builder import build_dataset, save_dataset
+    from demo_reid.data.synthetic import make_synthetic
 
     root = make_synthetic("RGBNT201", base / "raw", seed=seed, num_train_ids=num_train_ids,
                           num_test_ids=num_test_ids, images_per_id=images_per_id, image_size=image_size)

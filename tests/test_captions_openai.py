@@ -26,8 +26,8 @@ import pytest
 from demo_reid.captioning.backend_openai import OpenAIBackend
 from demo_reid.captioning.backends import BackendError, Request
 from demo_reid.captioning.store import read_attributes
-from demo_reid.dataset_builder import DatasetBuildWarning, build_dataset
-from demo_reid.synthetic import make_synthetic
+from demo_reid.data.builder import DatasetBuildWarning, build_dataset
+from demo_reid.data.synthetic import make_synthetic
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "data_scripts" / "generate_captions.py"

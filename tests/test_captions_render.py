@@ -16,7 +16,7 @@ from demo_reid.captioning.render import render_caption
 from demo_reid.captioning.rewrite import check_rewrite, clean_rewrite
 from demo_reid.captioning.schema import PERSON, VEHICLE
 from demo_reid.captioning.stats import folder_stats, format_stats
-from demo_reid.dataset_builder import DatasetLayoutError
+from demo_reid.data.builder import DatasetLayoutError
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_CAPTIONS = REPO.parent / "shared" / "data" / "next_captions"

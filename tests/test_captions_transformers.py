@@ -17,8 +17,8 @@ import torch
 from PIL import Image
 
 from demo_reid.captioning.store import read_attributes
-from demo_reid.dataset_builder import DatasetBuildWarning, build_dataset
-from demo_reid.synthetic import make_synthetic
+from demo_reid.data.builder import DatasetBuildWarning, build_dataset
+from demo_reid.data.synthetic import make_synthetic
 
 REPO = Path(__file__).resolve().parents[1]
 

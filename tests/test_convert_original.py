@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import random_triples
 
-from demo_reid.backbones import tiny_demo_config
+from demo_reid.hub.backbones import tiny_demo_config
 from modeling_demo import DeMoModel
 
 SCRIPT = Path(__file__).resolve().parents[1] / "data_scripts" / "convert_original_checkpoint.py"

@@ -7,9 +7,10 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 import datasets
-from demo_reid.data import ReIDCollator, ReIDTransform, load_reid_dataset
-from demo_reid.dataset_builder import build_dataset, save_dataset
-from demo_reid.synthetic import make_synthetic
+from demo_reid.data.collate import ReIDCollator, ReIDTransform
+from demo_reid.data.loading import load_reid_dataset
+from demo_reid.data.builder import build_dataset, save_dataset
+from demo_reid.data.synthetic import make_synthetic
 
 
 def _solid(value):

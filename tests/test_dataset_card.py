@@ -11,9 +11,9 @@ import pytest
 from huggingface_hub import DatasetCard
 
 import datasets
-from demo_reid.dataset_builder import build_dataset
-from demo_reid.dataset_card import SOURCES, make_dataset_card
-from demo_reid.synthetic import make_synthetic
+from demo_reid.data.builder import build_dataset
+from demo_reid.hub.dataset_card import SOURCES, make_dataset_card
+from demo_reid.data.synthetic import make_synthetic
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "data_scripts"))

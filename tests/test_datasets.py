@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 import datasets
-from demo_reid.dataset_builder import (
+from demo_reid.data.builder import (
     DatasetBuildWarning,
     DatasetLayoutError,
     build_dataset,
@@ -21,7 +21,7 @@ from demo_reid.dataset_builder import (
     resolve_root,
     save_dataset,
 )
-from demo_reid.synthetic import make_synthetic
+from demo_reid.data.synthetic import make_synthetic
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_CAPTIONS = REPO.parent / "shared" / "data" / "next_captions"

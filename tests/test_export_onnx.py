@@ -19,8 +19,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from conftest import REPO_ROOT, random_triples  # noqa: E402
 
-from demo_reid.backbones import tiny_demo_config, tiny_next_config  # noqa: E402
-from demo_reid.text import build_caption_tokenizer, tokenize_captions  # noqa: E402
+from demo_reid.hub.backbones import tiny_demo_config, tiny_next_config  # noqa: E402
+from demo_reid.data.text import build_caption_tokenizer, tokenize_captions  # noqa: E402
 from modeling_demo import DeMoModel  # noqa: E402
 from modeling_next import NextModel  # noqa: E402
 

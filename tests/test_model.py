@@ -14,8 +14,8 @@ from torch.nn import functional as F
 from transformers import CLIPConfig, CLIPModel, CLIPVisionModelWithProjection, ViTModel
 
 from configuration_demo import DeMoConfig
-from demo_reid.backbones import clip_vit_b16_vision_config, tiny_demo_config, tiny_vision_config
-from demo_reid.complexity import count_macs, count_trainable_parameters
+from demo_reid.hub.backbones import clip_vit_b16_vision_config, tiny_demo_config, tiny_vision_config
+from demo_reid.evaluation.complexity import count_macs, count_trainable_parameters
 from modeling_demo import DeMoModel
 
 # Paper Table 5 (RGBNT201: 171 identities, 4 cameras, 256x128, ATMoE with 4 heads).

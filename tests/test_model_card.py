@@ -14,7 +14,7 @@ sys.path.insert(0, str(REPO))
 
 import eval as eval_script  # noqa: E402
 import train  # noqa: E402
-from demo_reid.model_card import BEST_ON_TEST, ModelCardInfo, build_model_card  # noqa: E402
+from demo_reid.hub.model_card import BEST_ON_TEST, ModelCardInfo, build_model_card  # noqa: E402
 
 TINY = [
     "--backbone", "tiny", "--tiny-hidden-size", "32", "--tiny-num-layers", "1", "--tiny-patch-size", "8",

@@ -15,8 +15,8 @@ from torch.nn import functional as F
 from transformers import CLIPConfig, CLIPModel, CLIPTextModelWithProjection, CLIPVisionModelWithProjection
 
 from configuration_next import NextConfig
-from demo_reid.backbones import tiny_next_config, tiny_text_config, tiny_vision_config
-from demo_reid.text import build_caption_tokenizer, sample_sentences, split_sentences, tokenize_captions
+from demo_reid.hub.backbones import tiny_next_config, tiny_text_config, tiny_vision_config
+from demo_reid.data.text import build_caption_tokenizer, sample_sentences, split_sentences, tokenize_captions
 from modeling_next import NextModel
 
 CAPTIONS = [

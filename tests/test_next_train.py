@@ -12,9 +12,9 @@ sys.path.insert(0, str(REPO))
 
 import eval as eval_script  # noqa: E402
 import train  # noqa: E402
-from demo_reid.data import load_reid_dataset  # noqa: E402
-from demo_reid.trainer import ReIDTrainer  # noqa: E402
-from demo_reid.training_args import parse_args  # noqa: E402
+from demo_reid.data.loading import load_reid_dataset  # noqa: E402
+from demo_reid.training.trainer import ReIDTrainer  # noqa: E402
+from demo_reid.training.arguments import parse_args  # noqa: E402
 
 TINY_NEXT = [
     "--model", "next", "--backbone", "tiny", "--tiny-hidden-size", "32", "--tiny-num-layers", "1",
@@ -27,8 +27,8 @@ TINY_NEXT = [
 
 @pytest.fixture(scope="module")
 def captioned_dataset(tmp_path_factory):
-    from demo_reid.dataset_builder import build_dataset, save_dataset
-    from demo_reid.synthetic import make_synthetic
+    from demo_reid.data.builder import build_dataset, save_dataset
+    from demo_reid.data.synthetic import make_synthetic
 
     base = tmp_path_factory.mktemp("next-synthetic")
     root = make_synthetic("RGBNT201", base / "raw", seed=3, num_train_ids=8, num_test_ids=4, images_per_id=5,

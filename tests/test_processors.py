@@ -19,8 +19,9 @@ sys.path.insert(0, str(REPO))
 
 import eval as eval_script  # noqa: E402
 import train  # noqa: E402
-from demo_reid.data import CAPTION_COLUMNS, MODALITY_COLUMNS, ReIDTransform, load_reid_dataset  # noqa: E402
-from demo_reid.evaluation import extract_features  # noqa: E402
+from demo_reid.data.collate import CAPTION_COLUMNS, MODALITY_COLUMNS, ReIDTransform  # noqa: E402
+from demo_reid.data.loading import load_reid_dataset  # noqa: E402
+from demo_reid.evaluation.protocol import extract_features  # noqa: E402
 from image_processing_demo import DeMoImageProcessor  # noqa: E402
 
 TINY = [
@@ -189,7 +190,7 @@ def test_camera_ids_must_be_one_per_sample():
 def test_next_processor_captions_match_the_evaluation_encoding_and_check_their_count():
     """Each caption is the tokenizer's own encoding (truncated), right-padded to the longest; None and "" mean
     "no caption" (pad ids, all-zero mask)."""
-    from demo_reid.text import build_caption_tokenizer
+    from demo_reid.data.text import build_caption_tokenizer
     from processing_next import NextProcessor
 
     tokenizer = build_caption_tokenizer(["a man in a red coat.", "a warm shape.", "he walks fast."])

@@ -1,4 +1,4 @@
-"""The `evaluate` module: same numbers as `demo_reid.metrics`, reported like eval.py, and self-contained."""
+"""The `evaluate` module: same numbers as `demo_reid.evaluation.metrics`, reported like eval.py, and self-contained."""
 
 import ast
 import json
@@ -11,7 +11,7 @@ import evaluate
 import numpy as np
 import pytest
 
-from demo_reid.metrics import METRIC_KEYS, reid_metrics
+from demo_reid.evaluation.metrics import METRIC_KEYS, reid_metrics
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODULE = str(REPO_ROOT / "metrics" / "reid_map")

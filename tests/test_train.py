@@ -15,11 +15,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import train  # noqa: E402
-from demo_reid.data import load_reid_dataset  # noqa: E402
-from demo_reid.losses import reid_loss  # noqa: E402
-from demo_reid.scheduler import demo_cosine_lr  # noqa: E402
-from demo_reid.trainer import DeMoTrainer  # noqa: E402
-from demo_reid.training_args import parse_args  # noqa: E402
+from demo_reid.data.loading import load_reid_dataset  # noqa: E402
+from demo_reid.training.losses import reid_loss  # noqa: E402
+from demo_reid.training.scheduler import demo_cosine_lr  # noqa: E402
+from demo_reid.training.trainer import DeMoTrainer  # noqa: E402
+from demo_reid.training.arguments import parse_args  # noqa: E402
 
 TINY = [
     "--backbone", "tiny", "--tiny-hidden-size", "32", "--tiny-num-layers", "1", "--tiny-patch-size", "8",
@@ -63,7 +63,7 @@ def test_compute_loss_sums_supervised_pairs(tiny_dataset, tmp_path):
 
 def test_loss_module_is_passed_in(tiny_dataset, tmp_path):
     """The trainer applies the loss module it is given to every named head (here: ID loss only)."""
-    from demo_reid.losses import ReIDLoss
+    from demo_reid.training.losses import ReIDLoss
 
     script_args, args = parse_args([*TINY, "--output-dir", str(tmp_path / "out"), "--dataset", tiny_dataset])
     ds = load_reid_dataset(tiny_dataset)
@@ -130,7 +130,7 @@ import os, signal, sys
 sys.path.insert(0, {repo!r})
 import train
 from transformers import Trainer
-from demo_reid.trainer import DeMoTrainer
+from demo_reid.training.trainer import DeMoTrainer
 
 KILL_STEP, WHEN = {kill_step}, {when!r}
 save_optimizer = Trainer._save_optimizer_and_scheduler
@@ -356,7 +356,7 @@ def test_two_process_accelerate_launch(tiny_dataset, tmp_path):
 
 def test_real_presets_follow_the_authors_recipe(tmp_path):
     """Pretrained CLIP tower, SIE at the head lr, per-modality augmentation, the original erasing range."""
-    from demo_reid.training_args import PRETRAINED_BACKBONE
+    from demo_reid.training.arguments import PRETRAINED_BACKBONE
 
     for preset in ("rgbnt201", "rgbnt100", "msvr310"):
         script_args, args = parse_args(["--preset", preset, "--output-dir", str(tmp_path)])
@@ -373,7 +373,7 @@ def test_real_presets_follow_the_authors_recipe(tmp_path):
 def test_config_precedence_preset_yaml_flags(tmp_path):
     from dataclasses import fields
 
-    from demo_reid.training_args import (
+    from demo_reid.training.arguments import (
         IGNORED_TRAINER_OPTIONS,
         IGNORED_UNDER_DEMO_SCHEDULES,
         DeMoScriptArguments,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ..dataset_builder import (
+from ..data.builder import (
     CAPTION_SPLIT_OF,
     LAYOUTS,
     MODALITIES,

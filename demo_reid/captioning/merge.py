@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Mapping, Optional, Sequence
 
-from ..dataset_builder import MODALITIES
+from ..data.builder import MODALITIES
 from .parser import Observation
 from .schema import Schema
 

@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 
 from tqdm.auto import tqdm
 
-from ..dataset_builder import MODALITIES, Triple
+from ..data.builder import MODALITIES, Triple
 from .backends import Backend, BackendError, Request
 from .items import load_images
 from .merge import DEFAULT_MIN_CONFIDENCE, Answer, Merged, merge_answers

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping, Optional
 
-from ..dataset_builder import MODALITIES
+from ..data.builder import MODALITIES
 
 KINDS = ("person", "vehicle")
 COLOR_SOURCES = ("rgb",)  # NIR and TIR images show no colour

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from ..dataset_builder import CAPTION_FILE_TAGS, DatasetLayoutError, read_caption_file
+from ..data.builder import CAPTION_FILE_TAGS, DatasetLayoutError, read_caption_file
 
 UNKNOWN_WORDS = ("none", "unknown", "unclear")  # the authors' definition of an unknown caption
 _UNKNOWN_RE = re.compile(r"\b(" + "|".join(UNKNOWN_WORDS) + r")\b", re.IGNORECASE)

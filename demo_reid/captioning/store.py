@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Mapping
 
-from ..dataset_builder import CAPTION_FILE_TAGS, MODALITIES, DatasetLayoutError, read_caption_file
+from ..data.builder import CAPTION_FILE_TAGS, MODALITIES, DatasetLayoutError, read_caption_file
 
 MANIFEST = "generation.json"
 ATTRIBUTES_DIR = "attributes"

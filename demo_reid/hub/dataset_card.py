@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import datasets
 from huggingface_hub import DatasetCard, DatasetCardData
 
-from .dataset_builder import MODALITIES, get_layout
+from ..data.builder import MODALITIES, get_layout
 
 __all__ = [
     "COLUMN_DESCRIPTIONS", "LICENCE_NOTE", "SOURCES", "make_dataset_card", "one_schema", "push_dataset_with_card",

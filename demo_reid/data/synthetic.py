@@ -32,11 +32,11 @@ from typing import Callable, Optional
 import numpy as np
 from PIL import Image
 
-from .captioning.items import KIND_OF_LAYOUT
-from .captioning.render import noun_phrase, render_caption
-from .captioning.schema import COLOR_SOURCES, get_schema
-from .captioning.store import write_split
-from .dataset_builder import MODALITIES
+from ..captioning.items import KIND_OF_LAYOUT
+from ..captioning.render import noun_phrase, render_caption
+from ..captioning.schema import COLOR_SOURCES, get_schema
+from ..captioning.store import write_split
+from .builder import MODALITIES
 
 SYNTHETIC_LAYOUTS = ("RGBNT201", "RGBNT100", "MSVR310", "WMVEID863")
 DARK_RGB_PROB = 0.2

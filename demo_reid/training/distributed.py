@@ -1,6 +1,6 @@
 """What makes N processes compute the same math as one: global-batch statistics and gradient-carrying gathers.
 
-P x K is the *global* batch (see :mod:`demo_reid.sampler`); each rank holds P / N identities of it. Two parts of the
+P x K is the *global* batch (see :mod:`demo_reid.data.sampler`); each rank holds P / N identities of it. Two parts of the
 loss look across the whole batch, so both must see every rank's rows, with exact gradients:
 
 - the batch-hard triplet loss mines positives and negatives over the gathered global batch

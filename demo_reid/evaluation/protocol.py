@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .data import METADATA_KEYS, collator_for
+from ..data.collate import METADATA_KEYS, collator_for
 from .metrics import DISTANCE_METRICS, METRIC_KEYS, reid_metrics, reid_metrics_from_features, summarize
 from .reranking import re_ranking
 

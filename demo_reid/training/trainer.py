@@ -19,7 +19,7 @@ What it changes, and why:
   the per-epoch ``demo_cosine`` / ``demo_cosine_plain`` schedules.
 - ``log``: training logs also carry ``id_loss`` / ``triplet_loss`` and each group's ``learning_rate/<group>``, so
   ``--report-to tensorboard`` plots them.
-- ``evaluate``: query/gallery retrieval (mAP, CMC, mINP) through :mod:`demo_reid.evaluation`.
+- ``evaluate``: query/gallery retrieval (mAP, CMC, mINP) through :mod:`demo_reid.evaluation.protocol`.
 """
 
 from __future__ import annotations
@@ -41,15 +41,15 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
-from .augment import ReIDAugment
+from ..data.augment import ReIDAugment
 from .checkpoints import STAGING_DIR
-from .data import CAPTION_COLUMNS, collator_for
+from ..data.collate import CAPTION_COLUMNS, collator_for
 from .distributed import all_gather_with_grad, convert_to_global_batchnorm
 from .losses import ReIDLoss
-from .metrics import METRIC_KEYS
-from .model_card import ModelCardInfo, build_model_card
-from .processors import tokenizer_of
-from .sampler import PKBatchSampler, SeededBatchSampler
+from ..evaluation.metrics import METRIC_KEYS
+from ..hub.model_card import ModelCardInfo, build_model_card
+from ..hub.processors import tokenizer_of
+from ..data.sampler import PKBatchSampler, SeededBatchSampler
 from .scheduler import SCHEDULER_TYPES, DeMoCosineLR
 
 __all__ = [
@@ -479,12 +479,12 @@ class ReIDTrainer(Trainer):
     # ---- evaluation -------------------------------------------------------------------------------------------
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
-        """mAP / Rank-1/5/10 / mINP (percent) on query vs gallery through :mod:`demo_reid.evaluation`.
+        """mAP / Rank-1/5/10 / mINP (percent) on query vs gallery through :mod:`demo_reid.evaluation.protocol`.
 
         The headline numbers are those of the model's retrieval feature (``outputs.embeddings``); the other named
         feature sets of the output are logged as ``eval_<name>_mAP`` / ``eval_<name>_Rank-1``.
         """
-        from .evaluation import evaluate_retrieval
+        from ..evaluation.protocol import evaluate_retrieval
 
         if eval_dataset is not None:
             query, gallery = eval_dataset["query"], eval_dataset["gallery"]

@@ -21,11 +21,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-import datasets
 
 MODALITY_COLUMNS = ("rgb", "nir", "tir")  # batch modality order: RGB, NIR, TIR
-REQUIRED_COLUMNS = (*MODALITY_COLUMNS, "pid", "camid", "sceneid", "name")
-REQUIRED_SPLITS = ("train", "query", "gallery")
 # Batch key -> dataset column (names match the model's forward / the trainer).
 _ID_KEYS = {"labels": "label", "camera_ids": "camid", "pids": "pid", "sceneids": "sceneid"}
 _INTERPOLATIONS = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST,
@@ -105,7 +102,7 @@ class ReIDTransform:
         missing = [c for c in MODALITY_COLUMNS if c not in batch]
         if missing:
             raise KeyError(f"rows lack column(s) {missing}; got {sorted(batch)} "
-                           "(build the dataset with demo_reid.dataset_builder)")
+                           "(build the dataset with demo_reid.data.builder)")
         n = len(batch[MODALITY_COLUMNS[0]])
         h, w = self.image_size
         pixels = np.empty((n, len(MODALITY_COLUMNS), h, w, 3), dtype=np.uint8)
@@ -235,29 +232,3 @@ def collator_for(config, train: bool, tokenizer=None, with_captions: bool = True
                               train=train)
     return ReIDCollator(image_size=tuple(config.image_size), train=train, with_camera_ids=config.num_cameras > 0,
                         text=text)
-
-
-def load_reid_dataset(path: str | Path, splits: Sequence[str] = REQUIRED_SPLITS) -> datasets.DatasetDict:
-    """``load_from_disk`` a dataset built by ``build_dataset`` and check its splits and columns."""
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"dataset {path} does not exist (build it with data_scripts/build_dataset.py)")
-    try:
-        dsdict = datasets.load_from_disk(str(path))
-    except FileNotFoundError as exc:
-        raise ValueError(f"{path} is not a dataset saved with save_to_disk ({exc})") from None
-    if not isinstance(dsdict, datasets.DatasetDict):
-        raise ValueError(f"{path} holds a single Dataset; expected a DatasetDict with splits {list(splits)}")
-    missing = [s for s in splits if s not in dsdict]
-    if missing:
-        raise ValueError(f"{path}: missing split(s) {missing}; found {list(dsdict)}")
-    for split in splits:
-        ds = dsdict[split]
-        need = REQUIRED_COLUMNS + (("label",) if split == "train" else ())
-        lacking = [c for c in need if c not in ds.column_names]
-        if lacking:
-            raise ValueError(f"{path}: split {split!r} lacks column(s) {lacking}; has {ds.column_names}")
-        not_images = [c for c in MODALITY_COLUMNS if not isinstance(ds.features[c], datasets.Image)]
-        if not_images:
-            raise ValueError(f"{path}: split {split!r} column(s) {not_images} are not datasets.Image()")
-    return dsdict

@@ -5,7 +5,7 @@ from __future__ import annotations
 from image_processing_demo import DeMoImageProcessor
 from processing_next import NextProcessor
 
-from .text import caption_max_length
+from ..data.text import caption_max_length
 
 __all__ = ["build_processor", "tokenizer_of"]
 

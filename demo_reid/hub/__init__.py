@@ -1,0 +1,1 @@
+"""What travels with a checkpoint or a dataset: the model factory and tower shapes, processors, model and dataset cards."""
