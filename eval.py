@@ -1,4 +1,4 @@
-"""Evaluate a saved DeMo or NEXT model on the query/gallery splits of a dataset built by data_scripts/build_dataset.py.
+"""Evaluate a saved ReID model (DeMo, NEXT or any model with remote code) on the query/gallery splits of a dataset built by data_scripts/build_dataset.py.
 
     python eval.py --model outputs/demo-synthetic --dataset outputs/synthetic-rgbnt201
     python eval.py --model DIR --dataset PATH --missing-sweep --visualize --output eval_out
@@ -17,12 +17,9 @@ import os
 import sys
 from pathlib import Path
 
-SUPPORTED_MODEL_TYPES = ("demo_reid", "next_reid")
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run from a plain checkout too
 
-
-class UsageError(Exception):
-    """Bad command-line input; printed as one line, exit status 2."""
-
+from demo_reid.errors import UsageError, run_cli  # noqa: E402
 
 def parse_args(argv=None) -> argparse.Namespace:
     from demo_reid.evaluation.protocol import MISSING_SETTINGS
@@ -66,42 +63,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     return args
-
-
-def load_model(path: str):
-    """AutoModel with the checkpoint's remote code, after checking it is a DeMo checkpoint."""
-    from transformers import AutoModel
-
-    directory = Path(path).expanduser()
-    config_file = directory / "config.json"
-    if not config_file.is_file():
-        raise UsageError(f"--model {path}: no config.json there; pass a directory written by save_pretrained "
-                         "(e.g. the --output-dir of train.py)")
-    config = json.loads(config_file.read_text())
-    model_type = config.get("model_type")
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise UsageError(f"--model {path} is a {model_type!r} checkpoint, not a DeMo or NEXT one (model_type "
-                         f"{' or '.join(map(repr, SUPPORTED_MODEL_TYPES))}); pass a directory written by train.py")
-    if "AutoModel" not in config.get("auto_map", {}):
-        raise UsageError(f"--model {path}: config.json has no auto_map for AutoModel; re-save it with "
-                         "DeMoModel.save_pretrained from this repository so the modeling code travels with it")
-    return AutoModel.from_pretrained(str(directory), trust_remote_code=True)
-
-
-def load_tokenizer(path: str, model):
-    """The tokenizer saved beside a text-conditioned checkpoint (None for image-only models)."""
-    if not getattr(model.config, "use_text", False):
-        return None
-    from transformers import AutoTokenizer
-
-    from demo_reid.errors import first_line
-
-    try:
-        # trust_remote_code: AutoTokenizer reads config.json, whose model class is the checkpoint's own code
-        return AutoTokenizer.from_pretrained(str(Path(path).expanduser()), trust_remote_code=True)
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"--model {path}: the model reads captions but no tokenizer loads from that directory "
-                         f"({first_line(exc, 120)}); train.py saves it beside the weights") from None
 
 
 def load_dataset(path: str):
@@ -213,12 +174,14 @@ def run(args) -> dict:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+    from demo_reid.hub.loading import load_checkpoint, load_checkpoint_tokenizer
+
     accelerator = Accelerator(cpu=_distributed_without_gpu())
     dsdict = load_dataset(args.dataset)  # cheap checks first
-    model = load_model(args.model)
+    model = load_checkpoint(args.model)
     for split in ("query", "gallery"):
         check_split(dsdict[split], split, model.config.num_cameras)
-    tokenizer = load_tokenizer(args.model, model)
+    tokenizer = load_checkpoint_tokenizer(args.model, model)
     model.to(accelerator.device).eval()
     feature_names = (args.features,) if args.features else None  # None: every row the model names
     rerank_params = dict(k1=args.rerank_k1, k2=args.rerank_k2, lambda_value=args.rerank_lambda)
@@ -269,15 +232,9 @@ def run(args) -> dict:
 
 def main(argv=None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from demo_reid.evaluation.protocol import EvaluationInputError
 
-    try:
-        run(parse_args(argv))
-    except (UsageError, EvaluationInputError) as exc:
-        print(f"eval.py: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(lambda: run(parse_args(argv)), "eval.py", errors=(EvaluationInputError,))
 
 
 if __name__ == "__main__":

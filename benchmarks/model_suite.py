@@ -18,7 +18,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from configuration_demo import DeMoConfig
 from demo_reid.hub.backbones import clip_vit_b16_vision_config
-from demo_reid.training.losses import reid_loss
+from demo_reid.training.losses import ReIDLoss
 from modeling_demo import DeMoModel
 
 from harness import PeakMemory, median_seconds
@@ -69,6 +69,9 @@ def make_batch(batch: int, image_size, device: str, per_identity: int = IDENTITI
     }
 
 
+LOSS = ReIDLoss()  # the trainer's default loss: the authors' recipe
+
+
 def _autocast(device: str, amp: str | None):
     if amp is None:
         return contextlib.nullcontext()
@@ -81,7 +84,7 @@ def training_step(model, optimizer, batch: dict, device: str, amp: str | None):
     def step():
         with _autocast(device, amp):
             out = model(pixel_values=batch["pixel_values"], camera_ids=batch["camera_ids"])
-            loss = reid_loss(out.logits, out.features, batch["labels"]).loss
+            loss = LOSS(out, batch["labels"]).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -108,7 +111,7 @@ def count_flops(model: DeMoModel, image_size, device: str, train: bool, batch: i
         with FlopCounterMode(display=False) as counter:
             out = model(pixel_values=data["pixel_values"], camera_ids=data["camera_ids"])
             if train:
-                reid_loss(out.logits, out.features, data["labels"]).loss.backward()
+                LOSS(out, data["labels"]).loss.backward()
     finally:
         vision._attn_implementation = saved
         model.train(was_training)

@@ -28,15 +28,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from demo_reid.errors import UsageError  # noqa: E402
+
 CHECK_BATCH_SIZES = (1, 4)
 # The torch.export-based exporter writes opset 18 and newer; a lower request is quietly left at 18 when its
 # version converter fails, so it is refused here instead.
 MIN_OPSET = 18
 INSTALL_HINT = 'install the extra with pip install -e ".[onnx]"'
-
-
-class UsageError(Exception):
-    """Bad command-line input; printed as one line, exit status 2."""
 
 
 class ExportCheckError(Exception):
@@ -211,9 +209,7 @@ def max_differences(graph: OnnxGraph, path: Path) -> dict[int, tuple[float, str]
 
 
 def run(args) -> dict[int, tuple[float, str]]:
-    from demo_reid.errors import first_line
-    from eval import UsageError as LoadError
-    from eval import load_model
+    from demo_reid.hub.loading import load_checkpoint
 
     require_onnx()
     output = Path(args.output).expanduser()
@@ -225,12 +221,7 @@ def run(args) -> dict[int, tuple[float, str]]:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    try:
-        model = load_model(args.model)
-    except LoadError as exc:
-        raise UsageError(str(exc)) from None
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"--model {args.model}: the checkpoint does not load ({first_line(exc, 160)})") from None
+    model = load_checkpoint(args.model)
     if not hasattr(sys.modules[type(model).__module__], "is_exporting"):
         raise UsageError(
             f"--model {args.model}: the modeling code saved with it predates ONNX export support; re-save it from "

@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a plain checkout too
 
 from demo_reid.captioning.backends import BACKENDS, BackendError, make_backend  # noqa: E402
-from demo_reid.captioning.items import KIND_OF_LAYOUT, find_layout, list_items  # noqa: E402
+from demo_reid.captioning.items import find_layout, list_items  # noqa: E402
 from demo_reid.captioning.merge import DEFAULT_MIN_CONFIDENCE  # noqa: E402
 from demo_reid.captioning.pipeline import CaptionRun, RunSummary  # noqa: E402
 from demo_reid.captioning.render import TEMPLATE_VERSION  # noqa: E402
@@ -134,7 +134,7 @@ def main(argv=None) -> int:
             return _stats_only(args.stats_only, args.json)
         _check(args)
         layout, base = find_layout(args.dataset, args.name)
-        kind = args.kind or KIND_OF_LAYOUT[layout.name]
+        kind = args.kind or layout.kind
         output = args.output.expanduser().absolute()
         settings = {"dataset_layout": layout.name, "kind": kind, "backend": args.backend, "models": args.model,
                     "rewrite_model": args.rewrite_model, "min_confidence": args.min_confidence,

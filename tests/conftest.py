@@ -57,3 +57,20 @@ def build_tiny_dataset(base: Path, seed: int, num_train_ids: int, num_test_ids: 
     dataset = build_dataset("RGBNT201", root, captions_dir=root / "captions" if captions else None,
                             cache_dir=base / "cache")
     return str(save_dataset(dataset, base / name))
+
+
+# The synthetic preset's tower ("tiny": 3 layers x 96) cut to one 32-wide layer for fast train.py runs in tests.
+TINY_TOWER = ("vision_config.hidden_size=32,vision_config.intermediate_size=64,vision_config.num_attention_heads=1,"
+              "vision_config.num_hidden_layers=1,vision_config.projection_dim=32")
+TINY_MODEL_FLAGS = {
+    "demo": ["--atmoe-heads", "2"],
+    "next": ["--num-semantic-experts", "2", "--num-structure-experts", "2", "--tokens-per-expert", "2",
+             "--caption-sentences-per-expert", "2"],
+}
+
+
+def tiny_train_args(model: str = "demo") -> list[str]:
+    """train.py flags that build a tiny ``model`` (32x16 images, one 32-wide tower layer); no progress bars."""
+    overrides = TINY_TOWER + (",text_config.projection_dim=32" if model == "next" else "")
+    return ["--model", model, "--backbone", "tiny", "--config-overrides", overrides, "--image-size", "32", "16",
+            *TINY_MODEL_FLAGS[model], "--disable-tqdm", "true"]

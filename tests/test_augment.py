@@ -35,10 +35,10 @@ def test_modalities_are_augmented_independently_by_default():
 
 def test_shared_geometry_option_is_shared_across_modalities():
     x = _triples()
-    out = ReIDAugment(erasing_prob=0.0, independent_modalities=False)(x, torch.arange(16))
+    out = ReIDAugment(erasing_prob=0.0, modality_augment="shared")(x, torch.arange(16))
     assert torch.equal(out[:, 0], out[:, 1]) and torch.equal(out[:, 1], out[:, 2])
     # erasing boxes are shared too (noise values are drawn per modality)
-    erased = ReIDAugment(flip_prob=0.0, padding=0, erasing_prob=1.0, independent_modalities=False)(x, torch.arange(16))
+    erased = ReIDAugment(flip_prob=0.0, padding=0, erasing_prob=1.0, modality_augment="shared")(x, torch.arange(16))
     changed = erased != x
     assert changed.any()
     assert torch.equal(changed[:, 0].any(1), changed[:, 1].any(1))

@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import build_tiny_dataset
+from conftest import build_tiny_dataset, tiny_train_args
 from huggingface_hub import ModelCard
 from huggingface_hub.repocard_data import model_index_to_eval_results
 
@@ -14,13 +14,11 @@ sys.path.insert(0, str(REPO))
 
 import eval as eval_script  # noqa: E402
 import train  # noqa: E402
+from demo_reid.hub.backbones import hub_id_of  # noqa: E402
 from demo_reid.hub.model_card import BEST_ON_TEST, ModelCardInfo, build_model_card  # noqa: E402
 
-TINY = [
-    "--backbone", "tiny", "--tiny-hidden-size", "32", "--tiny-num-layers", "1", "--tiny-patch-size", "8",
-    "--image-height", "32", "--image-width", "16", "--atmoe-heads", "2", "--num-identities", "4",
-    "--num-instances", "2", "--per-device-eval-batch-size", "16", "--num-train-epochs", "2", "--disable-tqdm", "true",
-]
+TINY = [*tiny_train_args(), "--num-identities", "4", "--num-instances", "2", "--per-device-eval-batch-size", "16",
+        "--num-train-epochs", "2"]
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +100,7 @@ def test_card_without_results_has_no_model_index(tmp_path):
     ("not a hub id", None),
 ])
 def test_base_model_from_backbone_name(backbone, expected):
-    assert train.hub_id_of(backbone) == expected
+    assert hub_id_of(backbone) == expected
 
 
 def test_base_model_from_a_local_checkpoint(tmp_path):
@@ -110,5 +108,5 @@ def test_base_model_from_a_local_checkpoint(tmp_path):
     (tmp_path / "clip" / "config.json").write_text(json.dumps({"_name_or_path": "openai/clip-vit-base-patch16"}))
     (tmp_path / "plain").mkdir()
     (tmp_path / "plain" / "config.json").write_text(json.dumps({"model_type": "clip"}))
-    assert train.hub_id_of(str(tmp_path / "clip")) == "openai/clip-vit-base-patch16"
-    assert train.hub_id_of(str(tmp_path / "plain")) is None
+    assert hub_id_of(str(tmp_path / "clip")) == "openai/clip-vit-base-patch16"
+    assert hub_id_of(str(tmp_path / "plain")) is None

@@ -17,11 +17,8 @@ from demo_reid.training.trainer import ReIDTrainer  # noqa: E402
 from demo_reid.training.arguments import parse_args  # noqa: E402
 
 TINY_NEXT = [
-    "--model", "next", "--backbone", "tiny", "--tiny-hidden-size", "32", "--tiny-num-layers", "1",
-    "--tiny-patch-size", "8", "--image-height", "32", "--image-width", "16", "--num-semantic-experts", "2",
-    "--num-structure-experts", "2", "--tokens-per-expert", "2", "--caption-sentences-per-expert", "2",
-    "--num-identities", "4", "--num-instances", "2", "--per-device-eval-batch-size", "32",
-    "--logging-steps", "1", "--disable-tqdm", "true", "--save-strategy", "no",
+    *tiny_train_args("next"), "--num-identities", "4", "--num-instances", "2", "--per-device-eval-batch-size", "32",
+    "--logging-steps", "1", "--save-strategy", "no",
 ]
 
 
@@ -38,13 +35,8 @@ def captioned_dataset(tmp_path_factory):
 
 
 def _trainer(dataset, tmp_path, extra=()):
-    script_args, args = parse_args([*TINY_NEXT, "--dataset", dataset, "--output-dir", str(tmp_path / "out"), *extra])
-    ds = load_reid_dataset(dataset)
-    tokenizer = train.load_tokenizer(script_args, ds)
-    torch.manual_seed(args.seed)
-    model = train.build_model(script_args, len(set(ds["train"]["label"])), train._num_cameras(ds), tokenizer)
-    return ReIDTrainer(model=model, args=args, train_dataset=ds["train"], query_dataset=ds["query"],
-                       gallery_dataset=ds["gallery"], processing_class=tokenizer)
+    return train.build_trainer(parse_args([*TINY_NEXT, "--dataset", dataset, "--output-dir", str(tmp_path / "out"),
+                                           *extra]))[0]
 
 
 def _epoch_batches(trainer, epoch):
@@ -133,7 +125,7 @@ def test_train_and_eval_scripts_serve_next(captioned_dataset, tmp_path):
 
 def test_model_options_of_the_other_model_are_refused(tmp_path, capsys):
     assert train.cli(["--model", "demo", "--num-semantic-experts", "4", "--output-dir", str(tmp_path / "a")]) == 2
-    assert "--num-semantic-experts is a --model next option" in capsys.readouterr().err
+    assert "--num-semantic-experts is not an option of DeMoConfig (--model demo)" in capsys.readouterr().err
     assert train.cli(["--model", "next", "--atmoe-heads", "2", "--output-dir", str(tmp_path / "b")]) == 2
-    assert "--atmoe-heads is a --model demo option" in capsys.readouterr().err
+    assert "--atmoe-heads is not an option of NextConfig (--model next)" in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

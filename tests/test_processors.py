@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import build_tiny_dataset
+from conftest import build_tiny_dataset, tiny_train_args
 import torch
 from PIL import Image
 
@@ -18,19 +18,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import eval as eval_script  # noqa: E402
+from demo_reid.hub.loading import load_checkpoint, load_checkpoint_tokenizer  # noqa: E402
 import train  # noqa: E402
 from demo_reid.data.collate import CAPTION_COLUMNS, MODALITY_COLUMNS, ReIDTransform  # noqa: E402
 from demo_reid.data.loading import load_reid_dataset  # noqa: E402
 from demo_reid.evaluation.protocol import extract_features  # noqa: E402
 from image_processing_demo import DeMoImageProcessor  # noqa: E402
 
-TINY = [
-    "--backbone", "tiny", "--tiny-hidden-size", "32", "--tiny-num-layers", "1", "--tiny-patch-size", "8",
-    "--image-height", "32", "--image-width", "16", "--num-identities", "4", "--num-instances", "2",
-    "--per-device-eval-batch-size", "8", "--num-train-epochs", "1", "--disable-tqdm", "true", "--save-strategy", "no",
-]
-MODEL_FLAGS = {"demo": ["--atmoe-heads", "2"],
-               "next": ["--num-semantic-experts", "2", "--num-structure-experts", "2", "--tokens-per-expert", "2"]}
+TINY = ["--num-identities", "4", "--num-instances", "2", "--per-device-eval-batch-size", "8", "--num-train-epochs", "1",
+        "--save-strategy", "no"]
 # The project's own modules: blocked in the fresh process, so only the checkpoint's files can be used.
 PROJECT_MODULES = ("demo_reid", "configuration_demo", "modeling_demo", "configuration_next", "modeling_next",
                    "image_processing_demo", "processing_next")
@@ -46,7 +42,7 @@ def dataset(tmp_path_factory):
 @pytest.fixture(scope="module", params=["demo", "next"])
 def checkpoint(request, dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp(f"ckpt-{request.param}") / "run"
-    train.main([*TINY, *MODEL_FLAGS[request.param], "--model", request.param, "--dataset", dataset, "--output-dir", str(out)])
+    train.main([*tiny_train_args(request.param), *TINY, "--dataset", dataset, "--output-dir", str(out)])
     return request.param, out
 
 
@@ -113,8 +109,8 @@ def test_processor_embeddings_equal_eval_in_a_fresh_process(checkpoint, dataset,
     assert ("processor_config.json" if kind == "next" else "preprocessor_config.json") in files
     query, paths, camids, captions = _query_files(dataset, tmp_path / "jpegs", rows=5)
 
-    model = eval_script.load_model(str(ckpt))
-    tokenizer = eval_script.load_tokenizer(str(ckpt), model)
+    model = load_checkpoint(str(ckpt))
+    tokenizer = load_checkpoint_tokenizer(str(ckpt), model)
     assert (tokenizer is not None) == (kind == "next")
     full = extract_features(model, query, 2, None, progress=False, tokenizer=tokenizer)
     missing = extract_features(model, query, 2, "t", progress=False, tokenizer=tokenizer)

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import build_tiny_dataset
+from conftest import build_tiny_dataset, tiny_train_args
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -19,10 +19,8 @@ from demo_reid.training.trainer import PARAM_GROUPS  # noqa: E402
 EPOCHS, WARMUP = 3, 2  # epoch 1 in warm-up, epoch 2 on the cosine, epoch 3 at the floor
 LR, TOWER_LR, BIAS_FACTOR = 2e-3, 5e-4, 2.0  # three different group lrs: a mislabelled group cannot pass
 TINY = [
-    "--backbone", "tiny", "--tiny-hidden-size", "32", "--tiny-num-layers", "1", "--tiny-patch-size", "8",
-    "--image-height", "32", "--image-width", "16", "--atmoe-heads", "2",
-    "--num-identities", "3", "--num-instances", "2", "--per-device-eval-batch-size", "32",
-    "--logging-steps", "1", "--disable-tqdm", "true", "--save-strategy", "no",
+    *tiny_train_args(), "--num-identities", "3", "--num-instances", "2", "--per-device-eval-batch-size", "32",
+    "--logging-steps", "1", "--save-strategy", "no",
     "--num-train-epochs", str(EPOCHS), "--warmup-epochs", str(WARMUP), "--eval-strategy", "epoch",
     "--learning-rate", str(LR), "--vision-tower-lr", str(TOWER_LR), "--bias-lr-factor", str(BIAS_FACTOR),
 ]

@@ -1,4 +1,4 @@
-"""DeMoTrainer and train.py on a tiny synthetic set: loss, optimizer groups, schedule, GA, reproducibility, resume."""
+"""ReIDTrainer and train.py on a tiny synthetic set: loss, optimizer groups, schedule, GA, reproducibility, resume."""
 
 import json
 import math
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import build_tiny_dataset, free_port
+from conftest import build_tiny_dataset, free_port, tiny_train_args
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -18,14 +18,13 @@ import train  # noqa: E402
 from demo_reid.data.loading import load_reid_dataset  # noqa: E402
 from demo_reid.training.losses import reid_loss  # noqa: E402
 from demo_reid.training.scheduler import demo_cosine_lr  # noqa: E402
-from demo_reid.training.trainer import DeMoTrainer  # noqa: E402
+from demo_reid.training.trainer import ReIDTrainer  # noqa: E402
+from demo_reid.errors import UsageError  # noqa: E402
 from demo_reid.training.arguments import parse_args  # noqa: E402
 
 TINY = [
-    "--backbone", "tiny", "--tiny-hidden-size", "32", "--tiny-num-layers", "1", "--tiny-patch-size", "8",
-    "--image-height", "32", "--image-width", "16", "--atmoe-heads", "2",
-    "--num-identities", "3", "--num-instances", "2", "--per-device-eval-batch-size", "32",
-    "--logging-steps", "1", "--disable-tqdm", "true", "--save-strategy", "no",
+    *tiny_train_args(), "--num-identities", "3", "--num-instances", "2", "--per-device-eval-batch-size", "32",
+    "--logging-steps", "1", "--save-strategy", "no",
 ]
 
 
@@ -36,12 +35,8 @@ def tiny_dataset(tmp_path_factory):
 
 
 def _trainer(tiny_dataset, tmp_path, extra=()):
-    script_args, args = parse_args([*TINY, "--output-dir", str(tmp_path / "out"), "--dataset", tiny_dataset, *extra])
-    ds = load_reid_dataset(tiny_dataset)
-    torch.manual_seed(args.seed)
-    model = train.build_model(script_args, len(set(ds["train"]["label"])), train._num_cameras(ds))
-    return DeMoTrainer(model=model, args=args, train_dataset=ds["train"], query_dataset=ds["query"],
-                       gallery_dataset=ds["gallery"])
+    run = parse_args([*TINY, "--output-dir", str(tmp_path / "out"), "--dataset", tiny_dataset, *extra])
+    return train.build_trainer(run)[0]
 
 
 def _losses(history):
@@ -56,7 +51,7 @@ def test_compute_loss_sums_supervised_pairs(tiny_dataset, tmp_path):
     assert set(batch) == {"pixel_values", "camera_ids", "labels", "aug_seeds"}  # model inputs + labels + seeds
     loss, out = trainer.compute_loss(model, batch, return_outputs=True)
     assert list(out.logits) == list(out.features) == ["ori", "moe"]  # direct classifier + ATMoE feature
-    parts = [reid_loss((out.logits[n],), (out.features[n],), batch["labels"], 0.25, 1.0, 0.1).loss.item()
+    parts = [reid_loss((out.logits[n],), (out.features[n],), batch["labels"], 0.25, 1.0, 0.1, None).loss.item()
              for n in ("ori", "moe")]
     assert loss.item() == pytest.approx(sum(parts), rel=1e-6)
 
@@ -65,10 +60,10 @@ def test_loss_module_is_passed_in(tiny_dataset, tmp_path):
     """The trainer applies the loss module it is given to every named head (here: ID loss only)."""
     from demo_reid.training.losses import ReIDLoss
 
-    script_args, args = parse_args([*TINY, "--output-dir", str(tmp_path / "out"), "--dataset", tiny_dataset])
-    ds = load_reid_dataset(tiny_dataset)
-    model = train.build_model(script_args, len(set(ds["train"]["label"])), train._num_cameras(ds)).eval()
-    trainer = DeMoTrainer(model=model, args=args, train_dataset=ds["train"], loss=ReIDLoss(1.0, 0.0, 0.0))
+    base = _trainer(tiny_dataset, tmp_path)
+    model = base.model.eval()
+    trainer = ReIDTrainer(model=model, args=base.args, train_dataset=load_reid_dataset(tiny_dataset)["train"],
+                          loss=ReIDLoss(1.0, 0.0, 0.0))
     batch = next(iter(trainer.get_train_dataloader()))
     loss, out = trainer.compute_loss(model, batch, return_outputs=True)
     expected = sum(torch.nn.functional.cross_entropy(out.logits[n], batch["labels"]) for n in ("ori", "moe"))
@@ -130,11 +125,11 @@ import os, signal, sys
 sys.path.insert(0, {repo!r})
 import train
 from transformers import Trainer
-from demo_reid.training.trainer import DeMoTrainer
+from demo_reid.training.trainer import ReIDTrainer
 
 KILL_STEP, WHEN = {kill_step}, {when!r}
 save_optimizer = Trainer._save_optimizer_and_scheduler
-save_checkpoint = DeMoTrainer._save_checkpoint
+save_checkpoint = ReIDTrainer._save_checkpoint
 
 
 def killing_save(self, output_dir):
@@ -151,7 +146,7 @@ def killing_checkpoint(self, model, trial):
 
 
 Trainer._save_optimizer_and_scheduler = killing_save
-DeMoTrainer._save_checkpoint = killing_checkpoint
+ReIDTrainer._save_checkpoint = killing_checkpoint
 sys.exit(train.cli(sys.argv[1:]))
 """
 
@@ -265,7 +260,11 @@ def test_refuses_to_overwrite_a_previous_run(tiny_dataset, tmp_path, capsys):
         (["--warmup-steps", "5"], "--warmup-steps"),
         (["--remove-unused-columns", "false"], "--remove-unused-columns"),
         (["--num-identitiez", "4"], "--num-identitiez"),
-        (["--hdm-dropout", "1.5"], "--hdm-dropout"),
+        (["--hdm-dropout", "1.5"], "hdm_dropout"),
+        (["--atmoe-heads", "5"], "atmoe_heads"),
+        (["--model", "next", "--atmoe-heads", "2"], "--atmoe-heads"),
+        (["--config-overrides", "vision_config"], "--config-overrides"),
+        (["--lr-scheduler-type", "cosine"], "--lr-schedule trainer"),
         (["--resume-from-checkpoint", "/no/such/checkpoint-3"], "--resume-from-checkpoint"),
     ],
 )
@@ -356,56 +355,103 @@ def test_two_process_accelerate_launch(tiny_dataset, tmp_path):
 
 def test_real_presets_follow_the_authors_recipe(tmp_path):
     """Pretrained CLIP tower, SIE at the head lr, per-modality augmentation, the original erasing range."""
-    from demo_reid.training.arguments import PRETRAINED_BACKBONE
+    from configuration_demo import DeMoConfig
+    from demo_reid.data.augment import ReIDAugment
+    from demo_reid.hub.backbones import PRETRAINED_BACKBONE
 
     for preset in ("rgbnt201", "rgbnt100", "msvr310"):
-        script_args, args = parse_args(["--preset", preset, "--output-dir", str(tmp_path)])
-        assert script_args.backbone == PRETRAINED_BACKBONE == "openai/clip-vit-base-patch16"
-        assert args.modality_augment == "independent" and script_args.head_init == "pytorch"
-        assert (args.learning_rate, args.vision_tower_lr, args.erasing_prob) == (3.5e-4, 5e-6, 0.5)
-    script_args, args = parse_args(["--preset", "rgbnt201", "--output-dir", str(tmp_path)])
+        run = parse_args(["--preset", preset, "--output-dir", str(tmp_path)])
+        assert run.script.backbone == PRETRAINED_BACKBONE == "openai/clip-vit-base-patch16"
+        assert run.augment["modality_augment"] == "independent" and "head_init" not in run.model_options
+        assert DeMoConfig().head_init == "pytorch"
+        args = run.training
+        assert (args.learning_rate, args.vision_tower_lr, run.augment["erasing_prob"]) == (3.5e-4, 5e-6, 0.5)
+    run = parse_args(["--preset", "rgbnt201", "--output-dir", str(tmp_path)])
+    args = run.training
     assert (args.num_identities, args.num_instances, args.per_device_train_batch_size) == (8, 8, 64)
-    augment = DeMoTrainer.build_augment(args)
+    augment = ReIDAugment(**run.augment)
     assert augment.independent_modalities and augment.erasing_prob == 0.5
     assert augment.erasing_area == pytest.approx((0.02, 1 / 3)) and augment.erasing_aspect == pytest.approx((0.3, 1 / 0.3))
 
 
 def test_config_precedence_preset_yaml_flags(tmp_path):
-    from dataclasses import fields
-
-    from demo_reid.training.arguments import (
-        IGNORED_TRAINER_OPTIONS,
-        IGNORED_UNDER_DEMO_SCHEDULES,
-        DeMoScriptArguments,
-        DeMoTrainingArguments,
-        build_parser,
-    )
-
     cfg = tmp_path / "run.yaml"
-    cfg.write_text("preset: msvr310\nnum-instances: 3\nlr_scheduler_type: demo_cosine_plain\n")
-    script_args, args = parse_args(["--config", str(cfg), "--num-identities", "5", "--output-dir", str(tmp_path)])
-    assert (script_args.image_height, script_args.image_width, script_args.atmoe_heads) == (128, 256, 8)  # preset
-    assert not script_args.direct_classifier and args.num_train_epochs == 50
-    assert args.num_instances == 3 and args.lr_scheduler_type == "demo_cosine_plain"  # YAML
-    assert args.num_identities == 5 and args.per_device_train_batch_size == 15  # flag
+    cfg.write_text("preset: msvr310\nnum-instances: 3\nlr_schedule: demo_cosine_plain\n")
+    run = parse_args(["--config", str(cfg), "--num-identities", "5", "--output-dir", str(tmp_path)])
+    assert run.script.image_size == [128, 256] and run.model_options == {"atmoe_heads": 8, "direct_classifier": False}
+    assert run.training.num_train_epochs == 50  # preset
+    assert run.training.num_instances == 3 and run.training.lr_schedule == "demo_cosine_plain"  # YAML
+    assert run.training.num_identities == 5 and run.training.per_device_train_batch_size == 15  # flag
     bad = tmp_path / "bad.yaml"
     bad.write_text("num_identitys: 4\n")
-    with pytest.raises(ValueError, match="num_identitys"):
+    with pytest.raises(UsageError, match="num_identitys"):
         parse_args(["--config", str(bad)])
-    with pytest.raises(ValueError, match="num_identities"):
+    with pytest.raises(UsageError, match="num-identities"):
         parse_args(["--num-identities", "1", "--output-dir", str(tmp_path)])
+
+
+def test_a_copied_preset_is_the_same_recipe(tmp_path):
+    """--config with an edited copy of a preset file replaces the default preset: the copy alone decides the run."""
+    from demo_reid.training.arguments import PRESETS_DIR
+
+    copy = tmp_path / "mine.yaml"
+    copy.write_text((PRESETS_DIR / "rgbnt100.yaml").read_text())
+    a = parse_args(["--preset", "rgbnt100", "--output-dir", str(tmp_path)])
+    b = parse_args(["--config", str(copy), "--output-dir", str(tmp_path)])
+    assert (a.script.image_size, a.model_options, a.loss, a.augment) == (b.script.image_size, b.model_options, b.loss,
+                                                                          b.augment)
+    assert a.training.to_dict() == b.training.to_dict()
+    # the synthetic preset (lr 2e-3, padding 4) does not leak into a --config run
+    assert b.training.learning_rate == 3.5e-4 and b.augment["padding"] == 10
+
+
+def test_model_options_come_from_the_config_classes(tmp_path):
+    """Each config option is a flag whose help is its docstring entry; unset, the config's own default applies; a
+    model's section of a preset applies to that model only; another model's option is refused by name."""
+    import inspect
+
+    from configuration_demo import DeMoConfig, ReIDConfig
+    from configuration_next import NextConfig
+    from demo_reid.hub.factory import ModelRecipe
+    from demo_reid.training.arguments import build_parser
+
     help_text = build_parser().format_help()
-    ignored = set(IGNORED_TRAINER_OPTIONS) | set(IGNORED_UNDER_DEMO_SCHEDULES)
-    for cls in (DeMoScriptArguments, DeMoTrainingArguments):
+    for cls in (ReIDConfig, DeMoConfig, NextConfig):
+        for name, parameter in inspect.signature(cls.__init__).parameters.items():
+            if name in ("self", "kwargs", "vision_config", "text_config", "image_size", "num_labels", "num_cameras"):
+                continue
+            assert f"--{name}" in help_text, name
+            assert f"({cls.__name__} default: {parameter.default!r})" in " ".join(help_text.split()), name
+    assert parse_args(["--output-dir", str(tmp_path)]).model_options == {}  # synthetic preset, DeMo: no option set
+    assert parse_args(["--model", "next", "--output-dir", str(tmp_path)]).model_options == {"tokens_per_expert": 4}
+    with pytest.raises(UsageError, match="--tokens-per-expert is not an option of DeMoConfig"):
+        ModelRecipe.resolve("demo", "tiny", {"tokens_per_expert": 4})
+    with pytest.raises(UsageError, match="--atmoe-heads is not an option of NextConfig"):
+        ModelRecipe.resolve("next", "tiny", {"atmoe_heads": 4})
+    recipe = ModelRecipe.resolve("demo", "tiny", {"atmoe_heads": 3, "vision_config": {"hidden_size": 48}})
+    config = recipe.config(num_labels=7, num_cameras=2, image_size=(32, 16))
+    assert (config.atmoe_heads, config.vision_config.hidden_size, config.num_labels, config.num_cameras,
+            config.image_size) == (3, 48, 7, 2, (32, 16))
+    assert config.hdm_dropout == inspect.signature(DeMoConfig.__init__).parameters["hdm_dropout"].default
+
+
+def test_help_lists_every_option_in_reading_order():
+    from dataclasses import fields
+
+    from demo_reid.training.arguments import REFUSED_TRAINER_OPTIONS, ReIDArguments, ReIDTrainingArguments, build_parser
+
+    help_text = build_parser().format_help()
+    for cls in (ReIDArguments, ReIDTrainingArguments):
         for f in fields(cls):
-            if f.init and f.name not in ignored:
+            if f.init and f.name not in REFUSED_TRAINER_OPTIONS:
                 assert f"--{f.name}" in help_text, f.name
-    for name in ignored:  # options that would do nothing are not offered
+    for name in REFUSED_TRAINER_OPTIONS:  # options that would do nothing are not offered
         assert f"--{name} " not in help_text and f"--{name}\n" not in help_text, name
-    # --help opens with examples, then the options a ReID user sets, then the Trainer's own under a heading
+    # --help opens with examples, then the options a ReID user sets, then the generated groups, then the Trainer's own
     position = 0
     for needle in ("examples:", "ReID options:", "--preset", "--dataset", "--backbone", "--output_dir",
-                   "--num_identities", "--resume", "Trainer options"):
+                   "--num_identities", "--resume", "recipe options:", "augmentation options", "loss options",
+                   "DeMo options", "NEXT options", "Trainer options"):
         position = help_text.index(needle, position)  # raises if out of order
     assert help_text.index("ReID options:") < help_text.index("--bf16")
 

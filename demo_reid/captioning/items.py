@@ -23,9 +23,6 @@ from ..data.builder import (
     scan_split,
 )
 
-# Persons for RGBNT201, vehicles for the others: the kind a layout's captions describe.
-KIND_OF_LAYOUT = {"RGBNT201": "person", "RGBNT100": "vehicle", "MSVR310": "vehicle", "WMVEID863": "vehicle"}
-
 
 def find_layout(root: str | Path, name: Optional[str] = None) -> tuple[Layout, Path]:
     """The layout of ``root`` (given by ``name``, or recognised from its folders) and its base folder."""

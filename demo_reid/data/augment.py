@@ -12,7 +12,7 @@ Every random draw of a sample comes from a ``torch.Generator`` seeded with that 
 the device, the global RNG or the number of dataloader workers.
 
 By default each modality image draws its own flip, crop and erasing, as the original does (its transform runs once
-per image); ``independent_modalities=False`` gives the three aligned images of a triple one shared geometry.
+per image); ``modality_augment="shared"`` gives the three aligned images of a triple one shared geometry.
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["AugmentParams", "ReIDAugment"]
+__all__ = ["MODALITY_AUGMENT_MODES", "AugmentParams", "ReIDAugment"]
+
+MODALITY_AUGMENT_MODES = ("independent", "shared")
 
 
 @dataclass
@@ -38,19 +40,35 @@ class AugmentParams:
 
 
 class ReIDAugment(nn.Module):
-    """Flip / pad + random crop / random erasing on ``(B, M, C, H, W)`` normalized tensors, one seed per sample."""
+    """Flip / pad + random crop / random erasing on ``(B, M, C, H, W)`` normalized tensors, one seed per sample.
+
+    The augmentation options of train.py are generated from this signature (their one definition).
+
+    Args:
+        flip_prob: Horizontal flip probability.
+        padding: Black padding (pixels) before the random crop back to the input size.
+        erasing_prob: Random erasing probability (the erased box is filled with per-pixel N(0, 1) noise).
+        modality_augment: independent: each modality image draws its own flip, crop and erasing (the original);
+            shared: the aligned RGB, NIR and TIR images of a triple share one draw.
+        erasing_area: Range of the erased box's area, as a fraction of the image.
+        erasing_aspect: Range of the erased box's aspect ratio, drawn log-uniformly.
+        pad_value: Value of the padding on normalized images (-1.0 is black).
+    """
 
     def __init__(
         self,
         flip_prob: float = 0.5,
         padding: int = 10,
         erasing_prob: float = 0.5,
+        modality_augment: str = "independent",
         erasing_area: tuple[float, float] = (0.02, 1 / 3),
         erasing_aspect: tuple[float, float] = (0.3, 1 / 0.3),
         pad_value: float = -1.0,
-        independent_modalities: bool = True,
     ):
         super().__init__()
+        if modality_augment not in MODALITY_AUGMENT_MODES:
+            raise ValueError(f"modality_augment must be one of {', '.join(MODALITY_AUGMENT_MODES)}, "
+                             f"got {modality_augment!r}")
         for name, p in (("flip_prob", flip_prob), ("erasing_prob", erasing_prob)):
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"`{name}` must be a probability in [0, 1], got {p}")
@@ -67,7 +85,7 @@ class ReIDAugment(nn.Module):
         self.erasing_area = (float(lo), float(hi))
         self.erasing_aspect = (float(erasing_aspect[0]), float(erasing_aspect[1]))
         self.pad_value = float(pad_value)
-        self.independent_modalities = bool(independent_modalities)
+        self.independent_modalities = modality_augment == "independent"
 
     def extra_repr(self) -> str:
         return (

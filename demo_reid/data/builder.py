@@ -137,6 +137,7 @@ class Layout:
     ``folders``: the dataset's own folder as found under a parent root (first match wins).
     ``modality_dirs``: RGB, NIR, TIR sub-folder names, or ``None`` when one file holds all three
     side by side (RGBNT100).  ``nested``: one sub-folder per identity above the modality folders.
+    ``kind``: what the identities are (``person`` or ``vehicle``), for captions and cards.
     """
 
     name: str
@@ -145,6 +146,7 @@ class Layout:
     modality_dirs: Optional[tuple[str, str, str]]
     nested: bool
     parse_name: Callable[[str], ParsedName]
+    kind: str
 
 
 LAYOUTS: dict[str, Layout] = {
@@ -155,6 +157,7 @@ LAYOUTS: dict[str, Layout] = {
         modality_dirs=("RGB", "NI", "TI"),
         nested=False,
         parse_name=parse_rgbnt201,
+        kind="person",
     ),
     "RGBNT100": Layout(
         name="RGBNT100",
@@ -163,6 +166,7 @@ LAYOUTS: dict[str, Layout] = {
         modality_dirs=None,
         nested=False,
         parse_name=parse_rgbnt100,
+        kind="vehicle",
     ),
     "MSVR310": Layout(
         name="MSVR310",
@@ -171,6 +175,7 @@ LAYOUTS: dict[str, Layout] = {
         modality_dirs=("vis", "ni", "th"),
         nested=True,
         parse_name=parse_msvr310,
+        kind="vehicle",
     ),
     "WMVEID863": Layout(
         name="WMVEID863",
@@ -179,6 +184,7 @@ LAYOUTS: dict[str, Layout] = {
         modality_dirs=("vis", "ni", "th"),
         nested=False,
         parse_name=parse_wmveid863,
+        kind="vehicle",
     ),
 }
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -67,13 +67,12 @@ class ReIDTransform:
 
     Use as ``dataset.with_transform(ReIDTransform(...))`` (it receives a dict of columns) or
     through :class:`ReIDCollator` in a DataLoader.  ``labels`` is returned only when the rows
-    have a ``label`` column (the train split).  ``keep_columns`` passes other columns through
-    as lists (e.g. ``("name", "caption_rgb")`` for visualization or the text branch).
+    have a ``label`` column (the train split).
     """
 
     def __init__(self, image_size: Sequence[int] = (256, 128), train: bool = False,
                  interpolation: Optional[str] = None, mean: float | Sequence[float] = 0.5,
-                 std: float | Sequence[float] = 0.5, keep_columns: Iterable[str] = ()):
+                 std: float | Sequence[float] = 0.5):
         if len(image_size) != 2 or min(image_size) < 1:
             raise ValueError(f"image_size must be (H, W) with positive ints, got {image_size!r}")
         interpolation = interpolation or ("bicubic" if train else "bilinear")
@@ -87,7 +86,6 @@ class ReIDTransform:
         std_t = torch.as_tensor(std, dtype=torch.float32).reshape(-1, 1, 1)
         self._scale = 1.0 / (255.0 * std_t)
         self._shift = -mean_t / std_t
-        self.keep_columns = tuple(keep_columns)
 
     def _load(self, value: Any, out: np.ndarray) -> None:
         img = _to_pil(value)
@@ -117,8 +115,6 @@ class ReIDTransform:
         for key, column in _ID_KEYS.items():
             if column in batch:
                 out[key] = torch.as_tensor(list(batch[column]), dtype=torch.long)
-        for column in self.keep_columns:
-            out[column] = list(batch[column])
         return out
 
 
@@ -222,11 +218,12 @@ class ReIDCollator:
 
 def collator_for(config, train: bool, tokenizer=None, with_captions: bool = True) -> ReIDCollator:
     """The collator a model config asks for: its image size, camera ids when it has cameras, and captions when it
-    reads text (``config.use_text``), a ``tokenizer`` is given and the dataset has captions (``with_captions``)."""
+    reads text (``config.uses_text``), a ``tokenizer`` is given and the dataset has captions (``with_captions``).
+    Training captions are sampled per ``config.num_semantic_experts`` x ``config.caption_sentences_per_expert``."""
     from .text import caption_max_length
 
     text = None
-    if getattr(config, "use_text", False) and tokenizer is not None and with_captions:
+    if getattr(config, "uses_text", False) and tokenizer is not None and with_captions:
         text = CaptionEncoder(tokenizer, config.num_semantic_experts, config.caption_sentences_per_expert,
                               max_length=caption_max_length(config, tokenizer),
                               train=train)

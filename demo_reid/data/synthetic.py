@@ -32,11 +32,10 @@ from typing import Callable, Optional
 import numpy as np
 from PIL import Image
 
-from ..captioning.items import KIND_OF_LAYOUT
 from ..captioning.render import noun_phrase, render_caption
 from ..captioning.schema import COLOR_SOURCES, get_schema
 from ..captioning.store import write_split
-from .builder import MODALITIES
+from .builder import LAYOUTS, MODALITIES
 
 SYNTHETIC_LAYOUTS = ("RGBNT201", "RGBNT100", "MSVR310", "WMVEID863")
 DARK_RGB_PROB = 0.2
@@ -325,7 +324,7 @@ def _triple_captions(kind: str, seed: int, d: _Drawn) -> dict[str, Optional[str]
 
 def _write_captions(folder: Path, layout: str, seed: int, drawn: list[_Drawn]) -> None:
     """Write ``{train,test}_{RGB,NI,TI}.json`` in the released format into ``folder``."""
-    kind = KIND_OF_LAYOUT[layout]
+    kind = LAYOUTS[layout].kind
     captions = {split: {m: {} for m in MODALITIES} for split in ("train", "test")}
     for d in drawn:
         for modality, text in _triple_captions(kind, seed, d).items():
@@ -465,3 +464,29 @@ def make_synthetic(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+# The synthetic set `python train.py` trains on when no --dataset is given.
+DEFAULT_SET = dict(layout="RGBNT201", seed=0, num_train_ids=40, num_test_ids=20, images_per_id=12)
+
+
+def describe_default_set() -> str:
+    """One phrase naming the default set, for model cards."""
+    s = DEFAULT_SET
+    return (f"the synthetic {s['layout']}-layout set ({s['num_train_ids']} train / {s['num_test_ids']} test "
+            f"identities, seed {s['seed']})")
+
+
+def prepare_default_set(path: str | Path) -> Path:
+    """The default synthetic set as an Arrow DatasetDict (with its captions) at ``path``: built once, then reused."""
+    from .builder import build_dataset, save_dataset
+
+    path = Path(path)
+    if not (path / "dataset_dict.json").is_file():
+        spec = dict(DEFAULT_SET)
+        layout = spec.pop("layout")
+        with tempfile.TemporaryDirectory() as raw, tempfile.TemporaryDirectory() as cache:
+            root = make_synthetic(layout, raw, **spec)
+            save_dataset(build_dataset(layout, root, captions_dir=root / CAPTIONS_DIR, cache_dir=cache), path,
+                         overwrite=True)
+    return path

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ..data.collate import METADATA_KEYS, collator_for
+from ..data.collate import CAPTION_COLUMNS, METADATA_KEYS, MODALITY_COLUMNS, collator_for
 from .metrics import DISTANCE_METRICS, METRIC_KEYS, reid_metrics, reid_metrics_from_features, summarize
 from .reranking import re_ranking
 
@@ -74,7 +74,7 @@ def check_split(split, name: str, num_cameras: int) -> None:
     if split is None or len(split) == 0:
         raise EvaluationInputError(f"the {name} split is empty: rebuild the dataset with query images "
                                    "(data_scripts/build_dataset.py) or pass another --dataset")
-    missing = [c for c in ("rgb", "nir", "tir", "pid", "camid") if c not in split.column_names]
+    missing = [c for c in (*MODALITY_COLUMNS, "pid", "camid") if c not in split.column_names]
     if missing:
         raise EvaluationInputError(f"the {name} split lacks column(s) {missing}: build it with data_scripts/build_dataset.py")
     if num_cameras > 0:
@@ -156,7 +156,7 @@ def extract_features(
     check_split(dataset_split, desc, getattr(config, "num_cameras", 0))
     mask = modality_mask_for(modality_mask)
     if collator is None:
-        with_captions = all(f"caption_{m}" in dataset_split.column_names for m in ("rgb", "nir", "tir"))
+        with_captions = all(c in dataset_split.column_names for c in CAPTION_COLUMNS)
         collator = collator_for(config, train=False, tokenizer=tokenizer, with_captions=with_captions)
     columns = [c for c in collator.columns if c in dataset_split.column_names]
     loader = DataLoader(dataset_split.select_columns(columns), batch_size=batch_size, shuffle=False,

@@ -14,6 +14,8 @@ from typing import Optional, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from ..data.collate import MODALITY_COLUMNS
+
 DEFAULT_EXPERT_NAMES = ("R", "N", "T", "RN", "RT", "NT", "RNT")
 MODALITY_LABELS = ("RGB", "NIR", "TIR")
 
@@ -383,7 +385,7 @@ def rank_list_for_queries(
 
 def _triple(split, index: int):
     row = split[int(index)]
-    return tuple(row[m] for m in ("rgb", "nir", "tir"))
+    return tuple(row[m] for m in MODALITY_COLUMNS)
 
 
 def write_rank_lists(query_split, gallery_split, query_indices, ranked, correct, path, cell_size=(96, 48)) -> Path:

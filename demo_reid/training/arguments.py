@@ -1,16 +1,27 @@
-"""Arguments of ``train.py``: the DeMo recipe on top of ``TrainingArguments``, presets and YAML loading.
+"""Arguments of ``train.py``: what to train, the Trainer's arguments with the ReID recipe, and the model, loss and
+augmentation options, each defined once where it is used.
 
-Precedence (lowest first): dataclass defaults < ``--preset`` < ``--config FILE.yaml`` < command-line flags.
-Every field has a ``help`` string, so ``python train.py --help`` documents every option; flags take both the
-``--snake_case`` and ``--kebab-case`` spelling.
+- :class:`ReIDArguments`: what to train on and which model to build.
+- :class:`ReIDTrainingArguments`: ``transformers.TrainingArguments`` with the P x K batch, the learning-rate groups
+  and the per-epoch schedule of the authors' recipe as defaults.
+- Model options come from the config classes (:class:`configuration_demo.ReIDConfig`, ``DeMoConfig``,
+  ``NextConfig``), loss options from :class:`~demo_reid.training.losses.ReIDLoss`, augmentation options from
+  :class:`~demo_reid.data.augment.ReIDAugment` (see :mod:`demo_reid.training.options`).
+
+Precedence (lowest first): defaults in code < the recipe file (``--preset NAME`` = ``configs/NAME.yaml``, or the
+file given with ``--config``) < command-line flags. A recipe file holds ``option: value`` pairs; a section named
+after a model (``demo:``, ``next:``, or a remote model's ``model_type``) holds options applied only to that model.
+Flags take both the ``--snake_case`` and the ``--kebab-case`` spelling.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
-from dataclasses import dataclass, field, fields
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -18,192 +29,94 @@ import yaml
 from transformers import HfArgumentParser, TrainingArguments
 from transformers.trainer_utils import IntervalStrategy, SaveStrategy
 
-from .scheduler import SCHEDULER_TYPES
+from configuration_demo import DeMoConfig, ReIDConfig
+from configuration_next import NextConfig
 
-MODALITY_AUGMENT_MODES = ("independent", "shared")
-MODEL_TYPES = ("demo", "next")
+from ..data.augment import ReIDAugment
+from ..errors import UsageError
+from ..hub.backbones import PRETRAINED_BACKBONE
+from ..hub.factory import BUILTIN_MODELS
+from .losses import ReIDLoss
+from .options import options_dataclass
+from .scheduler import EPOCH_SCHEDULES
 
-__all__ = [
-    "PRESETS",
-    "DeMoScriptArguments",
-    "DeMoTrainingArguments",
-    "build_parser",
-    "parse_args",
-    "resolve_defaults",
-]
+__all__ = ["PRESETS_DIR", "ReIDArguments", "ReIDTrainingArguments", "TrainRun", "build_parser", "parse_args"]
 
-
-# The authors always start from OpenAI CLIP ViT-B/16; the real presets load it through from_vision_pretrained.
-PRETRAINED_BACKBONE = "openai/clip-vit-base-patch16"
-# Towers built from random initialisation, only when asked for by name (shapes only: not the papers' recipe).
-RANDOM_BACKBONES = ("tiny", "clip-b16-random", "vit-b16-random")
-
-# The original recipes (DeMo configs). The optimizer / loss / augmentation settings shared by all of them are the
-# dataclass defaults below: Adam, lr 3.5e-4 (bias x2), tower 5e-6, wd 1e-4, SIE 1.0, flip 0.5, pad 10, erasing 0.5,
-# ID 0.25, triplet 1.0, label smoothing 0.1, soft-margin triplet.
-PRESETS: dict[str, dict] = {
-    # The embedded default of `python train.py`: tiny CLIP-shaped tower from random init on the synthetic
-    # RGBNT201-layout set, under a minute on 2 CPU cores. Everything else is the authors' recipe (PyTorch-default head
-    # init, per-modality augmentation, ...); the lr is 2e-3 for every group because nothing is pretrained (1e-3
-    # reached mAP 65 in 20 epochs with the authors' init, 2e-3 reaches 91-93: docs/training.md).
-    "synthetic": {
-        "backbone": "tiny",
-        "image_height": 64,
-        "image_width": 32,
-        "tiny_hidden_size": 96,
-        "tiny_num_layers": 3,
-        "tiny_patch_size": 8,
-        "atmoe_heads": 4,
-        "direct_classifier": True,
-        "num_identities": 8,
-        "num_instances": 4,
-        "num_train_epochs": 20,
-        "warmup_epochs": 2,
-        "learning_rate": 2e-3,
-        "vision_tower_lr": 2e-3,
-        "padding": 4,
-        "output_dir": "outputs/demo-synthetic",
-    },
-    "rgbnt201": {
-        "backbone": PRETRAINED_BACKBONE,
-        "tokens_per_expert": 16,  # --model next: 1/8 of the 128 patches, as 4 of 32 on the synthetic set
-        "image_height": 256,
-        "image_width": 128,
-        "num_identities": 8,
-        "num_instances": 8,
-        "direct_classifier": True,
-        "atmoe_heads": 4,
-        "num_train_epochs": 50,
-        "warmup_epochs": 10,
-        "output_dir": "outputs/demo-rgbnt201",
-    },
-    "rgbnt100": {
-        "backbone": PRETRAINED_BACKBONE,
-        "tokens_per_expert": 16,  # --model next: 1/8 of the 128 patches, as 4 of 32 on the synthetic set
-        "image_height": 128,
-        "image_width": 256,
-        "num_identities": 8,
-        "num_instances": 16,
-        "direct_classifier": False,
-        "atmoe_heads": 8,
-        "num_train_epochs": 30,
-        "warmup_epochs": 5,
-        "output_dir": "outputs/demo-rgbnt100",
-    },
-    "msvr310": {
-        "backbone": PRETRAINED_BACKBONE,
-        "tokens_per_expert": 16,  # --model next: 1/8 of the 128 patches, as 4 of 32 on the synthetic set
-        "image_height": 128,
-        "image_width": 256,
-        "num_identities": 16,
-        "num_instances": 4,
-        "direct_classifier": False,
-        "atmoe_heads": 8,
-        "num_train_epochs": 50,
-        "warmup_epochs": 10,
-        "output_dir": "outputs/demo-msvr310",
-    },
-}
+# The recipe files behind --preset: one per dataset, as the authors ship them; read, copy and edit them.
+PRESETS_DIR = Path(__file__).resolve().parents[2] / "configs"
+DEFAULT_PRESET = "synthetic"
+DEFAULT_MODEL = "demo"
 
 
 @dataclass
-class DeMoScriptArguments:
-    """What to train on and which model to build (everything that is not a Trainer setting)."""
+class ReIDArguments:
+    """What to train on and which model to build (everything that is not a Trainer, model, loss or augmentation
+    option)."""
 
-    config: str | None = field(default=None, metadata={"help": "YAML file of option: value pairs (any option below)."})
-    model: str = field(
-        default="demo",
-        metadata={"help": "Which model to train: demo (DeMo, AAAI 2025) or next (NEXT: text-modulated multi-grained "
-                  "experts; reads the dataset's captions).", "choices": MODEL_TYPES},
+    preset: str | None = field(
+        default=None,
+        metadata={"help": f"Recipe file to start from: a name of {PRESETS_DIR.name}/ (synthetic, the CPU demo and the "
+                  "default; rgbnt201, rgbnt100, msvr310: the authors' recipes)."},
     )
-    preset: str = field(
-        default="synthetic",
-        metadata={
-            "help": "Recipe to start from: synthetic (the CPU demo), rgbnt201, rgbnt100 or msvr310.",
-            "choices": sorted(PRESETS),
-        },
+    config: str | None = field(
+        default=None,
+        metadata={"help": "A recipe YAML file of option: value pairs (e.g. an edited copy of a preset); it replaces "
+                  "the default preset unless it names one with `preset:` or --preset is given."},
+    )
+    model: str | None = field(
+        default=None,
+        metadata={"help": f"The model: {' or '.join(BUILTIN_MODELS)} (default {DEFAULT_MODEL}), or a directory / Hub "
+                  "id holding a config.json with an auto_map (remote code) for any model that honours "
+                  "docs/interfaces.md."},
     )
     dataset: str | None = field(
         default=None,
-        metadata={"help": "Path of a DatasetDict saved with save_to_disk (train/query/gallery). "
-                  "Default: build the synthetic RGBNT201-layout set under --synthetic-dir."},
+        metadata={"help": "Path of a DatasetDict saved with save_to_disk (train/query/gallery). Default: build the "
+                  "synthetic RGBNT201-layout set under --synthetic-dir."},
     )
     synthetic_dir: str = field(
         default="outputs/synthetic-rgbnt201", metadata={"help": "Where the synthetic dataset is built / reused."}
     )
     backbone: str = field(
         default=PRETRAINED_BACKBONE,
-        metadata={"help": f"A CLIP or ViT checkpoint (Hub id or local directory) loaded with "
-                  f"DeMoModel.from_vision_pretrained; the real presets use {PRETRAINED_BACKBONE}. Random "
-                  f"initialisation only by name: {', '.join(RANDOM_BACKBONES)} (tiny: the synthetic preset's)."},
+        metadata={"help": "The pretrained tower(s): a CLIP or ViT checkpoint (Hub id or local directory), loaded with "
+                  "the model's from_pretrained_towers; random initialisation only by name: tiny (the synthetic "
+                  "preset's), clip-b16-random, vit-b16-random."},
     )
-    image_height: int = field(default=256, metadata={"help": "Input height of every modality image."})
-    image_width: int = field(default=128, metadata={"help": "Input width of every modality image."})
-    tiny_hidden_size: int = field(default=96, metadata={"help": "--backbone tiny: transformer width."})
-    tiny_num_layers: int = field(default=3, metadata={"help": "--backbone tiny: number of transformer layers."})
-    tiny_patch_size: int = field(default=8, metadata={"help": "--backbone tiny: patch size."})
-    atmoe_heads: int = field(default=4, metadata={"help": "ATMoE gating heads."})
-    direct_classifier: bool = field(
-        default=True, metadata={"help": "One classifier on concat(f_R, f_N, f_T) instead of one per modality."}
+    image_size: list[int] | None = field(
+        default=None,
+        metadata={"help": "Input height and width of every modality image, e.g. --image-size 256 128 (default: the "
+                  "model config's)."},
     )
-    sie_coefficient: float = field(default=1.0, metadata={"help": "Scale of the camera (SIE) embedding."})
-    hdm_dropout: float = field(
-        default=0.1,
-        metadata={"help": "Attention dropout of the HDM cross-attentions; the one per-process randomness left "
-                  "(0 makes 1 and N processes compute the same training run)."},
-    )
-    num_semantic_experts: int = field(default=3, metadata={"help": "--model next: TMSE experts (N_s)."})
-    num_structure_experts: int = field(default=3, metadata={"help": "--model next: CSSE experts (N_c)."})
-    tokens_per_expert: int = field(
-        default=4,
-        metadata={"help": "--model next: patches each semantic expert selects per modality (k); 1/8 of the patches "
-                  "by default (4 of 32 on the synthetic set, 16 of 128 in the real presets)."},
-    )
-    caption_sentences_per_expert: int = field(
-        default=2, metadata={"help": "--model next: caption sentences each semantic expert sees in training."}
-    )
-    use_tmse: bool = field(default=True, metadata={"help": "--model next: the text-modulated semantic experts."})
-    use_csse: bool = field(default=True, metadata={"help": "--model next: the context-shared structure experts."})
-    use_text: bool = field(
-        default=True, metadata={"help": "--model next: read the captions (False: every expert uses its no-text embedding)."}
-    )
-    head_init: str = field(
-        default="pytorch",
-        metadata={"help": "Initialisation of the new head layers: pytorch (PyTorch defaults, the original) or "
-                  "normal (normal(0, 0.02) weights, zero biases).", "choices": ("pytorch", "normal")},
-    )
-    id_loss_weight: float = field(default=0.25, metadata={"help": "Weight of the label-smoothed ID loss."})
-    triplet_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the triplet loss."})
-    label_smoothing: float = field(default=0.1, metadata={"help": "Label smoothing of the ID loss."})
-    triplet_margin: float | None = field(
-        default=None, metadata={"help": "Triplet margin; unset = soft-margin triplet (softplus)."}
+    config_overrides: str | None = field(
+        default=None,
+        metadata={"help": "Model config fields as key=value pairs separated by commas, for fields without an option "
+                  "of their own; a dotted key reaches a sub-config (vision_config.hidden_size=32)."},
     )
     resume: bool = field(
         default=False,
         metadata={"help": "Continue from the last complete checkpoint in --output-dir (incomplete ones are skipped)."},
-    )
-    profile: bool = field(
-        default=False,
-        metadata={"help": "Record a few optimizer steps with torch.profiler into <output-dir>/profile (a trace for "
-                  "Perfetto / chrome://tracing and an operator summary); see docs/benchmarks.md."},
     )
     overwrite_output_dir: bool = field(
         default=False,
         metadata={"help": "Train into an --output-dir that already holds a model or checkpoints (its old "
                   "checkpoints are deleted first); without it or --resume, train.py refuses."},
     )
-    select_best_on_test: bool = field(
+    profile: bool = field(
         default=False,
-        metadata={"help": "Keep the epoch with the best *test* (query/gallery) mAP. Optimistic; labelled in the "
-                  "output. Default: report the final epoch."},
+        metadata={"help": "Record a few optimizer steps with torch.profiler into <output-dir>/profile (a trace for "
+                  "Perfetto / chrome://tracing and an operator summary); see docs/benchmarks.md."},
     )
 
 
 @dataclass
-class DeMoTrainingArguments(TrainingArguments):
-    """``TrainingArguments`` with the DeMo recipe as defaults plus P x K sampling, lr groups and augmentation."""
+class ReIDTrainingArguments(TrainingArguments):
+    """``TrainingArguments`` with the DeMo recipe as defaults, plus P x K sampling, lr groups and the per-epoch
+    schedule."""
 
-    output_dir: str | None = field(default=None, metadata={"help": "Where checkpoints and the final model go."})
+    output_dir: str | None = field(
+        default=None, metadata={"help": "Where checkpoints and the final model go (default: outputs/<model>-<preset>)."}
+    )
     resume_from_checkpoint: str | None = field(
         default=None, metadata={"help": "Continue from this checkpoint folder (a checkpoint-N written by train.py)."}
     )
@@ -213,25 +126,24 @@ class DeMoTrainingArguments(TrainingArguments):
     num_instances: int = field(default=8, metadata={"help": "K: images per identity in a batch."})
     learning_rate: float = field(default=3.5e-4, metadata={"help": "Lr of the new (non-tower) modules' weights."})
     bias_lr_factor: float = field(default=2.0, metadata={"help": "Bias lr = learning_rate x this (outside the tower)."})
-    vision_tower_lr: float = field(default=5e-6, metadata={"help": "Lr of every vision-tower parameter (biases too)."})
-    weight_decay: float = field(default=1e-4, metadata={"help": "Weight decay of every group (L2, as Adam's)."})
-    lr_scheduler_type: str = field(
-        default="demo_cosine",
-        metadata={"help": "demo_cosine (the original: per-epoch cosine, warm-up, seeded noise), demo_cosine_plain "
-                  "(no noise), or any transformers scheduler name (stepped per optimizer step)."},
+    vision_tower_lr: float = field(
+        default=5e-6, metadata={"help": "Lr of the pretrained vision-tower parameters (biases too)."}
     )
-    warmup_epochs: int = field(default=10, metadata={"help": "demo_cosine: linear warm-up epochs."})
-    warmup_factor: float = field(default=0.1, metadata={"help": "demo_cosine: warm-up starts at this x learning_rate."})
-    min_lr_factor: float = field(default=0.001, metadata={"help": "demo_cosine: floor lr = this x learning_rate."})
+    weight_decay: float = field(default=1e-4, metadata={"help": "Weight decay of every group (L2, as Adam's)."})
+    lr_schedule: str = field(
+        default="demo_cosine",
+        metadata={"help": "demo_cosine (the original: per-epoch cosine with warm-up and seeded noise), "
+                  "demo_cosine_plain (no noise), or trainer (the Trainer's --lr-scheduler-type, stepped per "
+                  "optimizer step).", "choices": (*EPOCH_SCHEDULES, "trainer")},
+    )
+    warmup_epochs: int = field(default=10, metadata={"help": "demo_cosine*: linear warm-up epochs."})
+    warmup_factor: float = field(default=0.1, metadata={"help": "demo_cosine*: warm-up starts at this x learning_rate."})
+    min_lr_factor: float = field(default=0.001, metadata={"help": "demo_cosine*: floor lr = this x learning_rate."})
     lr_noise_seed: int = field(default=42, metadata={"help": "demo_cosine: seed of the multiplicative lr noise."})
-    flip_prob: float = field(default=0.5, metadata={"help": "Horizontal flip probability."})
-    padding: int = field(default=10, metadata={"help": "Black padding before the random crop (pixels)."})
-    erasing_prob: float = field(default=0.5, metadata={"help": "Random erasing probability (per-pixel noise)."})
-    modality_augment: str = field(
-        default="independent",
-        metadata={"help": "independent: each modality image draws its own flip / crop / erasing (the original); "
-                  "shared: the aligned RGB / NIR / TIR images of a triple share one draw.",
-                  "choices": MODALITY_AUGMENT_MODES},
+    select_best_on_test: bool = field(
+        default=False,
+        metadata={"help": "Keep the epoch with the best *test* (query/gallery) mAP. Optimistic; labelled in the "
+                  "output. Default: report the final epoch. Needs --eval-strategy = --save-strategy."},
     )
     deterministic: bool = field(
         default=False, metadata={"help": "Deterministic kernels (torch.use_deterministic_algorithms, cuDNN, cuBLAS)."}
@@ -249,13 +161,6 @@ class DeMoTrainingArguments(TrainingArguments):
     dataloader_num_workers: int = field(default=0, metadata={"help": "Data loader worker processes."})
 
     def __post_init__(self):
-        if self.lr_scheduler_type in SCHEDULER_TYPES:
-            custom = self.lr_scheduler_type
-            self.lr_scheduler_type = "constant"  # validated by the parent, replaced below
-        else:
-            custom = None
-        if self.output_dir is None:
-            self.output_dir = PRESETS["synthetic"]["output_dir"]
         if self.deterministic:
             self.full_determinism = True
         # Multi-process on a machine without a GPU (torchrun / accelerate with use_cpu): run DDP on CPU with gloo
@@ -263,165 +168,198 @@ class DeMoTrainingArguments(TrainingArguments):
         cpu_launch = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
         if cpu_launch or (int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()):
             self.use_cpu = True
+        if self.select_best_on_test:
+            self.load_best_model_at_end = True
+            self.metric_for_best_model = "mAP"
+            self.greater_is_better = True
         super().__post_init__()
-        if custom is not None:
-            self.lr_scheduler_type = custom
-        for name in ("num_identities", "num_instances", "warmup_epochs"):
-            if getattr(self, name) < (0 if name == "warmup_epochs" else 1):
-                raise ValueError(f"`{name}` must be positive, got {getattr(self, name)}")
+        if self.lr_schedule in EPOCH_SCHEDULES:
+            for name in ("warmup_steps", "warmup_ratio"):
+                if getattr(self, name):
+                    raise ValueError(f"--{name.replace('_', '-')} does nothing under --lr-schedule {self.lr_schedule} "
+                                     "(it warms up per epoch: set --warmup-epochs), or pass --lr-schedule trainer")
+            if self.lr_scheduler_type != "linear":
+                raise ValueError(f"--lr-scheduler-type {self.lr_scheduler_type.value} does nothing under "
+                                 f"--lr-schedule {self.lr_schedule}: add --lr-schedule trainer to use it")
         if self.num_identities < 2:
-            raise ValueError(f"`num_identities` (P) must be >= 2 for batch-hard mining, got {self.num_identities}")
-        for name in ("flip_prob", "erasing_prob"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"`{name}` must be in [0, 1], got {getattr(self, name)}")
+            raise ValueError(f"--num-identities (P) must be >= 2 for batch-hard mining, got {self.num_identities}")
+        if self.num_instances < 1:
+            raise ValueError(f"--num-instances (K) must be >= 1, got {self.num_instances}")
+        if self.warmup_epochs < 0:
+            raise ValueError(f"--warmup-epochs must be >= 0, got {self.warmup_epochs}")
         if self.num_identities % self.world_size:
             raise ValueError(
                 f"--num-identities {self.num_identities} (P, identities per global batch) cannot be split over "
                 f"{self.world_size} processes: use a multiple of {self.world_size}"
             )
-        # The batch sampler decides the batch (P / N identities x K images per process); the columns the collator
-        # needs are chosen by the trainer. Keep the Trainer's bookkeeping consistent with both.
+        if not math.isfinite(self.learning_rate) or self.learning_rate <= 0:
+            raise ValueError(f"--learning-rate must be > 0, got {self.learning_rate}")
+        if self.select_best_on_test:
+            if self.eval_strategy == "no":
+                raise ValueError("--select-best-on-test needs periodic evaluation: pass --eval-strategy epoch")
+            if self.save_strategy != self.eval_strategy:
+                raise ValueError("--select-best-on-test: --save-strategy must equal --eval-strategy")
+        # The batch sampler decides the batch (P / N identities x K images per process) and the collator the
+        # columns: keep the Trainer's bookkeeping consistent with both.
         self.per_device_train_batch_size = self.num_identities // self.world_size * self.num_instances
         self.remove_unused_columns = False
 
-    @property
-    def uses_demo_schedule(self) -> bool:
-        return self.lr_scheduler_type in SCHEDULER_TYPES
 
+# Trainer options that do nothing here: not offered, and refused with the reason when given.
+REFUSED_TRAINER_OPTIONS = {
+    "per_device_train_batch_size": "the batch is P x K: set --num-identities and --num-instances",
+    "remove_unused_columns": "the trainer passes the collator exactly the columns the model needs",
+}
+# --help: the options a ReID user sets first, then the rest of the recipe, then the generated groups, then the
+# Trainer's own options.
+MAIN_OPTIONS = ("preset", "config", "model", "dataset", "backbone", "output_dir", "num_train_epochs", "num_identities",
+                "num_instances", "learning_rate", "vision_tower_lr", "resume", "resume_from_checkpoint",
+                "overwrite_output_dir", "seed")
+RECIPE_OPTIONS = ("image_size", "config_overrides", "synthetic_dir", "bias_lr_factor", "weight_decay", "lr_schedule",
+                  "warmup_epochs", "warmup_factor", "min_lr_factor", "lr_noise_seed", "select_best_on_test",
+                  "deterministic", "profile")
+AUGMENT_OPTIONS = ("flip_prob", "padding", "erasing_prob", "modality_augment")
+# Model options: the fields every model config takes from the run rather than from an option are left out.
+SET_BY_THE_RUN = ("vision_config", "text_config", "image_size", "num_labels", "num_cameras")
+MODEL_OPTION_GROUPS = (
+    (ReIDConfig, "model options of DeMo and NEXT (ReIDConfig)"),
+    (DeMoConfig, "DeMo options (--model demo, DeMoConfig)"),
+    (NextConfig, "NEXT options (--model next, NextConfig)"),
+)
 
 USAGE_EXAMPLES = """\
-Train DeMo for multi-modal (RGB / NIR / TIR) object re-identification.
+Train a multi-modal (RGB / NIR / TIR) object re-identification model: DeMo, NEXT, or any model with remote code.
 
 examples:
-  python train.py                                   # CPU demo: synthetic RGBNT201-layout set, tiny model
+  python train.py                                   # CPU demo: synthetic RGBNT201-layout set, tiny DeMo
+  python train.py --model next                      # the same for NEXT (captions included)
   accelerate launch train.py --preset rgbnt201 --dataset data/rgbnt201 --output-dir outputs/demo-rgbnt201
-  accelerate launch train.py --preset msvr310 --dataset data/msvr310 --backbone /models/clip-vit-base-patch16
+  accelerate launch train.py --config my_msvr310.yaml --dataset data/msvr310   # an edited copy of configs/msvr310.yaml
   python train.py --preset rgbnt201 --dataset data/rgbnt201 --resume      # continue a stopped run
   torchrun --nproc_per_node 2 train.py --output-dir outputs/demo-2proc    # 2 CPU processes, same math as 1
 
-Options come from --preset, then --config FILE.yaml, then flags (highest). P x K is the global batch.
+Options come from the recipe file (--preset or --config), then flags (highest). P x K is the global batch.
 """
 
-# The options a ReID user sets, shown first in --help; every other option follows under "Trainer options".
-MAIN_OPTIONS = (
-    "preset", "config", "model", "dataset", "backbone", "output_dir", "num_train_epochs", "num_identities", "num_instances",
-    "learning_rate", "vision_tower_lr", "resume", "resume_from_checkpoint", "overwrite_output_dir", "seed",
-)
-# TrainingArguments fields that do nothing in this trainer: hidden from --help and refused when given.
-IGNORED_TRAINER_OPTIONS = {
-    "per_device_train_batch_size": "the batch is P x K: set --num-identities and --num-instances",
-    "remove_unused_columns": "the trainer passes the collator exactly the columns the model needs",
-    "gather_features": "triplets are always mined over the global batch of all processes",
-}
-IGNORED_UNDER_DEMO_SCHEDULES = {
-    "warmup_steps": "the demo_cosine schedules warm up per epoch: set --warmup-epochs",
-}
+
+def _typed_fields(cls) -> dict[str, tuple[type, dataclasses.Field]]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: (hints[f.name], f) for f in dataclasses.fields(cls) if f.init}
+
+
+def _view(name: str, group: str, fields_by_name: dict, names: typing.Iterable[str]) -> type:
+    """A parse-only dataclass holding copies of the named fields, shown in --help under ``group``."""
+    specs = []
+    for option in names:
+        kind, original = fields_by_name[option]
+        copy = field(default=original.default, default_factory=original.default_factory,
+                     metadata=dict(original.metadata))
+        specs.append((option, kind, copy))
+    view = dataclasses.make_dataclass(name, specs)
+    view._argument_group_name = group
+    return view
+
+
+def _parse_classes() -> list[type]:
+    """The dataclasses the parser reads, in --help order (see MAIN_OPTIONS / RECIPE_OPTIONS)."""
+    available = {**_typed_fields(ReIDTrainingArguments), **_typed_fields(ReIDArguments)}
+    taken = set(MAIN_OPTIONS) | set(RECIPE_OPTIONS) | set(REFUSED_TRAINER_OPTIONS)
+    trainer_options = [name for name in _typed_fields(ReIDTrainingArguments) if name not in taken]
+    augment = options_dataclass(ReIDAugment, "augmentation options (ReIDAugment)", exclude=(
+        "erasing_area", "erasing_aspect", "pad_value"))
+    assert tuple(f.name for f in dataclasses.fields(augment)) == AUGMENT_OPTIONS
+    return [
+        _view("MainOptions", "ReID options", available, MAIN_OPTIONS),
+        _view("RecipeOptions", "recipe options", available, RECIPE_OPTIONS),
+        augment,
+        options_dataclass(ReIDLoss, "loss options (ReIDLoss)"),
+        *(options_dataclass(cls, group, exclude=SET_BY_THE_RUN, optional=True) for cls, group in MODEL_OPTION_GROUPS),
+        _view("TrainerOptions", "Trainer options (transformers.TrainingArguments)", available, trainer_options),
+    ]
 
 
 def build_parser() -> HfArgumentParser:
-    """The parser of train.py: usage examples, the ReID options, then the other Trainer options."""
-    parser = HfArgumentParser(
-        (DeMoScriptArguments, DeMoTrainingArguments),
+    """The parser of train.py. Bad values raise ``argparse.ArgumentError`` (``exit_on_error=False``) instead of
+    exiting, so that every error is reported the same way: one line, exit status 2."""
+    return HfArgumentParser(
+        _parse_classes(),
         prog="train.py",
-        usage="%(prog)s [--preset NAME] [--dataset PATH] [--backbone NAME_OR_PATH] [--output-dir DIR] [options]",
+        usage="%(prog)s [--preset NAME | --config FILE] [--model NAME_OR_PATH] [--dataset PATH] [--output-dir DIR] "
+              "[options]",
         description=USAGE_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        exit_on_error=False,
+        allow_abbrev=False,
     )
-    main = parser.add_argument_group("ReID options")
-    recipe = parser.add_argument_group("model and recipe options")
-    trainer = parser.add_argument_group("Trainer options (transformers.TrainingArguments)")
-    script_fields = {f.name for f in fields(DeMoScriptArguments)}
-    own_fields = {f.name for f in fields(DeMoTrainingArguments)} - {f.name for f in fields(TrainingArguments)}
-    own_fields |= {"num_train_epochs", "learning_rate", "weight_decay", "lr_scheduler_type", "max_grad_norm"}
-    default_group = parser._optionals
-    for action in list(default_group._group_actions):
-        if action.dest == "help":
-            continue
-        if action.dest in IGNORED_TRAINER_OPTIONS or action.dest in IGNORED_UNDER_DEMO_SCHEDULES:
-            action.help = argparse.SUPPRESS
-        target = main if action.dest in MAIN_OPTIONS else recipe if action.dest in script_fields | own_fields else trainer
-        default_group._group_actions.remove(action)
-        target._group_actions.append(action)
-    order = {name: i for i, name in enumerate(MAIN_OPTIONS)}
-    main._group_actions.sort(key=lambda a: order.get(a.dest, len(order)))
-    parser.error = _raise_usage_error  # one line from the caller, not argparse's usage dump + exit
-    return parser
 
 
-def _raise_usage_error(message: str):
-    raise ValueError(message)
+@dataclass
+class TrainRun:
+    """Everything one ``train.py`` run was asked for."""
+
+    script: ReIDArguments
+    training: ReIDTrainingArguments
+    model_options: dict  # model config fields the run sets (nested dicts reach sub-configs)
+    loss: dict  # ReIDLoss arguments
+    augment: dict  # ReIDAugment arguments
 
 
-# Options that only one model reads; given explicitly with the other model they would do nothing.
-MODEL_OPTIONS = {
-    "demo": ("atmoe_heads", "direct_classifier", "hdm_dropout"),
-    "next": ("num_semantic_experts", "num_structure_experts", "tokens_per_expert", "caption_sentences_per_expert",
-             "use_tmse", "use_csse", "use_text"),
-}
-
-
-def _given_options(argv: list[str], config: dict) -> set[str]:
-    """Option names set explicitly, as flags (either spelling, `--no-x` counted as `x`) or in the YAML file."""
-    given = {a.split("=", 1)[0].lstrip("-").replace("-", "_") for a in argv if a.startswith("--")} | set(config)
-    return given | {name[3:] for name in given if name.startswith("no_")}
-
-
-def refuse_other_model_options(argv: list[str], config: dict, model: str) -> None:
-    given = _given_options(argv, config)
-    for other, names in MODEL_OPTIONS.items():
-        if other != model:
-            for name in names:
-                if name in given:
-                    raise ValueError(f"--{name.replace('_', '-')} is a --model {other} option; it does nothing with "
-                                     f"--model {model}")
-
-
-def refuse_ignored_options(argv: list[str], config: dict, scheduler_type: str) -> None:
-    """One clear error for a Trainer option that would do nothing here (given as a flag or in the YAML file)."""
-    refused = dict(IGNORED_TRAINER_OPTIONS)
-    if scheduler_type in SCHEDULER_TYPES:
-        refused.update(IGNORED_UNDER_DEMO_SCHEDULES)
-    given = _given_options(argv, config)
-    for name, why in refused.items():
-        if name in given:
-            raise ValueError(f"--{name.replace('_', '-')} does nothing in train.py: {why}")
-
-
-def _field_names() -> set[str]:
-    return {f.name for cls in (DeMoScriptArguments, DeMoTrainingArguments) for f in fields(cls)}
-
-
-def load_yaml(path: str | Path) -> dict:
-    """Read a YAML config; keys may use ``-`` or ``_``; unknown keys are an error naming them."""
-    path = Path(path)
+def load_recipe(path: str | Path, option: str) -> dict:
+    """A recipe YAML file: ``option: value`` pairs (keys may use ``-`` or ``_``) and per-model sections."""
+    path = Path(path).expanduser()
     if not path.is_file():
-        raise ValueError(f"--config: no such file {path}")
-    data = yaml.safe_load(path.read_text()) or {}
+        raise UsageError(f"{option}: no such file {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where is not None else ""
+        raise UsageError(f"{option} {path}: not valid YAML{at} ({getattr(exc, 'problem', None) or exc})") from None
     if not isinstance(data, dict):
-        raise ValueError(f"--config {path}: expected a mapping of option: value, got {type(data).__name__}")
-    data = {str(k).replace("-", "_"): v for k, v in data.items()}
-    unknown = sorted(set(data) - _field_names())
+        raise UsageError(f"{option} {path}: expected a mapping of option: value, got {type(data).__name__}")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def resolve_defaults(preset: str | None, config: str | None, model: str | None, known: set[str]) -> dict:
+    """The parser defaults of a run: its recipe file(s) flattened for ``model``, with the default output directory.
+
+    ``known`` holds every option name; a top-level key that is none of them must be a model section (a mapping).
+    """
+    from_config = load_recipe(config, "--config") if config else {}
+    preset = preset or from_config.pop("preset", None) or (None if config else DEFAULT_PRESET)
+    from_config.pop("preset", None)
+    values = {}
+    if preset is not None:
+        path = PRESETS_DIR / f"{preset}.yaml"
+        if not path.is_file():
+            names = sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+            raise UsageError(f"--preset must be one of {', '.join(names)} (files in {PRESETS_DIR}), got {preset!r}")
+        values.update(load_recipe(path, "--preset"))
+    values.update(from_config)
+    model = model or values.get("model") or DEFAULT_MODEL
+    model_label = model if model in BUILTIN_MODELS else Path(model).name
+    sections = {key: values.pop(key) for key in list(values) if key not in known}
+    for key, section in sections.items():
+        if not isinstance(section, dict):
+            source = config or f"--preset {preset}"
+            raise UsageError(f"{source}: unknown option {key!r}; see python train.py --help")
+    applied = sections.get(model_label, {})
+    applied = {str(k).replace("-", "_"): v for k, v in applied.items()}
+    unknown = sorted(set(applied) - known)
     if unknown:
-        raise ValueError(f"--config {path}: unknown options {unknown}; see `python train.py --help`")
-    return data
+        raise UsageError(f"recipe section {model_label!r}: unknown option(s) {unknown}; see python train.py --help")
+    values.update(applied)
+    values["model"] = model
+    values.setdefault("output_dir", f"outputs/{model_label}-{preset or Path(config).stem}")
+    return values
 
 
-def resolve_defaults(argv: list[str]) -> dict:
-    """Defaults for the full parser from ``--preset`` and ``--config`` found in ``argv``."""
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--config", default=None)
-    pre.add_argument("--preset", default=None)
-    pre.add_argument("--model", default=None)
-    known, _ = pre.parse_known_args(argv)
-    config = load_yaml(known.config) if known.config else {}
-    preset = known.preset or config.get("preset") or "synthetic"
-    if preset not in PRESETS:
-        raise ValueError(f"--preset must be one of {sorted(PRESETS)}, got {preset!r}")
-    defaults = {"preset": preset, **PRESETS[preset]}
-    if (known.model or config.get("model")) == "next":  # each model its own default output directory
-        defaults["output_dir"] = defaults["output_dir"].replace("demo-", "next-")
-    defaults.update(config)
-    return defaults
+def _unknown_options_error(remaining: list[str]) -> UsageError:
+    for token in remaining:
+        name = token.split("=", 1)[0].lstrip("-").replace("-", "_")
+        if token.startswith("--") and name in REFUSED_TRAINER_OPTIONS:
+            return UsageError(f"--{name.replace('_', '-')} does nothing in train.py: {REFUSED_TRAINER_OPTIONS[name]}")
+    return UsageError(f"unknown option(s) {' '.join(remaining)}; see python train.py --help")
 
 
 def check_report_to(report_to: list[str]) -> None:
@@ -431,43 +369,51 @@ def check_report_to(report_to: list[str]) -> None:
 
     for name in report_to:
         if name not in INTEGRATION_TO_CALLBACK:
-            raise ValueError(f"--report-to {name}: unknown integration; use none, all or one of "
+            raise UsageError(f"--report-to {name}: unknown integration; use none, all or one of "
                              f"{', '.join(sorted(INTEGRATION_TO_CALLBACK))}")
     if "tensorboard" in report_to and not is_tensorboard_available():
-        raise ValueError("--report-to tensorboard: the tensorboard package is not installed; pip install tensorboard")
+        raise UsageError("--report-to tensorboard: the tensorboard package is not installed; pip install tensorboard")
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[DeMoScriptArguments, DeMoTrainingArguments]:
-    """Parse flags on top of preset and YAML defaults."""
+def parse_args(argv: list[str] | None = None) -> TrainRun:
+    """Parse ``argv`` (default: ``sys.argv[1:]``) on top of the recipe file's defaults.
+
+    Two passes over one parser: the first reads --preset / --config / --model (and answers --help), which choose
+    the defaults; the second parses every option on top of them. Raises :class:`UsageError` on bad input.
+    """
     import sys
 
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
-    defaults = resolve_defaults(argv)
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--lr_scheduler_type", "--lr-scheduler-type", default=defaults.get("lr_scheduler_type", "demo_cosine"))
-    refuse_ignored_options(argv, defaults, pre.parse_known_args(argv)[0].lr_scheduler_type)
-    parser.set_defaults(**defaults)
+    classes = parser.dataclass_types
+    known = {f.name for cls in classes for f in dataclasses.fields(cls)}
     try:
-        script_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+        first, _ = parser.parse_known_args(argv)
+        parser.set_defaults(**resolve_defaults(first.preset, first.config, first.model, known))
+        *parsed, remaining = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    except argparse.ArgumentError as exc:
+        raise UsageError(str(exc)) from None
+    if remaining:
+        raise _unknown_options_error(remaining)
+    values = {name: value for obj in parsed for name, value in dataclasses.asdict(obj).items()}
+    script_names = {f.name for f in dataclasses.fields(ReIDArguments)}
+    training_names = {f.name for f in dataclasses.fields(ReIDTrainingArguments) if f.init}
+    loss_names = {f.name for f in dataclasses.fields(classes[3])}
+    model_names = {f.name for cls in classes[4:-1] for f in dataclasses.fields(cls)}
+    script = ReIDArguments(**{k: v for k, v in values.items() if k in script_names})
+    if script.image_size is not None and (len(script.image_size) != 2 or min(script.image_size) < 1):
+        raise UsageError(f"--image-size takes a positive height and width, e.g. --image-size 256 128; got "
+                         f"{script.image_size}")
+    try:
+        training = ReIDTrainingArguments(**{k: v for k, v in values.items() if k in training_names})
     except ValueError as exc:
-        if "not used by the HfArgumentParser" in str(exc):
-            unknown = str(exc).split(":", 1)[1].strip()
-            raise ValueError(f"unknown option(s) {unknown}; see python train.py --help") from None
-        raise
-    if script_args.image_height <= 0 or script_args.image_width <= 0:
-        raise ValueError(
-            f"--image-height/--image-width must be positive, got {script_args.image_height}x{script_args.image_width}"
-        )
-    if script_args.select_best_on_test:
-        if training_args.eval_strategy == "no":
-            raise ValueError("--select-best-on-test needs periodic evaluation: pass --eval-strategy epoch")
-        if training_args.save_strategy != training_args.eval_strategy:
-            raise ValueError("--select-best-on-test: --save-strategy must equal --eval-strategy")
-    check_report_to(training_args.report_to)
-    refuse_other_model_options(argv, load_yaml(script_args.config) if script_args.config else {}, script_args.model)
-    if not 0.0 <= script_args.hdm_dropout < 1.0:
-        raise ValueError(f"--hdm-dropout must be in [0, 1), got {script_args.hdm_dropout}")
-    if not math.isfinite(training_args.learning_rate) or training_args.learning_rate <= 0:
-        raise ValueError(f"--learning-rate must be > 0, got {training_args.learning_rate}")
-    return script_args, training_args
+        raise UsageError(str(exc)) from None
+    check_report_to(training.report_to)
+    model_options = {k: v for k, v in values.items() if k in model_names and v is not None}
+    return TrainRun(
+        script=script,
+        training=training,
+        model_options=model_options,
+        loss={k: values[k] for k in loss_names},
+        augment={k: values[k] for k in AUGMENT_OPTIONS},
+    )

@@ -7,9 +7,12 @@ writes leaves at most an ``.incomplete`` folder, which ``--resume`` skips and na
 
 from __future__ import annotations
 
+import logging
 import re
 import shutil
 from pathlib import Path
+
+from ..errors import UsageError
 
 __all__ = [
     "CHECKPOINT_PATTERN",
@@ -19,7 +22,10 @@ __all__ = [
     "incomplete_checkpoints",
     "is_complete_checkpoint",
     "previous_run_contents",
+    "resolve_resume",
 ]
+
+logger = logging.getLogger(__name__)
 
 STAGING_DIR = ".incomplete"
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
@@ -77,3 +83,37 @@ def clear_previous_run(output_dir: str | Path) -> None:
     for folder in [*_checkpoint_folders(output_dir), output_dir / STAGING_DIR]:
         if folder.is_dir():
             shutil.rmtree(folder)
+
+
+def resolve_resume(output_dir: str | Path, resume: bool, resume_from_checkpoint: str | None,
+                   overwrite_output_dir: bool) -> str | None:
+    """The checkpoint a run continues from (or None), after checking ``output_dir`` against the flags.
+
+    Raises :class:`UsageError`, before anything is written, when the folder holds a previous run and no flag says
+    what to do with it, or when the flags contradict each other.
+    """
+    output_dir = Path(output_dir)
+    if resume_from_checkpoint:
+        checkpoint = Path(resume_from_checkpoint).expanduser()
+        if not is_complete_checkpoint(checkpoint):
+            raise UsageError(f"--resume-from-checkpoint {checkpoint}: not a complete checkpoint folder (expected "
+                             "trainer_state.json and model.safetensors in it, as train.py writes checkpoint-N)")
+        if resume:
+            raise UsageError("--resume and --resume-from-checkpoint exclude each other: give one")
+        return str(checkpoint)
+    if resume:
+        if overwrite_output_dir:
+            raise UsageError("--resume and --overwrite-output-dir exclude each other: give one")
+        for folder in incomplete_checkpoints(output_dir):
+            logger.warning("--resume: skipping %s, a checkpoint the previous run did not finish writing", folder)
+        checkpoint = find_resume_checkpoint(output_dir)
+        if checkpoint is None:
+            logger.warning("--resume: no complete checkpoint in %s; starting from scratch", output_dir)
+            return None
+        logger.warning("--resume: resuming from %s", checkpoint)
+        return str(checkpoint)
+    held = previous_run_contents(output_dir)
+    if held and not overwrite_output_dir:
+        raise UsageError(f"--output-dir {output_dir} already holds a previous run ({', '.join(held[:4])}); pass "
+                         "--resume to continue it, --overwrite-output-dir to replace it, or another --output-dir")
+    return None

@@ -4,15 +4,21 @@ DeMo (like TransReID / MambaPro before it) supervises every (logits, features) p
 ``id_weight * CE_ls(logits) + triplet_weight * triplet(features)`` and sums over pairs (paper eq. 16-17). The triplet
 uses the raw (not L2-normalised) pre-BN features and euclidean distances, hardest positive / hardest negative per
 anchor, and the soft-margin form ``softplus(d_ap - d_an)`` unless a margin is given.
+
+:class:`ReIDLoss` is the module the trainer is given: it owns the loss options (their one definition: train.py's
+loss options are generated from its signature), mines triplets over the global batch of all processes, and reports
+its named components for logging.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from .distributed import all_gather_with_grad
 
 __all__ = [
     "ReIDLossOutput",
@@ -114,22 +120,20 @@ def batch_hard_triplet_loss(
 
 @dataclass
 class ReIDLossOutput:
-    """Total loss plus the detached parts, for logging."""
+    """The total loss, and its named parts (detached, unweighted) that the trainer logs."""
 
     loss: torch.Tensor
-    id_loss: torch.Tensor
-    triplet_loss: torch.Tensor
-    per_head: list[dict[str, torch.Tensor]] = field(default_factory=list)
+    components: dict[str, torch.Tensor]
 
 
 def reid_loss(
     logits: Sequence[torch.Tensor],
     features: Sequence[torch.Tensor],
     labels: torch.Tensor,
-    id_loss_weight: float = 0.25,
-    triplet_loss_weight: float = 1.0,
-    label_smoothing: float = 0.1,
-    triplet_margin: float | None = None,
+    id_loss_weight: float,
+    triplet_loss_weight: float,
+    label_smoothing: float,
+    triplet_margin: float | None,
     pool_features: Sequence[torch.Tensor] | None = None,
     pool_labels: torch.Tensor | None = None,
 ) -> ReIDLossOutput:
@@ -138,10 +142,6 @@ def reid_loss(
     ``pool_features`` (one tensor per pair) and ``pool_labels`` widen the triplet mining pool, see
     :func:`batch_hard_triplet_loss`.
     """
-    if isinstance(logits, torch.Tensor):
-        logits = (logits,)
-    if isinstance(features, torch.Tensor):
-        features = (features,)
     if len(logits) != len(features) or len(logits) == 0:
         raise ValueError(
             f"`logits` and `features` must be non-empty and aligned, got {len(logits)} logits and "
@@ -151,30 +151,34 @@ def reid_loss(
         raise ValueError(f"`pool_features` must have one tensor per head ({len(features)}), got {len(pool_features)}")
     id_total = logits[0].new_zeros((), dtype=torch.float32)
     tri_total = logits[0].new_zeros((), dtype=torch.float32)
-    per_head = []
     for i, (head_logits, head_feat) in enumerate(zip(logits, features)):
-        id_part = label_smoothed_cross_entropy(head_logits, labels, label_smoothing)
-        tri_part = batch_hard_triplet_loss(
+        id_total = id_total + label_smoothed_cross_entropy(head_logits, labels, label_smoothing)
+        tri_total = tri_total + batch_hard_triplet_loss(
             head_feat,
             labels,
             triplet_margin,
             pool_features=None if pool_features is None else pool_features[i],
             pool_labels=None if pool_features is None else pool_labels,
         )
-        id_total = id_total + id_part
-        tri_total = tri_total + tri_part
-        per_head.append({"id": id_part.detach(), "triplet": tri_part.detach()})
     loss = id_loss_weight * id_total + triplet_loss_weight * tri_total
-    return ReIDLossOutput(loss=loss, id_loss=id_total.detach(), triplet_loss=tri_total.detach(), per_head=per_head)
+    return ReIDLossOutput(loss=loss, components={"id_loss": id_total.detach(), "triplet_loss": tri_total.detach()})
 
 
 class ReIDLoss(torch.nn.Module):
     """The trainer's loss: ``id_w * CE_ls + tri_w * triplet`` on every named supervised head of a model output.
 
-    Works with any model whose output has ``logits`` and ``features`` mappings with the same head names (DeMo:
-    ``ori`` / per-modality heads and ``moe``; NEXT: ``cls``, ``semantic``, ``structure``, ``final``). Pass
-    ``pool_features`` (head name -> features gathered from all processes) and ``pool_labels`` to mine triplets
-    over the global batch.
+    Called as ``loss(outputs, labels)`` with any model output whose ``logits`` and ``features`` are mappings with the
+    same head names (DeMo: ``ori`` / per-modality heads and ``moe``; NEXT: ``cls``, ``semantic``, ``structure``,
+    ``final``). Under several processes each rank's rows are the anchors and the positives and negatives are mined
+    over the whole global P x K batch, gathered here with gradients, which makes N processes compute the
+    single-process loss.
+
+    Args:
+        id_loss_weight: Weight of the label-smoothed identity (cross-entropy) loss, summed over the heads.
+        triplet_loss_weight: Weight of the batch-hard triplet loss, summed over the heads.
+        label_smoothing: Label smoothing epsilon of the identity loss.
+        triplet_margin: Margin of the triplet loss; unset (None) selects the soft-margin form softplus(d_ap - d_an),
+            the authors' choice.
     """
 
     def __init__(
@@ -185,34 +189,31 @@ class ReIDLoss(torch.nn.Module):
         triplet_margin: float | None = None,
     ):
         super().__init__()
+        for name, value in (("id_loss_weight", id_loss_weight), ("triplet_loss_weight", triplet_loss_weight)):
+            if value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        if triplet_margin is not None and triplet_margin < 0:
+            raise ValueError(f"triplet_margin must be unset (soft margin) or >= 0, got {triplet_margin}")
         self.id_loss_weight = float(id_loss_weight)
         self.triplet_loss_weight = float(triplet_loss_weight)
         self.label_smoothing = float(label_smoothing)
         self.triplet_margin = triplet_margin
 
-    @classmethod
-    def from_config(cls, config) -> "ReIDLoss":
-        """The loss recipe stored in a model config (both DeMo's and NEXT's carry these four fields)."""
-        return cls(config.id_loss_weight, config.triplet_loss_weight, config.label_smoothing, config.triplet_margin)
-
     def extra_repr(self) -> str:
         return (f"id_loss_weight={self.id_loss_weight}, triplet_loss_weight={self.triplet_loss_weight}, "
                 f"label_smoothing={self.label_smoothing}, triplet_margin={self.triplet_margin}")
 
-    def forward(
-        self,
-        logits: Mapping[str, torch.Tensor],
-        features: Mapping[str, torch.Tensor],
-        labels: torch.Tensor,
-        pool_features: Mapping[str, torch.Tensor] | None = None,
-        pool_labels: torch.Tensor | None = None,
-    ) -> ReIDLossOutput:
+    def forward(self, outputs, labels: torch.Tensor) -> ReIDLossOutput:
+        logits, features = getattr(outputs, "logits", None), getattr(outputs, "features", None)
         if not isinstance(logits, Mapping) or not isinstance(features, Mapping):
             raise TypeError("the model output must name its supervised heads: `logits` and `features` must be "
                             f"mappings of head name -> tensor, got {type(logits).__name__} / {type(features).__name__}")
         if list(logits) != list(features):
             raise ValueError(f"`logits` and `features` must name the same heads, got {list(logits)} and {list(features)}")
         names = list(logits)
+        pool = [all_gather_with_grad(features[n]) for n in names]
         return reid_loss(
             [logits[n] for n in names],
             [features[n] for n in names],
@@ -221,6 +222,6 @@ class ReIDLoss(torch.nn.Module):
             triplet_loss_weight=self.triplet_loss_weight,
             label_smoothing=self.label_smoothing,
             triplet_margin=self.triplet_margin,
-            pool_features=None if pool_features is None else [pool_features[n] for n in names],
-            pool_labels=pool_labels,
+            pool_features=pool,
+            pool_labels=all_gather_with_grad(labels),
         )

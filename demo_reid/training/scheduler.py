@@ -24,10 +24,10 @@ import math
 import torch
 from torch.optim.lr_scheduler import LRScheduler
 
-__all__ = ["SCHEDULER_TYPES", "DeMoCosineLR", "demo_cosine_lr", "schedule_noise"]
+__all__ = ["EPOCH_SCHEDULES", "DeMoCosineLR", "demo_cosine_lr", "schedule_noise"]
 
-#: Names accepted by ``--lr_scheduler_type`` on top of the transformers ones.
-SCHEDULER_TYPES = ("demo_cosine", "demo_cosine_plain")
+#: The per-epoch schedules of ``--lr-schedule`` (``trainer`` selects the Trainer's ``--lr-scheduler-type`` instead).
+EPOCH_SCHEDULES = ("demo_cosine", "demo_cosine_plain")
 
 
 def schedule_noise(t: int, seed: int = 42, limit: float = 0.67, std: float = 1.0) -> float:
