@@ -1,144 +1,131 @@
-"""Configuration of DeMo (Decoupled Feature-Based Mixture of Experts, AAAI 2025) for multi-modal object ReID."""
+"""Configuration of DeMo (Decoupled Feature-Based Mixture of Experts, AAAI 2025) for multi-modal object ReID, and
+`ReIDConfig`, the options every ReID model here shares (NEXT's configuration_next.py builds on it)."""
 
 from transformers import AutoConfig, PretrainedConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
+# The modalities of a triple, in the order of every modality axis: images, masks, captions, dataset columns.
+MODALITIES = ("rgb", "nir", "tir")
+# backbone_type -> model_type of the image tower's config.
 BACKBONE_MODEL_TYPES = {"clip": "clip_vision_model", "vit": "vit"}
-GATING_TYPES = ("attention", "simple_add", "simple_concat")
 # Shapes of the ViT-B/16 image tower (OpenAI CLIP and ImageNet ViT alike); CLIP adds a 512-d projection.
 VIT_B16_SHAPES = dict(
     hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, patch_size=16, image_size=224
 )
+CLIP_B16_VISION_SHAPES = dict(**VIT_B16_SHAPES, projection_dim=512, hidden_act="quick_gelu")
+GATING_TYPES = ("attention", "simple_add", "simple_concat")
 INFERENCE_FEATURES = ("all", "ori", "moe")
 HEAD_INITS = ("pytorch", "normal")
 
 
-class DeMoConfig(PretrainedConfig):
+def check_choice(name: str, value, choices: tuple) -> None:
+    """One-line error naming the option and its allowed values."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
+def positive_int(name: str, value) -> int:
+    """`value` as an int, or a one-line error naming the option (bools and fractions are refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def parse_tower_config(value, key: str, model_types: tuple[str, ...], defaults: dict) -> PretrainedConfig:
+    """A tower's config from None (`defaults`, of `model_types[0]`), a config object, its dict, or a full CLIP config
+    (object or dict), of which the `key` half is kept with the parent's `projection_dim`: CLIPModel projects with
+    the parent's, whatever its halves say."""
+    if value is None:
+        return CONFIG_MAPPING[model_types[0]](**defaults)
+    if isinstance(value, PretrainedConfig):
+        if value.model_type != "clip":
+            if value.model_type not in model_types:
+                raise ValueError(_wrong_type(key, model_types, value.model_type))
+            return value
+        value = value.to_dict()
+    if not isinstance(value, dict):
+        raise TypeError(f"{key} must be a config, its dict or None, got {type(value).__name__}")
+    if value.get("model_type") == "clip":
+        half = dict(value.get(key) or {})
+        if "projection_dim" in value:
+            half["projection_dim"] = value["projection_dim"]
+        value = {"model_type": model_types[0], **half}
+    model_type = value.get("model_type", model_types[0])
+    if model_type not in model_types:
+        raise ValueError(_wrong_type(key, model_types, model_type))
+    return CONFIG_MAPPING[model_type](**{k: v for k, v in value.items() if k != "model_type"})
+
+
+def _wrong_type(key: str, model_types: tuple[str, ...], got: str) -> str:
+    return f"{key} must be a {' or '.join(repr(t) for t in model_types)} config, got model_type={got!r}"
+
+
+class ReIDConfig(PretrainedConfig):
     r"""
-    Configuration of a [`DeMoModel`]: a vision tower shared by the RGB, NIR and TIR images of a triple, followed by
-    the Patch-Integrated Feature Extractor (PIFE), the Hierarchical Decoupling Module (HDM) and the
-    Attention-Triggered Mixture of Experts (ATMoE).
+    The options every multi-modal ReID model here shares: one image tower that encodes the RGB, NIR and TIR images of
+    a triple (with a camera embedding on its class token), and a BN-neck + identity classifier per supervised feature.
+    [`DeMoConfig`] and [`NextConfig`] add their models' own options.
 
     Args:
-        vision_config (`CLIPVisionConfig`, `ViTConfig` or `dict`, *optional*):
-            Configuration of the vision tower. Its `image_size` is the size the pretrained position table was
-            trained at (224 for ViT-B/16); the table is resized once to `image_size` below. Defaults to CLIP ViT-B/16.
-        backbone_type (`str`, *optional*):
-            `"clip"` (ln_post and the visual projection applied to every token) or `"vit"`. Inferred from
-            `vision_config` when omitted.
+        vision_config (`dict | PretrainedConfig | None`, *optional*, defaults to `None`):
+            The image tower: a config of one of `tower_model_types` (`CLIPVisionConfig`, `ViTConfig`), its dict, or a
+            full `CLIPConfig` (its vision half is kept, with the parent's `projection_dim`). Its `image_size` is the
+            size the pretrained position table was trained at; None gives CLIP ViT-B/16's shapes.
         image_size (`tuple[int, int]`, *optional*, defaults to `(256, 128)`):
-            Input (height, width) of every modality image.
-        num_labels (`int`, *optional*, defaults to 171):
-            Number of training identities (classifier outputs); RGBNT201's 171 when neither it nor `id2label` is given.
-        num_cameras (`int`, *optional*, defaults to 0):
-            Number of cameras for the Side Information Embedding (SIE); 0 disables it.
-        sie_coefficient (`float`, *optional*, defaults to 1.0):
+            Input (height, width) of every modality image, both multiples of the patch size; the position table is
+            resized to it once, when pretrained towers are loaded.
+        num_labels (`int | None`, *optional*, defaults to `None`):
+            Training identities, i.e. classifier outputs; None means RGBNT201's 171 unless `id2label` names them.
+        num_cameras (`int`, *optional*, defaults to `0`):
+            Cameras of the Side Information Embedding (SIE) added to the class token; 0 disables it.
+        sie_coefficient (`float`, *optional*, defaults to `1.0`):
             Scale of the camera embedding added to the class token.
-        use_pife / use_hdm / use_atmoe (`bool`, *optional*, default to `True`):
-            The modules of paper Table 5. ATMoE needs HDM.
-        atmoe_heads (`int`, *optional*, defaults to 4):
-            Number of ATMoE gating heads; must divide the feature size.
-        gating (`str`, *optional*, defaults to `"attention"`):
-            `"attention"` (ATMoE), `"simple_add"` or `"simple_concat"` (paper Table 6).
-        direct_classifier (`bool`, *optional*, defaults to `True`):
-            One BN-neck + classifier on concat(f_R, f_N, f_T) instead of one per modality.
-        hdm_dropout (`float`, *optional*, defaults to 0.1):
-            Attention dropout of the HDM cross-attentions.
-        inference_features (`str`, *optional*, defaults to `"all"`):
-            Retrieval feature: `"ori"` = concat(f_R, f_N, f_T), `"moe"` = the ATMoE feature, `"all"` = both.
         head_init (`str`, *optional*, defaults to `"pytorch"`):
-            Initialisation of the new head layers (PIFE, HDM attention, ATMoE gate and experts): `"pytorch"` =
-            PyTorch's module defaults, as the authors' code leaves them; `"normal"` = normal(0, initializer_range)
-            weights and zero biases, the usual HF init. The tower, HDM queries, BN-necks and classifiers are the same
-            under both.
-        id_loss_weight, triplet_loss_weight, label_smoothing, triplet_margin:
-            Loss recipe read by the trainer; `triplet_margin=None` selects the soft-margin triplet loss.
+            Initialisation of the new (not pretrained) layers: `"pytorch"` = PyTorch's module defaults, as the DeMo
+            authors' code leaves them; `"normal"` = normal(0, `initializer_range`) weights and zero biases, the HF way.
+        initializer_range (`float`, *optional*, defaults to `0.02`):
+            Standard deviation of the normal initialisation of the tower (and of the new layers with
+            `head_init="normal"`); pretrained weights overwrite the tower's.
     """
 
-    model_type = "demo_reid"
     sub_configs = {"vision_config": AutoConfig}
+    # model_type of the image-tower configs this model family can run (class attribute, not an option).
+    tower_model_types = ("clip_vision_model", "vit")
 
     def __init__(
         self,
-        vision_config=None,
-        backbone_type=None,
-        image_size=(256, 128),
-        num_labels=None,
-        num_cameras=0,
-        sie_coefficient=1.0,
-        use_pife=True,
-        use_hdm=True,
-        use_atmoe=True,
-        atmoe_heads=4,
-        gating="attention",
-        direct_classifier=True,
-        hdm_dropout=0.1,
-        inference_features="all",
-        head_init="pytorch",
-        id_loss_weight=0.25,
-        triplet_loss_weight=1.0,
-        label_smoothing=0.1,
-        triplet_margin=None,
-        initializer_range=0.02,
+        *,
+        vision_config: dict | PretrainedConfig | None = None,
+        image_size: tuple[int, int] = (256, 128),
+        num_labels: int | None = None,
+        num_cameras: int = 0,
+        sie_coefficient: float = 1.0,
+        head_init: str = "pytorch",
+        initializer_range: float = 0.02,
         **kwargs,
     ):
-        if vision_config is None:
-            vision_config = CONFIG_MAPPING["clip_vision_model"](
-                **VIT_B16_SHAPES, projection_dim=512, hidden_act="quick_gelu"
-            )
-        elif isinstance(vision_config, dict):
-            model_type = vision_config.get("model_type", "clip_vision_model")
-            if model_type == "clip":  # a full CLIP config: keep its vision half
-                vision_config = vision_config.get("vision_config", {})
-                model_type = "clip_vision_model"
-            vision_config = CONFIG_MAPPING[model_type](**{k: v for k, v in vision_config.items() if k != "model_type"})
-        self.vision_config = vision_config
-
-        inferred = {v: k for k, v in BACKBONE_MODEL_TYPES.items()}.get(vision_config.model_type)
-        if inferred is None:
+        # Older config.json files stored backbone_type; it is derived from the tower now and only has to agree.
+        legacy_backbone_type = kwargs.pop("backbone_type", None)
+        self.vision_config = parse_tower_config(
+            vision_config, "vision_config", self.tower_model_types, CLIP_B16_VISION_SHAPES
+        )
+        if legacy_backbone_type is not None and legacy_backbone_type != self.backbone_type:
             raise ValueError(
-                f"vision_config must be a CLIP vision or ViT config, got model_type={vision_config.model_type!r}"
+                f"backbone_type={legacy_backbone_type!r} does not match vision_config.model_type="
+                f"{self.vision_config.model_type!r} (backbone_type {self.backbone_type!r})"
             )
-        if backbone_type is None:
-            backbone_type = inferred
-        if backbone_type != inferred:
-            raise ValueError(
-                f"backbone_type={backbone_type!r} does not match vision_config.model_type="
-                f"{vision_config.model_type!r} (expected backbone_type={inferred!r})"
-            )
-        self.backbone_type = backbone_type
-
         image_size = tuple(int(s) for s in image_size)
-        patch = vision_config.patch_size
+        patch = self.vision_config.patch_size
         if len(image_size) != 2 or any(s <= 0 or s % patch for s in image_size):
             raise ValueError(f"image_size must be (height, width), both multiples of patch_size={patch}; got {image_size}")
-        self.image_size = image_size
-        if gating not in GATING_TYPES:
-            raise ValueError(f"gating must be one of {GATING_TYPES}, got {gating!r}")
-        if inference_features not in INFERENCE_FEATURES:
-            raise ValueError(f"inference_features must be one of {INFERENCE_FEATURES}, got {inference_features!r}")
-        if head_init not in HEAD_INITS:
-            raise ValueError(f"head_init must be one of {HEAD_INITS}, got {head_init!r}")
-        if use_atmoe and not use_hdm:
-            raise ValueError("use_atmoe=True needs use_hdm=True: the experts are the HDM's decoupled features")
         if num_cameras < 0:
             raise ValueError(f"num_cameras must be >= 0, got {num_cameras}")
+        check_choice("head_init", head_init, HEAD_INITS)
 
+        self.image_size = image_size
         self.num_cameras = int(num_cameras)
         self.sie_coefficient = float(sie_coefficient)
-        self.use_pife = bool(use_pife)
-        self.use_hdm = bool(use_hdm)
-        self.use_atmoe = bool(use_atmoe)
-        self.atmoe_heads = int(atmoe_heads)
-        self.gating = gating
-        self.direct_classifier = bool(direct_classifier)
-        self.hdm_dropout = float(hdm_dropout)
-        self.inference_features = inference_features
         self.head_init = head_init
-        self.id_loss_weight = float(id_loss_weight)
-        self.triplet_loss_weight = float(triplet_loss_weight)
-        self.label_smoothing = float(label_smoothing)
-        self.triplet_margin = triplet_margin
         self.initializer_range = initializer_range
         if num_labels is not None:
             kwargs["num_labels"] = num_labels
@@ -146,12 +133,21 @@ class DeMoConfig(PretrainedConfig):
             kwargs["num_labels"] = 171
         super().__init__(**kwargs)
 
-        if self.use_atmoe and self.feature_dim % self.atmoe_heads:
-            raise ValueError(f"atmoe_heads={self.atmoe_heads} must divide the feature size {self.feature_dim}")
+    @classmethod
+    def from_backbone_config(cls, backbone_config: PretrainedConfig, **kwargs) -> "ReIDConfig":
+        """The config of a new model around a pretrained tower: `backbone_config` is the tower checkpoint's config
+        (`CLIPConfig`, `CLIPVisionConfig` or `ViTConfig`, e.g. `AutoConfig.from_pretrained(path)`), `kwargs` the
+        other options."""
+        return cls(vision_config=backbone_config, **kwargs)
+
+    @property
+    def backbone_type(self) -> str:
+        """`"clip"` (ln_post and the visual projection applied to every token) or `"vit"`, from the tower's type."""
+        return {v: k for k, v in BACKBONE_MODEL_TYPES.items()}[self.vision_config.model_type]
 
     @property
     def feature_dim(self) -> int:
-        """Size C of one modality's feature: the CLIP projection (512 for ViT-B/16) or the ViT width (768)."""
+        """Size C of one token's feature: the CLIP projection (512 for ViT-B/16) or the ViT width (768)."""
         if self.backbone_type == "clip":
             return self.vision_config.projection_dim
         return self.vision_config.hidden_size
@@ -163,4 +159,66 @@ class DeMoConfig(PretrainedConfig):
         return self.image_size[0] // patch, self.image_size[1] // patch
 
 
-__all__ = ["DeMoConfig"]
+class DeMoConfig(ReIDConfig):
+    r"""
+    Configuration of a [`DeMoModel`]: the image tower shared by the RGB, NIR and TIR images of a triple, followed by
+    the Patch-Integrated Feature Extractor (PIFE), the Hierarchical Decoupling Module (HDM) and the
+    Attention-Triggered Mixture of Experts (ATMoE). The tower and head options are [`ReIDConfig`]'s; DeMo's own:
+
+    Args:
+        use_pife (`bool`, *optional*, defaults to `True`):
+            Fuse each modality's class token with its mean patch token (PIFE, paper eq. 2); without it the class
+            tokens are the modality features (paper Table 5, model A).
+        use_hdm (`bool`, *optional*, defaults to `True`):
+            Decouple the three modalities into 7 combination features (R, N, T, RN, RT, NT, RNT) with learned queries
+            (HDM, eq. 3-8), supervised as a second feature `"moe"`.
+        use_atmoe (`bool`, *optional*, defaults to `True`):
+            Weight the 7 decoupled features by attention-gated experts (ATMoE, eq. 9-15); needs `use_hdm`.
+        atmoe_heads (`int`, *optional*, defaults to `4`):
+            ATMoE gating heads, each with its own 7 experts on its chunk of the feature; must divide the feature size.
+        gating (`str`, *optional*, defaults to `"attention"`):
+            How ATMoE weights its experts: `"attention"` (the paper's), or the Table 6 baselines `"simple_add"` (a
+            weighted sum, C wide) and `"simple_concat"` (weighted features concatenated).
+        direct_classifier (`bool`, *optional*, defaults to `True`):
+            One BN-neck + classifier on concat(f_R, f_N, f_T), as the authors train; False gives one per modality.
+        hdm_dropout (`float`, *optional*, defaults to `0.1`):
+            Attention dropout of the HDM cross-attentions, the authors' value.
+        inference_features (`str`, *optional*, defaults to `"all"`):
+            The retrieval feature `embeddings`: `"ori"` = concat(f_R, f_N, f_T), `"moe"` = the HDM / ATMoE feature,
+            `"all"` = both concatenated.
+    """
+
+    model_type = "demo_reid"
+
+    def __init__(
+        self,
+        *,
+        use_pife: bool = True,
+        use_hdm: bool = True,
+        use_atmoe: bool = True,
+        atmoe_heads: int = 4,
+        gating: str = "attention",
+        direct_classifier: bool = True,
+        hdm_dropout: float = 0.1,
+        inference_features: str = "all",
+        **kwargs,
+    ):
+        check_choice("gating", gating, GATING_TYPES)
+        check_choice("inference_features", inference_features, INFERENCE_FEATURES)
+        if use_atmoe and not use_hdm:
+            raise ValueError("use_atmoe=True needs use_hdm=True: the experts are the HDM's decoupled features")
+        self.use_pife = bool(use_pife)
+        self.use_hdm = bool(use_hdm)
+        self.use_atmoe = bool(use_atmoe)
+        self.atmoe_heads = positive_int("atmoe_heads", atmoe_heads)
+        self.gating = gating
+        self.direct_classifier = bool(direct_classifier)
+        self.hdm_dropout = float(hdm_dropout)
+        self.inference_features = inference_features
+        super().__init__(**kwargs)
+
+        if self.use_atmoe and self.feature_dim % self.atmoe_heads:
+            raise ValueError(f"atmoe_heads={self.atmoe_heads} must divide the feature size {self.feature_dim}")
+
+
+__all__ = ["MODALITIES", "ReIDConfig", "DeMoConfig"]

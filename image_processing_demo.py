@@ -16,7 +16,10 @@ from transformers.image_processing_backends import PilBackend
 from transformers.image_processing_base import BatchFeature
 from transformers.image_utils import PILImageResampling
 
-MODALITIES = ("rgb", "nir", "tir")  # the order of a triple and of the model's modality axis
+try:  # loaded as a checkpoint's remote code (a package) or from a checkout of the repository
+    from .configuration_demo import MODALITIES
+except ImportError:
+    from configuration_demo import MODALITIES
 
 
 class DeMoImageProcessor(PilBackend):

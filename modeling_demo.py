@@ -3,6 +3,10 @@
 One vision tower (CLIP or ViT) encodes the three images of a triple. PIFE fuses each modality's class token with
 its pooled patches, HDM decouples the three modalities into 7 features (R, N, T, RN, RT, NT, RNT) with learnable
 queries, and ATMoE weights 7 experts with attention between the fused query and the decoupled features.
+
+`ReIDPreTrainedModel` and the `ReID*` modules are what every ReID model here shares (NEXT's modeling_next.py builds on
+them): the image tower and its pass over a batch of triples, the BN-neck identity heads, input checks, weight init,
+frozen submodules and loading pretrained towers.
 """
 
 import math
@@ -11,18 +15,17 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.nn import functional as F
-from transformers import PreTrainedModel
+from transformers import PretrainedConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import ModelOutput
 from transformers.models.clip.modeling_clip import CLIPEncoderLayer
 from transformers.models.vit.modeling_vit import ViTLayer
 
 try:
-    from .configuration_demo import DeMoConfig
+    from .configuration_demo import MODALITIES, DeMoConfig, ReIDConfig
 except ImportError:  # imported as a top-level module from a checkout
-    from configuration_demo import DeMoConfig
+    from configuration_demo import MODALITIES, DeMoConfig, ReIDConfig
 
-MODALITIES = ("rgb", "nir", "tir")
 # Modality combinations of the decoupled features, in the order used everywhere (paper eq. 3-8, Fig. 6).
 EXPERT_NAMES = ("R", "N", "T", "RN", "RT", "NT", "RNT")
 EXPERT_COMBINATIONS = ((0,), (1,), (2,), (0, 1), (0, 2), (1, 2), (0, 1, 2))
@@ -67,11 +70,11 @@ def is_exporting() -> bool:
     return flag is not None and flag()
 
 
-class DeMoLinear(nn.Linear):
+class ReIDLinear(nn.Linear):
     """A Linear layer of the new (not pretrained) head modules.
 
-    Its own class so that `_init_weights` can start it as the authors' code does (PyTorch's Linear default) while
-    the tower's Linear layers keep the HF CLIP / ViT initialisation.
+    Its own class so that `_init_weights` can start it per `config.head_init` (by default PyTorch's Linear default,
+    as the DeMo authors' code does) while the tower's Linear layers keep the HF CLIP / ViT initialisation.
     """
 
 
@@ -96,10 +99,10 @@ def resize_position_embedding(table: torch.Tensor, grid: tuple[int, int]) -> tor
     return torch.cat([cls_row, patches], dim=0)
 
 
-class DeMoVisionEmbeddings(nn.Module):
+class ReIDVisionEmbeddings(nn.Module):
     """Patch embedding + class token (with the camera's SIE vector) + position table sized for `image_size`."""
 
-    def __init__(self, config: DeMoConfig):
+    def __init__(self, config: ReIDConfig):
         super().__init__()
         vision = config.vision_config
         self.hidden_size = vision.hidden_size
@@ -130,14 +133,22 @@ class DeMoVisionEmbeddings(nn.Module):
         return tokens + self.position_embedding.to(patches.dtype)
 
 
-class DeMoVisionTower(nn.Module):
-    """CLIP or ViT image encoder returning every token in the feature space (CLIP: after ln_post and projection)."""
+class ReIDVisionTower(nn.Module):
+    """CLIP or ViT image encoder returning every token in the feature space (CLIP: after ln_post and projection).
 
-    def __init__(self, config: DeMoConfig):
+    Its weights come from a pretrained tower, except the camera embedding (SIE), which no tower checkpoint holds:
+    `new_parameters()` lists those, so that a trainer can give the pretrained weights the tower's learning rate and
+    these the new layers'.
+    """
+
+    # Names (within the tower) of the parameters no pretrained checkpoint provides.
+    new_parameter_names = ("embeddings.camera_embedding",)
+
+    def __init__(self, config: ReIDConfig):
         super().__init__()
         vision = config.vision_config
         eps = vision.layer_norm_eps
-        self.embeddings = DeMoVisionEmbeddings(config)
+        self.embeddings = ReIDVisionEmbeddings(config)
         is_clip = config.backbone_type == "clip"
         layer_class = CLIPEncoderLayer if is_clip else ViTLayer
         self.pre_layernorm = nn.LayerNorm(vision.hidden_size, eps=eps) if is_clip else nn.Identity()
@@ -151,14 +162,20 @@ class DeMoVisionTower(nn.Module):
             hidden_states = layer(hidden_states, None)
         return self.projection(self.post_layernorm(hidden_states))
 
+    def new_parameters(self) -> list[nn.Parameter]:
+        """The tower's parameters that are not pretrained (the camera embedding when `num_cameras > 0`)."""
+        named = dict(self.named_parameters())
+        return [named[name] for name in self.new_parameter_names if name in named]
+
 
 class DeMoPatchIntegration(nn.Module):
     """PIFE for one modality: QuickGELU(Linear(LayerNorm([cls, mean(patches)]))) (paper eq. 2)."""
 
-    def __init__(self, dim: int):
+    def __init__(self, config: DeMoConfig):
         super().__init__()
+        dim = config.feature_dim
         self.norm = nn.LayerNorm(2 * dim)
-        self.dense = DeMoLinear(2 * dim, dim)
+        self.dense = ReIDLinear(2 * dim, dim)
         self.act = QuickGELU()
 
     def forward(self, cls_token: torch.Tensor, patch_tokens: torch.Tensor) -> torch.Tensor:
@@ -200,8 +217,9 @@ class DeMoHierarchicalDecoupling(nn.Module):
     modalities' tokens at once, with the modalities outside a combination masked out.
     """
 
-    def __init__(self, dim: int, dropout: float):
+    def __init__(self, config: DeMoConfig):
         super().__init__()
+        dim, dropout = config.feature_dim, config.hdm_dropout
         self.num_heads = max(1, dim // 64)
         self.dropout = dropout
         self.queries = nn.Parameter(torch.zeros(len(EXPERT_COMBINATIONS), dim))
@@ -259,33 +277,33 @@ class DeMoHierarchicalDecoupling(nn.Module):
 
 
 class DeMoExpert(nn.Module):
-    """One expert on one head's chunk: BN(QuickGELU(Linear(x))) (eq. 14).
+    """The weights of one expert on one head's chunk of a feature: BN(QuickGELU(Linear(x))) (eq. 14).
 
-    Holds the expert's weights (the authors' layout); `DeMoMixtureOfExperts` runs all experts at once from them.
+    No forward: it holds the expert's weights in the authors' layout, and `DeMoMixtureOfExperts` runs all experts at
+    once from them.
     """
 
-    def __init__(self, dim: int):
+    def __init__(self, config: DeMoConfig):
         super().__init__()
-        self.dense = DeMoLinear(dim, dim)
+        dim = config.feature_dim // config.atmoe_heads
+        self.dense = ReIDLinear(dim, dim)
         self.act = QuickGELU()
         self.norm = nn.BatchNorm1d(dim)
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.act(self.dense(hidden_states)))
 
 
 class DeMoAttentionGate(nn.Module):
     """ATMoE gating: a reduced query attends over the 7 decoupled features, per head (eq. 9-13)."""
 
-    def __init__(self, dim: int, num_experts: int, num_heads: int):
+    def __init__(self, config: DeMoConfig):
         super().__init__()
+        dim, num_experts, num_heads = config.feature_dim, len(EXPERT_COMBINATIONS), config.atmoe_heads
         self.num_heads = num_heads
         self.scale = (dim // num_heads) ** -0.5
-        self.reduction = DeMoLinear(num_experts * dim, dim)
+        self.reduction = ReIDLinear(num_experts * dim, dim)
         self.reduction_act = QuickGELU()
         self.reduction_norm = nn.BatchNorm1d(dim)
-        self.q_proj = DeMoLinear(dim, dim, bias=False)
-        self.k_proj = DeMoLinear(dim, dim, bias=False)
+        self.q_proj = ReIDLinear(dim, dim, bias=False)
+        self.k_proj = ReIDLinear(dim, dim, bias=False)
 
     def forward(self, decoupled: torch.Tensor) -> torch.Tensor:
         """`decoupled` (B, 7, C) -> weights (B, heads, 7), summing to 1 over the experts."""
@@ -300,10 +318,10 @@ class DeMoAttentionGate(nn.Module):
 class DeMoSimpleGate(nn.Module):
     """Baseline gating of paper Table 6: a linear score per decoupled feature and a softmax over the experts."""
 
-    def __init__(self, dim: int, num_heads: int):
+    def __init__(self, config: DeMoConfig):
         super().__init__()
-        self.num_heads = num_heads
-        self.score = DeMoLinear(dim, 1)
+        self.num_heads = config.atmoe_heads
+        self.score = ReIDLinear(config.feature_dim, 1)
 
     def forward(self, decoupled: torch.Tensor) -> torch.Tensor:
         weights = self.score(decoupled).squeeze(-1).softmax(dim=-1)
@@ -318,18 +336,13 @@ class DeMoMixtureOfExperts(nn.Module):
     Batch norms replaced by another class (the trainer's global-batch ones across processes) are called one by one.
     """
 
-    def __init__(self, dim: int, num_heads: int, gating: str):
+    def __init__(self, config: DeMoConfig):
         super().__init__()
-        num_experts = len(EXPERT_COMBINATIONS)
-        self.num_heads = num_heads
-        self.concat = gating != "simple_add"
-        if gating == "attention":
-            self.gate = DeMoAttentionGate(dim, num_experts, num_heads)
-        else:
-            self.gate = DeMoSimpleGate(dim, num_heads)
-        head_dim = dim // num_heads
+        self.num_heads = config.atmoe_heads
+        self.concat = config.gating != "simple_add"
+        self.gate = DeMoAttentionGate(config) if config.gating == "attention" else DeMoSimpleGate(config)
         self.experts = nn.ModuleList(
-            nn.ModuleList(DeMoExpert(head_dim) for _ in range(num_experts)) for _ in range(num_heads)
+            nn.ModuleList(DeMoExpert(config) for _ in EXPERT_COMBINATIONS) for _ in range(self.num_heads)
         )
 
     def forward(self, decoupled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -392,7 +405,7 @@ def _stacked_batch_norm(norms: list[nn.BatchNorm1d], hidden: torch.Tensor) -> to
     return out
 
 
-class DeMoBNNeck(nn.BatchNorm1d):
+class ReIDBNNeck(nn.BatchNorm1d):
     """BN-neck of the strong ReID baseline: BatchNorm with a frozen (zero) bias before the identity classifier."""
 
     def __init__(self, dim: int):
@@ -407,99 +420,97 @@ class DeMoBNNeck(nn.BatchNorm1d):
         return self
 
 
-class DeMoIdentityClassifier(nn.Linear):
+class ReIDIdentityClassifier(nn.Linear):
     """Bias-free identity classifier after a BN-neck; initialised with normal(0, 0.001) as in the original."""
 
     def __init__(self, dim: int, num_labels: int):
         super().__init__(dim, num_labels, bias=False)
 
 
-class DeMoPreTrainedModel(PreTrainedModel):
-    config_class = DeMoConfig
-    config: DeMoConfig
-    base_model_prefix = "demo"
+# Pretrained checkpoint model_type -> model_type of the image tower it holds (a full CLIP checkpoint: its vision half).
+PRETRAINED_TOWER_TYPES = {"clip": "clip_vision_model", "clip_vision_model": "clip_vision_model", "vit": "vit"}
+# Tower shapes a pretrained checkpoint must share with the config it is loaded into.
+TOWER_SHAPE_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+
+
+class ReIDPreTrainedModel(PreTrainedModel):
+    """Base of the ReID models (DeMo, NEXT): what they all have and do the same way.
+
+    - the image tower `vision_tower`, built here, and `encode_images`, its one pass over a batch of triples;
+    - the BN-neck identity heads: `build_heads` makes `bnnecks` / `classifiers`, `head_logits` applies them;
+    - `_check_inputs` for the image arguments, `_init_weights` for the shared module classes;
+    - `train` keeping the submodules named in `_frozen_modules` in eval mode and frozen;
+    - `from_pretrained_towers`, a new model around a pretrained HF tower.
+
+    A model builds its own modules after `super().__init__(config)`, then calls `build_heads` and `post_init`.
+    """
+
+    config_class = ReIDConfig
+    config: ReIDConfig
     main_input_name = "pixel_values"
-    input_modalities = ("image",)
     supports_gradient_checkpointing = True
-    _no_split_modules = ["CLIPEncoderLayer", "ViTLayer"]
     _supports_sdpa = True
     _supports_flash_attn = True
+    # Submodules that never train (e.g. NEXT's frozen text tower): always in eval mode, parameters frozen.
+    _frozen_modules = ()
 
-    @torch.no_grad()
-    def _init_weights(self, module):
-        """Chosen per module class: the tower as HF initialises CLIP / ViT; the new head layers (`DeMoLinear`, the
-        HDM's `nn.MultiheadAttention`) per `config.head_init`, by default PyTorch's module defaults as in the authors'
-        code; HDM queries normal(C^-0.5); BN-necks (1, 0); classifiers normal(0, 0.001)."""
-        std = self.config.initializer_range
-        torch_defaults = self.config.head_init == "pytorch"
-        if isinstance(module, DeMoVisionEmbeddings):
-            init.normal_(module.class_embedding, std=module.hidden_size**-0.5)
-            init.normal_(module.position_embedding, std=std)
-            if module.camera_embedding is not None:
-                init.trunc_normal_(module.camera_embedding, std=0.02)
-        elif isinstance(module, DeMoIdentityClassifier):
-            init.normal_(module.weight, std=0.001)
-        elif isinstance(module, DeMoLinear):
-            _init_new_linear(module, torch_defaults, std)
-        elif isinstance(module, nn.MultiheadAttention):
-            # PyTorch's own MultiheadAttention init (xavier in-projection, zero biases); its out-projection is a
-            # Linear, initialised like the other new Linear layers (the child was visited first, with HF's default).
-            init.xavier_uniform_(module.in_proj_weight)
-            init.zeros_(module.in_proj_bias)
-            _init_new_linear(module.out_proj, torch_defaults, std)
-            init.zeros_(module.out_proj.bias)
-        elif isinstance(module, DeMoHierarchicalDecoupling):
-            init.normal_(module.queries, std=module.queries.shape[-1] ** -0.5)
-        else:
-            super()._init_weights(module)
-
-
-def _init_new_linear(layer: nn.Linear, torch_defaults: bool, std: float) -> None:
-    """PyTorch's Linear default (kaiming-uniform(a=sqrt(5)) weight, uniform(+-1/sqrt(fan_in)) bias) or normal(std)."""
-    if torch_defaults:
-        init.kaiming_uniform_(layer.weight, a=math.sqrt(5))
-        if layer.bias is not None:
-            bound = layer.in_features**-0.5
-            init.uniform_(layer.bias, -bound, bound)
-    else:
-        init.normal_(layer.weight, std=std)
-        if layer.bias is not None:
-            init.zeros_(layer.bias)
-
-
-class DeMoModel(DeMoPreTrainedModel):
-    """DeMo for multi-modal ReID: `pixel_values` (B, 3 modalities, 3, H, W) in the order RGB, NIR, TIR."""
-
-    def __init__(self, config: DeMoConfig):
+    def __init__(self, config: ReIDConfig):
         super().__init__(config)
         # The tower's layers read the attention backend from the vision sub-config: give them the resolved one.
         config.vision_config._attn_implementation = config._attn_implementation or "sdpa"
-        dim = config.feature_dim
-        self.vision_tower = DeMoVisionTower(config)
-        if config.use_pife:
-            self.patch_integration = nn.ModuleDict({m: DeMoPatchIntegration(dim) for m in MODALITIES})
-        if config.use_hdm:
-            self.decoupling = DeMoHierarchicalDecoupling(dim, config.hdm_dropout)
-        if config.use_atmoe:
-            self.mixture_of_experts = DeMoMixtureOfExperts(dim, config.atmoe_heads, config.gating)
+        self.vision_tower = ReIDVisionTower(config)
 
+    def post_init(self):
+        super().post_init()
+        self.train(self.training)  # frozen submodules are frozen from the start, not only after a train() / eval()
 
-        head_dims = {"ori": 3 * dim} if config.direct_classifier else {m: dim for m in MODALITIES}
-        if config.use_hdm:
-            simple_add = config.use_atmoe and config.gating == "simple_add"
-            head_dims["moe"] = dim if simple_add else len(EXPERT_COMBINATIONS) * dim
-        # BN-neck + bias-free classifier per supervised feature.
-        self.bnnecks = nn.ModuleDict({name: DeMoBNNeck(d) for name, d in head_dims.items()})
-        self.classifiers = nn.ModuleDict(
-            {name: DeMoIdentityClassifier(d, config.num_labels) for name, d in head_dims.items()}
-        )
-        self.post_init()
+    def train(self, mode: bool = True):
+        """As `nn.Module.train`, but the submodules of `_frozen_modules` stay in eval mode and frozen.
+
+        Freezing again here matters: transformers 5's `from_pretrained` re-creates every loaded parameter with
+        `requires_grad=True` and then calls `eval()`, and a trainer calls `train()` before its first step. (The
+        BN-neck biases re-freeze themselves, in `ReIDBNNeck.train`.)"""
+        super().train(mode)
+        for name in self._frozen_modules:
+            module = getattr(self, name, None)
+            if module is not None:
+                module.requires_grad_(False)
+                module.eval()
+        return self
 
     def get_input_embeddings(self) -> nn.Module:
         return self.vision_tower.embeddings.patch_embedding
 
+    def build_heads(self, head_dims: dict[str, int]) -> None:
+        """A BN-neck + bias-free identity classifier per supervised feature (name -> size), in that order."""
+        self.bnnecks = nn.ModuleDict({name: ReIDBNNeck(d) for name, d in head_dims.items()})
+        self.classifiers = nn.ModuleDict(
+            {name: ReIDIdentityClassifier(d, self.config.num_labels) for name, d in head_dims.items()}
+        )
+
+    def head_logits(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Identity logits of each supervised feature, through its BN-neck and classifier (same keys and order)."""
+        return {name: self.classifiers[name](self.bnnecks[name](feature)) for name, feature in features.items()}
+
+    def encode_images(
+        self,
+        pixel_values: torch.Tensor,
+        camera_ids: torch.Tensor | None = None,
+        modality_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One tower pass over all 3B images of `pixel_values` (B, 3, 3, H, W) -> class tokens (B, 3, C) and patch
+        tokens (B, 3, n, C). Missing modalities (`modality_mask` False) are zeroed first; a triple's camera id is
+        given to each of its three images."""
+        batch = pixel_values.shape[0]
+        if modality_mask is not None:
+            pixel_values = pixel_values * modality_mask.to(pixel_values.dtype)[:, :, None, None, None]
+        tower_cameras = camera_ids.repeat_interleave(3) if camera_ids is not None else None
+        tokens = self.vision_tower(pixel_values.flatten(0, 1), tower_cameras)
+        tokens = tokens.view(batch, 3, tokens.shape[1], tokens.shape[2])
+        return tokens[:, :, 0], tokens[:, :, 1:]
+
     def _check_inputs(self, pixel_values, camera_ids, modality_mask):
-        """Reject inputs the model cannot use, each with an error naming the argument and what was expected."""
+        """Reject image inputs the model cannot use, each with an error naming the argument and what was expected."""
         height, width = self.config.image_size
         expected = f"(batch, 3, 3, {height}, {width}) for the RGB, NIR and TIR images"
         for name, value in (("pixel_values", pixel_values), ("camera_ids", camera_ids), ("modality_mask", modality_mask)):
@@ -543,6 +554,130 @@ class DeMoModel(DeMoPreTrainedModel):
                     f"modality_mask must have shape ({batch}, 3) (RGB, NIR, TIR), got {tuple(modality_mask.shape)}"
                 )
 
+    @torch.no_grad()
+    def _init_weights(self, module):
+        """Chosen per module class: the tower as HF initialises CLIP / ViT (class token normal(D^-0.5), position
+        table normal(initializer_range), camera embedding trunc-normal(0.02)); the new layers (`ReIDLinear`,
+        `nn.MultiheadAttention`) per `config.head_init`, by default PyTorch's module defaults as in the DeMo authors'
+        code; classifiers normal(0, 0.001); BN-necks (1, 0)."""
+        std = self.config.initializer_range
+        torch_defaults = self.config.head_init == "pytorch"
+        if isinstance(module, ReIDVisionEmbeddings):
+            init.normal_(module.class_embedding, std=module.hidden_size**-0.5)
+            init.normal_(module.position_embedding, std=std)
+            if module.camera_embedding is not None:
+                init.trunc_normal_(module.camera_embedding, std=0.02)
+        elif isinstance(module, ReIDIdentityClassifier):
+            init.normal_(module.weight, std=0.001)
+        elif isinstance(module, ReIDLinear):
+            _init_new_linear(module, torch_defaults, std)
+        elif isinstance(module, nn.MultiheadAttention):
+            # PyTorch's own MultiheadAttention init (xavier in-projection, zero biases); its out-projection is a
+            # Linear, initialised like the other new Linear layers (the child was visited first, with HF's default).
+            init.xavier_uniform_(module.in_proj_weight)
+            init.zeros_(module.in_proj_bias)
+            _init_new_linear(module.out_proj, torch_defaults, std)
+            init.zeros_(module.out_proj.bias)
+        else:
+            super()._init_weights(module)
+
+    @classmethod
+    def from_pretrained_towers(
+        cls, pretrained_model_name_or_path, config: ReIDConfig | None = None, **config_kwargs
+    ) -> "ReIDPreTrainedModel":
+        """A new model around a pretrained HF image tower; the rest is randomly initialised.
+
+        Accepts a `CLIPModel` / `CLIPVisionModel(WithProjection)` or `ViTModel` checkpoint (hub id or directory),
+        of a tower type the config class accepts (`tower_model_types`). The position table is resized once, here,
+        bilinearly, from the pretrained grid to `config.image_size`. Without `config`, one is built around the
+        checkpoint's config: `config_class.from_backbone_config(AutoConfig.from_pretrained(path), **config_kwargs)`.
+        """
+        from transformers import AutoConfig, CLIPVisionModelWithProjection, ViTModel
+
+        path = pretrained_model_name_or_path
+        source_config = AutoConfig.from_pretrained(path)
+        tower_type = PRETRAINED_TOWER_TYPES.get(source_config.model_type)
+        if tower_type not in cls.config_class.tower_model_types:
+            accepted = [k for k, v in PRETRAINED_TOWER_TYPES.items() if v in cls.config_class.tower_model_types]
+            raise ValueError(
+                f"{path} is a {source_config.model_type!r} checkpoint; {cls.__name__} takes a "
+                f"{' or '.join(repr(t) for t in accepted)} checkpoint"
+            )
+        if config is None:
+            config = cls.config_class.from_backbone_config(source_config, **config_kwargs)
+        if tower_type == "vit":
+            source = ViTModel.from_pretrained(path, add_pooling_layer=False)
+            backbone_type = "vit"
+        else:
+            source = CLIPVisionModelWithProjection.from_pretrained(path)
+            backbone_type = "clip"
+        if config.backbone_type != backbone_type:
+            raise ValueError(f"config.backbone_type={config.backbone_type!r} but the checkpoint is {backbone_type!r}")
+        shapes = {field: getattr(source.config, field) for field in (*TOWER_SHAPE_FIELDS, "patch_size")}
+        check_tower_shapes("vision_config", config.vision_config, shapes, path)
+        model = cls(config)
+        state = tower_state_dict_from_hf(source.state_dict(), backbone_type, config.patch_grid)
+        missing, unexpected = model.vision_tower.load_state_dict(state, strict=False)
+        if unexpected or set(missing) - set(model.vision_tower.new_parameter_names):
+            raise ValueError(f"image tower weights do not fit: missing {missing}, unexpected {unexpected}")
+        return model
+
+
+def check_tower_shapes(key: str, config: PretrainedConfig, expected: dict, source) -> None:
+    """One-line error for the first `config` field that differs from the pretrained checkpoint's (`expected`)."""
+    for field, value in expected.items():
+        if getattr(config, field) != value:
+            raise ValueError(
+                f"{key}.{field}={getattr(config, field)} does not match the checkpoint's {value} ({source})"
+            )
+
+
+def _init_new_linear(layer: nn.Linear, torch_defaults: bool, std: float) -> None:
+    """PyTorch's Linear default (kaiming-uniform(a=sqrt(5)) weight, uniform(+-1/sqrt(fan_in)) bias) or normal(std)."""
+    if torch_defaults:
+        init.kaiming_uniform_(layer.weight, a=math.sqrt(5))
+        if layer.bias is not None:
+            bound = layer.in_features**-0.5
+            init.uniform_(layer.bias, -bound, bound)
+    else:
+        init.normal_(layer.weight, std=std)
+        if layer.bias is not None:
+            init.zeros_(layer.bias)
+
+
+class DeMoModel(ReIDPreTrainedModel):
+    """DeMo for multi-modal ReID: `pixel_values` (B, 3 modalities, 3, H, W) in the order RGB, NIR, TIR."""
+
+    config_class = DeMoConfig
+    config: DeMoConfig
+    base_model_prefix = "demo"
+    input_modalities = ("image",)
+    _no_split_modules = ["CLIPEncoderLayer", "ViTLayer"]
+
+    def __init__(self, config: DeMoConfig):
+        super().__init__(config)
+        dim = config.feature_dim
+        if config.use_pife:
+            self.patch_integration = nn.ModuleDict({m: DeMoPatchIntegration(config) for m in MODALITIES})
+        if config.use_hdm:
+            self.decoupling = DeMoHierarchicalDecoupling(config)
+        if config.use_atmoe:
+            self.mixture_of_experts = DeMoMixtureOfExperts(config)
+        head_dims = {"ori": 3 * dim} if config.direct_classifier else {m: dim for m in MODALITIES}
+        if config.use_hdm:
+            simple_add = config.use_atmoe and config.gating == "simple_add"
+            head_dims["moe"] = dim if simple_add else len(EXPERT_COMBINATIONS) * dim
+        self.build_heads(head_dims)
+        self.post_init()
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        """DeMo's own classes: the HDM queries normal(0, C^-0.5); every other module as `ReIDPreTrainedModel`."""
+        if isinstance(module, DeMoHierarchicalDecoupling):
+            init.normal_(module.queries, std=module.queries.shape[-1] ** -0.5)
+        else:
+            super()._init_weights(module)
+
     def forward(
         self,
         pixel_values: torch.Tensor,
@@ -559,15 +694,7 @@ class DeMoModel(DeMoPreTrainedModel):
                 False marks a missing modality; its normalized pixels are replaced by zeros.
         """
         self._check_inputs(pixel_values, camera_ids, modality_mask)
-        batch = pixel_values.shape[0]
-        if modality_mask is not None:
-            pixel_values = pixel_values * modality_mask.to(pixel_values.dtype)[:, :, None, None, None]
-
-        # One tower pass over all 3 * B images; the camera id is shared by the images of a triple.
-        tower_cameras = camera_ids.repeat_interleave(3) if camera_ids is not None else None
-        tokens = self.vision_tower(pixel_values.flatten(0, 1), tower_cameras)
-        tokens = tokens.view(batch, 3, tokens.shape[1], tokens.shape[2])
-        cls_tokens, patch_tokens = tokens[:, :, 0], tokens[:, :, 1:]
+        cls_tokens, patch_tokens = self.encode_images(pixel_values, camera_ids, modality_mask)
 
         if self.config.use_pife:
             modality_features = torch.stack(
@@ -592,7 +719,7 @@ class DeMoModel(DeMoPreTrainedModel):
             features = {m: modality_features[:, i] for i, m in enumerate(MODALITIES)}
         if moe_embeddings is not None:
             features["moe"] = moe_embeddings
-        logits = {name: self.classifiers[name](self.bnnecks[name](feat)) for name, feat in features.items()}
+        logits = self.head_logits(features)
 
         feature_sets = {"ori": ori_embeddings}
         if moe_embeddings is not None:
@@ -609,49 +736,9 @@ class DeMoModel(DeMoPreTrainedModel):
             expert_weights=expert_weights,
         )
 
-    @classmethod
-    def from_vision_pretrained(cls, pretrained_model_name_or_path, config: DeMoConfig | None = None, **config_kwargs):
-        """Build a DeMo model around a pretrained HF CLIP or ViT tower (the rest randomly initialised).
-
-        Accepts a `CLIPModel` / `CLIPVisionModel(WithProjection)` or `ViTModel` checkpoint (hub id or directory).
-        The position table is resized once, here, from the pretrained grid to `config.image_size`. Without `config`,
-        one is built from the checkpoint's vision config and `config_kwargs`.
-        """
-        from transformers import AutoConfig, CLIPVisionModelWithProjection, ViTModel
-
-        source_config = AutoConfig.from_pretrained(pretrained_model_name_or_path)
-        model_type = source_config.model_type
-        if model_type in ("clip", "clip_vision_model"):
-            source = CLIPVisionModelWithProjection.from_pretrained(pretrained_model_name_or_path)
-            backbone_type = "clip"
-        elif model_type == "vit":
-            source = ViTModel.from_pretrained(pretrained_model_name_or_path, add_pooling_layer=False)
-            backbone_type = "vit"
-        else:
-            raise ValueError(
-                f"{pretrained_model_name_or_path} is a {model_type!r} checkpoint; expected a CLIP or ViT checkpoint"
-            )
-        if config is None:
-            config = DeMoConfig(vision_config=source.config.to_dict(), **config_kwargs)
-        if config.backbone_type != backbone_type:
-            raise ValueError(f"config.backbone_type={config.backbone_type!r} but the checkpoint is {backbone_type!r}")
-        for field in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "patch_size"):
-            if getattr(config.vision_config, field) != getattr(source.config, field):
-                raise ValueError(
-                    f"vision_config.{field}={getattr(config.vision_config, field)} does not match the checkpoint's "
-                    f"{getattr(source.config, field)} ({pretrained_model_name_or_path})"
-                )
-        model = cls(config)
-        state = tower_state_dict_from_hf(source.state_dict(), backbone_type, config.patch_grid)
-        missing, unexpected = model.vision_tower.load_state_dict(state, strict=False)
-        allowed_missing = {"embeddings.camera_embedding"}
-        if unexpected or set(missing) - allowed_missing:
-            raise ValueError(f"tower weights do not fit: missing {missing}, unexpected {unexpected}")
-        return model
-
 
 def tower_state_dict_from_hf(state: dict, backbone_type: str, grid: tuple[int, int]) -> dict:
-    """Rename an HF `CLIPVisionModelWithProjection` / `ViTModel` state dict to `DeMoVisionTower` names."""
+    """Rename an HF `CLIPVisionModelWithProjection` / `ViTModel` state dict to `ReIDVisionTower` names."""
     out = {}
     if backbone_type == "clip":
         for key, value in state.items():
@@ -683,4 +770,4 @@ def tower_state_dict_from_hf(state: dict, backbone_type: str, grid: tuple[int, i
 DeMoConfig.register_for_auto_class()
 DeMoModel.register_for_auto_class("AutoModel")
 
-__all__ = ["DeMoModel", "DeMoPreTrainedModel", "DeMoModelOutput", "EXPERT_NAMES"]
+__all__ = ["ReIDPreTrainedModel", "DeMoModel", "DeMoModelOutput", "EXPERT_NAMES"]

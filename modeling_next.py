@@ -10,8 +10,9 @@ Everything else (the similarity behind alpha, the activation, how gradients pass
 Soft-MoE slots, the retrieval feature, the "no text" embedding) is our choice, stated where it is made and
 collected in docs/next.md.
 
-The image tower, its SIE, the position-table resize, the BN-neck heads and the new-layer init are DeMo's, imported
-from modeling_demo.py (which `save_pretrained` ships with every NEXT checkpoint).
+The image tower, its SIE, the position-table resize, the BN-neck heads, the image input checks and the new-layer
+init are those every ReID model here shares (`ReIDPreTrainedModel` in modeling_demo.py, which `save_pretrained`
+ships with every NEXT checkpoint).
 """
 
 from dataclasses import dataclass
@@ -19,40 +20,31 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.nn import functional as F
-from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import ModelOutput
 from transformers.models.clip.modeling_clip import CLIPTextModelWithProjection
 
 try:
+    from .configuration_demo import MODALITIES
     from .configuration_next import NextConfig
     from .modeling_demo import (
-        MODALITIES,
-        DeMoBNNeck,
-        DeMoIdentityClassifier,
-        DeMoLinear,
-        DeMoModel,
-        DeMoPreTrainedModel,
-        DeMoVisionEmbeddings,
-        DeMoVisionTower,
+        TOWER_SHAPE_FIELDS,
         QuickGELU,
+        ReIDLinear,
+        ReIDPreTrainedModel,
+        check_tower_shapes,
         is_exporting,
-        tower_state_dict_from_hf,
     )
 except ImportError:  # imported as top-level modules from a checkout
+    from configuration_demo import MODALITIES
     from configuration_next import NextConfig
     from modeling_demo import (
-        MODALITIES,
-        DeMoBNNeck,
-        DeMoIdentityClassifier,
-        DeMoLinear,
-        DeMoModel,
-        DeMoPreTrainedModel,
-        DeMoVisionEmbeddings,
-        DeMoVisionTower,
+        TOWER_SHAPE_FIELDS,
         QuickGELU,
+        ReIDLinear,
+        ReIDPreTrainedModel,
+        check_tower_shapes,
         is_exporting,
-        tower_state_dict_from_hf,
     )
 
 # Supervised heads, in the order of `logits` / `features`; heads of disabled branches are left out.
@@ -248,7 +240,7 @@ class NextStructureExperts(nn.Module):
         self.num_experts = config.num_structure_experts
         self.slots_per_expert = config.structure_slots_per_expert
         self.router_norm = nn.LayerNorm(dim)
-        self.router = DeMoLinear(dim, self.num_experts * self.slots_per_expert, bias=False)
+        self.router = ReIDLinear(dim, self.num_experts * self.slots_per_expert, bias=False)
         self.expert_norm = nn.LayerNorm(dim)
         self.experts = NextExpertMLP(self.num_experts, dim, dim)
 
@@ -266,27 +258,51 @@ class NextStructureExperts(nn.Module):
         return features, usage.sum(dim=2) / length
 
 
-class NextPreTrainedModel(PreTrainedModel):
+class NextModel(ReIDPreTrainedModel):
+    """NEXT for multi-modal ReID: `pixel_values` (B, 3 modalities, 3, H, W) in the order RGB, NIR, TIR, and optional
+    captions, one per modality (or one per semantic expert and modality).
+
+    Parameters: `vision_tower.*` (trainable CLIP image tower, `ReIDVisionTower`), `text_tower.*` (frozen CLIP text
+    tower, `CLIPTextModelWithProjection`; absent when the text is unused), `semantic_experts.*` +
+    `semantic_aggregation.*` (TMSE + its MGFA cross-attention), `structure_experts.*` + `structure_aggregation.*`
+    (CSSE + its MGFA cross-attention), `bnnecks.<head>` / `classifiers.<head>`.
+    """
+
     config_class = NextConfig
     config: NextConfig
     base_model_prefix = "next"
-    main_input_name = "pixel_values"
     input_modalities = ("image", "text")
     _no_split_modules = ["CLIPEncoderLayer", "CLIPTextEmbeddings"]
-    _supports_sdpa = True
-    _supports_flash_attn = True
+    _frozen_modules = ("text_tower",)
+
+    def __init__(self, config: NextConfig):
+        super().__init__(config)
+        dim = config.feature_dim
+        if config.uses_text:
+            self.text_tower = CLIPTextModelWithProjection(config.text_config)
+        heads = attention_heads(dim)
+        head_dims = {"cls": 3 * dim}
+        if config.use_tmse:
+            self.semantic_experts = NextSemanticExperts(config)
+            self.semantic_aggregation = nn.MultiheadAttention(dim, heads, batch_first=True)
+            head_dims["semantic"] = 3 * dim
+        if config.use_csse:
+            self.structure_experts = NextStructureExperts(config)
+            self.structure_aggregation = nn.MultiheadAttention(dim, heads, batch_first=True)
+            head_dims["structure"] = 3 * dim
+        if config.use_tmse and config.use_csse:
+            head_dims["final"] = 6 * dim
+        self.build_heads(head_dims)
+        self.post_init()
 
     @torch.no_grad()
     def _init_weights(self, module):
-        """Chosen per module class. The image tower, the identity classifiers, `DeMoLinear` (the CSSE router) and
-        `nn.MultiheadAttention` (MGFA) exactly as DeMo initialises them (DeMo's own `_init_weights` is called); the
-        text tower by CLIP's init (it is a `PreTrainedModel` and initialises itself), then overwritten by
-        `from_clip_pretrained`; `NextExpertLinear` per `config.head_init` (default: each expert's slice like a new
+        """NEXT's own classes: `NextExpertLinear` per `config.head_init` (default: each expert's slice like a new
         PyTorch Linear, uniform(+-1/sqrt(fan_in)) weight and bias); the learned queries and "no text" embeddings
-        normal(0, C^-0.5); norms (1, 0)."""
-        if isinstance(module, (DeMoVisionEmbeddings, DeMoIdentityClassifier, DeMoLinear, nn.MultiheadAttention)):
-            DeMoPreTrainedModel._init_weights(self, module)
-        elif isinstance(module, NextExpertLinear):
+        normal(0, C^-0.5). Every other module as `ReIDPreTrainedModel` (the image tower, the CSSE router
+        `ReIDLinear`, the MGFA `nn.MultiheadAttention`, the heads); the text tower initialises itself by CLIP's init
+        (it is a `PreTrainedModel`), then `from_pretrained_towers` overwrites it."""
+        if isinstance(module, NextExpertLinear):
             if self.config.head_init == "pytorch":
                 bound = module.in_features**-0.5
                 init.uniform_(module.weight, -bound, bound)
@@ -303,62 +319,6 @@ class NextPreTrainedModel(PreTrainedModel):
         else:
             super()._init_weights(module)
 
-
-class NextModel(NextPreTrainedModel):
-    """NEXT for multi-modal ReID: `pixel_values` (B, 3 modalities, 3, H, W) in the order RGB, NIR, TIR, and optional
-    captions, one per modality (or one per semantic expert and modality).
-
-    Parameters: `vision_tower.*` (trainable CLIP image tower, DeMo's), `text_tower.*` (frozen CLIP text tower,
-    `CLIPTextModelWithProjection`; absent when the text is unused), `semantic_experts.*` + `semantic_aggregation.*`
-    (TMSE + its MGFA cross-attention), `structure_experts.*` + `structure_aggregation.*` (CSSE + its MGFA
-    cross-attention), `bnnecks.<head>` / `classifiers.<head>`.
-    """
-
-    def __init__(self, config: NextConfig):
-        super().__init__(config)
-        # The tower's layers read the attention backend from the vision sub-config: give them the resolved one.
-        config.vision_config._attn_implementation = config._attn_implementation or "sdpa"
-        dim = config.feature_dim
-        self.vision_tower = DeMoVisionTower(config)
-        if config.uses_text:
-            self.text_tower = CLIPTextModelWithProjection(config.text_config)
-        heads = attention_heads(dim)
-        head_dims = {"cls": 3 * dim}
-        if config.use_tmse:
-            self.semantic_experts = NextSemanticExperts(config)
-            self.semantic_aggregation = nn.MultiheadAttention(dim, heads, batch_first=True)
-            head_dims["semantic"] = 3 * dim
-        if config.use_csse:
-            self.structure_experts = NextStructureExperts(config)
-            self.structure_aggregation = nn.MultiheadAttention(dim, heads, batch_first=True)
-            head_dims["structure"] = 3 * dim
-        if config.use_tmse and config.use_csse:
-            head_dims["final"] = 6 * dim
-        # BN-neck + bias-free classifier per supervised feature, as DeMo's heads.
-        self.bnnecks = nn.ModuleDict({name: DeMoBNNeck(d) for name, d in head_dims.items()})
-        self.classifiers = nn.ModuleDict(
-            {name: DeMoIdentityClassifier(d, config.num_labels) for name, d in head_dims.items()}
-        )
-        self.post_init()
-        self.train()  # freezes the text tower (see `train`)
-
-    def train(self, mode: bool = True):
-        """As `nn.Module.train`, but the frozen text tower always stays in eval mode, and the frozen parameters
-        (text tower, BN-neck biases) are frozen again.
-
-        Re-freezing here matters: transformers 5's `from_pretrained` re-creates every loaded parameter with
-        `requires_grad=True` and then calls `eval()`, and a trainer calls `train()` before its first step."""
-        super().train(mode)
-        if hasattr(self, "text_tower"):
-            self.text_tower.requires_grad_(False)
-            self.text_tower.eval()
-        for bnneck in self.bnnecks.values():
-            bnneck.bias.requires_grad_(False)
-        return self
-
-    def get_input_embeddings(self) -> nn.Module:
-        return self.vision_tower.embeddings.patch_embedding
-
     @torch.no_grad()
     def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Sentence embeddings of the frozen text tower (projected end-of-text token, as CLIP), shape
@@ -370,9 +330,10 @@ class NextModel(NextPreTrainedModel):
         embeds = self.text_tower(input_ids=input_ids.reshape(-1, length), attention_mask=flat_mask).text_embeds
         return embeds.view(*input_ids.shape[:-1], -1)
 
-    def _check_inputs(self, pixel_values, camera_ids, modality_mask, input_ids, attention_mask):
-        """Reject inputs the model cannot use, each with an error naming the argument and what was expected."""
-        DeMoModel._check_inputs(self, pixel_values, camera_ids, modality_mask)
+    def _check_inputs(self, pixel_values, camera_ids, modality_mask, input_ids=None, attention_mask=None):
+        """The image checks of every ReID model, then the captions', each error naming the argument and what was
+        expected."""
+        super()._check_inputs(pixel_values, camera_ids, modality_mask)
         for name, value in (("input_ids", input_ids), ("attention_mask", attention_mask)):
             if value is not None and not isinstance(value, torch.Tensor):
                 raise TypeError(
@@ -481,15 +442,7 @@ class NextModel(NextPreTrainedModel):
                 False marks a missing modality: its normalized pixels are replaced by zeros and its caption dropped.
         """
         self._check_inputs(pixel_values, camera_ids, modality_mask, input_ids, attention_mask)
-        batch = pixel_values.shape[0]
-        if modality_mask is not None:
-            pixel_values = pixel_values * modality_mask.to(pixel_values.dtype)[:, :, None, None, None]
-
-        # One tower pass over all 3 * B images; the camera id is shared by the images of a triple.
-        tower_cameras = camera_ids.repeat_interleave(3) if camera_ids is not None else None
-        tokens = self.vision_tower(pixel_values.flatten(0, 1), tower_cameras)
-        tokens = tokens.view(batch, 3, tokens.shape[1], tokens.shape[2])
-        cls_tokens, patch_tokens = tokens[:, :, 0], tokens[:, :, 1:]
+        cls_tokens, patch_tokens = self.encode_images(pixel_values, camera_ids, modality_mask)
 
         features = {"cls": cls_tokens.flatten(1)}
         semantic = structure = expert_weights = selected = None
@@ -506,7 +459,7 @@ class NextModel(NextPreTrainedModel):
             expert_weights = routing.unsqueeze(1)
         if "semantic" in features and "structure" in features:
             features["final"] = torch.cat([features["semantic"], features["structure"]], dim=-1)
-        logits = {name: self.classifiers[name](self.bnnecks[name](feature)) for name, feature in features.items()}
+        logits = self.head_logits(features)
 
         branches = [features[name] for name in ("semantic", "structure") if name in features]
         embeddings = torch.cat([features["cls"], *branches], dim=-1)
@@ -522,49 +475,36 @@ class NextModel(NextPreTrainedModel):
         )
 
     @classmethod
-    def from_clip_pretrained(cls, pretrained_model_name_or_path, config: NextConfig | None = None, **config_kwargs):
-        """Build NEXT around both towers of one `CLIPModel` checkpoint (hub id or directory); the rest is random.
+    def from_pretrained_towers(
+        cls, pretrained_model_name_or_path, config: NextConfig | None = None, **config_kwargs
+    ) -> "NextModel":
+        """A new NEXT around both towers of one `CLIPModel` checkpoint (hub id or directory); the rest is random.
 
-        The image tower's position table is resized once, bilinearly, from the pretrained grid to
-        `config.image_size`; the text tower is copied as is (and frozen). Without `config`, one is built from the
-        checkpoint's vision and text configs and `config_kwargs`. Save the checkpoint's tokenizer beside the model
-        (`AutoTokenizer.from_pretrained(path).save_pretrained(output_dir)`).
+        The image tower as `ReIDPreTrainedModel.from_pretrained_towers` loads it (position table resized once to
+        `config.image_size`); the text tower copied as is, and frozen. Without `config`, one is built around the
+        checkpoint's config (`NextConfig.from_backbone_config`) and `config_kwargs`. Save the checkpoint's tokenizer
+        beside the model (`AutoTokenizer.from_pretrained(path).save_pretrained(output_dir)`).
         """
-        from transformers import AutoConfig, CLIPModel
+        from transformers import AutoConfig
 
-        source_config = AutoConfig.from_pretrained(pretrained_model_name_or_path)
+        path = pretrained_model_name_or_path
+        source_config = AutoConfig.from_pretrained(path)
         if source_config.model_type != "clip":
             raise ValueError(
-                f"{pretrained_model_name_or_path} is a {source_config.model_type!r} checkpoint; NEXT needs a full "
-                "CLIPModel checkpoint (image and text towers)"
+                f"{path} is a {source_config.model_type!r} checkpoint; NEXT needs a full CLIPModel checkpoint "
+                "(image and text towers)"
             )
-        source = CLIPModel.from_pretrained(pretrained_model_name_or_path)
         if config is None:
-            sub_configs = {}
-            for key in ("vision_config", "text_config"):
-                sub_configs[key] = getattr(source.config, key).to_dict()
-                sub_configs[key]["projection_dim"] = source.config.projection_dim
-            config = NextConfig(**sub_configs, **config_kwargs)
-        fields = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
-        checks = [("vision_config", f, getattr(source.config.vision_config, f)) for f in fields + ("patch_size",)]
-        text_fields = fields + ("vocab_size", "max_position_embeddings")
-        checks += [("text_config", f, getattr(source.config.text_config, f)) for f in text_fields]
-        checks += [(key, "projection_dim", source.config.projection_dim) for key in ("vision_config", "text_config")]
-        for key, field, expected in checks:
-            if getattr(getattr(config, key), field) != expected:
-                raise ValueError(
-                    f"{key}.{field}={getattr(getattr(config, key), field)} does not match the checkpoint's {expected} "
-                    f"({pretrained_model_name_or_path})"
-                )
-        model = cls(config)
-        state = source.state_dict()
-        vision_state = tower_state_dict_from_hf(state, "clip", config.patch_grid)
-        missing, unexpected = model.vision_tower.load_state_dict(vision_state, strict=False)
-        if unexpected or set(missing) - {"embeddings.camera_embedding"}:
-            raise ValueError(f"image tower weights do not fit: missing {missing}, unexpected {unexpected}")
+            config = cls.config_class.from_backbone_config(source_config, **config_kwargs)
+        text = source_config.text_config
+        shapes = {field: getattr(text, field) for field in (*TOWER_SHAPE_FIELDS, "vocab_size", "max_position_embeddings")}
+        check_tower_shapes("text_config", config.text_config, shapes, path)
+        for key in ("vision_config", "text_config"):
+            check_tower_shapes(key, getattr(config, key), {"projection_dim": source_config.projection_dim}, path)
+        model = super().from_pretrained_towers(path, config=config)
         if hasattr(model, "text_tower"):
-            text_state = {k: v for k, v in state.items() if k.startswith(("text_model.", "text_projection."))}
-            missing, unexpected = model.text_tower.load_state_dict(text_state, strict=False)
+            source = CLIPTextModelWithProjection.from_pretrained(path)
+            missing, unexpected = model.text_tower.load_state_dict(source.state_dict(), strict=False)
             if unexpected or [k for k in missing if not k.endswith("position_ids")]:
                 raise ValueError(f"text tower weights do not fit: missing {missing}, unexpected {unexpected}")
         return model
@@ -573,4 +513,4 @@ class NextModel(NextPreTrainedModel):
 NextConfig.register_for_auto_class()
 NextModel.register_for_auto_class("AutoModel")
 
-__all__ = ["NextModel", "NextPreTrainedModel", "NextModelOutput", "HEAD_NAMES"]
+__all__ = ["NextModel", "NextModelOutput", "HEAD_NAMES"]

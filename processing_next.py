@@ -16,9 +16,9 @@ from transformers.image_processing_base import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
 try:  # loaded as a checkpoint's remote code (a package) or from a checkout of the repository
-    from .image_processing_demo import MODALITIES
+    from .configuration_demo import MODALITIES
 except ImportError:
-    from image_processing_demo import MODALITIES
+    from configuration_demo import MODALITIES
 
 
 class NextProcessor(ProcessorMixin):

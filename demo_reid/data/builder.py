@@ -28,11 +28,11 @@ from tqdm.auto import tqdm
 
 import datasets
 from datasets.arrow_writer import ArrowWriter
+from configuration_demo import MODALITIES
 
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "query", "gallery")
-MODALITIES = ("rgb", "nir", "tir")
 CAPTION_COLUMNS = tuple(f"caption_{m}" for m in MODALITIES)
 # Caption file names use the NEXT release's modality tags; query and gallery share the test files.
 CAPTION_FILE_TAGS = {"rgb": "RGB", "nir": "NI", "tir": "TI"}

@@ -21,8 +21,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from configuration_demo import MODALITIES
 
-MODALITY_COLUMNS = ("rgb", "nir", "tir")  # batch modality order: RGB, NIR, TIR
+MODALITY_COLUMNS = MODALITIES  # batch modality order: RGB, NIR, TIR
 # Batch key -> dataset column (names match the model's forward / the trainer).
 _ID_KEYS = {"labels": "label", "camera_ids": "camid", "pids": "pid", "sceneids": "sceneid"}
 _INTERPOLATIONS = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST,
