@@ -93,7 +93,7 @@ class ModelRecipe:
 
     def _check_option_names(self) -> None:
         accepted = accepted_options(self.config_class)
-        placeholder = self.config(num_labels=2, num_cameras=0, image_size=None, check_names=False)
+        placeholder = self._base_config()
         for key, value in self.options.items():
             if isinstance(value, dict):
                 if not hasattr(placeholder, key):
@@ -101,20 +101,24 @@ class ModelRecipe:
             elif key not in accepted and not hasattr(placeholder, key):
                 raise UsageError(f"--{key.replace('_', '-')} is not an option of {self.config_class.__name__} "
                                  f"(--model {self.name}); see python train.py --help")
+        self.config(num_labels=2, num_cameras=0)  # bad option values fail here, before any work
 
-    def config(self, num_labels: int, num_cameras: int, image_size=None, tokenizer=None, check_names: bool = True):
+    def _base_config(self):
+        """The config before the run's options: around --backbone's tower, or the remote model's own."""
+        if self.tower_config is None:
+            return self.base_config if self.base_config is not None else self.config_class()
+        try:
+            return self.config_class.from_backbone_config(copy.deepcopy(self.tower_config))
+        except (ValueError, TypeError) as exc:
+            raise UsageError(f"--backbone {self.backbone} does not fit --model {self.name}: {first_line(exc)}") from None
+
+    def config(self, num_labels: int, num_cameras: int, image_size=None, tokenizer=None):
         """The config of this run: the tower's (or remote model's) config, the options, the dataset's sizes.
 
         ``tokenizer`` (random text towers only) sets the text tower's vocabulary, special ids and length. Bad option
         values are a :class:`UsageError` naming the config class.
         """
-        if self.tower_config is not None:
-            base = self.config_class.from_backbone_config(copy.deepcopy(self.tower_config))
-        elif self.base_config is not None:
-            base = self.base_config
-        else:
-            base = self.config_class()
-        values = base.to_dict()
+        values = self._base_config().to_dict()
         for key in ("id2label", "label2id"):
             values.pop(key, None)
         values = _merge(values, self.options)

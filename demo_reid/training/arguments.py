@@ -174,7 +174,7 @@ class ReIDTrainingArguments(TrainingArguments):
             self.greater_is_better = True
         super().__post_init__()
         if self.lr_schedule in EPOCH_SCHEDULES:
-            for name in ("warmup_steps", "warmup_ratio"):
+            for name in ("warmup_steps",):
                 if getattr(self, name):
                     raise ValueError(f"--{name.replace('_', '-')} does nothing under --lr-schedule {self.lr_schedule} "
                                      "(it warms up per epoch: set --warmup-epochs), or pass --lr-schedule trainer")
@@ -218,7 +218,6 @@ MAIN_OPTIONS = ("preset", "config", "model", "dataset", "backbone", "output_dir"
 RECIPE_OPTIONS = ("image_size", "config_overrides", "synthetic_dir", "bias_lr_factor", "weight_decay", "lr_schedule",
                   "warmup_epochs", "warmup_factor", "min_lr_factor", "lr_noise_seed", "select_best_on_test",
                   "deterministic", "profile")
-AUGMENT_OPTIONS = ("flip_prob", "padding", "erasing_prob", "modality_augment")
 # Model options: the fields every model config takes from the run rather than from an option are left out.
 SET_BY_THE_RUN = ("vision_config", "text_config", "image_size", "num_labels", "num_cameras")
 MODEL_OPTION_GROUPS = (
@@ -260,29 +259,29 @@ def _view(name: str, group: str, fields_by_name: dict, names: typing.Iterable[st
     return view
 
 
-def _parse_classes() -> list[type]:
-    """The dataclasses the parser reads, in --help order (see MAIN_OPTIONS / RECIPE_OPTIONS)."""
+def _parse_classes() -> dict[str, type]:
+    """The dataclasses the parser reads, by role, in --help order (see MAIN_OPTIONS / RECIPE_OPTIONS)."""
     available = {**_typed_fields(ReIDTrainingArguments), **_typed_fields(ReIDArguments)}
     taken = set(MAIN_OPTIONS) | set(RECIPE_OPTIONS) | set(REFUSED_TRAINER_OPTIONS)
     trainer_options = [name for name in _typed_fields(ReIDTrainingArguments) if name not in taken]
-    augment = options_dataclass(ReIDAugment, "augmentation options (ReIDAugment)", exclude=(
-        "erasing_area", "erasing_aspect", "pad_value"))
-    assert tuple(f.name for f in dataclasses.fields(augment)) == AUGMENT_OPTIONS
-    return [
-        _view("MainOptions", "ReID options", available, MAIN_OPTIONS),
-        _view("RecipeOptions", "recipe options", available, RECIPE_OPTIONS),
-        augment,
-        options_dataclass(ReIDLoss, "loss options (ReIDLoss)"),
-        *(options_dataclass(cls, group, exclude=SET_BY_THE_RUN, optional=True) for cls, group in MODEL_OPTION_GROUPS),
-        _view("TrainerOptions", "Trainer options (transformers.TrainingArguments)", available, trainer_options),
-    ]
+    return {
+        "main": _view("MainOptions", "ReID options", available, MAIN_OPTIONS),
+        "recipe": _view("RecipeOptions", "recipe options", available, RECIPE_OPTIONS),
+        "augment": options_dataclass(ReIDAugment, "augmentation options (ReIDAugment)",
+                                     exclude=("erasing_area", "erasing_aspect", "pad_value")),
+        "loss": options_dataclass(ReIDLoss, "loss options (ReIDLoss)"),
+        **{f"model:{cls.__name__}": options_dataclass(cls, group, exclude=SET_BY_THE_RUN, optional=True)
+           for cls, group in MODEL_OPTION_GROUPS},
+        "trainer": _view("TrainerOptions", "Trainer options (transformers.TrainingArguments)", available,
+                         trainer_options),
+    }
 
 
 def build_parser() -> HfArgumentParser:
     """The parser of train.py. Bad values raise ``argparse.ArgumentError`` (``exit_on_error=False``) instead of
     exiting, so that every error is reported the same way: one line, exit status 2."""
     return HfArgumentParser(
-        _parse_classes(),
+        list(_parse_classes().values()),
         prog="train.py",
         usage="%(prog)s [--preset NAME | --config FILE] [--model NAME_OR_PATH] [--dataset PATH] [--output-dir DIR] "
               "[options]",
@@ -349,7 +348,7 @@ def resolve_defaults(preset: str | None, config: str | None, model: str | None, 
     if unknown:
         raise UsageError(f"recipe section {model_label!r}: unknown option(s) {unknown}; see python train.py --help")
     values.update(applied)
-    values["model"] = model
+    values.update(model=model, preset=preset)
     values.setdefault("output_dir", f"outputs/{model_label}-{preset or Path(config).stem}")
     return values
 
@@ -384,9 +383,9 @@ def parse_args(argv: list[str] | None = None) -> TrainRun:
     import sys
 
     argv = sys.argv[1:] if argv is None else list(argv)
+    classes = _parse_classes()
     parser = build_parser()
-    classes = parser.dataclass_types
-    known = {f.name for cls in classes for f in dataclasses.fields(cls)}
+    known = {f.name for cls in classes.values() for f in dataclasses.fields(cls)}
     try:
         first, _ = parser.parse_known_args(argv)
         parser.set_defaults(**resolve_defaults(first.preset, first.config, first.model, known))
@@ -396,24 +395,24 @@ def parse_args(argv: list[str] | None = None) -> TrainRun:
     if remaining:
         raise _unknown_options_error(remaining)
     values = {name: value for obj in parsed for name, value in dataclasses.asdict(obj).items()}
-    script_names = {f.name for f in dataclasses.fields(ReIDArguments)}
-    training_names = {f.name for f in dataclasses.fields(ReIDTrainingArguments) if f.init}
-    loss_names = {f.name for f in dataclasses.fields(classes[3])}
-    model_names = {f.name for cls in classes[4:-1] for f in dataclasses.fields(cls)}
-    script = ReIDArguments(**{k: v for k, v in values.items() if k in script_names})
+
+    def names(*roles) -> list[str]:
+        return [f.name for role, cls in classes.items() if role.split(":")[0] in roles for f in dataclasses.fields(cls)]
+
+    script = ReIDArguments(**{f.name: values[f.name] for f in dataclasses.fields(ReIDArguments)})
     if script.image_size is not None and (len(script.image_size) != 2 or min(script.image_size) < 1):
         raise UsageError(f"--image-size takes a positive height and width, e.g. --image-size 256 128; got "
                          f"{script.image_size}")
+    training_names = {f.name for f in dataclasses.fields(ReIDTrainingArguments) if f.init}
     try:
         training = ReIDTrainingArguments(**{k: v for k, v in values.items() if k in training_names})
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     check_report_to(training.report_to)
-    model_options = {k: v for k, v in values.items() if k in model_names and v is not None}
     return TrainRun(
         script=script,
         training=training,
-        model_options=model_options,
-        loss={k: values[k] for k in loss_names},
-        augment={k: values[k] for k in AUGMENT_OPTIONS},
+        model_options={k: values[k] for k in names("model") if values[k] is not None},
+        loss={k: values[k] for k in names("loss")},
+        augment={k: values[k] for k in names("augment")},
     )
