@@ -69,8 +69,8 @@ class ReIDConfig(PretrainedConfig):
     Args:
         vision_config (`dict | PretrainedConfig | None`, *optional*, defaults to `None`):
             The image tower: a config of one of `tower_model_types` (`CLIPVisionConfig`, `ViTConfig`), its dict, or a
-            full `CLIPConfig` (its vision half is kept, with the parent's `projection_dim`). Its `image_size` is the
-            size the pretrained position table was trained at; None gives CLIP ViT-B/16's shapes.
+            full `CLIPConfig` (its vision half, with the parent's `projection_dim`); None gives CLIP ViT-B/16's shapes.
+            Its `image_size` is the size the pretrained position table was trained at.
         image_size (`tuple[int, int]`, *optional*, defaults to `(256, 128)`):
             Input (height, width) of every modality image, both multiples of the patch size; the position table is
             resized to it once, when pretrained towers are loaded.

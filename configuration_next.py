@@ -29,9 +29,9 @@ class NextConfig(ReIDConfig):
 
     Args:
         text_config (`dict | PretrainedConfig | None`, *optional*, defaults to `None`):
-            The frozen text tower: a `CLIPTextConfig`, its dict, or a full `CLIPConfig` (its text half is kept, with
-            the parent's `projection_dim`). `vocab_size` and `bos/eos/pad_token_id` must be those of the tokenizer
-            saved with the model, `projection_dim` the image tower's. None gives CLIP ViT-B/16's text shapes.
+            The frozen text tower: a `CLIPTextConfig`, its dict, or a full `CLIPConfig` (its text half, with the
+            parent's `projection_dim`); None gives CLIP ViT-B/16's text shapes. Its vocabulary and special token ids
+            must be those of the tokenizer saved with the model, its `projection_dim` the image tower's.
         num_semantic_experts (`int`, *optional*, defaults to `3`):
             N_s, the TMSE experts; each reads its own caption sentences and selects its own patches.
         num_structure_experts (`int`, *optional*, defaults to `3`):

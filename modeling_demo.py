@@ -609,7 +609,9 @@ class ReIDPreTrainedModel(PreTrainedModel):
             source = ViTModel.from_pretrained(path, add_pooling_layer=False)
             backbone_type = "vit"
         else:
-            source = CLIPVisionModelWithProjection.from_pretrained(path)
+            # A full CLIPModel projects with its own projection_dim, whatever its vision half says.
+            projection = dict(projection_dim=source_config.projection_dim) if source_config.model_type == "clip" else {}
+            source = CLIPVisionModelWithProjection.from_pretrained(path, **projection)
             backbone_type = "clip"
         if config.backbone_type != backbone_type:
             raise ValueError(f"config.backbone_type={config.backbone_type!r} but the checkpoint is {backbone_type!r}")

@@ -503,7 +503,7 @@ class NextModel(ReIDPreTrainedModel):
             check_tower_shapes(key, getattr(config, key), {"projection_dim": source_config.projection_dim}, path)
         model = super().from_pretrained_towers(path, config=config)
         if hasattr(model, "text_tower"):
-            source = CLIPTextModelWithProjection.from_pretrained(path)
+            source = CLIPTextModelWithProjection.from_pretrained(path, projection_dim=source_config.projection_dim)
             missing, unexpected = model.text_tower.load_state_dict(source.state_dict(), strict=False)
             if unexpected or [k for k in missing if not k.endswith("position_ids")]:
                 raise ValueError(f"text tower weights do not fit: missing {missing}, unexpected {unexpected}")

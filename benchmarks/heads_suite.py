@@ -17,7 +17,7 @@ from harness import count_operator_calls, interleaved_seconds
 from modeling_demo import DeMoHierarchicalDecoupling, DeMoMixtureOfExperts
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from module_per_expert_heads import ModulePerExpertDecoupling, ModulePerExpertMixture  # noqa: E402
+from module_per_expert_heads import ModulePerExpertDecoupling, ModulePerExpertMixture, heads_config  # noqa: E402
 
 
 def _step(decoupling, mixture, features, patches):
@@ -32,9 +32,10 @@ def _step(decoupling, mixture, features, patches):
 
 def run_heads_suite(device: str, batch: int, repeats: int, warmup: int, dim: int = 512, tokens: int = 129,
                     heads: int = 4, dropout: float = 0.1, log=print) -> dict:
+    config = heads_config(dim, heads, "attention", dropout)
     torch.manual_seed(0)
-    ours = DeMoHierarchicalDecoupling(dim, dropout).to(device), DeMoMixtureOfExperts(dim, heads, "attention").to(device)
-    oracle = ModulePerExpertDecoupling(dim, dropout).to(device), ModulePerExpertMixture(dim, heads, "attention").to(device)
+    ours = DeMoHierarchicalDecoupling(config).to(device), DeMoMixtureOfExperts(config).to(device)
+    oracle = ModulePerExpertDecoupling(config).to(device), ModulePerExpertMixture(config).to(device)
     for mine, theirs in zip(ours, oracle):
         theirs.load_state_dict(mine.state_dict())
         mine.train(), theirs.train()

@@ -19,8 +19,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from configuration_demo import DeMoConfig  # noqa: E402
-from modeling_demo import EXPERT_NAMES, MODALITIES, DeMoModel  # noqa: E402
+from configuration_demo import MODALITIES, DeMoConfig  # noqa: E402
+from modeling_demo import EXPERT_NAMES, DeMoModel  # noqa: E402
 
 TOWER = "BACKBONE.base."
 # Per-layer renames inside `transformer.resblocks.{i}.` (the fused qkv projection is split separately).

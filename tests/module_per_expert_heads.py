@@ -4,13 +4,22 @@ Why kept: `modeling_demo` now runs the 7 HDM cross-attentions and the heads x 7 
 operations; these classes are the previous implementation (one `nn.MultiheadAttention` per modality combination, one
 Linear + QuickGELU + BatchNorm module per expert, called one by one), with the same state-dict layout, so
 `load_state_dict` moves weights between the two. tests/test_heads.py compares outputs and gradients against them and
-benchmarks/run.py times them side by side. Only the gate is shared (it was not changed).
+benchmarks/run.py times them side by side. Only the gate is shared (it was not changed). Like the batched modules,
+they take a `DeMoConfig`; `heads_config` makes one for given head sizes.
 """
 
 import torch
 from torch import nn
 
+from demo_reid.hub.backbones import tiny_demo_config
 from modeling_demo import EXPERT_COMBINATIONS, DeMoAttentionGate, DeMoSimpleGate
+
+
+def heads_config(dim: int, heads: int = 2, gating: str = "attention", dropout: float = 0.0):
+    """A `DeMoConfig` whose feature size is `dim`, with `heads` ATMoE heads, `gating` and HDM dropout `dropout`."""
+    return tiny_demo_config(
+        vision_overrides=dict(projection_dim=dim), atmoe_heads=heads, gating=gating, hdm_dropout=dropout
+    )
 
 
 class QuickGELU(nn.Module):
@@ -21,8 +30,9 @@ class QuickGELU(nn.Module):
 class ModulePerExpertDecoupling(nn.Module):
     """HDM: one learnable query per modality combination cross-attends to that combination's tokens (eq. 3-8)."""
 
-    def __init__(self, dim: int, dropout: float):
+    def __init__(self, config):
         super().__init__()
+        dim, dropout = config.feature_dim, config.hdm_dropout
         num_heads = max(1, dim // 64)
         self.queries = nn.Parameter(torch.zeros(len(EXPERT_COMBINATIONS), dim))
         self.attentions = nn.ModuleList(
@@ -57,16 +67,16 @@ class ModulePerExpertExpert(nn.Module):
 class ModulePerExpertMixture(nn.Module):
     """ATMoE: per-head experts on each head's chunk of every decoupled feature, weighted by the gate (eq. 14-15)."""
 
-    def __init__(self, dim: int, num_heads: int, gating: str):
+    def __init__(self, config):
         super().__init__()
-        num_experts = len(EXPERT_COMBINATIONS)
+        num_experts, num_heads = len(EXPERT_COMBINATIONS), config.atmoe_heads
         self.num_heads = num_heads
-        self.concat = gating != "simple_add"
-        if gating == "attention":
-            self.gate = DeMoAttentionGate(dim, num_experts, num_heads)
+        self.concat = config.gating != "simple_add"
+        if config.gating == "attention":
+            self.gate = DeMoAttentionGate(config)
         else:
-            self.gate = DeMoSimpleGate(dim, num_heads)
-        head_dim = dim // num_heads
+            self.gate = DeMoSimpleGate(config)
+        head_dim = config.feature_dim // num_heads
         self.experts = nn.ModuleList(
             nn.ModuleList(ModulePerExpertExpert(head_dim) for _ in range(num_experts)) for _ in range(num_heads)
         )

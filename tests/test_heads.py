@@ -6,28 +6,30 @@ import collections
 
 import pytest
 import torch
-from module_per_expert_heads import ModulePerExpertDecoupling, ModulePerExpertMixture
+from module_per_expert_heads import ModulePerExpertDecoupling, ModulePerExpertMixture, heads_config
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from modeling_demo import DeMoHierarchicalDecoupling, DeMoMixtureOfExperts
 
 
 def paired_decoupling(dim, dropout=0.0, seed=0):
+    config = heads_config(dim, dropout=dropout)
     torch.manual_seed(seed)
-    ours = DeMoHierarchicalDecoupling(dim, dropout)
+    ours = DeMoHierarchicalDecoupling(config)
     with torch.no_grad():  # weights at their initial scale; queries and the biases PyTorch starts at zero made nonzero
         ours.queries.normal_(0, dim**-0.5)
         for name, p in ours.named_parameters():
             if name.endswith("bias"):
                 p.normal_(0, 0.1)
-    oracle = ModulePerExpertDecoupling(dim, dropout)
+    oracle = ModulePerExpertDecoupling(config)
     oracle.load_state_dict(ours.state_dict())
     return ours, oracle
 
 
 def paired_mixture(dim, heads, gating, seed=0):
+    config = heads_config(dim, heads, gating)
     torch.manual_seed(seed)
-    ours = DeMoMixtureOfExperts(dim, heads, gating)
+    ours = DeMoMixtureOfExperts(config)
     with torch.no_grad():  # PyTorch's initial scales, batch norms moved off their (1, 0) start
         for name, p in ours.named_parameters():
             if ".norm." in name:
@@ -37,7 +39,7 @@ def paired_mixture(dim, heads, gating, seed=0):
                 buffer.normal_(0, 0.5)
             elif name.endswith("running_var"):
                 buffer.uniform_(0.5, 2.0)
-    oracle = ModulePerExpertMixture(dim, heads, gating)
+    oracle = ModulePerExpertMixture(config)
     oracle.load_state_dict(ours.state_dict())
     return ours, oracle
 

@@ -1,7 +1,9 @@
 """DeMoModel: paper Table 5 sizes, outputs, gradients, bad input, pretrained towers and remote-code loading."""
 
+import inspect
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -13,7 +15,8 @@ from safetensors.torch import load_file, save_file
 from torch.nn import functional as F
 from transformers import CLIPConfig, CLIPModel, CLIPVisionModelWithProjection, ViTModel
 
-from configuration_demo import DeMoConfig
+from configuration_demo import DeMoConfig, ReIDConfig
+from configuration_next import NextConfig
 from demo_reid.hub.backbones import clip_vit_b16_vision_config, tiny_demo_config, tiny_vision_config
 from demo_reid.evaluation.complexity import count_macs, count_trainable_parameters
 from modeling_demo import DeMoModel
@@ -54,9 +57,9 @@ def _with_module_per_expert_heads(model: DeMoModel) -> DeMoModel:
 
     config = model.config
     if config.use_hdm:
-        model.decoupling = ModulePerExpertDecoupling(config.feature_dim, config.hdm_dropout)
+        model.decoupling = ModulePerExpertDecoupling(config)
     if config.use_atmoe:
-        model.mixture_of_experts = ModulePerExpertMixture(config.feature_dim, config.atmoe_heads, config.gating)
+        model.mixture_of_experts = ModulePerExpertMixture(config)
     return model
 
 
@@ -246,10 +249,10 @@ def _tiny_clip_vision(tmp_path, image_size=32):
     return source, tmp_path / "clip"
 
 
-def test_from_vision_pretrained_clip_matches_hf_tower(tmp_path):
+def test_from_pretrained_towers_clip_matches_hf_tower(tmp_path):
     source, path = _tiny_clip_vision(tmp_path)
     # Same square size as pretraining: our class token must equal HF's projected image embedding.
-    model = DeMoModel.from_vision_pretrained(path, image_size=(32, 32), num_labels=4, num_cameras=0).eval()
+    model = DeMoModel.from_pretrained_towers(path, image_size=(32, 32), num_labels=4, num_cameras=0).eval()
     pixels = random_triples(2, image_size=(32, 32))
     with torch.no_grad():
         ours = model.vision_tower(pixels[:, 0])
@@ -259,9 +262,9 @@ def test_from_vision_pretrained_clip_matches_hf_tower(tmp_path):
     torch.testing.assert_close(ours, projected, atol=1e-5, rtol=1e-5)
 
 
-def test_from_vision_pretrained_resizes_position_table_bilinearly(tmp_path):
+def test_from_pretrained_towers_resizes_position_table_bilinearly(tmp_path):
     source, path = _tiny_clip_vision(tmp_path)
-    model = DeMoModel.from_vision_pretrained(path, image_size=(64, 32), num_labels=4, num_cameras=2)
+    model = DeMoModel.from_pretrained_towers(path, image_size=(64, 32), num_labels=4, num_cameras=2)
     table = source.vision_model.embeddings.position_embedding.weight.detach()  # 1 + 4x4 rows
     resized = model.vision_tower.embeddings.position_embedding.detach()
     assert resized.shape == (1 + 8 * 4, table.shape[1])
@@ -276,23 +279,23 @@ def test_from_vision_pretrained_resizes_position_table_bilinearly(tmp_path):
     torch.testing.assert_close(new[2], 0.25 * grid[0] + 0.75 * grid[1])
 
 
-def test_from_vision_pretrained_accepts_full_clip_checkpoint(tmp_path):
+def test_from_pretrained_towers_accepts_full_clip_checkpoint(tmp_path):
     torch.manual_seed(0)
     text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, vocab_size=99)
     clip = CLIPModel(CLIPConfig(text_config=text, vision_config=tiny_vision_config("clip").to_dict(), projection_dim=64))
     clip.save_pretrained(tmp_path / "clip_full")
-    model = DeMoModel.from_vision_pretrained(tmp_path / "clip_full", image_size=(32, 16), num_labels=4)
+    model = DeMoModel.from_pretrained_towers(tmp_path / "clip_full", image_size=(32, 16), num_labels=4)
     torch.testing.assert_close(model.vision_tower.projection.weight, clip.visual_projection.weight)
     torch.testing.assert_close(
         model.vision_tower.layers[1].mlp.fc2.weight, clip.vision_model.encoder.layers[1].mlp.fc2.weight
     )
 
 
-def test_from_vision_pretrained_vit_matches_hf_tower(tmp_path):
+def test_from_pretrained_towers_vit_matches_hf_tower(tmp_path):
     torch.manual_seed(0)
     source = ViTModel(tiny_vision_config("vit"), add_pooling_layer=False).eval()
     source.save_pretrained(tmp_path / "vit")
-    model = DeMoModel.from_vision_pretrained(tmp_path / "vit", image_size=(32, 32), num_labels=4).eval()
+    model = DeMoModel.from_pretrained_towers(tmp_path / "vit", image_size=(32, 32), num_labels=4).eval()
     assert model.config.backbone_type == "vit" and model.config.feature_dim == 32
     pixels = random_triples(2, image_size=(32, 32))
     with torch.no_grad():
@@ -301,11 +304,11 @@ def test_from_vision_pretrained_vit_matches_hf_tower(tmp_path):
         )
 
 
-def test_from_vision_pretrained_rejects_mismatched_config(tmp_path):
+def test_from_pretrained_towers_rejects_mismatched_config(tmp_path):
     _, path = _tiny_clip_vision(tmp_path)
     config = tiny_demo_config(vision_overrides=dict(num_hidden_layers=3))
     with pytest.raises(ValueError, match="num_hidden_layers"):
-        DeMoModel.from_vision_pretrained(path, config=config)
+        DeMoModel.from_pretrained_towers(path, config=config)
 
 
 def _kaiming_uniform_std(fan_in: int) -> float:
@@ -372,3 +375,109 @@ def test_from_pretrained_keeps_loaded_head_weights(tmp_path, tiny_model):
 def test_forward_rejects_inputs_it_cannot_use(tiny_model, make_inputs, error, match):
     with pytest.raises(error, match=match):
         tiny_model(**make_inputs(random_triples(2)))
+
+
+def test_new_parameters_are_the_camera_embedding_only():
+    """The trainer gives the tower's pretrained weights the tower's learning rate and these the new layers'."""
+    with_cameras = DeMoModel(tiny_demo_config(num_cameras=3)).vision_tower
+    assert [p is with_cameras.embeddings.camera_embedding for p in with_cameras.new_parameters()] == [True]
+    assert DeMoModel(tiny_demo_config(num_cameras=0)).vision_tower.new_parameters() == []
+
+
+def test_from_pretrained_towers_loads_every_weight_of_a_full_clip_checkpoint(tmp_path):
+    """A CLIPModel saved with save_pretrained: the tower holds exactly HF's CLIPVisionModelWithProjection weights
+    (names mapped by hand here, not by the loader); only the camera embedding is new."""
+    torch.manual_seed(0)
+    text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, vocab_size=99)
+    vision = tiny_vision_config("clip", projection_dim=48).to_dict()  # the half's own projection_dim is not CLIP's
+    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=64)).save_pretrained(tmp_path)
+    model = DeMoModel.from_pretrained_towers(tmp_path, image_size=(32, 32), num_labels=4, num_cameras=2)
+    assert model.config.feature_dim == 64  # the parent's projection_dim
+    reference = CLIPVisionModelWithProjection.from_pretrained(tmp_path, projection_dim=64).state_dict()
+    renames = {"vision_model.": "", "encoder.layers.": "layers.", "pre_layrnorm": "pre_layernorm",
+               "visual_projection": "projection", "position_embedding.weight": "position_embedding"}
+    expected = {}
+    for key, value in reference.items():
+        for old, new in renames.items():
+            key = key.replace(old, new)
+        expected[key] = value
+    expected.pop("embeddings.position_ids", None)
+    ours = model.vision_tower.state_dict()
+    assert set(ours) - set(expected) == {"embeddings.camera_embedding"} and set(expected) <= set(ours)
+    for key, value in expected.items():
+        assert torch.equal(ours[key], value), key
+
+
+def test_from_backbone_config_builds_around_a_tower_config():
+    clip = CLIPConfig(text_config=dict(hidden_size=32, num_attention_heads=2),
+                      vision_config=tiny_vision_config("clip", projection_dim=48).to_dict(), projection_dim=64)
+    config = DeMoConfig.from_backbone_config(clip, image_size=(32, 16), atmoe_heads=2, num_labels=5)
+    assert config.vision_config.model_type == "clip_vision_model" and config.feature_dim == 64
+    assert config.vision_config.hidden_size == 32 and config.num_labels == 5 and config.image_size == (32, 16)
+    vit = DeMoConfig.from_backbone_config(tiny_vision_config("vit"), image_size=(32, 16), atmoe_heads=2)
+    assert vit.backbone_type == "vit" and vit.feature_dim == 32
+
+
+def test_legacy_config_json_with_backbone_type_and_loss_fields_loads(tmp_path, tiny_model):
+    """config.json files written before backbone_type was derived and the loss recipe left the config."""
+    tiny_model.save_pretrained(tmp_path)
+    path = tmp_path / "config.json"
+    legacy = json.loads(path.read_text())
+    assert "backbone_type" not in legacy and "id_loss_weight" not in legacy
+    legacy.update(backbone_type="clip", id_loss_weight=0.25, triplet_loss_weight=1.0, label_smoothing=0.1,
+                  triplet_margin=None)
+    path.write_text(json.dumps(legacy))
+    loaded = DeMoModel.from_pretrained(tmp_path).eval()
+    assert loaded.config.backbone_type == "clip" and loaded.config.id_loss_weight == 0.25
+    pixels, cams = random_triples(2), torch.tensor([0, 2])
+    with torch.no_grad():
+        assert torch.equal(loaded(pixels, camera_ids=cams).embeddings, tiny_model(pixels, camera_ids=cams).embeddings)
+    path.write_text(json.dumps({**legacy, "backbone_type": "vit"}))
+    with pytest.raises(ValueError, match="backbone_type='vit' does not match vision_config.model_type='clip_vision_model'"):
+        DeMoConfig.from_pretrained(tmp_path)
+
+
+# Every option of the configs' __init__, as the option generator reads it: one `Args:` entry per option, in HF format
+# `name (`type`, *optional*, defaults to `value`):` with the signature's default, followed by its description.
+ARGS_ENTRY = re.compile(r"^ {8}(\w+) \(`([^`]+)`, \*optional\*, defaults to `(.+)`\):$")
+
+
+def _documented_options(config_class) -> dict:
+    lines = config_class.__doc__.splitlines()
+    start = [i for i, line in enumerate(lines) if line.strip() == "Args:"]
+    assert len(start) == 1, f"{config_class.__name__}: one Args: section"
+    entries = {}
+    for i, line in enumerate(lines[start[0] + 1 :], start[0] + 1):
+        if line.strip() and not line.startswith(" " * 12):
+            match = ARGS_ENTRY.match(line)
+            assert match, f"{config_class.__name__}: not an HF-format Args entry: {line!r}"
+            name, _, default = match.groups()
+            assert name not in entries, f"{config_class.__name__}: {name} documented twice"
+            assert lines[i + 1].startswith(" " * 12) and lines[i + 1].strip(), f"{name}: no description"
+            entries[name] = default
+    return entries
+
+
+def _as_documented(value) -> str:
+    return f'"{value}"' if isinstance(value, str) else repr(value)
+
+
+@pytest.mark.parametrize("config_class", [ReIDConfig, DeMoConfig, NextConfig])
+def test_every_config_option_is_annotated_and_documented_once(config_class):
+    parameters = [p for p in inspect.signature(config_class.__init__).parameters.values()
+                  if p.name != "self" and p.kind is not inspect.Parameter.VAR_KEYWORD]
+    assert parameters, config_class.__name__
+    unannotated = [p.name for p in parameters if p.annotation is inspect.Parameter.empty]
+    assert unannotated == []
+    documented = _documented_options(config_class)
+    assert list(documented) == [p.name for p in parameters]  # exactly its own options, in signature order
+    for p in parameters:
+        assert documented[p.name] == _as_documented(p.default), p.name
+
+
+def test_shared_options_are_defined_once_in_the_base():
+    own = {cls: set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs"} for cls in (DeMoConfig, NextConfig)}
+    shared = set(inspect.signature(ReIDConfig.__init__).parameters) - {"self", "kwargs"}
+    assert not (own[DeMoConfig] & shared) and not (own[NextConfig] & shared)
+    for removed in ("backbone_type", "id_loss_weight", "triplet_loss_weight", "label_smoothing", "triplet_margin"):
+        assert all(removed not in params for params in (*own.values(), shared)), removed

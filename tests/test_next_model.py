@@ -15,8 +15,9 @@ from torch.nn import functional as F
 from transformers import CLIPConfig, CLIPModel, CLIPTextModelWithProjection, CLIPVisionModelWithProjection
 
 from configuration_next import NextConfig
-from demo_reid.hub.backbones import tiny_next_config, tiny_text_config, tiny_vision_config
+from demo_reid.hub.backbones import tiny_demo_config, tiny_next_config, tiny_text_config, tiny_vision_config
 from demo_reid.data.text import build_caption_tokenizer, sample_sentences, split_sentences, tokenize_captions
+from modeling_demo import DeMoModel
 from modeling_next import NextModel
 
 CAPTIONS = [
@@ -195,6 +196,38 @@ def test_text_tower_is_frozen_and_untouched_by_training(tokenizer, tmp_path):
     assert not loaded.text_tower.training and loaded.vision_tower.training
 
 
+# ------------------------------------------------------------------------------------ the base DeMo and NEXT share
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(camera_ids=torch.tensor([0, 3])),
+        dict(camera_ids=torch.tensor([0.0, 1.0])),
+        dict(camera_ids=torch.tensor([1])),
+        dict(modality_mask=torch.ones(2, 2, dtype=torch.bool)),
+        dict(pixel_values=torch.zeros(2, 3, 3, 64, 32)),
+    ],
+)
+def test_both_models_reject_bad_image_inputs_with_the_same_error(model, bad):
+    demo = DeMoModel(tiny_demo_config(num_labels=6, num_cameras=3)).eval()
+    errors = []
+    for candidate in (demo, model):
+        with pytest.raises((TypeError, ValueError)) as info:
+            candidate(**{"pixel_values": random_triples(2), **bad})
+        errors.append((type(info.value), str(info.value)))
+    assert errors[0] == errors[1]
+
+
+def test_train_keeps_both_models_frozen_parts_frozen_after_from_pretrained(tmp_path, model):
+    for name, source in (("demo", DeMoModel(tiny_demo_config())), ("next", model)):
+        source.save_pretrained(tmp_path / name)
+        loaded = type(source).from_pretrained(tmp_path / name).train()
+        assert loaded.vision_tower.training and all(not bnneck.bias.requires_grad for bnneck in loaded.bnnecks.values())
+        assert all(p.requires_grad for n, p in loaded.named_parameters() if not n.startswith(("bnnecks", "text_tower")))
+    assert not loaded.text_tower.training and not any(p.requires_grad for p in loaded.text_tower.parameters())
+
+
 # ---------------------------------------------------------------------------------------------------------- ablations
 
 
@@ -276,7 +309,7 @@ def test_bad_pixel_values_raise_value_error(model):
         (dict(head_init="xavier"), "head_init must be one of"),
         (dict(image_size=(30, 16)), "multiples of patch_size"),
         (dict(num_cameras=-1), "num_cameras must be >= 0"),
-        (dict(backbone_type="vit"), "NEXT needs a CLIP image tower"),
+        (dict(backbone_type="vit"), "backbone_type='vit' does not match vision_config.model_type='clip_vision_model'"),
     ],
 )
 def test_bad_config_raises_value_error(tokenizer, kwargs, match):
@@ -308,6 +341,36 @@ def test_default_config_has_clip_b16_shapes():
     assert config.vision_config.hidden_size == 768 and config.text_config.hidden_size == 512
     assert config.text_config.vocab_size == 49408 and config.text_config.max_position_embeddings == 77
     assert config.patch_grid == (16, 8) and config.num_labels == 171
+    counts = ("num_semantic_experts", "num_structure_experts", "tokens_per_expert", "structure_slots_per_expert",
+              "caption_sentences_per_expert")
+    assert [getattr(config, name) for name in counts] == [3, 3, 16, 4, 2]
+
+
+def test_from_backbone_config_takes_both_halves_of_a_clip_config(tokenizer):
+    # Each half's own projection_dim is not the one CLIPModel projects with: the parent's is taken.
+    text = tiny_text_config(tokenizer, projection_dim=48).to_dict()
+    clip = CLIPConfig(text_config=text, vision_config=tiny_vision_config("clip", projection_dim=48).to_dict(),
+                      projection_dim=64)
+    config = NextConfig.from_backbone_config(clip, image_size=(32, 16), tokens_per_expert=2, num_labels=5)
+    assert config.feature_dim == config.text_config.projection_dim == 64
+    assert config.text_config.vocab_size == len(tokenizer) and config.vision_config.hidden_size == 32
+    assert config.num_labels == 5 and config.tokens_per_expert == 2
+    with pytest.raises(ValueError, match="backbone_config must be a full CLIPConfig"):
+        NextConfig.from_backbone_config(clip.vision_config)
+
+
+def test_legacy_config_json_with_backbone_type_and_loss_fields_loads(tmp_path, tokenizer):
+    tiny_next_config(tokenizer).save_pretrained(tmp_path)
+    path = tmp_path / "config.json"
+    legacy = json.loads(path.read_text())
+    legacy.update(backbone_type="clip", id_loss_weight=0.25, triplet_loss_weight=1.0, label_smoothing=0.1,
+                  triplet_margin=None)
+    path.write_text(json.dumps(legacy))
+    loaded = NextConfig.from_pretrained(tmp_path)
+    assert loaded.backbone_type == "clip" and loaded.label_smoothing == 0.1 and loaded.num_semantic_experts == 3
+    path.write_text(json.dumps({**legacy, "backbone_type": "vit"}))
+    with pytest.raises(ValueError, match="backbone_type='vit' does not match"):
+        NextConfig.from_pretrained(tmp_path)
 
 
 # ------------------------------------------------------------------------------------------- saving and remote code
@@ -390,9 +453,9 @@ def _tiny_clip(tmp_path, tokenizer):
     return clip, tmp_path / "clip"
 
 
-def test_from_clip_pretrained_reproduces_both_hf_towers(tmp_path, tokenizer):
+def test_from_pretrained_towers_reproduces_both_hf_towers(tmp_path, tokenizer):
     clip, path = _tiny_clip(tmp_path, tokenizer)
-    model = NextModel.from_clip_pretrained(path, image_size=(32, 32), num_labels=4).eval()
+    model = NextModel.from_pretrained_towers(path, image_size=(32, 32), num_labels=4).eval()
     assert model.config.text_config.vocab_size == len(tokenizer)
     caps = tokenize_captions(tokenizer, [[RGB_A, NIR, TIR], [RGB_B, NIR, "x"]])
     ids, mask = caps["input_ids"].view(6, -1), caps["attention_mask"].view(6, -1)
@@ -405,6 +468,12 @@ def test_from_clip_pretrained_reproduces_both_hf_towers(tmp_path, tokenizer):
     torch.testing.assert_close(model.get_text_features(ids, mask), theirs, atol=1e-5, rtol=1e-5)
     batched = model.get_text_features(caps["input_ids"], caps["attention_mask"])
     torch.testing.assert_close(batched, theirs.view(2, 3, -1))
+    expected, ours = reference.state_dict(), model.text_tower.state_dict()
+    assert set(ours) == set(expected) and all(torch.equal(ours[k], v) for k, v in expected.items())
+    # The image tower is loaded by the base both models share: the same weights as DeMo's from this checkpoint.
+    demo = DeMoModel.from_pretrained_towers(path, image_size=(32, 32), num_labels=4, atmoe_heads=2)
+    expected, ours = demo.vision_tower.state_dict(), model.vision_tower.state_dict()
+    assert set(ours) == set(expected) and all(torch.equal(ours[k], v) for k, v in expected.items())
 
     pixels = random_triples(2, image_size=(32, 32))[:, 0]
     with torch.no_grad():
@@ -415,17 +484,17 @@ def test_from_clip_pretrained_reproduces_both_hf_towers(tmp_path, tokenizer):
     assert all(not p.requires_grad for p in model.text_tower.parameters())
 
 
-def test_from_clip_pretrained_resizes_and_rejects_wrong_checkpoints(tmp_path, tokenizer):
+def test_from_pretrained_towers_resizes_and_rejects_wrong_checkpoints(tmp_path, tokenizer):
     clip, path = _tiny_clip(tmp_path, tokenizer)
-    model = NextModel.from_clip_pretrained(path, image_size=(64, 32), num_labels=4, use_text=False)
+    model = NextModel.from_pretrained_towers(path, image_size=(64, 32), num_labels=4, use_text=False)
     assert model.vision_tower.embeddings.position_embedding.shape == (1 + 8 * 4, 32)
     assert not hasattr(model, "text_tower")
     with pytest.raises(ValueError, match="text_config.num_hidden_layers=3 does not match"):
         config = tiny_next_config(tokenizer, text_overrides=dict(num_hidden_layers=3))
-        NextModel.from_clip_pretrained(path, config=config)
+        NextModel.from_pretrained_towers(path, config=config)
     CLIPVisionModelWithProjection(tiny_vision_config("clip")).save_pretrained(tmp_path / "vision_only")
     with pytest.raises(ValueError, match="needs a full CLIPModel checkpoint"):
-        NextModel.from_clip_pretrained(tmp_path / "vision_only")
+        NextModel.from_pretrained_towers(tmp_path / "vision_only")
 
 
 # ---------------------------------------------------------------------------------------------------- initialisation
