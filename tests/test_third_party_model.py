@@ -142,7 +142,11 @@ def test_a_remote_code_model_trains_evaluates_and_reloads(template, tmp_path):
     assert train.returncode == 0, train.stderr[-3000:]
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "baseline_reid" and config["neck_momentum"] == 0.2
-    assert (config["num_labels"], config["num_cameras"], config["image_size"]) == (6, 3, [32, 16])  # from the data
+    from demo_reid.data.loading import load_reid_dataset
+
+    ds = load_reid_dataset(dataset)
+    cameras = 1 + max(max(ds[s]["camid"]) for s in ("train", "query", "gallery"))
+    assert (len(config["id2label"]), config["num_cameras"], config["image_size"]) == (6, cameras, [32, 16])
     assert {"modeling_baseline.py", "configuration_baseline.py", "model.safetensors"} <= {p.name for p in out.iterdir()}
     final = json.loads((out / "final_metrics.json").read_text())
     assert final["global_step"] == 4

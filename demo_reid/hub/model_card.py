@@ -128,7 +128,9 @@ def usage_snippet(info: ModelCardInfo) -> list[str]:
 
 def build_model_card(info: ModelCardInfo) -> ModelCard:
     """The checkpoint's card: Hub metadata (model-index, base_model, license, ...) and the text below it."""
-    text = MODEL_CARD_TEXT[info.model_type]
+    text = MODEL_CARD_TEXT.get(info.model_type) or {
+        "description": f"A multi-modal (RGB / NIR / TIR) object re-identification model ({info.model_type})",
+        "tags": (), "sections": {}}
     if info.research_only_data:
         license_fields = dict(license="other", license_name="research-only")  # the card's Licence section says why
     else:
