@@ -207,8 +207,8 @@ class DeMoConfig(ReIDConfig):
         check_choice("inference_features", inference_features, INFERENCE_FEATURES)
         if use_atmoe and not use_hdm:
             raise ValueError("use_atmoe=True needs use_hdm=True: the experts are the HDM's decoupled features")
-        if not 0.0 <= hdm_dropout < 1.0:
-            raise ValueError(f"hdm_dropout must be in [0, 1), got {hdm_dropout}")
+        if not 0.0 <= hdm_dropout <= 1.0:
+            raise ValueError(f"hdm_dropout must be a probability in [0, 1], got {hdm_dropout}")
         self.use_pife = bool(use_pife)
         self.use_hdm = bool(use_hdm)
         self.use_atmoe = bool(use_atmoe)

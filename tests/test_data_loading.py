@@ -66,14 +66,13 @@ def test_resize_is_bicubic_for_training_and_bilinear_for_eval():
 
 def test_train_batch_keys_and_types(built):
     _, dsd = built
-    out = dsd["train"].with_transform(ReIDTransform((32, 16), train=True, keep_columns=("name",)))[2:7]
-    assert set(out) == {"pixel_values", "labels", "camera_ids", "pids", "sceneids", "name"}
+    out = dsd["train"].with_transform(ReIDTransform((32, 16), train=True))[2:7]
+    assert set(out) == {"pixel_values", "labels", "camera_ids", "pids", "sceneids"}
     assert out["pixel_values"].shape == (5, 3, 3, 32, 16)
     for key in ("labels", "camera_ids", "pids", "sceneids"):
         assert out[key].dtype == torch.long and out[key].shape == (5,)
     assert out["labels"].tolist() == dsd["train"]["label"][2:7]
     assert out["pids"].tolist() == dsd["train"]["pid"][2:7]
-    assert out["name"] == dsd["train"]["name"][2:7]
     assert -1.0 <= out["pixel_values"].min() and out["pixel_values"].max() <= 1.0
 
 

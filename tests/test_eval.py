@@ -230,7 +230,7 @@ def bad_inputs(tmp_path_factory, dataset_dir):
     "model, dataset, extra, message",
     [
         ("no_config", None, [], "no config.json there"),
-        ("bert", None, [], "is a 'bert' checkpoint, not a DeMo or NEXT one"),
+        ("bert", None, [], "config.json has no auto_map for AutoModel"),
         (None, "train_only", [], "needs query and gallery splits"),
         (None, "empty_query", [], "the query split is empty"),
         (None, None, ["--missing", "r,x"], "each setting must be one of r, n, t, rn, rt, nt"),

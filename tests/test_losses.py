@@ -91,12 +91,17 @@ def test_reid_loss_sums_weighted_pairs():
     labels = torch.tensor([0, 0, 1, 1, 2, 2])
     logits = (torch.randn(6, 3), torch.randn(6, 3))
     feats = (torch.randn(6, 5), torch.randn(6, 5))
-    out = reid_loss(logits, feats, labels, id_loss_weight=0.25, triplet_loss_weight=1.0, label_smoothing=0.1)
+    out = reid_loss(logits, feats, labels, id_loss_weight=0.25, triplet_loss_weight=1.0, label_smoothing=0.1,
+                    triplet_margin=None)
     expected = sum(
         0.25 * label_smoothed_cross_entropy(lg, labels, 0.1) + batch_hard_triplet_loss(f, labels)
         for lg, f in zip(logits, feats)
     )
     assert out.loss.item() == pytest.approx(expected.item(), rel=1e-6)
-    assert len(out.per_head) == 2
+    ids = sum(label_smoothed_cross_entropy(lg, labels, 0.1) for lg in logits)
+    triplets = sum(batch_hard_triplet_loss(f, labels) for f in feats)
+    assert set(out.components) == {"id_loss", "triplet_loss"}  # unweighted, for logging
+    assert out.components["id_loss"].item() == pytest.approx(ids.item(), rel=1e-6)
+    assert out.components["triplet_loss"].item() == pytest.approx(triplets.item(), rel=1e-6)
     with pytest.raises(ValueError, match="aligned"):
-        reid_loss(logits, feats[:1], labels)
+        reid_loss(logits, feats[:1], labels, 0.25, 1.0, 0.1, None)
