@@ -26,7 +26,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="directory written by save_pretrained (train.py --output-dir)")
-    parser.add_argument("--dataset", required=True, help="DatasetDict with query and gallery splits (save_to_disk)")
+    parser.add_argument("--dataset", required=True,
+                        help="DatasetDict with query and gallery splits: a folder saved with save_to_disk, or a Hub "
+                             "dataset id (build_dataset.py --push-to-hub)")
+    parser.add_argument("--dataset-revision", default=None,
+                        help="branch, tag or commit of a Hub --dataset (default: its main branch)")
     parser.add_argument("--features", default=None,
                         help="one feature row the model names (DeMo: ori, moe, all; NEXT: cls, semantic, structure, "
                              "final, all); unset: every row")
@@ -65,14 +69,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def load_dataset(path: str):
-    from demo_reid.data.loading import load_reid_dataset
+def load_dataset(path: str, revision: str | None = None):
+    """The query and gallery splits of ``--dataset``: a local folder, or a Hub dataset id at ``revision``."""
+    from demo_reid.data.loading import open_reid_dataset
 
-    if not Path(path).expanduser().exists():
-        raise UsageError(f"--dataset {path} does not exist; build one with data_scripts/build_dataset.py "
-                         "(or data_scripts/make_synthetic.py)")
     try:
-        return load_reid_dataset(path, splits=("query", "gallery"))
+        return open_reid_dataset(path, splits=("query", "gallery"), revision=revision)
     except (ValueError, FileNotFoundError) as exc:
         raise UsageError(f"--dataset: {exc}; eval.py needs query and gallery splits as written by "
                          "data_scripts/build_dataset.py") from None
@@ -177,7 +179,7 @@ def run(args) -> dict:
     from demo_reid.hub.loading import load_checkpoint, load_checkpoint_tokenizer
 
     accelerator = Accelerator(cpu=_distributed_without_gpu())
-    dsdict = load_dataset(args.dataset)  # cheap checks first
+    dsdict = load_dataset(args.dataset, args.dataset_revision)  # cheap checks first
     model = load_checkpoint(args.model)
     for split in ("query", "gallery"):
         check_split(dsdict[split], split, model.config.num_cameras)
@@ -231,7 +233,6 @@ def run(args) -> dict:
 
 
 def main(argv=None) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from demo_reid.evaluation.protocol import EvaluationInputError
 
     return run_cli(lambda: run(parse_args(argv)), "eval.py", errors=(EvaluationInputError,))

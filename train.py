@@ -21,29 +21,42 @@ from transformers.trainer_utils import enable_full_determinism  # noqa: E402
 
 from demo_reid.errors import UsageError, run_cli  # noqa: E402
 from demo_reid.evaluation.metrics import METRIC_KEYS  # noqa: E402
-from demo_reid.hub.model_card import BEST_ON_TEST, FINAL_EPOCH, ModelCardInfo, build_model_card  # noqa: E402
+from demo_reid.hub.model_card import BEST_ON_TEST, FINAL_EPOCH, ModelCardInfo, save_model_card  # noqa: E402
 from demo_reid.training.arguments import TrainRun, parse_args  # noqa: E402
 
 logger = logging.getLogger("train")
 
 
+def dataset_hub_id(script) -> str | None:
+    """The Hub id ``--dataset`` names, or None for a local folder (or the default synthetic set)."""
+    return None if not script.dataset or Path(script.dataset).expanduser().exists() else script.dataset
+
+
 def load_data(run: TrainRun):
-    """The run's DatasetDict and its path: ``--dataset``, or the default synthetic set (built once)."""
-    from demo_reid.data.loading import load_reid_dataset
+    """The run's DatasetDict and its path or Hub id: ``--dataset`` (a local folder, or a Hub dataset id at
+    ``--dataset-revision``), or the default synthetic set (built once)."""
+    from demo_reid.data.loading import open_reid_dataset
     from demo_reid.data.synthetic import prepare_default_set
 
-    if run.script.dataset:
+    script = run.script
+    if script.dataset:
         try:
-            return load_reid_dataset(run.script.dataset), run.script.dataset
+            with run.training.main_process_first(desc="dataset"):  # one download per machine
+                dsdict = open_reid_dataset(script.dataset, revision=script.dataset_revision)
         except (ValueError, FileNotFoundError) as exc:
             raise UsageError(f"--dataset: {exc}") from None
+        return dsdict, script.dataset
+    if script.dataset_revision:
+        raise UsageError("--dataset-revision applies to a Hub --dataset; none is given")
     with run.training.main_process_first(desc="synthetic dataset"):
         path = prepare_default_set(run.script.synthetic_dir)
-    return load_reid_dataset(path), str(path)
+    return open_reid_dataset(path), str(path)
 
 
-def card_info(run: TrainRun, model, train_split, metrics: dict, selection: str, global_step: int) -> ModelCardInfo:
-    """What the model card says about this run."""
+def card_info(run: TrainRun, model, train_split, metrics: dict, selection: str, state,
+              in_progress: bool = False) -> ModelCardInfo:
+    """What the model card says about this run (``state``: the trainer state, for the steps and epochs trained;
+    ``in_progress``: the card of an intermediate checkpoint)."""
     from demo_reid.data.synthetic import DEFAULT_SET, describe_default_set
     from demo_reid.hub.backbones import hub_id_of
 
@@ -51,13 +64,22 @@ def card_info(run: TrainRun, model, train_split, metrics: dict, selection: str, 
     out = Path(training.output_dir)
     dataset_name = (train_split.info.dataset_name or Path(script.dataset).name if script.dataset
                     else f"synthetic-{DEFAULT_SET['layout'].lower()}")
+    dataset_id = dataset_hub_id(script)
+    if dataset_id:
+        revision = f" (revision {script.dataset_revision})" if script.dataset_revision else ""
+        dataset_description = f"the Hub dataset {dataset_id}{revision}"
+    else:
+        dataset_description = f"the dataset at {script.dataset}" if script.dataset else describe_default_set()
     height, width = model.config.image_size
+    steps, epochs = state.global_step, round(float(state.epoch or 0.0), 2)
     return ModelCardInfo(
         model_type=model.config.model_type,
         name=out.name,
         repo_id=training.hub_model_id or f"path/to/{out.name}",
         dataset_name=dataset_name,
-        dataset_description=f"the dataset at {script.dataset}" if script.dataset else describe_default_set(),
+        dataset_description=dataset_description,
+        dataset_id=dataset_id,
+        dataset_revision=script.dataset_revision,
         backbone=script.backbone,
         base_model=hub_id_of(script.backbone),
         research_only_data=bool(script.dataset),
@@ -65,12 +87,14 @@ def card_info(run: TrainRun, model, train_split, metrics: dict, selection: str, 
         uses_cameras=model.config.num_cameras > 0,
         metrics={k: metrics[k] for k in METRIC_KEYS if metrics.get(k) is not None},
         selection=selection,
+        in_progress=f"step {steps} of {state.max_steps} (epoch {epochs:g})" if in_progress else None,
         recipe={
             "model": script.model,
             "preset": script.preset or script.config,
             "image_size": f"{height}x{width}",
             "P x K": f"{training.num_identities} x {training.num_instances}",
-            "optimizer steps": global_step,
+            "optimizer steps trained": steps,
+            "epochs trained": f"{epochs:g}",
             "lr (head / bias / tower)": f"{training.learning_rate} / "
             f"{training.learning_rate * training.bias_lr_factor} / {training.vision_tower_lr}",
             "lr schedule": training.lr_schedule,
@@ -84,6 +108,7 @@ def build_trainer(run: TrainRun):
     """Everything before training: checks, seed, data, tokenizer, model, loss, augmentation -> (trainer, the
     checkpoint to resume from or None). Bad input raises :class:`UsageError` before anything is written."""
     from demo_reid.data.augment import ReIDAugment
+    from demo_reid.hub.checkpoint_files import attach_pipeline
     from demo_reid.hub.factory import ModelRecipe
     from demo_reid.hub.processors import build_processor
     from demo_reid.training.checkpoints import clear_previous_run, resolve_resume
@@ -94,6 +119,11 @@ def build_trainer(run: TrainRun):
     from demo_reid.training.trainer import ReIDTrainer
 
     script, training = run.script, run.training
+    if script.resume and training.hub_model_id and not training.resume_from_checkpoint:
+        from demo_reid.hub.resume import fetch_hub_checkpoint
+
+        with training.main_process_first(desc="checkpoint from the Hub"):  # the others then find it on disk
+            fetch_hub_checkpoint(training.output_dir, training.hub_model_id, training.hub_revision, training.hub_token)
     resume = resolve_resume(training.output_dir, script.resume, training.resume_from_checkpoint,
                             script.overwrite_output_dir)
     try:
@@ -108,6 +138,7 @@ def build_trainer(run: TrainRun):
     tokenizer = recipe.tokenizer(dsdict["train"])
     num_cameras = 1 + max(max(dsdict[s]["camid"]) for s in ("train", "query", "gallery"))
     model = recipe.build(recipe.config(len(set(dsdict["train"]["label"])), num_cameras, script.image_size, tokenizer))
+    attach_pipeline(model.config)  # pipeline("image-feature-extraction", model=<any checkpoint>, trust_remote_code=True)
     if training.deterministic:
         make_deterministic(model)  # math SDPA only: the fused attention kernels vary run to run
     if script.overwrite_output_dir and training.process_index == 0:
@@ -127,6 +158,15 @@ def build_trainer(run: TrainRun):
         callbacks=[RunInfoCallback(run_info), *([ProfilerCallback()] if script.profile else [])],
         processing_class=build_processor(model.config, tokenizer),  # saved with every checkpoint and the final model
     )
+    if training.push_to_hub:
+        from demo_reid.hub.push import HubPushCallback
+
+        selection = BEST_ON_TEST if training.select_best_on_test else FINAL_EPOCH
+
+        def write_card(folder: Path, state) -> None:  # the card of every checkpoint push
+            save_model_card(card_info(run, model, dsdict["train"], {}, selection, state, in_progress=True), folder)
+
+        trainer.add_callback(HubPushCallback(trainer.hub_model_id, write_card))
     return trainer, resume
 
 
@@ -143,17 +183,18 @@ def main(argv: list[str] | None = None) -> dict:
     result = {**{k: metrics.get(k) for k in METRIC_KEYS}, "selection": selection,
               "train_loss": train_result.training_loss, "global_step": trainer.state.global_step,
               "world_size": training.world_size}
-    trainer.save_model(training.output_dir)  # save_pretrained: safetensors + remote code + processor
     trainer.save_state()  # trainer_state.json with the log history (losses and learning rates per logged step)
     if trainer.is_world_process_zero():
         out = Path(training.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
         (out / "final_metrics.json").write_text(json.dumps(result, indent=2) + "\n")
-        info = card_info(run, trainer.model, trainer.train_dataset, result, selection, trainer.state.global_step)
-        build_model_card(info).save(out / "README.md")
+        save_model_card(card_info(run, trainer.model, trainer.train_dataset, result, selection, trainer.state), out)
+    # save_pretrained: safetensors + remote code + processor + pipeline; with --push-to-hub the Trainer then pushes
+    # the folder (ReIDTrainer.push_to_hub), its card and metrics included
+    trainer.save_model(training.output_dir)
+    if trainer.is_world_process_zero():
         print(f"[{selection}] " + "  ".join(f"{k} {result[k]:.2f}" for k in METRIC_KEYS if result[k] is not None)
-              + f"  (world size {result['world_size']}, saved to {out})")
-    if training.push_to_hub:
-        trainer.push_to_hub(commit_message=f"{run.script.model} training run")
+              + f"  (world size {result['world_size']}, saved to {training.output_dir})")
     return result
 
 

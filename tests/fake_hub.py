@@ -70,7 +70,8 @@ class FakeHub:
         self.repos: dict[tuple[str, str], Repo] = {}
         self.requests: list[tuple[str, str]] = []
         self.unhandled: list[tuple[str, str]] = []
-        self.commits: list[dict] = []  # (repo, summary, paths added, paths deleted) of every commit, in order
+        self.commits: list[dict] = []  # (repo, summary, paths added, paths deleted, sha) of every commit, in order
+        self.commit_limit: int | None = None  # refuse_commits_after
         self._lock = threading.Lock()
         hub = self
 
@@ -101,6 +102,12 @@ class FakeHub:
     def __exit__(self, *exc) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+    def refuse_commits_after(self, count: int) -> None:
+        """Answer every commit after the first ``count`` (counted over all repos) with 503, as a Hub that becomes
+        unreachable in the middle of a run; the refused ones are recorded in ``refused``."""
+        self.commit_limit = count
+        self.refused: list[str] = []
 
     # ---- what a test reads back ----------------------------------------------------------------------------------
 
@@ -257,6 +264,9 @@ class FakeHub:
     def _commit(self, repo, repo_id, branch, body):
         lines = [json.loads(line) for line in body.decode().splitlines() if line.strip()]
         header = next(line["value"] for line in lines if line["key"] == "header")
+        if self.commit_limit is not None and len(self.commits) >= self.commit_limit:
+            self.refused.append(header.get("summary", ""))
+            return self._error(503, "ServiceUnavailable", "fake hub: commits are refused (refuse_commits_after)")
         head = repo.branches.get(branch)
         if head is None:
             return self._error(404, "RevisionNotFound", f"Invalid rev id: {branch}")
@@ -286,7 +296,8 @@ class FakeHub:
             elif key != "header":
                 return 400, {}, {"error": f"fake hub: commit operation {key!r} not supported"}
         sha = repo.commit(files, branch, header.get("summary", ""))
-        self.commits.append({"repo": repo_id, "summary": header.get("summary"), "added": added, "deleted": deleted})
+        self.commits.append({"repo": repo_id, "summary": header.get("summary"), "added": added, "deleted": deleted,
+                             "sha": sha})
         return 200, {}, {"commitUrl": f"{self.url}/{repo_id}/commit/{sha}", "commitOid": sha}
 
     def _lfs_batch(self, payload):

@@ -2,23 +2,30 @@
 
 The metadata follows the Hub's model-card spec through ``huggingface_hub.ModelCardData``: ``model-index`` results
 (mAP and Rank-1 on the dataset's query / gallery protocol, with the rule that picked the epoch), ``base_model``,
-``license``, ``library_name``, ``pipeline_tag`` and ``tags``. The text says what the model is, how to use it (the
-processor and the model, both loaded with ``trust_remote_code``), the recipe and the results.
+``datasets`` (the Hub id of the training data, when it came from the Hub), ``license`` (with ``license_name`` and
+``license_link`` to the ``LICENSE.md`` written beside the card for research-only data), ``library_name``,
+``pipeline_tag`` (the task of the checkpoint's own pipeline, ``pipeline_reid.py``) and ``tags``. The text says what
+the model is, how to use it (the pipeline; the processor and the model), the recipe and the results.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-__all__ = ["MODEL_CARD_TEXT", "ModelCardInfo", "build_model_card", "FINAL_EPOCH", "BEST_ON_TEST"]
+from pipeline_reid import TASK as PIPELINE_TASK
+
+__all__ = ["MODEL_CARD_TEXT", "ModelCardInfo", "build_model_card", "licence_text", "save_model_card", "FINAL_EPOCH",
+           "BEST_ON_TEST", "LICENCE_FILE"]
 
 # How the reported epoch was chosen (train.py --select-best-on-test); shown in the card and in model-index.
 FINAL_EPOCH = "final epoch"
 BEST_ON_TEST = "best epoch selected on TEST split (optimistic)"
-TASK_TYPE = "image-feature-extraction"  # the Hub task of an embedding model; ReID has no task id of its own
+TASK_TYPE = PIPELINE_TASK  # the Hub task of an embedding model (ReID has no task id of its own), as the pipeline's
+LICENCE_FILE = "LICENSE.md"  # the terms of a model trained on research-only data, linked from the card's metadata
 TASK_NAME = "Multi-modal object re-identification"
 HEADLINE_METRICS = ("mAP", "Rank-1")  # the two numbers every ReID paper reports; in model-index
 
@@ -66,8 +73,10 @@ class ModelCardInfo:
     """What train.py knows about a run, for its card.
 
     ``dataset_name`` is the layout (``RGBNT201``, ...) or "synthetic"; ``dataset_id`` the Hub id of the dataset when
-    it has one; ``base_model`` the Hub id of the pretrained tower (None for random-init towers); ``metrics`` maps
-    ``demo_reid.metrics.METRIC_KEYS`` to percent values; ``research_only_data`` marks data released for research only.
+    it came from the Hub (``dataset_revision`` the revision asked for); ``base_model`` the Hub id of the pretrained
+    tower (None for random-init towers); ``metrics`` maps ``demo_reid.metrics.METRIC_KEYS`` to percent values;
+    ``research_only_data`` marks data released for research only; ``in_progress`` describes an intermediate
+    checkpoint ("step 3 of 6"; None for the final model).
     """
 
     model_type: str
@@ -79,11 +88,13 @@ class ModelCardInfo:
     metrics: dict[str, float]
     selection: str = FINAL_EPOCH
     dataset_id: str | None = None
+    dataset_revision: str | None = None
     base_model: str | None = None
     research_only_data: bool = True
     uses_text: bool = False
     uses_cameras: bool = False
     recipe: dict[str, Any] = field(default_factory=dict)
+    in_progress: str | None = None
 
 
 def eval_results(info: ModelCardInfo) -> list[EvalResult]:
@@ -95,6 +106,7 @@ def eval_results(info: ModelCardInfo) -> list[EvalResult]:
             dataset_type=info.dataset_id or info.dataset_name.lower(),
             dataset_name=info.dataset_name,
             dataset_split="test",  # the query / gallery protocol of the test identities
+            dataset_revision=info.dataset_revision if info.dataset_id else None,
             metric_type=key.lower(),
             metric_name=f"{key} ({info.selection})",
             metric_value=round(float(info.metrics[key]), 2),
@@ -106,22 +118,30 @@ def eval_results(info: ModelCardInfo) -> list[EvalResult]:
 
 
 def usage_snippet(info: ModelCardInfo) -> list[str]:
-    """Python that embeds one image triple with the checkpoint's processor and model."""
+    """Python that embeds one image triple with the checkpoint's pipeline, then with its processor and model."""
     camera = ", camera_ids=[0]" if info.uses_cameras else ""
-    text = ("inputs = processor(images=images, text=[\"caption of the RGB image\", \"\", \"\"]" + camera + ")  "
-            "# one caption per image, \"\" if none") if info.uses_text else f"inputs = processor(images=images{camera})"
+    captions = '["caption of the RGB image", "", ""]'  # one per image, "" if none
+    text = f", text={captions}" if info.uses_text else ""
     return [
         "```python",
+        "import torch",
         "from PIL import Image",
-        "from transformers import AutoModel, AutoProcessor",
+        "from transformers import AutoModel, AutoProcessor, pipeline",
         "",
         f'checkpoint = "{info.repo_id}"',
+        'images = [Image.open("rgb.jpg"), Image.open("nir.jpg"), Image.open("tir.jpg")]  # None for a missing one',
+        "",
+        "# The pipeline: one [rgb, nir, tir] triple (or a list of triples) in, one result (or a list) out",
+        f'pipe = pipeline("{PIPELINE_TASK}", model=checkpoint, trust_remote_code=True)',
+        f"result = pipe(images{camera}{text})",
+        'embedding = result["embedding"]  # (D,): rank a gallery by distance between L2-normalised embeddings',
+        "",
+        "# The same with the processor and the model",
         "processor = AutoProcessor.from_pretrained(checkpoint, trust_remote_code=True)",
         "model = AutoModel.from_pretrained(checkpoint, trust_remote_code=True).eval()",
-        "",
-        'images = [Image.open("rgb.jpg"), Image.open("nir.jpg"), Image.open("tir.jpg")]  # None for a missing one',
-        text,
-        "embedding = model(**inputs).embeddings  # (1, D): rank a gallery by distance between L2-normalised embeddings",
+        f"inputs = processor(images=images{camera}{text})",
+        "with torch.no_grad():",
+        "    embeddings = model(**inputs).embeddings  # (1, D)",
         "```",
     ]
 
@@ -131,15 +151,15 @@ def build_model_card(info: ModelCardInfo) -> ModelCard:
     text = MODEL_CARD_TEXT.get(info.model_type) or {
         "description": f"A multi-modal (RGB / NIR / TIR) object re-identification model ({info.model_type})",
         "tags": (), "sections": {}}
-    if info.research_only_data:
-        license_fields = dict(license="other", license_name="research-only")  # the card's Licence section says why
+    if info.research_only_data:  # the terms are in LICENSE.md (save_model_card), summarised in the Licence section
+        license_fields = dict(license="other", license_name="research-only", license_link=LICENCE_FILE)
     else:
         license_fields = dict(license="apache-2.0")
     data = ModelCardData(
         model_name=info.name,
         base_model=info.base_model,
         library_name="transformers",
-        pipeline_tag=TASK_TYPE,
+        pipeline_tag=PIPELINE_TASK,
         tags=["re-identification", "multi-modal", "rgb-nir-tir", *text["tags"]],
         datasets=[info.dataset_id] if info.dataset_id else None,
         eval_results=eval_results(info) or None,
@@ -149,25 +169,35 @@ def build_model_card(info: ModelCardInfo) -> ModelCard:
         f"# {info.name}",
         "",
         f"{text['description']}, trained with `train.py` of the demo-reid repository on {info.dataset_description}. "
-        "The processor and the model load with `trust_remote_code=True`: their code is in this repository.",
+        "The pipeline, the processor and the model load with `trust_remote_code=True`: their code is in this "
+        "repository.",
         "",
+        *([f"**Training in progress**: this revision is the checkpoint at {info.in_progress}; the results come with "
+           "the final model.", ""] if info.in_progress else []),
         "## Use",
         "",
         *usage_snippet(info),
         "",
-        "Give the three images of one object in the order RGB, near-infrared, thermal-infrared. The processor applies "
-        "the evaluation transform (bilinear resize, mean = std = 0.5); a missing modality is `None`."
+        "Give the three images of one object in the order RGB, near-infrared, thermal-infrared (PIL images, arrays, "
+        "or paths for the pipeline). The processor applies the evaluation transform (bilinear resize, mean = std = "
+        "0.5); a missing modality is `None`. The pipeline also returns the model's `expert_weights` when it has "
+        "experts."
         + (" `camera_ids` is the camera's index in the training data (the model adds a learned camera embedding); "
            "leave it out for a camera the model never saw." if info.uses_cameras else ""),
         "",
-        "## Results",
-        "",
-        f"Query / gallery protocol of the test identities, reported at the {info.selection}.",
-        "",
-        "| metric | value |",
-        "|---|---|",
-        *[f"| {key} | {value:.2f} |" for key, value in info.metrics.items() if value is not None],
-        "",
+    ]
+    if info.metrics:
+        lines += [
+            "## Results",
+            "",
+            f"Query / gallery protocol of the test identities, reported at the {info.selection}.",
+            "",
+            "| metric | value |",
+            "|---|---|",
+            *[f"| {key} | {value:.2f} |" for key, value in info.metrics.items() if value is not None],
+            "",
+        ]
+    lines += [
         "## Training",
         "",
         f"- Dataset: {info.dataset_description}",
@@ -185,5 +215,34 @@ def build_model_card(info: ModelCardInfo) -> ModelCard:
 def _licence_note(info: ModelCardInfo) -> str:
     if info.research_only_data:
         return (f"These weights were trained on {info.dataset_name}, which its authors release for research use only. "
-                "Use the model under the same terms; obtain the dataset from its authors.")
+                f"Use the model under the same terms ([{LICENCE_FILE}]({LICENCE_FILE})); obtain the dataset from its "
+                "authors.")
     return "Trained on synthetic data only; the weights are released under Apache-2.0, like the code."
+
+
+def licence_text(info: ModelCardInfo) -> str | None:
+    """The terms ``LICENSE.md`` states for a model trained on research-only data (None otherwise: Apache-2.0)."""
+    if not info.research_only_data:
+        return None
+    return "\n".join([
+        f"# Terms of use of {info.name}",
+        "",
+        f"The weights in this repository were trained on {info.dataset_name}. Its images are released by their "
+        "authors for research use only, and the weights carry the same restriction:",
+        "",
+        "- use them for non-commercial research only, and only if you may use the dataset under its authors' terms;",
+        "- cite the dataset's paper in any work that uses them;",
+        "- redistribute them only under these same terms.",
+        "",
+        "The source code files of this repository (`*.py`) are released under the Apache License 2.0.",
+        "",
+    ])
+
+
+def save_model_card(info: ModelCardInfo, folder: str | Path) -> None:
+    """``README.md`` (the card) and, for research-only data, the ``LICENSE.md`` its metadata links to."""
+    folder = Path(folder)
+    build_model_card(info).save(folder / "README.md")
+    terms = licence_text(info)
+    if terms is not None:
+        (folder / LICENCE_FILE).write_text(terms)

@@ -71,8 +71,12 @@ class ReIDArguments:
     )
     dataset: str | None = field(
         default=None,
-        metadata={"help": "Path of a DatasetDict saved with save_to_disk (train/query/gallery). Default: build the "
-                  "synthetic RGBNT201-layout set under --synthetic-dir."},
+        metadata={"help": "A DatasetDict (train/query/gallery): a folder saved with save_to_disk, or a Hub dataset id "
+                  "(build_dataset.py --push-to-hub). Default: build the synthetic RGBNT201-layout set under "
+                  "--synthetic-dir."},
+    )
+    dataset_revision: str | None = field(
+        default=None, metadata={"help": "Branch, tag or commit of a Hub --dataset (default: its main branch)."}
     )
     synthetic_dir: str = field(
         default="outputs/synthetic-rgbnt201", metadata={"help": "Where the synthetic dataset is built / reused."}
@@ -95,7 +99,8 @@ class ReIDArguments:
     )
     resume: bool = field(
         default=False,
-        metadata={"help": "Continue from the last complete checkpoint in --output-dir (incomplete ones are skipped)."},
+        metadata={"help": "Continue from the last complete checkpoint in --output-dir (incomplete ones are skipped); "
+                  "with --hub-model-id and none there, from the repo's last-checkpoint/ (downloaded first)."},
     )
     overwrite_output_dir: bool = field(
         default=False,
@@ -217,7 +222,7 @@ MAIN_OPTIONS = ("preset", "config", "model", "dataset", "backbone", "output_dir"
                 "overwrite_output_dir", "seed")
 RECIPE_OPTIONS = ("image_size", "config_overrides", "synthetic_dir", "bias_lr_factor", "weight_decay", "lr_schedule",
                   "warmup_epochs", "warmup_factor", "min_lr_factor", "lr_noise_seed", "select_best_on_test",
-                  "deterministic", "profile")
+                  "deterministic", "profile", "dataset_revision")
 # Model options: the fields every model config takes from the run rather than from an option are left out.
 SET_BY_THE_RUN = ("vision_config", "text_config", "image_size", "num_labels", "num_cameras")
 MODEL_OPTION_GROUPS = (

@@ -18,7 +18,11 @@ What it changes, and why:
 - ``create_optimizer``: Adam with three named groups (tower, head weights, head biases x2); ``create_scheduler`` adds
   the per-epoch ``demo_cosine`` / ``demo_cosine_plain`` schedules.
 - checkpoints are written under ``<output_dir>/.incomplete/`` and renamed into place once complete (complete or
-  invisible, see :mod:`demo_reid.training.checkpoints`).
+  invisible, see :mod:`demo_reid.training.checkpoints`); every saved model gets ``training_args.json`` instead of the
+  pickled ``training_args.bin``, and the checkpoint pipeline's code (:mod:`demo_reid.hub.checkpoint_files`).
+- the Hub: checkpoints are pushed once published, by :class:`~demo_reid.hub.push.HubPushCallback` (the Trainer's own
+  checkpoint push would read the staging folder after it is renamed away); ``push_to_hub`` uploads the output folder
+  without hidden folders, local checkpoints or pickles (:func:`~demo_reid.hub.push.push_output_dir`).
 - ``evaluate``: query/gallery retrieval (mAP, CMC, mINP) through :mod:`demo_reid.evaluation.protocol`.
 """
 
@@ -40,6 +44,7 @@ from ..data.collate import CAPTION_COLUMNS, collator_for
 from ..data.sampler import PKBatchSampler, SeededBatchSampler
 from ..data.seeded import EpochDataLoader, SeededCollator, SeededDataset
 from ..evaluation.metrics import METRIC_KEYS
+from ..hub.checkpoint_files import complete_saved_model
 from ..hub.model_card import BEST_ON_TEST
 from ..hub.processors import tokenizer_of
 from .checkpoints import STAGING_DIR
@@ -239,6 +244,36 @@ class ReIDTrainer(Trainer):
                 use_mtime=True,
             )
         self.accelerator.wait_for_everyone()
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        """The Trainer's save, then the files every saved model carries beyond it (training_args.json, the pipeline
+        code; :func:`~demo_reid.hub.checkpoint_files.complete_saved_model`)."""
+        super()._save(output_dir, state_dict)
+        if self.args.should_save:
+            config = getattr(self.accelerator.unwrap_model(self.model), "config", None)
+            complete_saved_model(output_dir or self.args.output_dir, self.args, config)
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        """Nothing: the Trainer calls this on the staging folder, which is renamed away before a background upload
+        would read it; :class:`~demo_reid.hub.push.HubPushCallback` pushes the published checkpoint instead."""
+
+    def push_to_hub(self, commit_message: str | None = "End of training", token=None, revision=None, **card_kwargs):
+        """Upload the output folder as it is on disk (call :meth:`save_model` first; with ``--push-to-hub`` it calls
+        this), after the checkpoint pushes still running: one blocking commit, without hidden folders, local
+        checkpoints or pickles. ``card_kwargs`` (the Trainer's model-card fields) are not used: train.py writes the
+        card. Raises :class:`~demo_reid.errors.UsageError` when the upload fails."""
+        from ..hub.push import HubPushCallback, push_output_dir
+
+        if self.hub_model_id is None:
+            self.init_hf_repo(token=token)
+        if not self.is_world_process_zero():
+            return None
+        for callback in self.callback_handler.callbacks:
+            if isinstance(callback, HubPushCallback):
+                callback.wait()
+        return push_output_dir(self.args.output_dir, self.hub_model_id, commit_message,
+                               token=token if token is not None else self.args.hub_token,
+                               revision=revision if revision is not None else self.args.hub_revision)
 
     # ---- optimisation -----------------------------------------------------------------------------------------
 
