@@ -1,5 +1,5 @@
-"""The processors shipped with every checkpoint: images (and captions) -> the inputs eval.py builds, in a fresh process
-that can import nothing from this repository."""
+"""The processors and the pipeline shipped with every checkpoint: images (and captions) -> the inputs and embeddings
+eval.py builds, in a fresh process that can import nothing from this repository; the model card's snippet runs."""
 
 import json
 import os
@@ -24,12 +24,13 @@ from demo_reid.data.collate import CAPTION_COLUMNS, MODALITY_COLUMNS, ReIDTransf
 from demo_reid.data.loading import load_reid_dataset  # noqa: E402
 from demo_reid.evaluation.protocol import extract_features  # noqa: E402
 from image_processing_demo import DeMoImageProcessor  # noqa: E402
+from transformers import AutoProcessor  # noqa: E402
 
 TINY = ["--num-identities", "4", "--num-instances", "2", "--per-device-eval-batch-size", "8", "--num-train-epochs", "1",
         "--save-strategy", "no"]
 # The project's own modules: blocked in the fresh process, so only the checkpoint's files can be used.
 PROJECT_MODULES = ("demo_reid", "configuration_demo", "modeling_demo", "configuration_next", "modeling_next",
-                   "image_processing_demo", "processing_next")
+                   "image_processing_demo", "processing_next", "pipeline_reid")
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +137,102 @@ def test_processor_embeddings_equal_eval_in_a_fresh_process(checkpoint, dataset,
     assert (expected["full"] - expected["t"]).abs().max().item() > 1e-3  # the missing modality matters
     assert (expected["full"][0] - expected["full"][1]).abs().max().item() > 1e-3  # the rows differ
     assert torch.count_nonzero(got["pixel_values"][:, 2]) == 0  # the missing TIR slot is zeros
+
+
+PIPELINE_PROCESS = textwrap.dedent(
+    """
+    import json, os, sys
+    for name in {modules!r}:
+        sys.modules[name] = None
+    import torch
+    from safetensors.torch import save_file
+    from transformers import pipeline
+
+    spec = json.loads(open({spec!r}).read())
+    os.chdir(spec["snippet_dir"])  # rgb.jpg, nir.jpg, tir.jpg: the files the card's snippet opens
+    snippet = {{}}
+    exec(compile(spec["snippet"], "model card snippet", "exec"), snippet)
+    out = {{"snippet_pipeline": snippet["embedding"][None], "snippet_model": snippet["embeddings"]}}
+
+    pipe = pipeline("image-feature-extraction", model=spec["checkpoint"], trust_remote_code=True)
+    assert type(pipe).__module__.startswith("transformers_modules"), type(pipe)
+    text = {{"text": spec["captions"]}} if spec["captions"] else {{}}
+    batch = pipe(spec["files"], camera_ids=spec["camids"], batch_size=2, **text)  # paths, in chunks of 2
+    out["full"] = torch.stack([r["embedding"] for r in batch])
+    out["weights"] = torch.stack([r["expert_weights"] for r in batch])
+    missing = [[rgb, nir, None] for rgb, nir, _ in spec["files"]]
+    out["missing_tir"] = torch.stack([r["embedding"] for r in pipe(missing, camera_ids=spec["camids"], **text)])
+    one = pipe(spec["files"][0], camera_ids=spec["camids"][0],
+               **({{"text": spec["captions"][0]}} if spec["captions"] else {{}}))
+    out["single"] = one["embedding"][None]
+    try:
+        pipeline("image-feature-extraction", model=spec["checkpoint"])
+    except ValueError as exc:
+        out["refused_without_trust"] = torch.tensor(["trust_remote_code" in str(exc)])
+    save_file(out, spec["output"])
+    """
+)
+
+
+def _card_snippet(checkpoint: Path) -> str:
+    """The Python block of the card's "Use" section, pointed at this checkpoint."""
+    text = (checkpoint / "README.md").read_text()
+    code = text.split("## Use", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    assert f'checkpoint = "path/to/{checkpoint.name}"' in code
+    return code.replace(f'"path/to/{checkpoint.name}"', repr(str(checkpoint)))
+
+
+def test_pipeline_and_card_snippet_give_eval_embeddings_in_a_fresh_process(checkpoint, dataset, tmp_path):
+    """pipeline("image-feature-extraction", trust_remote_code=True) on JPEG paths: eval.py's embeddings (full, TIR
+    missing, batched in chunks, single triple) and the model's expert weights; the card's snippet runs as printed."""
+    from safetensors.torch import load_file
+
+    kind, ckpt = checkpoint
+    config = json.loads((ckpt / "config.json").read_text())
+    assert config["custom_pipelines"] == {"image-feature-extraction": {
+        "impl": "pipeline_reid.ReIDFeatureExtractionPipeline", "pt": ["AutoModel"], "type": "multimodal"}}
+    assert (ckpt / "pipeline_reid.py").is_file() and (ckpt / "training_args.json").is_file()
+    assert not list(ckpt.rglob("*.bin"))
+    query, paths, camids, captions = _query_files(dataset, tmp_path / "jpegs", rows=5)
+    model = load_checkpoint(str(ckpt))
+    tokenizer = load_checkpoint_tokenizer(str(ckpt), model)
+    full = extract_features(model, query, 2, None, progress=False, tokenizer=tokenizer)
+    missing = extract_features(model, query, 2, "t", progress=False, tokenizer=tokenizer)
+    snippet_dir = tmp_path / "snippet"
+    snippet_dir.mkdir()
+    for modality, path in zip(MODALITY_COLUMNS, paths[0]):
+        (snippet_dir / f"{modality}.jpg").write_bytes(Path(path).read_bytes())
+    processor = AutoProcessor.from_pretrained(str(ckpt), trust_remote_code=True)
+    images = [Image.open(path) for path in paths[0]]  # the snippet's rgb.jpg, nir.jpg, tir.jpg
+    snippet_text = {"text": ["caption of the RGB image", "", ""]} if kind == "next" else {}
+    with torch.no_grad():
+        snippet_expected = model(**processor(images=images, camera_ids=[0], **snippet_text)).embeddings
+        batch_text = {"text": captions} if kind == "next" else {}
+        weights_expected = model(**processor(images=[[Image.open(p) for p in t] for t in paths], camera_ids=camids,
+                                             **batch_text)).expert_weights
+
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"checkpoint": str(ckpt), "files": paths, "camids": camids,
+                                "captions": captions if kind == "next" else None, "snippet": _card_snippet(ckpt),
+                                "snippet_dir": str(snippet_dir), "output": str(tmp_path / "out.safetensors")}))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), OMP_NUM_THREADS="1")
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    result = subprocess.run([sys.executable, "-c", PIPELINE_PROCESS.format(modules=PROJECT_MODULES, spec=str(spec))],
+                            cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    got = load_file(tmp_path / "out.safetensors")
+
+    headline = full.get(full.headline)
+    assert (got["full"] - headline).abs().max().item() < 1e-5
+    assert (got["missing_tir"] - missing.get(full.headline)).abs().max().item() < 1e-5
+    assert (got["single"][0] - headline[0]).abs().max().item() < 1e-5
+    assert (got["weights"] - weights_expected).abs().max().item() < 1e-5
+    assert (got["snippet_pipeline"] - got["snippet_model"]).abs().max().item() < 1e-5
+    assert (got["snippet_model"] - snippet_expected).abs().max().item() < 1e-5
+    assert (headline[0] - missing.get(full.headline)[0]).abs().max().item() > 1e-3  # the missing modality matters
+    assert got["refused_without_trust"].all()
 
 
 def _jpeg_images(size=(37, 19), seed=0):
