@@ -1,6 +1,9 @@
-"""The `evaluate` module: same numbers as `demo_reid.evaluation.metrics`, reported like eval.py, and self-contained."""
+"""The `evaluate` module: same numbers as `demo_reid.evaluation.metrics`, reported like eval.py, self-contained, and
+an `evaluate` Space as it is (card YAML, app.py with evaluate's widget, requirements.txt; pushed to the fake Hub and
+loaded back by id)."""
 
 import ast
+import importlib.util
 import json
 import os
 import subprocess
@@ -168,3 +171,74 @@ def test_module_loads_outside_the_repository(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["mAP"] == 100.0 and out["Rank-1"] == 100.0 and out["mINP"] == 100.0
+
+
+SPACE_DIR = REPO_ROOT / "metrics" / "reid_map"
+
+
+def _widget_table(rows):
+    """The table evaluate's Gradio widget hands its function: one row per query, list cells as JSON text."""
+    import pandas as pd
+
+    return pd.DataFrame([{key: json.dumps(value) if isinstance(value, list) else value for key, value in row.items()}
+                         for row in rows])
+
+
+def test_space_card_app_and_requirements():
+    """The card's YAML is a Gradio Space's (parsed with huggingface_hub), app.py feeds evaluate's widget the module
+    with the gallery columns, and the table the widget builds computes what compute() does."""
+    from evaluate.utils.gradio import infer_gradio_input_types, parse_gradio_data
+    from huggingface_hub import SpaceCard
+
+    card = SpaceCard.load(SPACE_DIR / "README.md")
+    data = card.data.to_dict()
+    assert data["sdk"] == "gradio" and data["app_file"] == "app.py" and (SPACE_DIR / data["app_file"]).is_file()
+    assert int(data["sdk_version"].split(".")[0]) == 3  # evaluate's widget builds gr.inputs.Dataframe (gradio 3)
+    assert {"evaluate", "metric"} <= set(data["tags"]) and data["title"] and data["description"]
+    requirements = (SPACE_DIR / "requirements.txt").read_text().split()
+    assert any(line.startswith("evaluate") for line in requirements)
+    assert "launch_gradio_widget(WithGalleryColumns(evaluate.load(str(MODULE_FILE))))" in (SPACE_DIR / "app.py").read_text()
+
+    spec = importlib.util.spec_from_file_location("reid_map_space_app", SPACE_DIR / "app.py")  # not run as __main__
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
+    c = random_case(4, num_q=5, num_g=12)
+    widget = app.WithGalleryColumns(evaluate.load(str(app.MODULE_FILE)))
+    assert list(widget.features)[-2:] == ["gallery_pids", "gallery_camids"] and widget.name == "reid_map"
+    rows = [{"predictions": c["dist"][i].tolist(), "references": int(c["q_pids"][i]),
+             "query_camids": int(c["q_cams"][i]), "gallery_pids": c["g_pids"].tolist(),
+             "gallery_camids": c["g_cams"].tolist()} for i in range(5)]
+    kinds = infer_gradio_input_types(widget.features.values())
+    got = widget.compute(**parse_gradio_data(_widget_table(rows), kinds))
+    direct = evaluate.load(MODULE).compute(predictions=c["dist"].tolist(), references=c["q_pids"],
+                                           query_camids=c["q_cams"], gallery_pids=c["g_pids"],
+                                           gallery_camids=c["g_cams"])
+    assert got == direct
+
+
+def test_space_pushed_to_the_hub_loads_by_id(tmp_path):
+    """The folder uploaded as a Space to the fake Hub; evaluate.load("<user>/reid_map") in a fresh process gives
+    the numbers of the local module."""
+    sys.path.insert(0, str(REPO_ROOT / "tests"))
+    from fake_hub import FakeHub
+
+    code = ("import json, evaluate; from huggingface_hub import HfApi; api = HfApi();"
+            "api.create_repo('tester/reid_map', repo_type='space', space_sdk='gradio');"
+            f"api.upload_folder(repo_id='tester/reid_map', repo_type='space', folder_path={str(SPACE_DIR)!r},"
+            "ignore_patterns=['__pycache__/*']);"
+            "m = evaluate.load('tester/reid_map');"
+            "print(json.dumps(m.compute(predictions=[[0.2, 0.1, 0.3, 0.3]], references=[1], query_camids=[0],"
+            "gallery_pids=[1, 2, 1, 1], gallery_camids=[1, 0, 0, 1])))")
+    with FakeHub() as hub:
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        env.update(HF_ENDPOINT=hub.url, HF_HUB_OFFLINE="0", HF_TOKEN="hf_dummy", HF_HOME=str(tmp_path / "hf_home"),
+                   HF_HUB_DISABLE_XET="1", HF_HUB_DISABLE_TELEMETRY="1", OMP_NUM_THREADS="1",
+                   HF_MODULES_CACHE=str(tmp_path / "modules"))
+        proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert sorted(hub.files("space", "tester/reid_map")) == ["README.md", "app.py", "reid_map.py",
+                                                                 "requirements.txt"]
+        assert hub.unhandled == []
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["mAP"] == pytest.approx(100 * (1 / 2 + 2 / 3) / 2) and got["cmc"] == [0.0, 100.0, 100.0, 100.0]
