@@ -265,3 +265,36 @@ def test_eval_reads_a_hub_dataset_and_a_missing_one_is_one_line(hub, strategy_ru
     assert proc.returncode == 2 and err[-1].startswith("eval.py: error: --dataset: tester/no-such-dataset is "
                                                        "neither a local folder nor a Hub dataset"), err[-3:]
     assert not (tmp_path / "eval2").exists()
+
+
+def test_the_checkpoint_to_resume_from_is_last_checkpoint_else_the_highest_numbered():
+    from demo_reid.hub.resume import hub_checkpoint_folder
+
+    assert hub_checkpoint_folder(["README.md", "last-checkpoint/config.json", "checkpoint-9/config.json"]) \
+        == "last-checkpoint"
+    assert hub_checkpoint_folder(["checkpoint-10/trainer_state.json", "checkpoint-9/trainer_state.json",
+                                  "model.safetensors"]) == "checkpoint-10"  # numeric, not string, order
+    assert hub_checkpoint_folder(["model.safetensors", "runs/events.out"]) is None
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--dataset-revision", "main"], "--dataset-revision applies to a Hub --dataset"),
+    (["--dataset", "LOCAL", "--dataset-revision", "v1"], "applies to Hub dataset ids, not to the local folder"),
+    (["--dataset", "tester/not-here"], "--dataset: tester/not-here is neither a local folder nor a Hub dataset"),
+    (["--resume", "--hub-model-id", "tester/run"], "--resume: cannot read --hub-model-id tester/run from the Hub"),
+])
+def test_hub_input_errors_are_one_line_and_write_nothing(argv, needle, tmp_path, capsys, monkeypatch):
+    """Offline here (HF_HUB_OFFLINE=1): a Hub id that cannot be read stops train.py before anything is written."""
+    import train
+
+    local = tmp_path / "local-folder"  # exists: read as a local folder, whatever it holds
+    local.mkdir()
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    argv = [str(local) if arg == "LOCAL" else arg for arg in argv]
+    code = train.cli([*tiny_train_args(), "--output-dir", str(work / "out"), "--synthetic-dir", str(work / "syn"),
+                      *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("train.py: error: ") and needle in err[0], err
+    assert list(work.iterdir()) == []

@@ -301,3 +301,37 @@ def test_next_processor_captions_match_the_evaluation_encoding_and_check_their_c
     assert out["input_ids"][0, 0, -1] == tokenizer.eos_token_id  # truncation keeps the end token
     with pytest.raises(ValueError, match="text: 1 caption triple\\(s\\) for 2 image triple\\(s\\)"):
         processor(images=images, text=text[0])
+
+
+REGISTERED_PIPELINE = textwrap.dedent(
+    """
+    import json, sys
+    from transformers import AutoModel, pipeline
+    from transformers.pipelines import PIPELINE_REGISTRY
+    from pipeline_reid import TASK, ReIDFeatureExtractionPipeline
+
+    PIPELINE_REGISTRY.register_pipeline(TASK, pipeline_class=ReIDFeatureExtractionPipeline, pt_model=AutoModel,
+                                        type="multimodal")
+    pipe = pipeline(TASK, model=sys.argv[1], pipeline_class=ReIDFeatureExtractionPipeline, trust_remote_code=True)
+    pipe.save_pretrained(sys.argv[2])
+    print(json.dumps(json.load(open(sys.argv[2] + "/config.json"))["custom_pipelines"]))
+    """
+)
+
+
+def test_custom_pipelines_entry_is_what_pipeline_registry_writes(tiny_model, tmp_path):
+    """Registering the class with PIPELINE_REGISTRY and saving the pipeline writes the entry train.py records (in a
+    subprocess: a registration under this task would replace the built-in pipeline for the rest of the process)."""
+    from demo_reid.hub.checkpoint_files import attach_pipeline
+
+    attach_pipeline(tiny_model.config)
+    tiny_model.save_pretrained(tmp_path / "model")
+    DeMoImageProcessor(size={"height": 32, "width": 16}).save_pretrained(tmp_path / "model")
+    env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
+               HF_MODULES_CACHE=str(tmp_path / "modules"))
+    proc = subprocess.run([sys.executable, "-c", REGISTERED_PIPELINE, str(tmp_path / "model"), str(tmp_path / "saved")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    written = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert written == json.loads((tmp_path / "model" / "config.json").read_text())["custom_pipelines"]
+    assert (tmp_path / "saved" / "pipeline_reid.py").is_file()
