@@ -74,3 +74,32 @@ def tiny_train_args(model: str = "demo") -> list[str]:
     overrides = TINY_TOWER + (",text_config.projection_dim=32" if model == "next" else "")
     return ["--model", model, "--backbone", "tiny", "--config-overrides", overrides, "--image-size", "32", "16",
             *TINY_MODEL_FLAGS[model], "--disable-tqdm", "true"]
+
+
+# The project's own modules: blocked in a fresh process, so only a checkpoint's own files can be used.
+PROJECT_MODULES = ("demo_reid", "configuration_demo", "modeling_demo", "configuration_next", "modeling_next",
+                   "image_processing_demo", "processing_next", "pipeline_reid")
+
+
+def run_in_fresh_process(script: str, spec: dict, tmp_path: Path, env: dict | None = None) -> dict:
+    """Run ``script`` (a template that blocks ``{modules}`` and reads the JSON file ``{spec}``) in a new interpreter,
+    outside the repository, without PYTHONPATH; ``spec["output"]`` is the safetensors file it writes, returned as a
+    dict of tensors. ``env`` (default: offline, one thread) is the process environment."""
+    import json
+    import subprocess
+
+    from safetensors.torch import load_file
+
+    spec = {**spec, "output": str(tmp_path / "fresh-process-output.safetensors")}
+    spec_file = tmp_path / "fresh-process-spec.json"
+    spec_file.write_text(json.dumps(spec))
+    if env is None:
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), OMP_NUM_THREADS="1")
+    work = tmp_path / "elsewhere"
+    work.mkdir(exist_ok=True)
+    code = script.format(modules=PROJECT_MODULES, spec=str(spec_file))
+    result = subprocess.run([sys.executable, "-c", code], cwd=work, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return load_file(spec["output"])

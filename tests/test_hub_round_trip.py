@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_train_args
+from conftest import PROJECT_MODULES, run_in_fresh_process, tiny_train_args
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 
@@ -33,8 +33,6 @@ MODEL_FILES = {"config.json", "model.safetensors", "configuration_demo.py", "mod
 CARD_FILES = {"README.md", "LICENSE.md"}
 RESUME_STATE = {"optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json"}
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl")
-PROJECT_MODULES = ("demo_reid", "configuration_demo", "modeling_demo", "configuration_next", "modeling_next",
-                   "image_processing_demo", "processing_next", "pipeline_reid")
 
 
 @pytest.fixture(scope="module")
@@ -205,14 +203,7 @@ def test_every_revision_loads_from_the_hub_in_a_fresh_process(hub, strategy_runs
         path = tmp_path / f"{modality}.jpg"
         path.write_bytes(query.cast_column(modality, datasets.Image(decode=False))[0][modality]["bytes"])
         files.append(str(path))
-    spec = tmp_path / "spec.json"
-    spec.write_text(json.dumps({"revisions": revisions, "files": files, "output": str(tmp_path / "out.safetensors")}))
-    work = tmp_path / "elsewhere"
-    work.mkdir()
-    proc = subprocess.run([sys.executable, "-c", LOAD_EVERY_REVISION.format(modules=PROJECT_MODULES, spec=str(spec))],
-                          cwd=work, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    got = load_file(tmp_path / "out.safetensors")
+    got = run_in_fresh_process(LOAD_EVERY_REVISION, {"revisions": revisions, "files": files}, tmp_path, env)
     for i, source in enumerate(sources):
         saved = load_file(source)
         assert all(torch.equal(got[f"{i}/{k}"], v) for k, v in saved.items()), (revisions[i], source)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import build_tiny_dataset, tiny_train_args
+from conftest import PROJECT_MODULES, build_tiny_dataset, run_in_fresh_process, tiny_train_args
 import torch
 from PIL import Image
 
@@ -28,9 +28,6 @@ from transformers import AutoProcessor  # noqa: E402
 
 TINY = ["--num-identities", "4", "--num-instances", "2", "--per-device-eval-batch-size", "8", "--num-train-epochs", "1",
         "--save-strategy", "no"]
-# The project's own modules: blocked in the fresh process, so only the checkpoint's files can be used.
-PROJECT_MODULES = ("demo_reid", "configuration_demo", "modeling_demo", "configuration_next", "modeling_next",
-                   "image_processing_demo", "processing_next", "pipeline_reid")
 
 
 @pytest.fixture(scope="module")
@@ -102,8 +99,6 @@ FRESH_PROCESS = textwrap.dedent(
 
 def test_processor_embeddings_equal_eval_in_a_fresh_process(checkpoint, dataset, tmp_path):
     """AutoProcessor + AutoModel on JPEG files give eval.py's embeddings (full and TIR missing), for both models."""
-    from safetensors.torch import load_file
-
     kind, ckpt = checkpoint
     files = {p.name for p in ckpt.iterdir()}
     assert {"image_processing_demo.py", "model.safetensors"} <= files
@@ -117,19 +112,8 @@ def test_processor_embeddings_equal_eval_in_a_fresh_process(checkpoint, dataset,
     missing = extract_features(model, query, 2, "t", progress=False, tokenizer=tokenizer)
     expected = {"full": full.get(full.headline), "t": missing.get(full.headline)}
 
-    spec = tmp_path / "spec.json"
-    spec.write_text(json.dumps({"checkpoint": str(ckpt), "files": paths, "camids": camids,
-                                "captions": captions if kind == "next" else None,
-                                "output": str(tmp_path / "out.safetensors")}))
-    script = FRESH_PROCESS.format(modules=PROJECT_MODULES, spec=str(spec))
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), OMP_NUM_THREADS="1")
-    work = tmp_path / "elsewhere"
-    work.mkdir()
-    result = subprocess.run([sys.executable, "-c", script], cwd=work, env=env, capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    got = load_file(tmp_path / "out.safetensors")
+    got = run_in_fresh_process(FRESH_PROCESS, {"checkpoint": str(ckpt), "files": paths, "camids": camids,
+                                               "captions": captions if kind == "next" else None}, tmp_path)
 
     assert (got["full"] - expected["full"]).abs().max().item() < 1e-5
     assert (got["missing_tir"] - expected["t"]).abs().max().item() < 1e-5
@@ -211,18 +195,9 @@ def test_pipeline_and_card_snippet_give_eval_embeddings_in_a_fresh_process(check
         weights_expected = model(**processor(images=[[Image.open(p) for p in t] for t in paths], camera_ids=camids,
                                              **batch_text)).expert_weights
 
-    spec = tmp_path / "spec.json"
-    spec.write_text(json.dumps({"checkpoint": str(ckpt), "files": paths, "camids": camids,
-                                "captions": captions if kind == "next" else None, "snippet": _card_snippet(ckpt),
-                                "snippet_dir": str(snippet_dir), "output": str(tmp_path / "out.safetensors")}))
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), OMP_NUM_THREADS="1")
-    work = tmp_path / "elsewhere"
-    work.mkdir()
-    result = subprocess.run([sys.executable, "-c", PIPELINE_PROCESS.format(modules=PROJECT_MODULES, spec=str(spec))],
-                            cwd=work, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    got = load_file(tmp_path / "out.safetensors")
+    spec = {"checkpoint": str(ckpt), "files": paths, "camids": camids, "captions": captions if kind == "next" else None,
+            "snippet": _card_snippet(ckpt), "snippet_dir": str(snippet_dir)}
+    got = run_in_fresh_process(PIPELINE_PROCESS, spec, tmp_path)
 
     headline = full.get(full.headline)
     assert (got["full"] - headline).abs().max().item() < 1e-5
