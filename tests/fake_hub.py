@@ -1,10 +1,15 @@
 """A minimal in-memory Hugging Face Hub on 127.0.0.1, for testing pushes without the network.
 
 It answers only what ``HfApi`` / ``HfFileSystem`` / ``DatasetDict.push_to_hub`` call when creating a repo and
-committing files: repo create and info, YAML validation, preupload, commit (base64 files, LFS pointers, deletions,
-``parentCommit`` checked), tree listing, paths-info and file download. Every commit is a full snapshot, so any
-revision (branch name or commit sha) can be read back. Anything else is answered 501 and recorded in ``unhandled``,
-so a test can say which call it lacked.
+committing files, and what ``datasets.load_dataset``, ``from_pretrained`` / ``pipeline()`` (remote code, any
+revision, subfolders), ``snapshot_download`` and ``evaluate.load`` (a Space) call to read them back: repo create and
+info, YAML validation, preupload, commit (base64 files, LFS pointers, deletions, ``parentCommit`` checked), tree
+listing, paths-info and file download (with byte ranges). Every commit is a full snapshot, so any revision (branch
+name or commit sha) can be read back. ``refuse_commits_after(n)`` answers commits after the first n with 503 (a Hub
+that goes away mid-run). Anything else is answered 501 and recorded in ``unhandled``, so a test can say which call
+it lacked. Not served, among others: Xet storage, pull requests (``create_pr``), branches and tags
+(``create_branch`` / ``create_tag``), repo deletion, moves and settings, Space runtimes and hardware, model and
+dataset search, and authentication (every token is accepted).
 
 Files are "regular" (inline in the commit) except those ending in ``lfs_suffixes``, which go through the basic LFS
 transfer (batch API, then one PUT): ``DatasetDict.push_to_hub`` deletes each Parquet shard's temporary file right

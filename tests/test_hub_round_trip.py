@@ -289,3 +289,18 @@ def test_hub_input_errors_are_one_line_and_write_nothing(argv, needle, tmp_path,
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("train.py: error: ") and needle in err[0], err
     assert list(work.iterdir()) == []
+
+
+def test_push_to_an_unreachable_hub_stops_before_training(tmp_path, capsys):
+    """Offline here: the repo cannot be created, which train.py says in one line before training or writing."""
+    import train
+    from conftest import build_tiny_dataset
+
+    dataset = build_tiny_dataset(tmp_path / "data", seed=5, num_train_ids=3, num_test_ids=2, images_per_id=4)
+    out = tmp_path / "out"
+    code = train.cli([*tiny_train_args(), "--num-identities", "2", "--num-instances", "2", "--dataset", dataset,
+                      "--output-dir", str(out), "--push-to-hub", "--hub-model-id", "tester/run"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("train.py: error: --push-to-hub: cannot create or reach the model repo "
+                                            "tester/run on the Hub (OfflineModeIsEnabled"), err[-3:]
+    assert not out.exists()

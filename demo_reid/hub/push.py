@@ -147,7 +147,7 @@ def push_output_dir(output_dir: str | Path, repo_id: str, commit_message: str, t
         return HfApi(token=token).upload_folder(repo_id=repo_id, folder_path=str(output_dir),
                                                 commit_message=commit_message, revision=revision,
                                                 ignore_patterns=list(FINAL_IGNORE_PATTERNS))
-    except (OSError, ValueError) as exc:  # HTTP errors are OSErrors
+    except Exception as exc:  # HTTP errors (OSErrors) and the HTTP client's connection errors (not OSErrors)
         raise UsageError(f"--push-to-hub: pushing {output_dir} to {repo_id} failed ({type(exc).__name__}: "
                          f"{first_line(exc, 300)}); the model is saved in {output_dir}") from None
 

@@ -54,7 +54,7 @@ def fetch_hub_checkpoint(output_dir: str | Path, repo_id: str, revision: str | N
     except (RepositoryNotFoundError, RevisionNotFoundError):
         logger.warning("--resume: %s does not exist on the Hub; starting from scratch", where)
         return None
-    except (OSError, ValueError) as exc:  # offline, connection refused, HTTP errors
+    except Exception as exc:  # offline and HTTP errors (OSErrors), and the HTTP client's connection errors (not)
         raise UsageError(f"--resume: cannot read {where} from the Hub ({type(exc).__name__}: "
                          f"{first_line(exc, 200)})") from None
     folder = hub_checkpoint_folder(files)
@@ -67,7 +67,7 @@ def fetch_hub_checkpoint(output_dir: str | Path, repo_id: str, revision: str | N
     try:
         snapshot_download(repo_id, revision=revision, token=token, allow_patterns=[f"{folder}/*"],
                           local_dir=str(download))
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # as above
         raise UsageError(f"--resume: downloading {folder}/ of {where} failed ({type(exc).__name__}: "
                          f"{first_line(exc, 200)})") from None
     fetched = download / folder

@@ -43,6 +43,7 @@ from ..data.augment import ReIDAugment
 from ..data.collate import CAPTION_COLUMNS, collator_for
 from ..data.sampler import PKBatchSampler, SeededBatchSampler
 from ..data.seeded import EpochDataLoader, SeededCollator, SeededDataset
+from ..errors import UsageError, first_line
 from ..evaluation.metrics import METRIC_KEYS
 from ..hub.checkpoint_files import complete_saved_model
 from ..hub.model_card import BEST_ON_TEST
@@ -256,6 +257,16 @@ class ReIDTrainer(Trainer):
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
         """Nothing: the Trainer calls this on the staging folder, which is renamed away before a background upload
         would read it; :class:`~demo_reid.hub.push.HubPushCallback` pushes the published checkpoint instead."""
+
+    def init_hf_repo(self, token=None, private=None) -> None:
+        """The Trainer's repo creation (``--push-to-hub``, when the trainer is built), with a Hub that cannot be
+        reached or refuses the repo reported as one line (:class:`~demo_reid.errors.UsageError`) before training."""
+        try:
+            super().init_hf_repo(token=token, private=private)
+        except Exception as exc:  # HTTP errors (OSErrors) and the HTTP client's connection errors (not OSErrors)
+            name = self.args.hub_model_id or Path(self.args.output_dir).absolute().name
+            raise UsageError(f"--push-to-hub: cannot create or reach the model repo {name} on the Hub "
+                             f"({type(exc).__name__}: {first_line(exc, 200)})") from None
 
     def push_to_hub(self, commit_message: str | None = "End of training", token=None, revision=None, **card_kwargs):
         """Upload the output folder as it is on disk (call :meth:`save_model` first; with ``--push-to-hub`` it calls
