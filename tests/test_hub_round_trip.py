@@ -107,6 +107,8 @@ def test_every_pushed_revision_holds_a_loadable_model(hub, strategy_runs):
         assert [c["summary"] for c in commits] == expected_commits[strategy], strategy
         for commit in commits:
             tree = _tree(fake, repo_id, commit["sha"])
+            print(f"--hub-strategy {strategy}, {repo_id}@{commit['sha'][:8]} ({commit['summary']}):",
+                  "; ".join(f"{folder or '/'}: {' '.join(sorted(names))}" for folder, names in sorted(tree.items())))
             assert MODEL_FILES | CARD_FILES <= tree[""], (strategy, commit["summary"], tree[""])
             weights = sorted(folder for folder, names in tree.items() if "model.safetensors" in names)
             assert weights[:2] == expected_folders[strategy], (strategy, commit["summary"], weights)
@@ -238,6 +240,9 @@ def test_resume_from_the_hub_ends_with_the_uninterrupted_weights(strategy_runs):
     assert full.keys() == resumed.keys()
     for key in full:
         assert torch.equal(full[key], resumed[key]), key
+    print(f"resumed from the Hub vs uninterrupted: {len(full)} tensors, "
+          f"{sum(v.numel() for v in full.values())} values, largest difference "
+          f"{max((full[k] - resumed[k]).abs().max().item() for k in full)}")
     at_step_3 = load_file(base / "checkpoint-machine-1" / "checkpoint-3" / "model.safetensors")
     assert any(not torch.equal(full[k], at_step_3[k]) for k in full)  # the resumed run really trained on
 
