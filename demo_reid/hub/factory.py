@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 # Built-in models by their --model name: (config class, model class).
 BUILTIN_MODELS = {"demo": (DeMoConfig, DeMoModel), "next": (NextConfig, NextModel)}
-# Fields a run sets on every config; left out of option checks.
+# Config fields every run sets from the dataset and the recipe (see ModelRecipe.config), so they are no options.
 RUN_FIELDS = ("num_labels", "num_cameras", "image_size")
 CAPTION_TOKENIZER_MAX_LENGTH = 64  # captions of the released sets fit (tokens); random text towers only
 

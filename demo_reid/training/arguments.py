@@ -35,7 +35,7 @@ from configuration_next import NextConfig
 from ..data.augment import ReIDAugment
 from ..errors import UsageError
 from ..hub.backbones import PRETRAINED_BACKBONE
-from ..hub.factory import BUILTIN_MODELS
+from ..hub.factory import BUILTIN_MODELS, RUN_FIELDS
 from .losses import ReIDLoss
 from .options import options_dataclass
 from .scheduler import EPOCH_SCHEDULES
@@ -223,8 +223,8 @@ MAIN_OPTIONS = ("preset", "config", "model", "dataset", "backbone", "output_dir"
 RECIPE_OPTIONS = ("image_size", "config_overrides", "synthetic_dir", "bias_lr_factor", "weight_decay", "lr_schedule",
                   "warmup_epochs", "warmup_factor", "min_lr_factor", "lr_noise_seed", "select_best_on_test",
                   "deterministic", "profile", "dataset_revision")
-# Model options: the fields every model config takes from the run rather than from an option are left out.
-SET_BY_THE_RUN = ("vision_config", "text_config", "image_size", "num_labels", "num_cameras")
+# Model options: the towers' sub-configs (from --backbone) and the fields set from the run are no flags.
+SET_BY_THE_RUN = ("vision_config", "text_config", *RUN_FIELDS)
 MODEL_OPTION_GROUPS = (
     (ReIDConfig, "model options of DeMo and NEXT (ReIDConfig)"),
     (DeMoConfig, "DeMo options (--model demo, DeMoConfig)"),
