@@ -67,11 +67,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def run(args) -> Path | None:
-    from demo_reid.hub.loading import load_checkpoint, load_checkpoint_tokenizer
-    from demo_reid.retrieval.embed import (embed_split, embeddings_dataset, make_accelerator, write_atomically,
-                                           write_manifest)
-    from demo_reid.retrieval.index import GalleryIndex, import_faiss
-    from demo_reid.retrieval.sources import open_collection
+    from demo_reid.retrieval.embed import embed_to_folder
 
     if args.no_progress:
         import datasets
@@ -79,54 +75,24 @@ def run(args) -> Path | None:
 
         hf_logging.disable_progress_bar()
         datasets.disable_progress_bars()
+    spec = None
     if args.index != "none":
-        import_faiss()  # fail before embedding, not after
-    accelerator = make_accelerator()
-    collection = open_collection(args.dataset, args.split, args.layout, args.dataset_revision)
-    model = load_checkpoint(args.model)
-    tokenizer = load_checkpoint_tokenizer(args.model, model)
-    model.to(accelerator.device)
-    embeddings = embed_split(model, collection, args.batch_size, accelerator, tokenizer,
-                             progress=not args.no_progress, desc=f"embedding {args.split}")
-    if not accelerator.is_main_process:
-        accelerator.wait_for_everyone()
+        spec = IndexSpec(kind=args.index, nlist=args.nlist, nprobe=args.nprobe, pca_dim=args.pca_dim, pq_m=args.pq_m,
+                         refine=args.refine)
+    result = embed_to_folder(args.model, args.dataset, args.output, split=args.split, layout=args.layout,
+                             revision=args.dataset_revision, index_spec=spec, batch_size=args.batch_size,
+                             overwrite=args.overwrite, progress=not args.no_progress)
+    if result is None:  # not rank 0
         return None
-    dataset = embeddings_dataset(collection, embeddings)
-    local = Path(args.dataset).expanduser()
-    manifest = {
-        "model": str(Path(args.model).expanduser().absolute()),
-        "dataset": str(local.absolute()) if local.exists() else args.dataset,
-        "dataset_revision": args.dataset_revision,
-        "split": args.split,
-        "layout": args.layout,
-        "num_rows": len(dataset),
-        "dim": int(embeddings.shape[1]),
-        "distance": "squared euclidean on L2-normalised embeddings (eval.py's ranking)",
-        "num_processes": accelerator.num_processes,
-        "index": None if args.index == "none" else args.index,
-    }
-
-    def fill(folder: Path) -> None:
-        dataset.save_to_disk(str(folder))
-        if args.index != "none":
-            spec = IndexSpec(kind=args.index, nlist=args.nlist, nprobe=args.nprobe, pca_dim=args.pca_dim,
-                             pq_m=args.pq_m, refine=args.refine)
-            index = GalleryIndex.build(dataset, spec)
-            index.save(folder)
-            manifest["index_chain"] = index.spec.describe(index.dim)
-            dataset.drop_index("embedding")
-        write_manifest(folder, manifest)
-
-    output = write_atomically(args.output, fill, overwrite=args.overwrite)
-    print(f"wrote {len(dataset)} embeddings ({embeddings.shape[1]}-d"
-          f"{', ' + manifest['index_chain'] + ' index' if args.index != 'none' else ''}) to {output}")
+    output, dataset, manifest = result
+    chain = f", {manifest['index_chain']} index" if spec is not None else ""
+    print(f"wrote {len(dataset)} embeddings ({manifest['dim']}-d{chain}) to {output}")
     if args.push_to_hub:
         try:
             dataset.push_to_hub(args.push_to_hub, private=args.private)
         except (OSError, ValueError) as exc:
             raise UsageError(f"--push-to-hub {args.push_to_hub}: {first_line(exc, 200)} (the embeddings are saved "
                              f"in {output})") from None
-    accelerator.wait_for_everyone()
     return output
 
 

@@ -24,7 +24,7 @@ from ..data.collate import CAPTION_COLUMNS, METADATA_KEYS, collator_for
 from .sources import METADATA_COLUMNS
 
 __all__ = ["EMBEDDING_COLUMN", "MANIFEST", "cameras_usable", "embed_split", "embeddings_dataset", "make_accelerator",
-           "partial_path", "read_manifest", "write_atomically", "write_manifest"]
+           "embed_to_folder", "partial_path", "read_manifest", "write_atomically", "write_manifest"]
 
 EMBEDDING_COLUMN = "embedding"
 MANIFEST = "retrieval.json"  # what made the embeddings: checkpoint, source dataset and split, dimension
@@ -123,3 +123,54 @@ def make_accelerator():
 
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 or os.environ.get("LOCAL_RANK") is not None
     return Accelerator(cpu=launched and not torch.cuda.is_available())
+
+
+def embed_to_folder(model_path: str, source: str, output: Path, split: str = "gallery", layout: Optional[str] = None,
+                    revision: Optional[str] = None, index_spec=None, batch_size: int = 64, overwrite: bool = False,
+                    progress: bool = True):
+    """Embed ``split`` of ``source`` with the checkpoint at ``model_path`` on this launch's processes; rank 0 writes
+    ``output`` (embeddings, ``retrieval.json``, and the index of ``index_spec`` when given) and gets
+    ``(output, dataset, manifest)``, the other ranks None."""
+    from ..hub.loading import load_checkpoint, load_checkpoint_tokenizer
+    from .index import GalleryIndex, import_faiss
+    from .sources import open_collection
+
+    if index_spec is not None:
+        import_faiss()  # fail before embedding, not after
+    accelerator = make_accelerator()
+    collection = open_collection(source, split, layout, revision)
+    model = load_checkpoint(model_path)
+    tokenizer = load_checkpoint_tokenizer(model_path, model)
+    model.to(accelerator.device)
+    embeddings = embed_split(model, collection, batch_size, accelerator, tokenizer, progress=progress,
+                             desc=f"embedding {split}")
+    if not accelerator.is_main_process:
+        accelerator.wait_for_everyone()
+        return None
+    dataset = embeddings_dataset(collection, embeddings)
+    local = Path(source).expanduser()
+    manifest = {
+        "model": str(Path(model_path).expanduser().absolute()),
+        "dataset": str(local.absolute()) if local.exists() else str(source),
+        "dataset_revision": revision,
+        "split": split,
+        "layout": layout,
+        "num_rows": len(dataset),
+        "dim": int(embeddings.shape[1]),
+        "distance": "squared euclidean on L2-normalised embeddings (eval.py's ranking)",
+        "num_processes": accelerator.num_processes,
+        "index": None if index_spec is None else index_spec.kind,
+    }
+
+    def fill(folder: Path) -> None:
+        dataset.save_to_disk(str(folder))
+        if index_spec is not None:
+            index = GalleryIndex.build(dataset, index_spec)
+            index.save(folder)
+            manifest["index_chain"] = index.spec.describe(index.dim)
+            dataset.drop_index(EMBEDDING_COLUMN)
+        write_manifest(folder, manifest)
+
+    output = write_atomically(output, fill, overwrite=overwrite)
+    accelerator.wait_for_everyone()
+    return output, dataset, manifest
