@@ -107,13 +107,34 @@ def write_atomically(output: Path, fill: Callable[[Path], None], overwrite: bool
     return output
 
 
-def write_manifest(folder: Path, manifest: dict) -> None:
-    (Path(folder) / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+# Local paths in the manifest are kept relative to the embeddings folder (``LOCAL_PATH_KEYS``), so that a folder
+# moved or copied together with its checkpoint and dataset (e.g. into a Space) still finds them.
+LOCAL_PATH_KEYS = ("model", "dataset")
+
+
+def write_manifest(folder: Path, manifest: dict, final: Optional[Path] = None) -> None:
+    """``retrieval.json`` in ``folder``; local paths are written relative to ``final`` (where the folder will be)."""
+    final = Path(final or folder).absolute()
+    out = dict(manifest)
+    for key in LOCAL_PATH_KEYS:
+        path = Path(str(out[key])).expanduser()
+        if path.exists():
+            out[key] = os.path.relpath(path.absolute(), final)
+    (Path(folder) / MANIFEST).write_text(json.dumps(out, indent=2) + "\n")
 
 
 def read_manifest(folder: Path) -> Optional[dict]:
-    path = Path(folder) / MANIFEST
-    return json.loads(path.read_text()) if path.is_file() else None
+    """The manifest with its relative local paths resolved against ``folder`` (None when there is none)."""
+    folder = Path(folder)
+    path = folder / MANIFEST
+    if not path.is_file():
+        return None
+    manifest = json.loads(path.read_text())
+    for key in LOCAL_PATH_KEYS:
+        candidate = folder / manifest[key]
+        if not Path(manifest[key]).is_absolute() and candidate.exists():
+            manifest[key] = str(candidate.resolve())
+    return manifest
 
 
 def make_accelerator():
@@ -169,8 +190,9 @@ def embed_to_folder(model_path: str, source: str, output: Path, split: str = "ga
             index.save(folder)
             manifest["index_chain"] = index.spec.describe(index.dim)
             dataset.drop_index(EMBEDDING_COLUMN)
-        write_manifest(folder, manifest)
+        write_manifest(folder, manifest, final=output)
 
-    output = write_atomically(output, fill, overwrite=overwrite)
+    output = Path(output).expanduser().absolute()
+    write_atomically(output, fill, overwrite=overwrite)
     accelerator.wait_for_everyone()
     return output, dataset, manifest
