@@ -464,6 +464,18 @@ class ReIDPreTrainedModel(PreTrainedModel):
         super().post_init()
         self.train(self.training)  # frozen submodules are frozen from the start, not only after a train() / eval()
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`; a cut-short or damaged safetensors file is an OSError naming the
+        folder (the safetensors reader's own error names no file)."""
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except Exception as exc:
+            if type(exc).__name__ != "SafetensorError":
+                raise
+            raise OSError(f"{pretrained_model_name_or_path}: the safetensors weights are incomplete or corrupt "
+                          f"({exc})") from exc
+
     def train(self, mode: bool = True):
         """As `nn.Module.train`, but the submodules of `_frozen_modules` stay in eval mode and frozen.
 
