@@ -149,3 +149,179 @@ def test_sigterm_on_one_of_two_processes_stops_both_at_one_step(tiny_dataset, tm
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     _assert_same_weights(full, out)
+
+
+# ------------------------------------------------------------------------------------------ one run per folder
+HOLDER = """
+import os, sys, time
+sys.path.insert(0, {repo!r})
+import train
+from demo_reid.training.trainer import ReIDTrainer
+
+training_step = ReIDTrainer.training_step
+
+
+def waiting_step(self, *args, **kwargs):
+    if self.state.global_step == 1:  # holds the output directory until the test lets it go on
+        open({started!r}, "w").close()
+        while not os.path.exists({go!r}):
+            time.sleep(0.05)
+    return training_step(self, *args, **kwargs)
+
+
+ReIDTrainer.training_step = waiting_step
+sys.exit(train.cli(sys.argv[1:]))
+"""
+
+
+def test_a_second_run_into_the_same_folder_is_refused_naming_the_first(tiny_dataset, tmp_path, capsys):
+    out = tmp_path / "shared"
+    started, go = tmp_path / "started", tmp_path / "go"
+    script = tmp_path / "holder.py"
+    script.write_text(HOLDER.format(repo=str(REPO), started=str(started), go=str(go)))
+    first = subprocess.Popen([sys.executable, str(script), *_common(tiny_dataset), "--max-steps", "3",
+                              "--output-dir", str(out)], cwd=tmp_path, env=_env(1), stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(1200):
+            if started.exists() or first.poll() is not None:
+                break
+            __import__("time").sleep(0.1)
+        assert started.exists(), first.stderr.read()[-3000:]
+        before = sorted(p.name for p in out.iterdir())
+        assert train.cli([*_common(tiny_dataset), "--output-dir", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"process {first.pid} on" in err[0] and "in use by another train.py run" in err[0]
+        assert sorted(p.name for p in out.iterdir()) == before  # the second run wrote nothing
+    finally:
+        go.touch()
+        first.wait(timeout=600)
+    assert first.returncode == 0
+    assert (out / "model.safetensors").is_file() and not (out / ".train.lock").exists()
+
+
+def test_a_stale_lock_is_taken_over(tiny_dataset, tmp_path, caplog):
+    out = tmp_path / "stale"
+    out.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (out / ".train.lock").write_text(json.dumps({"host": __import__("socket").gethostname(), "pid": dead.pid,
+                                                 "started": 0}))
+    with caplog.at_level("WARNING"):
+        result = train.main([*_common(tiny_dataset), "--max-steps", "1", "--output-dir", str(out)])
+    assert result["global_step"] == 1
+    assert f"taking over the lock of process {dead.pid}" in caplog.text
+    assert not (out / ".train.lock").exists()
+
+
+# ------------------------------------------------------------------------------------------ work is not lost
+def test_overwrite_deletes_the_old_checkpoints_only_once_the_new_run_is_valid(tiny_dataset, tmp_path, capsys,
+                                                                                  caplog):
+    out = tmp_path / "previous"
+    train.main([*_common(tiny_dataset), "--max-steps", "2", "--save-strategy", "steps", "--save-steps", "1",
+                "--save-total-limit", "3", "--output-dir", str(out)])
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    assert (out / "checkpoint-1").is_dir() and (out / "checkpoint-2").is_dir()
+    capsys.readouterr()
+    # a run that cannot start (P above the dataset's 8 identities) touches nothing
+    assert train.cli([*_common(tiny_dataset), "--output-dir", str(out), "--overwrite-output-dir",
+                      "--num-identities", "10"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--num-identities 10" in err[0] and "has 8 identities" in err[0], err
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
+    with caplog.at_level("WARNING"):
+        result = train.main([*_common(tiny_dataset), "--max-steps", "1", "--output-dir", str(out),
+                             "--overwrite-output-dir"])
+    assert result["global_step"] == 1 and not list(out.glob("checkpoint-*"))
+    assert f"--overwrite-output-dir: deleted checkpoint-1, checkpoint-2 from {out}" in caplog.text
+
+
+def test_a_full_disk_is_one_line_and_the_earlier_checkpoint_survives(tiny_dataset, tmp_path, capsys, monkeypatch):
+    """A real 20 MB tmpfs as --output-dir, filled up after checkpoint-3 (a simulated ENOSPC where mounting is not
+    allowed): the save of checkpoint-6 fails; one line names the folder and the space left; checkpoint-3 stays
+    complete, nothing half-written stays, and --resume finishes the run once there is space again."""
+    import errno
+    import shutil
+
+    from demo_reid.training.trainer import ReIDTrainer
+
+    save_checkpoint = ReIDTrainer._save_checkpoint
+    filler = tmp_path / "disk" / "filler"
+    with conftest_mount(tmp_path / "disk") as disk:
+        out = (disk or tmp_path / "disk") / "run"
+
+        def filling_save(self, model, trial):
+            if self.state.global_step == 6 and disk is None:  # simulated: the first write of checkpoint-6 fails
+                def no_space(*args, **kwargs):
+                    raise OSError(errno.ENOSPC, "No space left on device")
+                monkeypatch.setattr("safetensors.torch.save_file", no_space)
+            save_checkpoint(self, model, trial)
+            if self.state.global_step == 3 and disk is not None:
+                free = shutil.disk_usage(disk).free
+                with open(filler, "wb") as f:  # leave 64 KiB: less than a checkpoint
+                    f.write(b"\0" * (free - 64 * 1024))
+
+        monkeypatch.setattr(ReIDTrainer, "_save_checkpoint", filling_save)
+        common = [*_common(tiny_dataset), "--max-steps", "6", "--save-strategy", "steps", "--save-steps", "3"]
+        assert train.cli([*common, "--output-dir", str(out)]) == 2
+        err = [line for line in capsys.readouterr().err.strip().splitlines() if "Writing model shards" not in line]
+        assert len(err) == 1 and err[0].startswith(f"train.py: error: No space left on device writing to {out} ("), err
+        assert " free of " in err[0] and "Traceback" not in err[0]
+        assert (out / "checkpoint-3" / "trainer_state.json").is_file()
+        assert not (out / "checkpoint-6").exists() and not (out / ".incomplete" / "checkpoint-6").exists()
+        assert not (out / ".train.lock").exists()
+        if disk is not None:
+            filler.unlink()
+        monkeypatch.setattr(ReIDTrainer, "_save_checkpoint", save_checkpoint)
+        monkeypatch.undo()
+        resumed = train.main([*common, "--output-dir", str(out), "--resume"])
+        assert resumed["global_step"] == 6
+
+
+def conftest_mount(path):
+    from conftest import mounted_tmpfs
+
+    return mounted_tmpfs(path, size="20m")
+
+
+# ------------------------------------------------------------------------------------------ checks before work
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["--weight-decay", "-1"], "--weight-decay must be a finite number >= 0, got -1.0"),
+        (["--vision-tower-lr", "-1"], "--vision-tower-lr must be a finite number >= 0, got -1.0"),
+        (["--bias-lr-factor", "nan"], "--bias-lr-factor must be a finite number >= 0"),
+        (["--num-train-epochs", "0"], "--num-train-epochs must be > 0"),
+        (["--num-instances", "1"], "--num-instances (K) must be >= 2"),
+        (["--checkpoint-on-signal", "SIGKILL"], "--checkpoint-on-signal SIGKILL"),
+        (["--config", "{bad_types}"], "option num_identities: expected int, got [4, 5]"),
+        (["--config", "{bad_yaml}"], "not valid YAML at line 2"),
+        (["--config", "{bad_mapping}"], "option learning_rate: expected float, got {'a': 1}"),
+        (["--output-dir", "{a_file}"], "is a file; expected a folder"),
+        (["--output-dir", "{a_file}/sub"], "lies under the file"),
+    ],
+)
+def test_bad_recipe_values_are_one_line_exit_2_and_write_nothing(tmp_path, capsys, monkeypatch, argv, needle):
+    work = tmp_path / "work"
+    work.mkdir()
+    (tmp_path / "bad_types.yaml").write_text("num_identities: [4, 5]\n")
+    (tmp_path / "bad_yaml.yaml").write_text("num_identities: 4\n\tlearning_rate: 1\n")
+    (tmp_path / "bad_mapping.yaml").write_text("learning_rate: {a: 1}\n")
+    (tmp_path / "a_file").write_text("not a folder")
+    names = {"bad_types": tmp_path / "bad_types.yaml", "bad_yaml": tmp_path / "bad_yaml.yaml",
+             "bad_mapping": tmp_path / "bad_mapping.yaml", "a_file": tmp_path / "a_file"}
+    argv = [a.format(**names) for a in argv]
+    monkeypatch.chdir(work)
+    extra = [] if "--output-dir" in argv else ["--output-dir", str(work / "out")]
+    code = train.cli([*extra, "--synthetic-dir", str(work / "syn"), *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("train.py: error: ") and needle in err[0], err
+    assert list(work.iterdir()) == []
+
+
+def test_read_only_output_dir_is_refused_before_any_work(read_only_dir, tmp_path, capsys):
+    code = train.cli(["--output-dir", str(read_only_dir / "out"), "--synthetic-dir", str(tmp_path / "syn")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert f"--output-dir {read_only_dir / 'out'}: cannot write in {read_only_dir}" in err[0]
+    assert not (tmp_path / "syn").exists()  # refused before the synthetic set is built
