@@ -325,3 +325,153 @@ def test_read_only_output_dir_is_refused_before_any_work(read_only_dir, tmp_path
     assert code == 2 and len(err) == 1, err
     assert f"--output-dir {read_only_dir / 'out'}: cannot write in {read_only_dir}" in err[0]
     assert not (tmp_path / "syn").exists()  # refused before the synthetic set is built
+
+
+# ------------------------------------------------------------------------------------------ the other entry points
+def _eval(*argv):
+    import eval as eval_script
+
+    return eval_script.main([*map(str, argv), "--no-progress", "--no-complexity"])
+
+
+def _export(*argv):
+    sys.path.insert(0, str(REPO / "data_scripts"))
+    import export_onnx
+
+    return export_onnx.main([*map(str, argv)])
+
+
+def _one_line(capsys, prefix):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(prefix), err
+    return err[0]
+
+
+@pytest.fixture(scope="module")
+def truncated_model(uninterrupted, tmp_path_factory):
+    import shutil
+
+    folder = tmp_path_factory.mktemp("truncated") / "model"
+    shutil.copytree(uninterrupted, folder)
+    weights = folder / "model.safetensors"
+    with weights.open("r+b") as f:  # a copy cut short
+        f.truncate(weights.stat().st_size // 2)
+    return folder
+
+
+def test_eval_checks_its_output_before_extracting_features(uninterrupted, tiny_dataset, read_only_dir, tmp_path,
+                                                           capsys):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    assert _eval("--model", uninterrupted, "--dataset", tiny_dataset, "--output", a_file) == 2
+    assert "--output" in _one_line(capsys, f"eval.py: error: --output {a_file} is a file")
+    assert _eval("--model", uninterrupted, "--dataset", tiny_dataset, "--output", read_only_dir / "eval") == 2
+    assert f"cannot write in {read_only_dir}" in _one_line(capsys, "eval.py: error: --output")
+    assert _eval("--model", uninterrupted, "--dataset", tiny_dataset, "--visualize", "--num-visualize", "1000",
+                 "--output", tmp_path / "e") == 2
+    assert "--num-visualize 1000: expected 1 to 64" in _one_line(capsys, "eval.py: error:")
+    assert not (tmp_path / "e").exists()
+
+
+def test_truncated_weights_are_one_line_in_eval_export_and_automodel(truncated_model, tiny_dataset, tmp_path,
+                                                                     capsys):
+    assert _eval("--model", truncated_model, "--dataset", tiny_dataset, "--output", tmp_path / "e") == 2
+    line = _one_line(capsys, "eval.py: error: ")
+    assert f"--model {truncated_model}: model.safetensors is incomplete or corrupt" in line
+    assert _export("--model", truncated_model, "--output", tmp_path / "m.onnx") == 2
+    assert "model.safetensors is incomplete or corrupt" in _one_line(capsys, "export_onnx.py: error: ")
+    # AutoModel in a fresh process: the checkpoint's own code names the folder
+    code = ("import sys\nfrom transformers import AutoModel\n"
+            f"AutoModel.from_pretrained({str(truncated_model)!r}, trust_remote_code=True)\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode != 0
+    assert f"OSError: {truncated_model}: the safetensors weights are incomplete or corrupt" in proc.stderr
+
+
+def test_export_checks_its_output_before_loading(uninterrupted, read_only_dir, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    assert _export("--model", uninterrupted, "--output", read_only_dir / "m.onnx") == 2
+    assert f"cannot write in {read_only_dir}" in _one_line(capsys, "export_onnx.py: error: --output")
+    assert _export("--model", uninterrupted, "--output", tmp_path / "m.onx") == 2
+    assert "expected a .onnx file name" in _one_line(capsys, "export_onnx.py: error: --output")
+    assert [p.name for p in tmp_path.iterdir()] == ["read-only"]
+
+
+def test_captions_check_their_output_before_any_request(read_only_dir, tmp_path, capsys):
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from demo_reid.data.synthetic import make_synthetic
+
+    dataset = make_synthetic("RGBNT201", tmp_path / "raw", seed=0, num_train_ids=2, num_test_ids=2, images_per_id=4,
+                             image_size=(32, 16))
+    requests = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):  # a paid request: counted, never answered well
+            requests.append(self.path)
+            self.send_response(500)
+            self.end_headers()
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        sys.path.insert(0, str(REPO / "data_scripts"))
+        import generate_captions
+
+        code = generate_captions.main(["--dataset", str(dataset), "--backend", "openai", "--model", "vlm",
+                                       "--endpoint", f"http://127.0.0.1:{httpd.server_address[1]}/v1",
+                                       "--output", str(read_only_dir / "captions"), "--retries", "0"])
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert code == 2
+    assert f"cannot write in {read_only_dir}" in _one_line(capsys, "error: --output")
+    assert requests == []
+
+
+def test_eval_reports_valid_queries_and_refuses_when_none_has_a_match(uninterrupted, tiny_dataset, tmp_path,
+                                                                      capsys):
+    import datasets
+
+    ds = datasets.load_from_disk(tiny_dataset)
+    first = ds["gallery"]["pid"][0]
+    dropped = datasets.DatasetDict({"query": ds["query"],
+                                    "gallery": ds["gallery"].filter(lambda row: row["pid"] != first)})
+    dropped.save_to_disk(str(tmp_path / "dropped"))
+    assert _eval("--model", uninterrupted, "--dataset", tmp_path / "dropped", "--output", tmp_path / "e1") == 0
+    report = json.loads((tmp_path / "e1" / "eval_results.json").read_text())
+    unmatched = sum(pid == first for pid in ds["query"]["pid"])
+    assert unmatched > 0 and report["num_query"] == len(ds["query"])
+    assert report["num_valid_queries"] == len(ds["query"]) - unmatched
+    assert (f"{len(ds['query'])} queries ({len(ds['query']) - unmatched} with a true match in the gallery"
+            in (tmp_path / "e1" / "eval_results.md").read_text())
+    capsys.readouterr()
+    shifted = datasets.DatasetDict({"query": ds["query"],
+                                    "gallery": ds["gallery"].map(lambda row: {"pid": row["pid"] + 1000})})
+    shifted.save_to_disk(str(tmp_path / "shifted"))
+    capsys.readouterr()
+    assert _eval("--model", uninterrupted, "--dataset", tmp_path / "shifted", "--output", tmp_path / "e2") == 2
+    assert "no query has a true match in the gallery" in _one_line(capsys, "eval.py: error: ")
+
+
+# ------------------------------------------------------------------------------------------ files
+def test_saved_weights_follow_the_umask_and_no_pickled_arguments(tiny_dataset, tmp_path):
+    out = tmp_path / "files"
+    old = os.umask(0o022)
+    try:
+        train.main([*_common(tiny_dataset), "--max-steps", "1", "--save-strategy", "steps", "--save-steps", "1",
+                    "--output-dir", str(out)])
+    finally:
+        os.umask(old)
+    for folder in (out, out / "checkpoint-1"):
+        assert (folder / "model.safetensors").stat().st_mode & 0o777 == 0o644
+        assert (folder / "config.json").stat().st_mode & 0o777 == 0o644
+        assert not (folder / "training_args.bin").exists()
+        assert json.loads((folder / "training_args.json").read_text())["max_steps"] == 1
