@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import build_tiny_dataset, free_port, tiny_train_args
@@ -475,3 +476,87 @@ def test_saved_weights_follow_the_umask_and_no_pickled_arguments(tiny_dataset, t
         assert (folder / "config.json").stat().st_mode & 0o777 == 0o644
         assert not (folder / "training_args.bin").exists()
         assert json.loads((folder / "training_args.json").read_text())["max_steps"] == 1
+
+
+# ------------------------------------------------------------------------------------------ images
+def _expected_8bit(values: np.ndarray) -> np.ndarray:
+    """The documented rule, written out: min -> 0, max -> 255, linear, rounded."""
+    v = values.astype(np.float64)
+    return np.round((v - v.min()) / (v.max() - v.min()) * 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def thermal_release(tmp_path_factory):
+    """A synthetic RGBNT201 release whose first train triple is PNG, its TIR image a real 16-bit PNG whose raw
+    counts fill a narrow band (7,000-9,040 of 65,535), as a thermal camera's do."""
+    from PIL import Image
+
+    from demo_reid.data.synthetic import make_synthetic
+
+    root = make_synthetic("RGBNT201", tmp_path_factory.mktemp("thermal") / "raw", seed=0, num_train_ids=2,
+                          num_test_ids=2, images_per_id=4, image_size=(32, 16))
+    train_dir = root / "train_171"  # the release's folder name
+    name = sorted(p.name for p in (train_dir / "RGB").iterdir())[0]
+    png = name.replace(".jpg", ".png")
+    for modality in ("RGB", "NI"):
+        Image.open(train_dir / modality / name).save(train_dir / modality / png)
+        (train_dir / modality / name).unlink()
+    grey = np.asarray(Image.open(train_dir / "TI" / name).convert("L"), dtype=np.uint16)
+    counts = (7000 + grey * 8).astype(np.uint16)
+    Image.fromarray(counts).save(train_dir / "TI" / png)
+    (train_dir / "TI" / name).unlink()
+    assert Image.open(train_dir / "TI" / png).mode == "I;16"  # really 16-bit on disk
+    return root, png, counts
+
+
+def test_16bit_thermal_png_is_scaled_by_its_range_in_builder_collator_and_processor(thermal_release, tmp_path):
+    from PIL import Image
+
+    from demo_reid.data.builder import build_dataset
+    from demo_reid.data.collate import ReIDTransform
+    from image_processing_demo import DeMoImageProcessor
+
+    root, png, counts = thermal_release
+    expected = _expected_8bit(counts)
+    dataset = build_dataset("RGBNT201", root, cache_dir=tmp_path / "cache")
+    row = next(r for r in dataset["train"] if r["name"] == png)
+    stored = row["tir"]
+    assert stored.mode == "L" and np.array_equal(np.asarray(stored), expected)  # the builder stored 8 bits
+    normalised = torch.as_tensor(expected, dtype=torch.float32) / 255 * 2 - 1
+    # the collator, on the stored image and on the 16-bit file itself
+    transform = ReIDTransform(image_size=counts.shape)
+    for value in (row["tir"], str(root / "train_171" / "TI" / png)):
+        batch = transform({"rgb": [row["rgb"]], "nir": [row["nir"]], "tir": [value], "label": [0], "camid": [0],
+                           "pid": [0]})
+        tir = batch["pixel_values"][0, 2]
+        assert float((tir == 1).float().mean()) < 0.05  # before: 99.6 % white
+        torch.testing.assert_close(tir, normalised.expand(3, -1, -1), rtol=0, atol=1e-6)
+    # the checkpoint's processor, on the 16-bit file, on a uint16 array and on a 32-bit float TIFF
+    processor = DeMoImageProcessor(size={"height": counts.shape[0], "width": counts.shape[1]})
+    Image.fromarray(counts.astype(np.float32) / 100).save(tmp_path / "thermal.tiff")
+    assert Image.open(tmp_path / "thermal.tiff").mode == "F"
+    for image in (Image.open(root / "train_171" / "TI" / png), counts, Image.open(tmp_path / "thermal.tiff")):
+        tir = processor([None, None, image])["pixel_values"][0, 2]
+        torch.testing.assert_close(tir, normalised.expand(3, -1, -1), rtol=0, atol=1e-5)
+
+
+def test_processor_refuses_non_integer_camera_ids():
+    from image_processing_demo import DeMoImageProcessor
+
+    processor = DeMoImageProcessor(size={"height": 32, "width": 16})
+    image = np.zeros((32, 16, 3), dtype=np.uint8)
+    with pytest.raises(ValueError, match=r"camera_ids: expected integer camera indices, got \[2.9\]"):
+        processor([image, None, None], camera_ids=[2.9])
+    assert processor([image, None, None], camera_ids=[2.0])["camera_ids"].tolist() == [2]
+
+
+def test_forward_refuses_non_finite_pixels_and_an_empty_modality_mask(tiny_model):
+    pixels = torch.zeros(2, 3, 3, 32, 16)
+    pixels[1, 2, 0, 5, 5] = float("nan")
+    with pytest.raises(ValueError, match=r"pixel_values holds NaN or infinite values \(sample\(s\) \[1\]\)"):
+        tiny_model(pixels)
+    mask = torch.tensor([[True, False, False], [False, False, False]])
+    with pytest.raises(ValueError, match=r"modality_mask marks no modality present for sample\(s\) \[1\]"):
+        tiny_model(torch.zeros(2, 3, 3, 32, 16), modality_mask=mask)
+    with torch.no_grad():
+        assert torch.isfinite(tiny_model(torch.zeros(2, 3, 3, 32, 16), modality_mask=mask | True).embeddings).all()
