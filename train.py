@@ -3,7 +3,9 @@
 docs/interfaces.md (``python train.py --help``; docs/training.md).
 
 Bad input (unknown preset, option or backbone, missing dataset, incompatible flags, an output directory holding a
-previous run) is reported in one line naming the argument, with exit status 2, before anything is written.
+previous run, in use by another run, or not writable) is reported in one line naming the argument, with exit status
+2, before anything is written; so is a full disk. SIGTERM (and the signals of --checkpoint-on-signal) finish the
+step, write a complete checkpoint and exit with 128 + the signal number; Ctrl-C is one line, status 130.
 """
 
 from __future__ import annotations

@@ -107,7 +107,8 @@ class ReIDArguments:
     overwrite_output_dir: bool = field(
         default=False,
         metadata={"help": "Train into an --output-dir that already holds a model or checkpoints (its old "
-                  "checkpoints are deleted first); without it or --resume, train.py refuses."},
+                  "checkpoints are deleted, and listed, once the new run has passed every check, just before it "
+                  "trains); without it or --resume, train.py refuses."},
     )
     profile: bool = field(
         default=False,
