@@ -252,18 +252,13 @@ def cli(argv: list[str] | None = None) -> int:
     signal (SIGTERM) as one line and status 128 + its number, after the checkpoint; Ctrl-C as one line, 130."""
     from demo_reid.training.preemption import Preempted
 
-    first_rank = os.environ.get("RANK", "0") == "0"  # one line per run, not one per process
     try:
-        return run_cli(lambda: main(argv), "train.py")
+        return run_cli(lambda: main(argv), "train.py",
+                       interrupted="--resume continues from the last complete checkpoint")
     except Preempted as exc:
-        if first_rank:
+        if os.environ.get("RANK", "0") == "0":  # one line per run, not one per process
             print(f"train.py: {exc}", file=sys.stderr)
         return exc.exit_status
-    except KeyboardInterrupt:
-        if first_rank:
-            print("train.py: interrupted (Ctrl-C); --resume continues from the last complete checkpoint",
-                  file=sys.stderr)
-        return 130
 
 
 if __name__ == "__main__":

@@ -274,6 +274,9 @@ def main(argv=None) -> int:
     except ExportFailed as exc:
         print(f"export_onnx.py: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"export_onnx.py: interrupted (Ctrl-C); nothing written to {args.output}", file=sys.stderr)
+        return 130
     return 0
 
 
