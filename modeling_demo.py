@@ -64,10 +64,17 @@ class DeMoModelOutput(ModelOutput):
 
 
 def is_exporting() -> bool:
-    """Whether torch.export (and so the ONNX exporter) is tracing: checks that read tensor values are skipped then,
-    as a traced graph cannot branch on them. False in eager mode and on torch releases without the flag."""
+    """Whether torch.export (and so the ONNX exporter) is tracing. False in eager mode and on torch releases without
+    the flag."""
     flag = getattr(torch.compiler, "is_exporting", None)
     return flag is not None and flag()
+
+
+def is_tracing() -> bool:
+    """Whether torch.compile or torch.export is tracing the forward: checks that read tensor values are skipped then,
+    as a traced graph cannot branch on them without a graph break (and, on a GPU, a host sync every forward). Eager
+    mode runs every check."""
+    return torch.compiler.is_compiling() or is_exporting()
 
 
 class ReIDLinear(nn.Linear):
@@ -541,7 +548,7 @@ class ReIDPreTrainedModel(PreTrainedModel):
                 raise ValueError(f"camera_ids must have shape ({batch},), got {tuple(camera_ids.shape)}")
             if self.config.num_cameras == 0:
                 raise ValueError("camera_ids were given but the model has no camera embedding (num_cameras=0)")
-            if not is_exporting() and bool(((camera_ids < 0) | (camera_ids >= self.config.num_cameras)).any()):
+            if not is_tracing() and bool(((camera_ids < 0) | (camera_ids >= self.config.num_cameras)).any()):
                 raise ValueError(
                     f"camera_ids must be in [0, {self.config.num_cameras}) (num_cameras={self.config.num_cameras}), "
                     f"got values {sorted(set(camera_ids.tolist()))}"
