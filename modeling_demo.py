@@ -240,14 +240,21 @@ class DeMoHierarchicalDecoupling(nn.Module):
     def _masks(self, dim: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """(outside, head_scale): outside[m, k * heads + h] is True when modality m is not in combination k;
         head_scale[h, j] is head_dim^-0.5 when feature j belongs to head h, else 0 (splits a query by head)."""
+        if torch.compiler.is_compiling():
+            # Not cached while compiling: the compiler folds them into the graph anyway, and a cache filled inside
+            # a compiled graph is a guard that fails on the next call (one recompilation).
+            return self._build_masks(dim, device, dtype)
         key = (device, dtype, dim)
         if key not in self._constants:
-            heads = self.num_heads
-            outside = torch.tensor([[m not in c for c in EXPERT_COMBINATIONS] for m in range(3)], device=device)
-            head_of = torch.arange(dim, device=device) // (dim // heads)
-            head_scale = (head_of[None, :] == torch.arange(heads, device=device)[:, None]) * (dim // heads) ** -0.5
-            self._constants[key] = (outside.repeat_interleave(heads, dim=1), head_scale.to(dtype))
+            self._constants[key] = self._build_masks(dim, device, dtype)
         return self._constants[key]
+
+    def _build_masks(self, dim: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        heads = self.num_heads
+        outside = torch.tensor([[m not in c for c in EXPERT_COMBINATIONS] for m in range(3)], device=device)
+        head_of = torch.arange(dim, device=device) // (dim // heads)
+        head_scale = (head_of[None, :] == torch.arange(heads, device=device)[:, None]) * (dim // heads) ** -0.5
+        return outside.repeat_interleave(heads, dim=1), head_scale.to(dtype)
 
     def forward(self, modality_features: torch.Tensor, patch_tokens: torch.Tensor) -> torch.Tensor:
         """`modality_features` (B, 3, C) and `patch_tokens` (B, 3, L, C) -> decoupled features (B, 7, C)."""
