@@ -642,3 +642,97 @@ def test_tokenizer_and_tokenize_captions(tokenizer):
     per_expert = tokenize_captions(tokenizer, [[["a", "b", "c"], ["", "", ""]]] * 2)
     assert per_expert["input_ids"].shape == (2, 2, 3, 3)
     assert per_expert["attention_mask"][:, 1].sum() == 0
+
+
+# ------------------------------------------------------------------------------------- the semantic experts' switches
+
+
+def _quick_gelu(x):
+    return x * torch.sigmoid(1.702 * x)
+
+
+def _expert_mlp_by_hand(mlp, x):
+    """Per-expert FC -> QuickGELU -> FC written out from the stacked weights: x (B, E, T, C)."""
+    hidden = _quick_gelu(torch.einsum("betc,eoc->beto", x, mlp.fc1.weight) + mlp.fc1.bias[:, None])
+    return torch.einsum("betc,eoc->beto", hidden, mlp.fc2.weight) + mlp.fc2.bias[:, None]
+
+
+def test_token_experts_are_the_reported_form(tokenizer):
+    """semantic_expert="token_mlp": s_e = mean_t w_t * (F_t + Dropout(MLP(LN(F_t)))); the dropout acts in training."""
+    model = make_model(tokenizer)
+    experts = model.semantic_experts.experts
+    C = model.config.feature_dim
+    tokens = torch.randn(2, 3, 6, C, generator=torch.Generator().manual_seed(0))
+    weights = torch.rand(2, 3, 6, generator=torch.Generator().manual_seed(1)) * 2
+    normed = F.layer_norm(tokens, (C,), experts.norm.weight, experts.norm.bias)
+    expected = ((tokens + _expert_mlp_by_hand(experts.mlp, normed)) * weights[..., None]).mean(dim=2)
+    with torch.no_grad():
+        torch.testing.assert_close(experts.eval()(tokens, weights), expected)
+        experts.train()
+        first, second = experts(tokens, weights), experts(tokens, weights)
+        assert not torch.allclose(first, second) and not torch.allclose(first, expected)  # dropout 0.1
+        experts.dropout.p = 0.0
+        torch.testing.assert_close(experts(tokens, weights), expected)
+    assert not hasattr(experts, "query")
+
+
+def test_attention_pool_option_weights_the_tokens_after_their_layernorm(tokenizer):
+    """semantic_expert="attention_pool": the selection weights scale the LayerNorm-ed tokens (a scale before the
+    LayerNorm would be erased), so scaling the weights changes s_e; the pool has its learned query."""
+    model = make_model(tokenizer, semantic_expert="attention_pool")
+    pool = model.semantic_experts.experts.eval()
+    C = model.config.feature_dim
+    tokens = torch.randn(2, 3, 6, C, generator=torch.Generator().manual_seed(0))
+    weights = torch.ones(2, 3, 6)
+    with torch.no_grad():
+        one, doubled = pool(tokens, weights), pool(tokens, 2 * weights)
+        assert not torch.allclose(one, doubled)
+        # Doubling the tokens instead does nothing: the LayerNorm removes it.
+        torch.testing.assert_close(pool(2 * tokens, weights), one, atol=1e-5, rtol=1e-5)
+    assert pool.query.shape == (3, C)
+    default = make_model(tokenizer)
+    assert {n for n in model.state_dict() if "experts.query" in n} and not {
+        n for n in default.state_dict() if "experts.query" in n}
+
+
+def test_saliency_router_and_cls_dot_by_hand(tokenizer):
+    """saliency="router": softmax over patches of w_m . LN(F_m,i), one router per modality; "cls_dot": softmax of
+    R_m . F_m,i / sqrt(C)."""
+    C = 64
+    cls_tokens = torch.randn(2, 3, C, generator=torch.Generator().manual_seed(0))
+    patches = torch.randn(2, 3, 8, C, generator=torch.Generator().manual_seed(1))
+    router_model, dot_model = make_model(tokenizer), make_model(tokenizer, saliency="cls_dot")
+    w = router_model.semantic_experts.routers.score.weight[:, 0]  # (3, C)
+    expected = torch.einsum("bmnc,mc->bmn", F.layer_norm(patches, (C,)), w).softmax(-1)
+    with torch.no_grad():
+        torch.testing.assert_close(router_model.semantic_experts.saliency(cls_tokens, patches), expected)
+        expected = (torch.einsum("bmc,bmnc->bmn", cls_tokens, patches) / C**0.5).softmax(-1)
+        torch.testing.assert_close(dot_model.semantic_experts.saliency(cls_tokens, patches), expected)
+    assert dot_model.semantic_experts.routers is None
+    assert not any("routers" in n for n in dot_model.state_dict())
+
+
+def test_each_modality_has_its_own_sampling_router(tokenizer):
+    """A large change of the NIR router moves only the NIR patches the experts select."""
+    model = make_model(tokenizer, tokens_per_expert=3)
+    caps = captions(tokenizer, (RGB_A, NIR, TIR), (RGB_B, "", TIR))
+    before = run(model, caps).selected_patches
+    with torch.no_grad():
+        model.semantic_experts.routers.score.weight[1] = 1e3 * torch.randn(1, 64, generator=torch.Generator().manual_seed(4))
+    after = run(model, caps).selected_patches
+    assert torch.equal(before[:, :, [0, 2]], after[:, :, [0, 2]])
+    assert not torch.equal(before[:, :, 1], after[:, :, 1])
+
+
+def test_semantic_expert_dropout_acts_in_training_only(tokenizer):
+    caps = captions(tokenizer, (RGB_A, NIR, TIR), (RGB_B, "", TIR))
+    pixels, cams = random_triples(2), torch.tensor([0, 1])
+    for dropout, differ in ((0.1, True), (0.0, False)):
+        model = make_model(tokenizer, semantic_expert_dropout=dropout).train()
+        with torch.no_grad():
+            a, b = (model(pixels, cams, **caps).semantic_expert_features for _ in range(2))
+        assert (not torch.equal(a, b)) == differ, dropout
+        model.eval()
+        with torch.no_grad():
+            assert torch.equal(model(pixels, cams, **caps).semantic_expert_features,
+                               model(pixels, cams, **caps).semantic_expert_features)
