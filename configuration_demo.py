@@ -175,7 +175,9 @@ class DeMoConfig(ReIDConfig):
     r"""
     Configuration of a [`DeMoModel`]: the image tower shared by the RGB, NIR and TIR images of a triple, followed by
     the Patch-Integrated Feature Extractor (PIFE), the Hierarchical Decoupling Module (HDM) and the
-    Attention-Triggered Mixture of Experts (ATMoE). The tower and head options are [`ReIDConfig`]'s; DeMo's own:
+    Attention-Triggered Mixture of Experts (ATMoE). The tower and head options are [`ReIDConfig`]'s, among them
+    the retrieval feature `inference_features`: `"all"` (default) = concat(f_R, f_N, f_T, the HDM / ATMoE feature),
+    `"ori"` = concat(f_R, f_N, f_T), `"moe"` = the HDM / ATMoE feature. DeMo's own:
 
     Args:
         use_pife (`bool`, *optional*, defaults to `True`):
@@ -196,8 +198,6 @@ class DeMoConfig(ReIDConfig):
         hdm_dropout (`float`, *optional*, defaults to `0.1`):
             Attention dropout of the HDM cross-attentions, the authors' value.
 
-    The retrieval feature `embeddings` ([`ReIDConfig`]'s `inference_features`): `"all"` (default) = concat(f_R,
-    f_N, f_T, the HDM / ATMoE feature), `"ori"` = concat(f_R, f_N, f_T), `"moe"` = the HDM / ATMoE feature.
     """
 
     model_type = "demo_reid"

@@ -30,7 +30,10 @@ class NextConfig(ReIDConfig):
     Configuration of a [`NextModel`]: one CLIP image tower shared by the RGB, NIR and TIR images of a triple, a frozen
     CLIP text tower for the captions, Text-Modulated Semantic Experts (TMSE), Context-Shared Structure Experts (CSSE)
     and Multi-Grained Feature Aggregation (MGFA). The image tower and head options are [`ReIDConfig`]'s (the tower
-    must be CLIP's: text and patches are compared in its projection space); NEXT's own:
+    must be CLIP's: text and patches are compared in its projection space), among them the retrieval feature
+    `inference_features`: `"final"` (default; every abstract: MGFA yields "the final identity representations") =
+    the MGFA output, concat(semantic, structure); `"all"` (our earlier choice, after DeMo's) = concat(class tokens,
+    final). NEXT's own:
 
     Args:
         text_config (`dict | PretrainedConfig | None`, *optional*, defaults to `None`):
@@ -76,10 +79,6 @@ class NextConfig(ReIDConfig):
         use_text (`bool`, *optional*, defaults to `True`):
             Feed the captions to the semantic experts; False gives every expert its learned "no text" embedding and
             builds no text tower. No effect without TMSE.
-
-    The retrieval feature `embeddings` ([`ReIDConfig`]'s `inference_features`): `"final"` (default; every abstract:
-    MGFA yields "the final identity representations") = the MGFA output, concat(semantic, structure); `"all"` (our
-    earlier choice, after DeMo's) = concat(class tokens, final).
     """
 
     model_type = "next_reid"
