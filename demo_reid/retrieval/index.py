@@ -166,15 +166,17 @@ class GalleryIndex:
         (folder / INDEX_INFO).write_text(json.dumps(asdict(self.spec), indent=2) + "\n")
 
     @classmethod
-    def load(cls, folder: Path, dataset=None) -> "GalleryIndex":
-        """The index saved in ``folder`` on the embeddings saved there (or on ``dataset``)."""
+    def load(cls, folder: Path, dataset=None, device=None) -> "GalleryIndex":
+        """The index saved in ``folder`` on the embeddings saved there (or on ``dataset``); ``device``: a GPU id (or
+        list, -1 for all) to search on with faiss-gpu, as ``Dataset.load_faiss_index`` takes it (not run here: no
+        GPU)."""
         import datasets
 
         folder = Path(folder)
         import_faiss()
         spec = IndexSpec(**json.loads((folder / INDEX_INFO).read_text()))
         dataset = dataset if dataset is not None else datasets.load_from_disk(str(folder))
-        dataset.load_faiss_index(EMBEDDING_COLUMN, folder / INDEX_FILE)
+        dataset.load_faiss_index(EMBEDDING_COLUMN, folder / INDEX_FILE, device=device)
         out = cls(dataset, spec)
         out.set_search(spec.nprobe, spec.refine)
         return out
