@@ -57,7 +57,7 @@ class IndexSpec:
     pq_m: Optional[int] = None  # ivfpq: bytes of code per row (default pca_dim / 4)
     pq_bits: int = 8  # ivfpq: bits per code (fewer on tiny galleries: 2**bits centroids need rows to train)
     refine: int = 20  # ivfpq: re-score refine x k candidates on the stored PCA vectors (0: no re-scoring)
-    nprobe: int = 32  # cells visited per query (a search-time setting, saved as the default)
+    nprobe: int = 512  # cells visited per query (search-time, saved as the default; recall@10 0.95 at 100k rows)
     train_size: int = 100_000  # rows sampled to train PCA / k-means / PQ
     seed: int = 0
 
