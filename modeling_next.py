@@ -33,7 +33,7 @@ try:
         ReIDLinear,
         ReIDPreTrainedModel,
         check_tower_shapes,
-        is_exporting,
+        is_tracing,
     )
 except ImportError:  # imported as top-level modules from a checkout
     from configuration_demo import MODALITIES
@@ -44,7 +44,7 @@ except ImportError:  # imported as top-level modules from a checkout
         ReIDLinear,
         ReIDPreTrainedModel,
         check_tower_shapes,
-        is_exporting,
+        is_tracing,
     )
 
 # Supervised heads, in the order of `logits` / `features`; heads of disabled branches are left out.
@@ -129,14 +129,37 @@ class NextExpertMLP(nn.Module):
         return self.fc2(self.act(self.fc1(hidden_states)))
 
 
-class NextExpertAttentionPool(nn.Module):
-    """Pools each expert's tokens to one vector: a learned per-expert query attends to them, then a residual MLP.
+class NextTokenExperts(nn.Module):
+    """`semantic_expert="token_mlp"` (reported form, a review of arXiv v3): E(F) = Dropout(MLP(LN(F))) + F applied
+    to each of an expert's sampled tokens, then their selection-weighted mean (ours) is the expert's feature s_e.
 
-    `(B, E, T, C)` -> `(B, E, C)`. Pre-norm layout (LayerNorm on the tokens and before the MLP), residual from the
-    query; one attention layer, as the issue asks. Heads per `attention_heads`.
+    `(B, E, T, C)` tokens and `(B, E, T)` selection weights -> `(B, E, C)`. The weights multiply the expert's output
+    tokens, after every normalisation: weighting the input tokens instead would leave the weight only in the
+    residual, and a LayerNorm erases any per-token scale, with it the only gradient the selection scores (hence the
+    text modulation) receive. One LayerNorm for all experts: its affine part folds into each expert's first FC.
     """
 
-    def __init__(self, num_experts: int, dim: int):
+    def __init__(self, num_experts: int, dim: int, dropout: float):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.mlp = NextExpertMLP(num_experts, dim, dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, tokens: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        expert_tokens = tokens + self.dropout(self.mlp(self.norm(tokens)))
+        return (expert_tokens * weights.unsqueeze(-1)).mean(dim=2)
+
+
+class NextExpertAttentionPool(nn.Module):
+    """`semantic_expert="attention_pool"` (ours): a learned per-expert query attends to the expert's tokens, then a
+    residual pre-norm MLP (Dropout on its output, as the token experts).
+
+    `(B, E, T, C)` tokens and `(B, E, T)` selection weights -> `(B, E, C)`. Pre-norm layout, residual from the
+    query, heads per `attention_heads`. The weights multiply the tokens after their LayerNorm (which would erase a
+    per-token scale applied before it, and with it the selection scores' gradient).
+    """
+
+    def __init__(self, num_experts: int, dim: int, dropout: float):
         super().__init__()
         self.num_heads = attention_heads(dim)
         self.query = nn.Parameter(torch.zeros(num_experts, dim))
@@ -147,12 +170,13 @@ class NextExpertAttentionPool(nn.Module):
         self.out_proj = NextExpertLinear(num_experts, dim, dim)
         self.mlp_norm = nn.LayerNorm(dim)
         self.mlp = NextExpertMLP(num_experts, dim, dim)
+        self.dropout = nn.Dropout(dropout)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         batch, experts, length, dim = tokens.shape
         heads = self.num_heads
         query = self.query.to(tokens.dtype).view(1, experts, 1, dim)
-        normed = self.token_norm(tokens)
+        normed = self.token_norm(tokens) * weights.unsqueeze(-1)
 
         def split(x):  # (b, E, T, C) -> (b * E, heads, T, C / heads)
             return x.reshape(x.shape[0] * experts, x.shape[2], heads, dim // heads).transpose(1, 2)
@@ -161,24 +185,44 @@ class NextExpertAttentionPool(nn.Module):
         attended = F.scaled_dot_product_attention(q, split(self.k_proj(normed)), split(self.v_proj(normed)))
         attended = attended.transpose(1, 2).reshape(batch, experts, 1, dim)
         pooled = query + self.out_proj(attended)
-        pooled = pooled + self.mlp(self.mlp_norm(pooled))
+        pooled = pooled + self.dropout(self.mlp(self.mlp_norm(pooled)))
         return pooled.squeeze(2)
 
 
+class NextSamplingRouters(nn.Module):
+    """`saliency="router"` (reported: a review of arXiv v3 names per-modality sampling paths R_rgb, R_nir, R_tir):
+    alpha_m = softmax over modality m's patches of w_m . LN(F_m,i), one learned router per modality.
+
+    `(B, 3, n, C)` -> `(B, 3, n)`. A LayerNorm without affine parameters and a bias-free Linear(C -> 1): the affine
+    part would fold into the Linear, and a bias is a constant under the softmax over patches. One router per
+    modality, shared by the experts (ours): the figure draws one sigma per class token, and the experts already
+    differ by their own text modulation.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.score = NextExpertLinear(len(MODALITIES), dim, 1, bias=False)
+
+    def forward(self, patch_tokens: torch.Tensor) -> torch.Tensor:
+        normed = F.layer_norm(patch_tokens, patch_tokens.shape[-1:])
+        return self.score(normed).squeeze(-1).softmax(dim=-1)
+
+
 class NextSemanticExperts(nn.Module):
-    """TMSE: N_s experts, each choosing 3k patches by saliency + its caption's relevance, pooled to s_e (C).
+    """TMSE: N_s experts, each choosing 3k patches by saliency + its caption's relevance, reduced to s_e (C).
 
     For expert e and modality m (n patches F_m, class token R_m):
-    - alpha_m = softmax_i(R_m . F_m,i / sqrt(C)), the class token's attention over the patches (the figure says
-      "saliency from the CLS token"; scaled dot product is our choice of similarity);
+    - alpha_m, the saliency: a learned sampling router per modality (`NextSamplingRouters`, reported) or the class
+      token's scaled dot-product attention over the patches (`saliency="cls_dot"`, ours);
     - beta_e,m,i = cos(t_e,m, F_m,i), t_e,m the expert's caption embedding of modality m, or its learned "no text"
       embedding (one per expert and modality; our choice) when there is no caption;
     - gamma_e = alpha + FC(QuickGELU(FC([beta_e,rgb, beta_e,nir, beta_e,tir]))) over the 3n concatenated positions,
       one modulation network per expert (our choice: experts given the same caption still look at different
       patches), FC widths 3n -> 3n -> 3n;
-    - the top-k patches of each modality by gamma are scaled by k * softmax(gamma over those k) (our choice: weights
-      average 1, so selection starts near identity, and gamma, hence alpha and the modulation, get gradients);
-    - the 3k tokens are pooled by `NextExpertAttentionPool` to s_e.
+    - the top-k patches of each modality by gamma are weighted by k * softmax(gamma over those k) (our choice:
+      weights average 1, and gamma, hence alpha and the modulation, get gradients through them);
+    - the 3k tokens and their weights go through the expert (`NextTokenExperts` or `NextExpertAttentionPool`),
+      which applies the weights after its normalisations.
     """
 
     def __init__(self, config: NextConfig):
@@ -190,7 +234,16 @@ class NextSemanticExperts(nn.Module):
         self.num_patches = rows * cols
         self.no_text_embedding = nn.Parameter(torch.zeros(self.num_experts, len(MODALITIES), dim))
         self.modulation = NextExpertMLP(self.num_experts, len(MODALITIES) * self.num_patches, 3 * self.num_patches)
-        self.pool = NextExpertAttentionPool(self.num_experts, dim)
+        self.routers = NextSamplingRouters(dim) if config.saliency == "router" else None
+        expert_class = NextTokenExperts if config.semantic_expert == "token_mlp" else NextExpertAttentionPool
+        self.experts = expert_class(self.num_experts, dim, config.semantic_expert_dropout)
+
+    def saliency(self, cls_tokens: torch.Tensor, patch_tokens: torch.Tensor) -> torch.Tensor:
+        """alpha (B, 3, n): each modality's saliency over its patches, summing to 1."""
+        if self.routers is not None:
+            return self.routers(patch_tokens)
+        dim = patch_tokens.shape[-1]
+        return (torch.einsum("bmc,bmnc->bmn", cls_tokens, patch_tokens) * dim**-0.5).softmax(dim=-1)
 
     def forward(
         self,
@@ -203,7 +256,7 @@ class NextSemanticExperts(nn.Module):
         (B, N_s or 1, 3) -> (s (B, N_s, C), selected patch indices (B, N_s, 3, k))."""
         batch, modalities, patches, dim = patch_tokens.shape
         experts, k = self.num_experts, self.tokens_per_expert
-        saliency = (torch.einsum("bmc,bmnc->bmn", cls_tokens, patch_tokens) * dim**-0.5).softmax(dim=-1)
+        saliency = self.saliency(cls_tokens, patch_tokens)
 
         text = self.no_text_embedding.to(patch_tokens.dtype).expand(batch, -1, -1, -1)
         if text_embeds is not None:
@@ -215,12 +268,12 @@ class NextSemanticExperts(nn.Module):
         scores = saliency.unsqueeze(1) + modulation.view(batch, experts, modalities, patches)
 
         top_scores, top_index = scores.topk(k, dim=-1)  # (B, E, 3, k)
-        weights = k * top_scores.softmax(dim=-1)
+        weights = (k * top_scores.softmax(dim=-1)).reshape(batch, experts, modalities * k)
         offsets = (torch.arange(batch, device=top_index.device) * modalities).view(batch, 1, 1, 1)
         offsets = (offsets + torch.arange(modalities, device=top_index.device).view(1, 1, modalities, 1)) * patches
         selected = patch_tokens.reshape(-1, dim)[top_index + offsets]  # (B, E, 3, k, C)
-        selected = (selected * weights.unsqueeze(-1)).reshape(batch, experts, modalities * k, dim)
-        return self.pool(selected), top_index
+        selected = selected.reshape(batch, experts, modalities * k, dim)
+        return self.experts(selected, weights), top_index
 
 
 class NextStructureExperts(nn.Module):
@@ -281,18 +334,15 @@ class NextModel(ReIDPreTrainedModel):
         if config.uses_text:
             self.text_tower = CLIPTextModelWithProjection(config.text_config)
         heads = attention_heads(dim)
-        head_dims = {"cls": 3 * dim}
         if config.use_tmse:
             self.semantic_experts = NextSemanticExperts(config)
             self.semantic_aggregation = nn.MultiheadAttention(dim, heads, batch_first=True)
-            head_dims["semantic"] = 3 * dim
         if config.use_csse:
             self.structure_experts = NextStructureExperts(config)
             self.structure_aggregation = nn.MultiheadAttention(dim, heads, batch_first=True)
-            head_dims["structure"] = 3 * dim
-        if config.use_tmse and config.use_csse:
-            head_dims["final"] = 6 * dim
-        self.build_heads(head_dims)
+        final_dim = 3 * dim * max(1, len(config.branch_names))
+        dims = {"cls": 3 * dim, "semantic": 3 * dim, "structure": 3 * dim, "final": final_dim}
+        self.build_heads({name: dims[name] for name in config.head_names})
         self.post_init()
 
     @torch.no_grad()
@@ -372,8 +422,8 @@ class NextModel(ReIDPreTrainedModel):
                 f"{text.max_position_embeddings}; tokenize with truncation=True, "
                 f"max_length={text.max_position_embeddings}"
             )
-        if is_exporting():
-            return  # the checks below read token values, which a traced graph (torch.export, ONNX) cannot branch on
+        if is_tracing():
+            return  # the checks below read token values, which a traced graph (torch.compile, torch.export) cannot branch on
         used = input_ids if attention_mask is None else input_ids[attention_mask.bool().any(-1)]
         used = used.reshape(-1, input_ids.shape[-1])
         if used.numel() and bool(((used < 0) | (used >= text.vocab_size)).any()):
@@ -405,7 +455,7 @@ class NextModel(ReIDPreTrainedModel):
         has_text = attention_mask.bool().any(dim=-1)
         if modality_mask is not None:
             has_text = has_text & modality_mask.bool()[:, None, :]
-        if is_exporting():
+        if is_tracing():
             # A traced graph cannot pick the present captions out (data-dependent shape): embed every caption and
             # zero the absent ones, which is what the eager path below leaves in them.
             embeds = self.get_text_features(input_ids, attention_mask).to(self.dtype)
@@ -444,30 +494,31 @@ class NextModel(ReIDPreTrainedModel):
         self._check_inputs(pixel_values, camera_ids, modality_mask, input_ids, attention_mask)
         cls_tokens, patch_tokens = self.encode_images(pixel_values, camera_ids, modality_mask)
 
-        features = {"cls": cls_tokens.flatten(1)}
+        rows = {"cls": cls_tokens.flatten(1)}
         semantic = structure = expert_weights = selected = None
         if self.config.use_tmse:
             text_embeds, has_text = self._caption_embeddings(input_ids, attention_mask, modality_mask)
             semantic, selected = self.semantic_experts(cls_tokens, patch_tokens, text_embeds, has_text)
             # MGFA: the three class tokens query the semantic experts.
             aggregated, _ = self.semantic_aggregation(cls_tokens, semantic, semantic, need_weights=False)
-            features["semantic"] = aggregated.flatten(1)
+            rows["semantic"] = aggregated.flatten(1)
         if self.config.use_csse:
             structure, routing = self.structure_experts(patch_tokens)
             aggregated, _ = self.structure_aggregation(cls_tokens, structure, structure, need_weights=False)
-            features["structure"] = aggregated.flatten(1)
+            rows["structure"] = aggregated.flatten(1)
             expert_weights = routing.unsqueeze(1)
-        if "semantic" in features and "structure" in features:
-            features["final"] = torch.cat([features["semantic"], features["structure"]], dim=-1)
+        branches = [rows[name] for name in self.config.branch_names]
+        # The MGFA output; without any expert branch (the baseline ablation) the class tokens stand in for it.
+        rows["final"] = torch.cat(branches, dim=-1) if branches else rows["cls"]
+        rows["all"] = torch.cat([rows["cls"], *branches], dim=-1)
+        features = {name: rows[name] for name in self.config.head_names}
         logits = self.head_logits(features)
-
-        branches = [features[name] for name in ("semantic", "structure") if name in features]
-        embeddings = torch.cat([features["cls"], *branches], dim=-1)
+        embeddings = rows[self.config.inference_features]
         return NextModelOutput(
             embeddings=embeddings,
             logits=logits,
             features=features,
-            feature_sets={**features, "all": embeddings},
+            feature_sets=rows,
             expert_weights=expert_weights,
             semantic_expert_features=semantic,
             structure_expert_features=structure,

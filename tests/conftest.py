@@ -65,8 +65,7 @@ TINY_TOWER = ("vision_config.hidden_size=32,vision_config.intermediate_size=64,v
               "vision_config.num_hidden_layers=1,vision_config.projection_dim=32")
 TINY_MODEL_FLAGS = {
     "demo": ["--atmoe-heads", "2"],
-    "next": ["--num-semantic-experts", "2", "--num-structure-experts", "2", "--tokens-per-expert", "2",
-             "--caption-sentences-per-expert", "2"],
+    "next": ["--num-semantic-experts", "2", "--num-structure-experts", "2", "--tokens-per-expert", "2"],
 }
 
 

@@ -303,8 +303,8 @@ def test_exporter_failure_is_one_line_exit_1_and_leaves_nothing(demo, tmp_path, 
     old = tmp_path / "checked_while_traced"
     shutil.copytree(demo[1].parents[1] / "model", old)
     code = (old / "modeling_demo.py").read_text()
-    assert code.count("if not is_exporting() and") == 1
-    (old / "modeling_demo.py").write_text(code.replace("if not is_exporting() and", "if"))
+    assert code.count("if not is_tracing() and") == 1
+    (old / "modeling_demo.py").write_text(code.replace("if not is_tracing() and", "if"))
     (tmp_path / "out").mkdir()
     capsys.readouterr()
     assert load_script().main(["--model", str(old), "--output", str(tmp_path / "out" / "m.onnx")]) == 1

@@ -119,8 +119,11 @@ class ExtractedFeatures:
 def _named_rows(out) -> tuple[dict[str, torch.Tensor], str]:
     """The output's named retrieval rows and the name of the one that is ``out.embeddings``."""
     rows = dict(getattr(out, "feature_sets", None) or {})
+    for name, value in rows.items():  # the row that is the embeddings tensor first: another may equal it
+        if value is out.embeddings:
+            return rows, name
     for name, value in rows.items():
-        if value is out.embeddings or (value.shape == out.embeddings.shape and torch.equal(value, out.embeddings)):
+        if value.shape == out.embeddings.shape and torch.equal(value, out.embeddings):
             return rows, name
     rows[EMBEDDINGS] = out.embeddings
     return rows, EMBEDDINGS

@@ -196,6 +196,9 @@ class ReIDTrainingArguments(TrainingArguments):
             if self.lr_scheduler_type != "linear":
                 raise ValueError(f"--lr-scheduler-type {self.lr_scheduler_type.value} does nothing under "
                                  f"--lr-schedule {self.lr_schedule}: add --lr-schedule trainer to use it")
+        if self.fp16 and (self.use_cpu or not torch.cuda.is_available()):
+            # Accelerate would train in float32 without a word: fp16 autocast + gradient scaling is a CUDA mode here.
+            raise ValueError("--fp16 needs a CUDA GPU (float16 autocast with a gradient scaler); on CPU use --bf16")
         if self.num_identities < 2:
             raise ValueError(f"--num-identities (P) must be >= 2 for batch-hard mining, got {self.num_identities}")
         if self.num_instances < 2:

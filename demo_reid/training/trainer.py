@@ -23,6 +23,8 @@ What it changes, and why:
 - the Hub: checkpoints are pushed once published, by :class:`~demo_reid.hub.push.HubPushCallback` (the Trainer's own
   checkpoint push would read the staging folder after it is renamed away); ``push_to_hub`` uploads the output folder
   without hidden folders, local checkpoints or pickles (:func:`~demo_reid.hub.push.push_output_dir`).
+- ``--torch-compile``: random ops fall back to PyTorch's generator under inductor, so a compiled run draws the eager
+  run's dropout masks (the same training, step for step; tests/test_train_compile.py).
 - ``evaluate``: query/gallery retrieval (mAP, CMC, mINP) through :mod:`demo_reid.evaluation.protocol`.
 """
 
@@ -158,6 +160,13 @@ class ReIDTrainer(Trainer):
         # Global-batch BatchNorm statistics under several processes (before accelerate wraps the model in DDP).
         if self.args.world_size > 1:
             self.model = convert_to_global_batchnorm(self.model)
+        if self.args.torch_compile:
+            # Inductor draws dropout masks from its own generator, so a compiled run would train on other masks than
+            # an eager one with the same seed; falling back to PyTorch's generator for random ops (one unfused
+            # kernel per dropout) makes --torch-compile the same training as eager, step for step.
+            import torch._inductor.config
+
+            torch._inductor.config.fallback_random = True
         self.loss = loss if loss is not None else ReIDLoss()
         self.augment = augment if augment is not None else ReIDAugment()
         self._component_sums: dict[str, float] = {}
