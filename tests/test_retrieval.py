@@ -325,3 +325,29 @@ def test_search_bad_input_is_one_line(galleries, tmp_path, capsys):
     for args, needle in cases:
         assert search_script.main(args) == 2
         assert needle in _one_line_error(capsys, "search.py")
+
+
+def test_next_checkpoint_searches_with_captions(tmp_path, capsys):
+    """A NEXT checkpoint embeds a captioned gallery; a gallery row searched with its own images, captions and camera
+    is found at distance 0 (the processor's text path = the collator's), and its captions change the embedding."""
+    data = Path(build_tiny_dataset(tmp_path, seed=4, num_train_ids=4, num_test_ids=3, images_per_id=4,
+                                   captions=True))
+    model = tmp_path / "next"
+    train.main([*tiny_train_args("next"), "--dataset", str(data), "--output-dir", str(model), "--num-identities",
+                "2", "--num-instances", "2", "--max-steps", "4", "--save-strategy", "no"])
+    gallery = embed(model, data, tmp_path / "gallery", "--index", "exact")
+    capsys.readouterr()  # train.py's and embed.py's output
+    row = datasets.load_from_disk(str(data))["gallery"][4]
+    assert row["caption_rgb"]
+    triple = [str(p) for p in _triple(data, row["name"])]
+    base = ["--index", str(tmp_path / "gallery"), "--rgb", triple[0], "--nir", triple[1], "--tir", triple[2],
+            "--camera", str(row["camid"]), "--k", "3", "--json"]
+    captions = ["--caption-rgb", row["caption_rgb"], "--caption-nir", row["caption_nir"], "--caption-tir",
+                row["caption_tir"]]
+    assert search_script.main([*base, *captions]) == 0
+    with_text = json.loads(capsys.readouterr().out)["results"]
+    assert with_text[0]["name"] == row["name"] and with_text[0]["distance"] < 1e-6
+    assert search_script.main(base) == 0
+    without_text = json.loads(capsys.readouterr().out)["results"]
+    assert without_text[0]["distance"] > 1e-4  # no captions: another embedding than the gallery row's
+    assert len(gallery[0]["embedding"]) == len(np.asarray(gallery[1]["embedding"]))
