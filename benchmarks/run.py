@@ -60,6 +60,8 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--retrieval-rows", type=int, nargs="+", default=[100_000, 1_000_000],
                    help="gallery sizes of the retrieval suite (--quick: 100k only)")
+    p.add_argument("--retrieval-models", nargs="+", choices=("DeMo", "NEXT"), default=["DeMo", "NEXT"],
+                   help="whose retrieval dimension the retrieval suite uses (DeMo 5120, NEXT 4608)")
     return p.parse_args(argv)
 
 
@@ -110,7 +112,7 @@ def main(argv=None) -> int:
 
         print("retrieval", flush=True)
         sizes = [n for n in args.retrieval_rows if n <= 100_000] if quick else args.retrieval_rows
-        result["retrieval"] = run_retrieval_suite(sizes, log=log)
+        result["retrieval"] = run_retrieval_suite(sizes, models=args.retrieval_models, log=log)
     if "model" in args.only:
         from model_suite import cpu_matmul_gflops, run_model_suite
 
