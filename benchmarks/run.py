@@ -42,6 +42,7 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="fewer sizes and repeats (batch 8 only for the model)")
     p.add_argument("--only", nargs="+", choices=SUITES, default=list(DEFAULT_SUITES),
                    help=f"run only these suites (default: {' '.join(DEFAULT_SUITES)})")
+    p.add_argument("--onnx-batches", type=int, nargs="+", default=[1, 32], help="onnx suite: batch sizes timed")
     p.add_argument("--onnx-checkpoint", default=None,
                    help="onnx suite: a trained checkpoint whose mAP and embeddings are compared across PyTorch, ONNX "
                    "Runtime fp32 and int8 (e.g. outputs/demo-synthetic); needs --onnx-dataset")
@@ -132,7 +133,7 @@ def main(argv=None) -> int:
 
         print("onnx (PyTorch eager vs ONNX Runtime fp32 / int8)", flush=True)
         threads = args.threads or torch.get_num_threads()
-        result["onnx"] = run_speed((256, 128), [1, 32], repeats, args.warmup, threads, log=log)
+        result["onnx"] = run_speed((256, 128), args.onnx_batches, repeats, args.warmup, threads, log=log)
         if args.onnx_checkpoint:
             result["onnx"]["retrieval"] = run_retrieval(args.onnx_checkpoint, args.onnx_dataset, threads, log=log)
     if "gpu" in args.only and args.device == "cuda":
