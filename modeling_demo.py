@@ -64,10 +64,17 @@ class DeMoModelOutput(ModelOutput):
 
 
 def is_exporting() -> bool:
-    """Whether torch.export (and so the ONNX exporter) is tracing: checks that read tensor values are skipped then,
-    as a traced graph cannot branch on them. False in eager mode and on torch releases without the flag."""
+    """Whether torch.export (and so the ONNX exporter) is tracing. False in eager mode and on torch releases without
+    the flag."""
     flag = getattr(torch.compiler, "is_exporting", None)
     return flag is not None and flag()
+
+
+def is_tracing() -> bool:
+    """Whether torch.compile or torch.export is tracing the forward: checks that read tensor values are skipped then,
+    as a traced graph cannot branch on them without a graph break (and, on a GPU, a host sync every forward). Eager
+    mode runs every check."""
+    return torch.compiler.is_compiling() or is_exporting()
 
 
 class ReIDLinear(nn.Linear):
@@ -233,14 +240,21 @@ class DeMoHierarchicalDecoupling(nn.Module):
     def _masks(self, dim: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """(outside, head_scale): outside[m, k * heads + h] is True when modality m is not in combination k;
         head_scale[h, j] is head_dim^-0.5 when feature j belongs to head h, else 0 (splits a query by head)."""
+        if torch.compiler.is_compiling():
+            # Not cached while compiling: the compiler folds them into the graph anyway, and a cache filled inside
+            # a compiled graph is a guard that fails on the next call (one recompilation).
+            return self._build_masks(dim, device, dtype)
         key = (device, dtype, dim)
         if key not in self._constants:
-            heads = self.num_heads
-            outside = torch.tensor([[m not in c for c in EXPERT_COMBINATIONS] for m in range(3)], device=device)
-            head_of = torch.arange(dim, device=device) // (dim // heads)
-            head_scale = (head_of[None, :] == torch.arange(heads, device=device)[:, None]) * (dim // heads) ** -0.5
-            self._constants[key] = (outside.repeat_interleave(heads, dim=1), head_scale.to(dtype))
+            self._constants[key] = self._build_masks(dim, device, dtype)
         return self._constants[key]
+
+    def _build_masks(self, dim: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        heads = self.num_heads
+        outside = torch.tensor([[m not in c for c in EXPERT_COMBINATIONS] for m in range(3)], device=device)
+        head_of = torch.arange(dim, device=device) // (dim // heads)
+        head_scale = (head_of[None, :] == torch.arange(heads, device=device)[:, None]) * (dim // heads) ** -0.5
+        return outside.repeat_interleave(heads, dim=1), head_scale.to(dtype)
 
     def forward(self, modality_features: torch.Tensor, patch_tokens: torch.Tensor) -> torch.Tensor:
         """`modality_features` (B, 3, C) and `patch_tokens` (B, 3, L, C) -> decoupled features (B, 7, C)."""
@@ -276,6 +290,24 @@ class DeMoHierarchicalDecoupling(nn.Module):
         return out.transpose(0, 1)
 
 
+def float32_region(tensor: torch.Tensor):
+    """A region where autocast is off on `tensor`'s device: what runs in it keeps the dtype it is given."""
+    return torch.autocast(device_type=tensor.device.type, enabled=False)
+
+
+class ReIDBatchNorm1d(nn.BatchNorm1d):
+    """BatchNorm1d whose statistics are computed in float32 under mixed precision (bf16 / fp16 autocast).
+
+    Why: a batch variance in bf16 keeps 8 bits of mantissa, and the running statistics accumulate it over the whole
+    run into the evaluation model. The input is cast to the parameters' dtype (float32 unless the model itself was
+    cast) with autocast off; the output stays in that dtype, and the next autocast op casts it down again.
+    """
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        with float32_region(input):
+            return super().forward(input.to(self.running_mean.dtype if self.running_mean is not None else input.dtype))
+
+
 class DeMoExpert(nn.Module):
     """The weights of one expert on one head's chunk of a feature: BN(QuickGELU(Linear(x))) (eq. 14).
 
@@ -288,7 +320,7 @@ class DeMoExpert(nn.Module):
         dim = config.feature_dim // config.atmoe_heads
         self.dense = ReIDLinear(dim, dim)
         self.act = QuickGELU()
-        self.norm = nn.BatchNorm1d(dim)
+        self.norm = ReIDBatchNorm1d(dim)
 
 
 class DeMoAttentionGate(nn.Module):
@@ -301,7 +333,7 @@ class DeMoAttentionGate(nn.Module):
         self.scale = (dim // num_heads) ** -0.5
         self.reduction = ReIDLinear(num_experts * dim, dim)
         self.reduction_act = QuickGELU()
-        self.reduction_norm = nn.BatchNorm1d(dim)
+        self.reduction_norm = ReIDBatchNorm1d(dim)
         self.q_proj = ReIDLinear(dim, dim, bias=False)
         self.k_proj = ReIDLinear(dim, dim, bias=False)
 
@@ -360,7 +392,7 @@ class DeMoMixtureOfExperts(nn.Module):
         hidden = hidden * torch.sigmoid(1.702 * hidden)  # QuickGELU
         # One batch norm over all experts' channels: (1, channels, B) normalises each channel over the batch.
         norms = [e.norm for e in experts]
-        if all(type(norm) is nn.BatchNorm1d for norm in norms):
+        if all(type(norm) is ReIDBatchNorm1d for norm in norms):
             hidden = _stacked_batch_norm(norms, hidden.view(1, -1, batch))
         else:  # norms swapped for another class (e.g. SyncBatchNorm across processes): call each one
             chunks = hidden.transpose(1, 2).unbind(0)
@@ -375,7 +407,8 @@ class DeMoMixtureOfExperts(nn.Module):
 def _stacked_batch_norm(norms: list[nn.BatchNorm1d], hidden: torch.Tensor) -> torch.Tensor:
     """`nn.BatchNorm1d` semantics for `norms` laid side by side over the channels of `hidden` (1, channels, B).
 
-    Running statistics are updated in one stacked buffer and copied back to each module's own buffers.
+    Running statistics are updated in one stacked buffer and copied back to each module's own buffers; the statistics
+    are computed in float32 under mixed precision, as `ReIDBatchNorm1d`'s.
     """
     first = norms[0]
     use_batch = first.training or not first.track_running_stats
@@ -389,23 +422,24 @@ def _stacked_batch_norm(norms: list[nn.BatchNorm1d], hidden: torch.Tensor) -> to
             torch._foreach_add_(counters, 1)
             if first.momentum is None:  # cumulative moving average
                 factor = 1.0 / float(first.num_batches_tracked)
-    out = F.batch_norm(
-        hidden,
-        running_mean,
-        running_var,
-        stack_parameters([n.weight for n in norms], first.weight.dtype).flatten(),
-        stack_parameters([n.bias for n in norms], first.bias.dtype).flatten(),
-        use_batch,
-        factor,
-        first.eps,
-    )
+    with float32_region(hidden):  # statistics in float32 under mixed precision, as ReIDBatchNorm1d
+        out = F.batch_norm(
+            hidden.to(first.weight.dtype),
+            running_mean,
+            running_var,
+            stack_parameters([n.weight for n in norms], first.weight.dtype).flatten(),
+            stack_parameters([n.bias for n in norms], first.bias.dtype).flatten(),
+            use_batch,
+            factor,
+            first.eps,
+        )
     if use_batch and running_mean is not None:
         torch._foreach_copy_([n.running_mean for n in norms], list(running_mean.split(first.num_features)))
         torch._foreach_copy_([n.running_var for n in norms], list(running_var.split(first.num_features)))
     return out
 
 
-class ReIDBNNeck(nn.BatchNorm1d):
+class ReIDBNNeck(ReIDBatchNorm1d):
     """BN-neck of the strong ReID baseline: BatchNorm with a frozen (zero) bias before the identity classifier."""
 
     def __init__(self, dim: int):
@@ -463,6 +497,18 @@ class ReIDPreTrainedModel(PreTrainedModel):
     def post_init(self):
         super().post_init()
         self.train(self.training)  # frozen submodules are frozen from the start, not only after a train() / eval()
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`; a cut-short or damaged safetensors file is an OSError naming the
+        folder (the safetensors reader's own error names no file)."""
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except Exception as exc:
+            if type(exc).__name__ != "SafetensorError":
+                raise
+            raise OSError(f"{pretrained_model_name_or_path}: the safetensors weights are incomplete or corrupt "
+                          f"({exc})") from exc
 
     def train(self, mode: bool = True):
         """As `nn.Module.train`, but the submodules of `_frozen_modules` stay in eval mode and frozen.
@@ -541,7 +587,7 @@ class ReIDPreTrainedModel(PreTrainedModel):
                 raise ValueError(f"camera_ids must have shape ({batch},), got {tuple(camera_ids.shape)}")
             if self.config.num_cameras == 0:
                 raise ValueError("camera_ids were given but the model has no camera embedding (num_cameras=0)")
-            if not is_exporting() and bool(((camera_ids < 0) | (camera_ids >= self.config.num_cameras)).any()):
+            if not is_tracing() and bool(((camera_ids < 0) | (camera_ids >= self.config.num_cameras)).any()):
                 raise ValueError(
                     f"camera_ids must be in [0, {self.config.num_cameras}) (num_cameras={self.config.num_cameras}), "
                     f"got values {sorted(set(camera_ids.tolist()))}"
@@ -553,6 +599,17 @@ class ReIDPreTrainedModel(PreTrainedModel):
                 raise ValueError(
                     f"modality_mask must have shape ({batch}, 3) (RGB, NIR, TIR), got {tuple(modality_mask.shape)}"
                 )
+        # Value checks read the tensors (a host sync): eager calls only, never while compiling or exporting.
+        if is_tracing():
+            return
+        if modality_mask is not None and not bool(modality_mask.any(dim=1).all()):
+            empty = (~modality_mask.any(dim=1)).nonzero().flatten().tolist()
+            raise ValueError(f"modality_mask marks no modality present for sample(s) {empty[:8]}: every sample needs "
+                             "at least one of RGB, NIR, TIR (an embedding of nothing is no embedding)")
+        if not bool(torch.isfinite(pixel_values).all()):
+            bad = (~torch.isfinite(pixel_values)).flatten(1).any(dim=1).nonzero().flatten().tolist()
+            raise ValueError(f"pixel_values holds NaN or infinite values (sample(s) {bad[:8]}); check the images and "
+                             "their normalisation")
 
     @torch.no_grad()
     def _init_weights(self, module):

@@ -36,7 +36,7 @@ try:
         ReIDLinear,
         ReIDPreTrainedModel,
         check_tower_shapes,
-        is_exporting,
+        is_tracing,
     )
 except ImportError:  # imported as top-level modules from a checkout
     from configuration_demo import MODALITIES
@@ -47,7 +47,7 @@ except ImportError:  # imported as top-level modules from a checkout
         ReIDLinear,
         ReIDPreTrainedModel,
         check_tower_shapes,
-        is_exporting,
+        is_tracing,
     )
 
 
@@ -425,8 +425,8 @@ class NextModel(ReIDPreTrainedModel):
                 f"{text.max_position_embeddings}; tokenize with truncation=True, "
                 f"max_length={text.max_position_embeddings}"
             )
-        if is_exporting():
-            return  # the checks below read token values, which a traced graph (torch.export, ONNX) cannot branch on
+        if is_tracing():
+            return  # the checks below read token values, which a traced graph (torch.compile, torch.export) cannot branch on
         used = input_ids if attention_mask is None else input_ids[attention_mask.bool().any(-1)]
         used = used.reshape(-1, input_ids.shape[-1])
         if used.numel() and bool(((used < 0) | (used >= text.vocab_size)).any()):
@@ -458,7 +458,7 @@ class NextModel(ReIDPreTrainedModel):
         has_text = attention_mask.bool().any(dim=-1)
         if modality_mask is not None:
             has_text = has_text & modality_mask.bool()[:, None, :]
-        if is_exporting():
+        if is_tracing():
             # A traced graph cannot pick the present captions out (data-dependent shape): embed every caption and
             # zero the absent ones, which is what the eager path below leaves in them.
             embeds = self.get_text_features(input_ids, attention_mask).to(self.dtype)

@@ -1,5 +1,6 @@
 """Shared fixtures: tiny randomly initialised DeMo models (no Hub access exists here)."""
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -102,3 +103,38 @@ def run_in_fresh_process(script: str, spec: dict, tmp_path: Path, env: dict | No
                             timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return load_file(spec["output"])
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(path: Path, size: str = "20m", read_only: bool = False):
+    """A real tmpfs of ``size`` mounted at ``path`` (needs root with CAP_SYS_ADMIN); yields None where mounting is
+    not allowed, so the caller can fall back."""
+    import subprocess
+
+    path.mkdir(parents=True, exist_ok=True)
+    options = f"size={size}" + (",ro" if read_only else "")
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True)
+    if proc.returncode != 0:
+        yield None
+        return
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A folder this process cannot write in: mode 0555 for a normal user; for root (who writes anywhere) a
+    read-only tmpfs mount."""
+    path = tmp_path / "read-only"
+    if os.geteuid() != 0:
+        path.mkdir()
+        path.chmod(0o555)
+        yield path
+        path.chmod(0o755)
+        return
+    with mounted_tmpfs(path, size="1m", read_only=True) as mounted:
+        if mounted is None:
+            pytest.skip("running as root without the right to mount a read-only tmpfs: no folder is read-only")
+        yield mounted

@@ -265,6 +265,7 @@ def test_refuses_to_overwrite_a_previous_run(tiny_dataset, tmp_path, capsys):
         (["--model", "next", "--atmoe-heads", "2"], "--atmoe-heads"),
         (["--config-overrides", "vision_config"], "--config-overrides"),
         (["--lr-scheduler-type", "cosine"], "--lr-schedule trainer"),
+        (["--fp16", "--use-cpu"], "--fp16 needs a CUDA GPU"),
         (["--resume-from-checkpoint", "/no/such/checkpoint-3"], "--resume-from-checkpoint"),
     ],
 )

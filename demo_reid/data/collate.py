@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .pixels import to_8bit
+
 from configuration_demo import MODALITIES
 
 MODALITY_COLUMNS = MODALITIES  # batch modality order: RGB, NIR, TIR
@@ -89,7 +91,7 @@ class ReIDTransform:
         self._shift = -mean_t / std_t
 
     def _load(self, value: Any, out: np.ndarray) -> None:
-        img = _to_pil(value)
+        img = to_8bit(_to_pil(value))  # 16 / 32-bit (thermal) images: min-max per image, not clipped to white
         if img.mode != "RGB":
             img = img.convert("RGB")
         h, w = self.image_size

@@ -55,17 +55,23 @@ def label_smoothed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, eps
             f"`labels` must be in [0, {num_classes - 1}] for logits with {num_classes} classes, "
             f"got range [{int(labels.min())}, {int(labels.max())}]"
         )
-    # Computed in float32: bf16 log-softmax over hundreds of classes loses the smoothing term.
-    return F.cross_entropy(logits.float(), labels, label_smoothing=epsilon)
+    # Computed in float32, autocast off: bf16 log-softmax over hundreds of classes loses the smoothing term.
+    with torch.autocast(device_type=logits.device.type, enabled=False):
+        return F.cross_entropy(logits.float(), labels, label_smoothing=epsilon)
 
 
 def euclidean_distance(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Pairwise euclidean distances (m, n), clamped at 1e-12 before the sqrt so the gradient stays finite."""
+    """Pairwise euclidean distances (m, n), clamped at 1e-12 before the sqrt so the gradient stays finite.
+
+    Computed in float32 with autocast off (autocast would run the matmul in bf16 / fp16): |x|^2 + |y|^2 - 2 x.y
+    cancels catastrophically in 8 mantissa bits, and the batch-hard triplet picks its pairs from these distances.
+    """
     if x.dim() != 2 or y.dim() != 2 or x.shape[1] != y.shape[1]:
         raise ValueError(f"expected 2-D features with equal widths, got {tuple(x.shape)} and {tuple(y.shape)}")
-    x, y = x.float(), y.float()
-    sq = x.pow(2).sum(1, keepdim=True) + y.pow(2).sum(1, keepdim=True).t() - 2.0 * x @ y.t()
-    return sq.clamp(min=1e-12).sqrt()
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        x, y = x.float(), y.float()
+        sq = x.pow(2).sum(1, keepdim=True) + y.pow(2).sum(1, keepdim=True).t() - 2.0 * x @ y.t()
+        return sq.clamp(min=1e-12).sqrt()
 
 
 def batch_hard_mining(
