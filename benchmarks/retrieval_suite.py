@@ -192,12 +192,15 @@ def run_case(faiss, dim: int, num_rows: int, nprobes, k: int = 10, num_queries: 
     return row
 
 
-def run_retrieval_suite(sizes=(100_000, 1_000_000), nprobes=(8, 16, 32, 64), log=print) -> list[dict]:
+def run_retrieval_suite(sizes=(100_000, 1_000_000), nprobes=(32, 64, 128, 256, 512), models=("DeMo", "NEXT"),
+                        log=print) -> list[dict]:
     import faiss
 
     faiss.omp_set_num_threads(2)
     rows = []
     for name, dim in retrieval_dims().items():
+        if name not in models:
+            continue
         for num_rows in sizes:
             row = run_case(faiss, dim, num_rows, nprobes, log=log)
             row["model"] = name

@@ -42,6 +42,7 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="fewer sizes and repeats (batch 8 only for the model)")
     p.add_argument("--only", nargs="+", choices=SUITES, default=list(DEFAULT_SUITES),
                    help=f"run only these suites (default: {' '.join(DEFAULT_SUITES)})")
+    p.add_argument("--onnx-batches", type=int, nargs="+", default=[1, 32], help="onnx suite: batch sizes timed")
     p.add_argument("--onnx-checkpoint", default=None,
                    help="onnx suite: a trained checkpoint whose mAP and embeddings are compared across PyTorch, ONNX "
                    "Runtime fp32 and int8 (e.g. outputs/demo-synthetic); needs --onnx-dataset")
@@ -60,6 +61,8 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--retrieval-rows", type=int, nargs="+", default=[100_000, 1_000_000],
                    help="gallery sizes of the retrieval suite (--quick: 100k only)")
+    p.add_argument("--retrieval-models", nargs="+", choices=("DeMo", "NEXT"), default=["DeMo", "NEXT"],
+                   help="whose retrieval dimension the retrieval suite uses (DeMo 5120, NEXT 4608)")
     return p.parse_args(argv)
 
 
@@ -110,7 +113,7 @@ def main(argv=None) -> int:
 
         print("retrieval", flush=True)
         sizes = [n for n in args.retrieval_rows if n <= 100_000] if quick else args.retrieval_rows
-        result["retrieval"] = run_retrieval_suite(sizes, log=log)
+        result["retrieval"] = run_retrieval_suite(sizes, models=args.retrieval_models, log=log)
     if "model" in args.only:
         from model_suite import cpu_matmul_gflops, run_model_suite
 
@@ -130,7 +133,7 @@ def main(argv=None) -> int:
 
         print("onnx (PyTorch eager vs ONNX Runtime fp32 / int8)", flush=True)
         threads = args.threads or torch.get_num_threads()
-        result["onnx"] = run_speed((256, 128), [1, 32], repeats, args.warmup, threads, log=log)
+        result["onnx"] = run_speed((256, 128), args.onnx_batches, repeats, args.warmup, threads, log=log)
         if args.onnx_checkpoint:
             result["onnx"]["retrieval"] = run_retrieval(args.onnx_checkpoint, args.onnx_dataset, threads, log=log)
     if "gpu" in args.only and args.device == "cuda":

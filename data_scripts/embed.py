@@ -28,7 +28,8 @@ from demo_reid.retrieval.index import INDEX_KINDS, IndexSpec  # noqa: E402
 def parse_args(argv=None) -> argparse.Namespace:
     defaults = IndexSpec()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True, help="checkpoint folder written by save_pretrained (train.py --output-dir)")
+    p.add_argument("--model", required=True,
+                   help="checkpoint folder written by save_pretrained (train.py --output-dir)")
     p.add_argument("--dataset", required=True,
                    help="saved DatasetDict, Hub dataset id, or folder of image triples in a release layout")
     p.add_argument("--split", default="gallery", help="split to embed (default: gallery)")
@@ -49,7 +50,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="ivfpq: re-score refine x k candidates on stored 8-bit PCA vectors (0: off)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    p.add_argument("--push-to-hub", metavar="REPO_ID", default=None, help="also push the embeddings to this dataset repo")
+    p.add_argument("--push-to-hub", metavar="REPO_ID", default=None,
+                   help="also push the embeddings to this dataset repo")
     p.add_argument("--private", action="store_true", help="with --push-to-hub: create a private repo")
     args = p.parse_args(argv)
     if args.batch_size < 1:

@@ -89,7 +89,8 @@ def query_embedding(args, manifest: dict, dim: int):
         try:
             vector = np.load(args.embedding, allow_pickle=False).astype(np.float32).reshape(-1)
         except (OSError, ValueError) as exc:
-            raise UsageError(f"--embedding {args.embedding}: not a readable .npy array ({first_line(exc, 120)})") from None
+            raise UsageError(f"--embedding {args.embedding}: not a readable .npy array "
+                             f"({first_line(exc, 120)})") from None
         if vector.shape != (dim,):
             raise UsageError(f"--embedding {args.embedding}: {vector.shape[0]} values, the gallery has {dim}")
         return vector / max(float(np.linalg.norm(vector)), 1e-12)
@@ -99,7 +100,8 @@ def query_embedding(args, manifest: dict, dim: int):
     captions = [args.caption_rgb, args.caption_nir, args.caption_tir]
     query = encoder.embed(images, captions, camera_id=args.camera)
     if query.embedding.shape[0] != dim:
-        raise UsageError(f"--model {encoder.checkpoint}: {query.embedding.shape[0]}-d embeddings, the gallery has {dim}")
+        raise UsageError(f"--model {encoder.checkpoint}: {query.embedding.shape[0]}-d embeddings, "
+                         f"the gallery has {dim}")
     return query.embedding
 
 

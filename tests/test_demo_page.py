@@ -5,7 +5,6 @@ the page, never a traceback."""
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time

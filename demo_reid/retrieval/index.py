@@ -56,7 +56,7 @@ class IndexSpec:
     pca_dim: Optional[int] = None  # ivfpq: PCA output size (default min(256, D))
     pq_m: Optional[int] = None  # ivfpq: bytes of code per row (default pca_dim / 4)
     pq_bits: int = 8  # ivfpq: bits per code (fewer on tiny galleries: 2**bits centroids need rows to train)
-    refine: int = 10  # ivfpq: re-score refine x k candidates on the stored PCA vectors (0: no re-scoring)
+    refine: int = 20  # ivfpq: re-score refine x k candidates on the stored PCA vectors (0: no re-scoring)
     nprobe: int = 32  # cells visited per query (a search-time setting, saved as the default)
     train_size: int = 100_000  # rows sampled to train PCA / k-means / PQ
     seed: int = 0
@@ -166,15 +166,17 @@ class GalleryIndex:
         (folder / INDEX_INFO).write_text(json.dumps(asdict(self.spec), indent=2) + "\n")
 
     @classmethod
-    def load(cls, folder: Path, dataset=None) -> "GalleryIndex":
-        """The index saved in ``folder`` on the embeddings saved there (or on ``dataset``)."""
+    def load(cls, folder: Path, dataset=None, device=None) -> "GalleryIndex":
+        """The index saved in ``folder`` on the embeddings saved there (or on ``dataset``); ``device``: a GPU id (or
+        list, -1 for all) to search on with faiss-gpu, as ``Dataset.load_faiss_index`` takes it (not run here: no
+        GPU)."""
         import datasets
 
         folder = Path(folder)
         import_faiss()
         spec = IndexSpec(**json.loads((folder / INDEX_INFO).read_text()))
         dataset = dataset if dataset is not None else datasets.load_from_disk(str(folder))
-        dataset.load_faiss_index(EMBEDDING_COLUMN, folder / INDEX_FILE)
+        dataset.load_faiss_index(EMBEDDING_COLUMN, folder / INDEX_FILE, device=device)
         out = cls(dataset, spec)
         out.set_search(spec.nprobe, spec.refine)
         return out

@@ -13,8 +13,7 @@ from typing import Optional
 
 import datasets
 
-from ..data.builder import LAYOUTS, DatasetLayoutError, Layout, get_layout, load_triple, Triple
-from ..data.builder import IMAGE_SUFFIXES
+from ..data.builder import IMAGE_SUFFIXES, LAYOUTS, DatasetLayoutError, Layout, Triple, get_layout, load_triple
 from ..data.collate import MODALITY_COLUMNS
 from ..data.loading import open_reid_dataset
 from ..errors import UsageError, first_line
