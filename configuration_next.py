@@ -56,8 +56,8 @@ class NextConfig(ReIDConfig):
             tokens after every LayerNorm, so the text modulation gets gradients.
         semantic_expert_dropout (`float`, *optional*, defaults to `0.1`):
             Dropout on the output of each semantic expert's MLP, before its residual (reported: a review of arXiv v3
-            names the dropout; 0.1, the rate of DeMo's HDM, is ours, no rate being reported). 0 gives the earlier
-            experts exactly.
+            names the dropout; 0.1, the rate of DeMo's HDM, is ours, no rate being reported). 0: no dropout, as
+            the earlier experts.
         saliency (`str`, *optional*, defaults to `"router"`):
             The saliency alpha_m over a modality's patches. `"router"` (reported: a review of arXiv v3, per-modality
             "sampling paths" R_rgb, R_nir, R_tir): softmax over the patches of a learned score w_m . LN(F_m,i), one

@@ -600,7 +600,7 @@ class ReIDPreTrainedModel(PreTrainedModel):
                     f"modality_mask must have shape ({batch}, 3) (RGB, NIR, TIR), got {tuple(modality_mask.shape)}"
                 )
         # Value checks read the tensors (a host sync): eager calls only, never while compiling or exporting.
-        if is_exporting() or torch.compiler.is_compiling():
+        if is_tracing():
             return
         if modality_mask is not None and not bool(modality_mask.any(dim=1).all()):
             empty = (~modality_mask.any(dim=1)).nonzero().flatten().tolist()

@@ -1,14 +1,17 @@
-"""NEXT (arXiv 2505.20001): multi-grained mixture of experts via text modulation, for RGB / NIR / TIR object ReID.
+"""NEXT (IEEE TIFS 2026, arXiv 2505.20001): multi-grained mixture of experts via text modulation, for RGB / NIR /
+TIR object ReID.
 
-The authors have not released code: this is our reading of the paper's framework figure (Fig. 3). What the figure
-shows: one learnable CLIP image tower for the three modalities; a frozen CLIP text tower of which only the sentence
-embedding is used; Text-Modulated Semantic Experts (TMSE) that pick the top-k patches of each modality by
-"saliency alpha + FC(act(FC([beta_rgb, beta_nir, beta_tir])))", beta being the cosine between an expert's caption
-embedding and the patches; Context-Shared Structure Experts (CSSE) behind one soft router shared by the modalities;
-and Multi-Grained Feature Aggregation (MGFA), where the three class tokens cross-attend to each expert group.
-Everything else (the similarity behind alpha, the activation, how gradients pass the top-k, the expert internals,
-Soft-MoE slots, the retrieval feature, the "no text" embedding) is our choice, stated where it is made and
-collected in docs/next.md.
+The authors have not released code: this is our reading of the paper's framework figure (Fig. 3) and of the few
+facts secondary sources report (a review of arXiv v3, readers' notes on arXiv v5). What the figure shows: one
+learnable CLIP image tower for the three modalities; a frozen CLIP text tower of which only the sentence embedding
+is used; Text-Modulated Semantic Experts (TMSE) that pick the top-k patches of each modality by "saliency alpha +
+FC(act(FC([beta_rgb, beta_nir, beta_tir])))", beta being the cosine between an expert's caption embedding and the
+patches; Context-Shared Structure Experts (CSSE) behind one soft router shared by the modalities; Multi-Grained
+Feature Aggregation (MGFA), where the three class tokens cross-attend to each expert group, giving the final
+feature that is supervised and ranked. Reported: per-modality sampling routers for alpha, experts of the form
+Dropout(MLP(LN(F))) + F, the text encoder at inference. Everything else (the gradient path through the top-k, how
+the expert tokens reach MGFA, Soft-MoE slots, the "no text" embedding, ...) is our choice, stated where it is made
+and collected in docs/next.md; the earlier choices stay reachable as config switches.
 
 The image tower, its SIE, the position-table resize, the BN-neck heads, the image input checks and the new-layer
 init are those every ReID model here shares (`ReIDPreTrainedModel` in modeling_demo.py, which `save_pretrained`
@@ -47,9 +50,6 @@ except ImportError:  # imported as top-level modules from a checkout
         is_tracing,
     )
 
-# Supervised heads, in the order of `logits` / `features`; heads of disabled branches are left out.
-HEAD_NAMES = ("cls", "semantic", "structure", "final")
-
 
 @dataclass
 class NextModelOutput(ModelOutput):
@@ -58,17 +58,20 @@ class NextModelOutput(ModelOutput):
 
     Args:
         embeddings (`torch.FloatTensor` of shape `(batch_size, D)`):
-            The retrieval feature: concat(class tokens (3C), MGFA output (3C per enabled expert branch)), i.e.
-            concat(cls, final) = 9C with both branches. Our choice: the figure does not say what is ranked; keeping
-            the class tokens beside the experts' feature follows DeMo's "all" feature.
+            The retrieval feature, `feature_sets[config.inference_features]`: by default `"final"`, the MGFA output
+            (6C with both branches; the abstracts' "final identity representations"), or `"all"` = concat(class
+            tokens, final) (9C; our earlier choice, after DeMo's "all" feature).
         logits (`dict[str, torch.FloatTensor]`):
             Identity logits (batch_size, num_labels) per supervised head, keyed as `features`.
         features (`dict[str, torch.FloatTensor]`):
-            The supervised features, same keys in the same order as `logits`: `"cls"` (concat of the three class
-            tokens, 3C), `"semantic"` (TMSE after MGFA, 3C), `"structure"` (CSSE after MGFA, 3C) and `"final"`
-            (concat(semantic, structure), 6C, present only with both branches). ID + triplet loss apply to each.
+            The supervised features (`config.head_names`), same keys in the same order as `logits`; ID + triplet
+            loss apply to each. By default only `"final"` (the figure's one ID + triplet box); with
+            `supervised_heads="all"` also `"cls"` (concat of the three class tokens, 3C), `"semantic"` (TMSE after
+            MGFA, 3C) and `"structure"` (CSSE after MGFA, 3C), `"final"` then present only with both branches.
         feature_sets (`dict[str, torch.FloatTensor]`):
-            Named retrieval rows for evaluation: the entries of `features` plus `"all"` (= `embeddings`).
+            Every named retrieval row evaluation reports: `"cls"`, `"semantic"` and `"structure"` (enabled branches
+            only), `"final"` (the MGFA output of the enabled branches; the class tokens without any) and `"all"`
+            (concat(cls, the enabled branches)).
         expert_weights (`torch.FloatTensor` of shape `(batch_size, 1, num_structure_experts)`, *optional*):
             Share of the 3n patch tokens each structure expert receives (Soft-MoE combine weights summed over its
             slots and averaged over tokens; sums to 1). `None` without CSSE.
@@ -564,4 +567,4 @@ class NextModel(ReIDPreTrainedModel):
 NextConfig.register_for_auto_class()
 NextModel.register_for_auto_class("AutoModel")
 
-__all__ = ["NextModel", "NextModelOutput", "HEAD_NAMES"]
+__all__ = ["NextModel", "NextModelOutput"]

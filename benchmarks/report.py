@@ -62,6 +62,45 @@ def markdown(result: dict) -> str:
         lines.append("")
     if result.get("retrieval"):
         lines += _retrieval_table(result["retrieval"])
+    c = result.get("compile")
+    if c:
+        lines += [f"**torch.compile (inductor) vs eager**, DeMo ViT-B/16 shapes, {c['image_size']}, batch {c['batch']} "
+                  f"(amp: {c['amp'] or 'none'}; interleaved; speed-up = median of per-round eager / compiled)", "",
+                  "| mode | eager (s) | compiled (s) | speed-up | compile time (s) |", "|---|---|---|---|---|"]
+        for mode in ("train", "inference"):
+            r = c[mode]
+            lines.append(f"| {mode} | {r['median_s']['eager']:.2f} | {r['median_s']['compiled']:.2f} | "
+                         f"{r['speedup']:.2f}x | {r['compile_s']:.0f} |")
+        for mode in ("train",):
+            if c[mode].get("profile_eager"):
+                lines += ["", f"Where a {mode} step's time goes (self CPU time, top operators; eager / compiled):", "",
+                          "| eager op | share | compiled op | share |", "|---|---|---|---|"]
+                for a, b in zip(c[mode]["profile_eager"], c[mode]["profile_compiled"]):
+                    lines.append(f"| `{a['op']}` | {a['share']:.1%} | `{b['op']}` | {b['share']:.1%} |")
+        lines.append("")
+    o = result.get("onnx")
+    if o:
+        names = ("pytorch_eager_fp32", "ort_fp32", "ort_int8")
+        lines += [f"**CPU deployment**: {o['model']}, {o['image_size']}, {o['threads']} thread(s); ONNX files "
+                  f"{o['file_mib']['fp32']:.0f} MiB (fp32) / {o['file_mib']['int8']:.0f} MiB (int8); interleaved, "
+                  "speed-up = median of per-round ratios to PyTorch eager", "",
+                  "| batch | PyTorch eager fp32 (triples/s) | ORT fp32 | ORT int8 | ORT fp32 speed-up | ORT int8 speed-up "
+                  "| int8 cosine to PyTorch (mean / min) |", "|---|---|---|---|---|---|---|"]
+        for r in o["rows"]:
+            t, q = r["triples_per_s"], r["cosine_to_pytorch"]["ort_int8"]
+            lines.append(f"| {r['batch']} | {t[names[0]]:.2f} | {t[names[1]]:.2f} | {t[names[2]]:.2f} | "
+                         f"{r['ratio_median']['ort_fp32']:.2f}x | {r['ratio_median']['ort_int8']:.2f}x | "
+                         f"{q['mean']:.5f} / {q['min']:.5f} |")
+        ret = o.get("retrieval")
+        if ret:
+            lines += ["", f"Retrieval with each ({ret['checkpoint']} on {ret['dataset']}):", "",
+                      "| contender | mAP | Rank-1 | cosine to PyTorch (mean / min) |", "|---|---|---|---|"]
+            for name in names:
+                e = ret["contenders"][name]
+                cos = e.get("cosine_to_pytorch")
+                lines.append(f"| {name} | {e['mAP']:.2f} | {e['Rank-1']:.2f} | "
+                             + (f"{cos['mean']:.5f} / {cos['min']:.5f} |" if cos else "- |"))
+        lines.append("")
     g = result.get("gpu_fraction")
     if g:
         lines += [f"**Fraction of bf16 peak** ({g['gpu']}, {_fmt(g['bf16_peak_tflops'], 0)} TFLOP/s dense bf16; batch "

@@ -38,7 +38,8 @@ def retrieval_dims() -> dict[str, int]:
 
     demo, next_ = DeMoConfig(), NextConfig()
     demo_parts = {"ori": 3, "moe": 7, "all": 10}[demo.inference_features]
-    next_parts = 3 * (1 + int(next_.use_tmse) + int(next_.use_csse))  # cls + semantic + structure, 3 tokens each
+    branches = len(next_.branch_names)  # "final" = the MGFA output, 3 tokens per branch; "all" adds the 3 class tokens
+    next_parts = {"final": 3 * max(1, branches), "all": 3 * (1 + branches)}[next_.inference_features]
     return {"DeMo": demo_parts * demo.feature_dim, "NEXT": next_parts * next_.feature_dim}
 
 

@@ -30,14 +30,24 @@ import torch  # noqa: E402
 from harness import describe_machine  # noqa: E402
 from report import markdown  # noqa: E402
 
-SUITES = ("model", "heads", "ranking", "decode", "gpu", "retrieval")
+SUITES = ("model", "heads", "ranking", "decode", "gpu", "compile", "onnx", "retrieval")
+# What a plain `python benchmarks/run.py` runs; compile (eager vs torch.compile), onnx (CPU deployment) and
+# retrieval (million-row gallery search) on request.
+DEFAULT_SUITES = ("model", "heads", "ranking", "decode", "gpu")
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--quick", action="store_true", help="fewer sizes and repeats (batch 8 only for the model)")
-    p.add_argument("--only", nargs="+", choices=SUITES, default=list(SUITES), help="run only these suites")
+    p.add_argument("--only", nargs="+", choices=SUITES, default=list(DEFAULT_SUITES),
+                   help=f"run only these suites (default: {' '.join(DEFAULT_SUITES)})")
+    p.add_argument("--onnx-batches", type=int, nargs="+", default=[1, 32], help="onnx suite: batch sizes timed")
+    p.add_argument("--onnx-checkpoint", default=None,
+                   help="onnx suite: a trained checkpoint whose mAP and embeddings are compared across PyTorch, ONNX "
+                   "Runtime fp32 and int8 (e.g. outputs/demo-synthetic); needs --onnx-dataset")
+    p.add_argument("--onnx-dataset", default=None, help="onnx suite: the dataset of --onnx-checkpoint "
+                   "(e.g. outputs/synthetic-rgbnt201)")
     p.add_argument("--output-dir", type=Path, default=HERE / "results")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per figure of the model and decode suites")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs before each figure")
@@ -58,6 +68,8 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if bool(args.onnx_checkpoint) != bool(args.onnx_dataset):
+        raise SystemExit("--onnx-checkpoint and --onnx-dataset go together (the checkpoint and its dataset)")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is visible; run on a GPU machine or use --device cpu")
     if args.threads:
@@ -111,6 +123,19 @@ def main(argv=None) -> int:
         batches = [8] if quick and args.device == "cpu" else [8, 32]
         result["model"] = run_model_suite(args.device, [(256, 128), (128, 256)], batches, repeats, args.warmup, amp,
                                           args.compile, args.attention, log=log)
+    if "compile" in args.only:
+        from compile_suite import run_compile_suite
+
+        print("compile (eager vs torch.compile, inductor)", flush=True)
+        result["compile"] = run_compile_suite(args.device, (256, 128), 8, repeats, args.warmup, amp, log=log)
+    if "onnx" in args.only:
+        from onnx_suite import run_retrieval, run_speed
+
+        print("onnx (PyTorch eager vs ONNX Runtime fp32 / int8)", flush=True)
+        threads = args.threads or torch.get_num_threads()
+        result["onnx"] = run_speed((256, 128), args.onnx_batches, repeats, args.warmup, threads, log=log)
+        if args.onnx_checkpoint:
+            result["onnx"]["retrieval"] = run_retrieval(args.onnx_checkpoint, args.onnx_dataset, threads, log=log)
     if "gpu" in args.only and args.device == "cuda":
         from model_suite import run_gpu_fraction
 
@@ -119,7 +144,10 @@ def main(argv=None) -> int:
                                                   args.peak_tflops, log=log)
 
     args.output_dir.mkdir(parents=True, exist_ok=True)
+    # A run of other suites than the default set is named after them, so it never replaces the full suite's file.
     stem = args.device + ("-quick" if quick else "")
+    if set(args.only) != set(DEFAULT_SUITES):
+        stem += "-" + "-".join(args.only)
     (args.output_dir / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
     (args.output_dir / f"{stem}.md").write_text(markdown(result) + "\n")
     print(f"wrote {args.output_dir / stem}.json and .md", flush=True)

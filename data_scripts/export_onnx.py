@@ -10,7 +10,8 @@ Inputs of the ONNX graph (batch size dynamic; caption length dynamic up to the t
 and `features_<row>` for every named feature row eval.py reports (DeMo: ori, moe, all; NEXT: cls, semantic,
 structure, final, all). The model is exported in float32. After export the graph is run with onnxruntime on random
 inputs at batch 1 and 4 and compared with PyTorch; the file is moved into place only if every output agrees within
---atol. See docs/export.md.
+--atol. With --quantize int8, an int8 copy (ONNX Runtime dynamic quantization) is written next to it, e.g.
+demo.int8.onnx, once its embeddings' cosine similarity to PyTorch's is at least --min-cosine. See docs/export.md.
 """
 
 import argparse
@@ -36,6 +37,8 @@ CHECK_BATCH_SIZES = (1, 4)
 # version converter fails, so it is refused here instead.
 MIN_OPSET = 18
 INSTALL_HINT = 'install the extra with pip install -e ".[onnx]"'
+QUANTIZE_CHOICES = ("int8",)
+DEFAULT_MIN_COSINE = 0.99
 
 
 class ExportCheckError(Exception):
@@ -202,6 +205,56 @@ def max_differences(graph: OnnxGraph, path: Path) -> dict[int, tuple[float, str]
     return results
 
 
+def quantized_path(output: Path) -> Path:
+    """Where --quantize int8 writes its graph: next to the float32 one, demo.onnx -> demo.int8.onnx."""
+    stem = output.name[: -len(".onnx")] if output.name.endswith(".onnx") else output.name
+    return output.with_name(f"{stem}.int8.onnx")
+
+
+def quantize_int8(source: Path, target: Path) -> None:
+    """ONNX Runtime dynamic quantization: the weights of every MatMul / Gemm / Conv stored as int8 (one scale per
+    output channel), activations quantized per batch at run time, so no calibration data is needed. The graph's
+    inputs and outputs stay float32; the int8 file is a drop-in replacement for the float32 one."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    root, level = logging.getLogger(), logging.getLogger().level
+    root.setLevel(logging.ERROR)  # its advice to pre-process the graph, logged on the root logger
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=True)
+    finally:
+        root.setLevel(level)
+
+
+def embedding_cosines(graph: OnnxGraph, path: Path) -> dict[int, tuple[float, float]]:
+    """Per checked batch size: (mean, min) cosine similarity between the graph's and PyTorch's embeddings, row by
+    row (what ranking by cosine sees of a quantized graph)."""
+    import onnxruntime
+
+    try:
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime's own error types
+        raise ExportCheckError(f"onnxruntime cannot load the quantized graph: {summary(exc)}") from None
+    results = {}
+    for batch in CHECK_BATCH_SIZES:
+        inputs = random_inputs(graph, batch, seed=batch, length=3 + 2 * batch)
+        with torch.no_grad():
+            expected = graph(*inputs.values())[0]
+        got = torch.from_numpy(session.run(["embeddings"], {n: t.numpy() for n, t in inputs.items()})[0])
+        cosine = torch.nn.functional.cosine_similarity(got.double(), expected.double(), dim=-1)
+        results[batch] = (float(cosine.mean()), float(cosine.min()))
+    return results
+
+
+def publish(temp: Path, output: Path) -> None:
+    """Rename a checked temporary file into place, with the usual permissions (mkstemp makes it private)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temp, 0o666 & ~umask)
+    os.replace(temp, output)
+
+
 def run(args) -> dict[int, tuple[float, str]]:
     from demo_reid.hub.loading import load_checkpoint
 
@@ -211,11 +264,22 @@ def run(args) -> dict[int, tuple[float, str]]:
         raise UsageError(f"--atol must be > 0, got {args.atol}")
     if args.opset is not None and args.opset < MIN_OPSET:
         raise UsageError(f"--opset {args.opset}: the exporter writes opset {MIN_OPSET} or newer")
+    if args.min_cosine is not None and not args.quantize:
+        raise UsageError("--min-cosine applies to the int8 graph of --quantize int8; none is asked for")
+    min_cosine = DEFAULT_MIN_COSINE if args.min_cosine is None else args.min_cosine
+    if not 0 < min_cosine <= 1:
+        raise UsageError(f"--min-cosine must be in (0, 1], got {min_cosine}")
+    quantized = quantized_path(output) if args.quantize else None
+    if quantized is not None and quantized.is_dir():
+        raise UsageError(f"--quantize {args.quantize}: {quantized} (where the int8 graph goes) is a directory")
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     model = load_checkpoint(args.model)
-    if not hasattr(sys.modules[type(model).__module__], "is_exporting"):
+    # The switch that skips value checks while traced: is_tracing (torch.compile and torch.export), or the
+    # export-only is_exporting of checkpoints saved before compile support (they export as well).
+    modeling = sys.modules[type(model).__module__]
+    if not any(hasattr(modeling, name) for name in ("is_tracing", "is_exporting")):
         raise UsageError(
             f"--model {args.model}: the modeling code saved with it predates ONNX export support; re-save it from "
             "this checkout (DeMoModel or NextModel .from_pretrained(old).save_pretrained(new), tokenizer beside it)"
@@ -223,9 +287,13 @@ def run(args) -> dict[int, tuple[float, str]]:
     model = model.float().eval()
     graph = OnnxGraph(model)
 
-    fd, temp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
-    os.close(fd)
-    temp = Path(temp_name)
+    temps = []
+    for name in (output.name, quantized.name if quantized else None):
+        if name:
+            fd, temp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=output.parent)
+            os.close(fd)
+            temps.append(Path(temp_name))
+    temp = temps[0]
     try:
         try:
             export(graph, temp, args.opset)
@@ -241,15 +309,37 @@ def run(args) -> dict[int, tuple[float, str]]:
                 f"the ONNX graph differs from PyTorch by {diff:.2e} on {name} at batch {batch} (tolerance "
                 f"{args.atol:g}); nothing written to {output}"
             )
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temp, 0o666 & ~umask)  # mkstemp makes the file private; give it the usual permissions
-        os.replace(temp, output)
+        if quantized is not None:
+            check_quantized(graph, temp, temps[1], min_cosine, output)
+            publish(temps[1], quantized)
+        publish(temp, output)
     finally:
-        temp.unlink(missing_ok=True)
+        for path in temps:
+            path.unlink(missing_ok=True)
     inputs = ", ".join(graph.input_names)
     print(f"wrote {output}: inputs {inputs}; outputs {', '.join(graph.output_names)}")
+    if quantized is not None:
+        size = quantized.stat().st_size / output.stat().st_size
+        print(f"wrote {quantized}: int8 weights (dynamic quantization), same inputs and outputs, {size:.0%} of the size")
     return results
+
+
+def check_quantized(graph: OnnxGraph, source: Path, target: Path, min_cosine: float, output: Path) -> None:
+    """Quantize `source` into `target` and require every row's embedding cosine to PyTorch >= `min_cosine`."""
+    try:
+        quantize_int8(source, target)
+    except Exception as exc:  # onnxruntime.quantization raises many types
+        raise ExportCheckError(f"int8 quantization failed: {summary(exc)}; nothing written to {output}") from None
+    cosines = embedding_cosines(graph, target)
+    for batch, (mean, low) in cosines.items():
+        print(f"batch {batch}: int8 embeddings' cosine to PyTorch mean {mean:.5f}, min {low:.5f} "
+              f"(required >= {min_cosine:g})")
+    worst = min(cosines, key=lambda b: cosines[b][1])
+    if not cosines[worst][1] >= min_cosine:
+        raise ExportCheckError(
+            f"the int8 graph's embeddings have cosine {cosines[worst][1]:.4f} to PyTorch at batch {worst} "
+            f"(--min-cosine {min_cosine:g}); nothing written to {output}"
+        )
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -260,6 +350,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="ONNX opset to target (default: the exporter's recommended one, 20 with torch 2.13)")
     parser.add_argument("--atol", type=float, default=1e-4,
                         help="largest accepted |ONNX - PyTorch| on any output at batch 1 and 4 (default 1e-4)")
+    parser.add_argument("--quantize", choices=QUANTIZE_CHOICES, default=None,
+                        help="also write an int8 graph next to --output (demo.onnx -> demo.int8.onnx): ONNX Runtime "
+                        "dynamic quantization, for fast CPU inference")
+    parser.add_argument("--min-cosine", type=float, default=None,
+                        help="--quantize: smallest accepted cosine similarity between the int8 graph's and "
+                        "PyTorch's embeddings, on every row at batch 1 and 4 (default 0.99)")
     return parser.parse_args(argv)
 
 

@@ -261,7 +261,7 @@ def test_bad_input_is_one_line_and_exit_2(demo, tmp_path, capsys, case, argument
         old = tmp_path / "renamed_flag"  # a name of its own: transformers caches remote code by folder name
         shutil.copytree(model_dir, old)
         code = (old / "modeling_demo.py").read_text()
-        (old / "modeling_demo.py").write_text(code.replace("is_exporting", "traced_flag"))
+        (old / "modeling_demo.py").write_text(code.replace("is_exporting", "traced_flag").replace("is_tracing", "flag"))
         model_dir = old
     elif case == "missing_dir":
         output = tmp_path / "no" / "model.onnx"

@@ -248,13 +248,15 @@ def test_a_full_disk_is_one_line_and_the_earlier_checkpoint_survives(tiny_datase
     save_checkpoint = ReIDTrainer._save_checkpoint
     filler = tmp_path / "disk" / "filler"
     with conftest_mount(tmp_path / "disk") as disk:
+        if os.environ.get("DEMO_REID_TEST_NO_MOUNT"):  # exercise the fallback where mounting is allowed
+            disk = None
         out = (disk or tmp_path / "disk") / "run"
 
         def filling_save(self, model, trial):
             if self.state.global_step == 6 and disk is None:  # simulated: the first write of checkpoint-6 fails
                 def no_space(*args, **kwargs):
                     raise OSError(errno.ENOSPC, "No space left on device")
-                monkeypatch.setattr("safetensors.torch.save_file", no_space)
+                monkeypatch.setattr("transformers.modeling_utils.safe_save_file", no_space)
             save_checkpoint(self, model, trial)
             if self.state.global_step == 3 and disk is not None:
                 free = shutil.disk_usage(disk).free
@@ -264,7 +266,8 @@ def test_a_full_disk_is_one_line_and_the_earlier_checkpoint_survives(tiny_datase
         monkeypatch.setattr(ReIDTrainer, "_save_checkpoint", filling_save)
         common = [*_common(tiny_dataset), "--max-steps", "6", "--save-strategy", "steps", "--save-steps", "3"]
         assert train.cli([*common, "--output-dir", str(out)]) == 2
-        err = [line for line in capsys.readouterr().err.strip().splitlines() if "Writing model shards" not in line]
+        err = [line for line in capsys.readouterr().err.strip().splitlines()
+               if line.strip() and "Writing model shards" not in line]  # the Trainer's progress bar
         assert len(err) == 1 and err[0].startswith(f"train.py: error: No space left on device writing to {out} ("), err
         assert " free of " in err[0] and "Traceback" not in err[0]
         assert (out / "checkpoint-3" / "trainer_state.json").is_file()
@@ -398,7 +401,7 @@ def test_export_checks_its_output_before_loading(uninterrupted, read_only_dir, t
     assert f"cannot write in {read_only_dir}" in _one_line(capsys, "export_onnx.py: error: --output")
     assert _export("--model", uninterrupted, "--output", tmp_path / "m.onx") == 2
     assert "expected a .onnx file name" in _one_line(capsys, "export_onnx.py: error: --output")
-    assert [p.name for p in tmp_path.iterdir()] == ["read-only"]
+    assert not list(tmp_path.glob("*.onnx")) and not list(tmp_path.glob(".*.tmp"))
 
 
 def test_captions_check_their_output_before_any_request(read_only_dir, tmp_path, capsys):

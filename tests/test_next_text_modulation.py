@@ -8,17 +8,22 @@ short training run two different captions still change the semantic features and
 its initialisation.
 """
 
+import importlib.util
+import json
 import statistics
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import build_tiny_dataset, tiny_train_args
 
 import train
-from demo_reid.data.collate import collator_for
-from demo_reid.data.loading import load_reid_dataset
-from demo_reid.data.text import tokenize_captions
 from demo_reid.training.arguments import parse_args
+
+_SCRIPT = Path(__file__).resolve().parents[1] / "data_scripts" / "next_caption_effect.py"
+_spec = importlib.util.spec_from_file_location("next_caption_effect", _SCRIPT)
+caption_effect_script = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(caption_effect_script)
 
 TINY_NEXT = [*tiny_train_args("next"), "--num-identities", "4", "--num-instances", "2", "--save-strategy", "no",
              "--logging-steps", "10"]
@@ -29,8 +34,6 @@ EARLIER_FORM = ["--semantic-expert", "attention_pool", "--saliency", "cls_dot", 
 # image tower). Measured on this fresh tiny model: 17-22x (only the k selected patches of n get a gradient); the
 # LayerNorm-ed selection of the earlier code gave about 15,000x.
 GRADIENT_BOUND = 30
-CAPTION_A = "An adult man seen from the front. He is wearing a red jacket and black trousers. He carries a bag."
-CAPTION_B = "A young woman seen from the back. She is wearing a white dress and brown shoes. Her hair is long."
 
 
 @pytest.fixture(scope="module")
@@ -63,33 +66,46 @@ def test_modulation_gradient_is_of_the_order_of_the_heads(captioned_dataset, tmp
     assert all(ratio < GRADIENT_BOUND for ratio in ratios.values()), ratios
 
 
-def _semantic_rows(model, tokenizer, pixel_values, caption: str) -> torch.Tensor:
-    captions = tokenize_captions(tokenizer, [[caption] * 3] * len(pixel_values))
-    with torch.no_grad():
-        return model(pixel_values, **captions).feature_sets["semantic"]
-
-
 def test_short_training_keeps_the_captions_effect(captioned_dataset, tmp_path):
     """40 steps at a learning rate of 1e-2 with the recipe's weight decay. The earlier code's modulation weights fell
     to 14 % of their init here (the decay moves each weight by about one learning rate per step, 0.4 in all, against
     a mean |w| of 0.1 at init); after the default 20-epoch run they were at 0.03 % and two captions changed the
-    semantic features by 2e-7 (relative)."""
+    semantic features by 3e-7 (relative)."""
     trainer = _trainer(captioned_dataset, tmp_path, ["--max-steps", "40", "--learning-rate", "1e-2",
                                                       "--vision-tower-lr", "1e-2"])
-    model = trainer.model
-    init = {name: p.detach().abs().mean().item() for name, p in _modulation_weights(model).items()}
+    init = {name: p.detach().abs().mean().item() for name, p in _modulation_weights(trainer.model).items()}
     trainer.train()
-    trained = {name: p.detach().abs().mean().item() for name, p in _modulation_weights(model).items()}
+    trained = {name: p.detach().abs().mean().item() for name, p in _modulation_weights(trainer.model).items()}
     kept = {name: trained[name] / init[name] for name in init}
     print(f"modulation mean |w| trained / init: {kept}")
     assert all(ratio > 0.5 for ratio in kept.values()), kept
 
-    model.eval()
-    tokenizer = trainer.processing_class.tokenizer
-    query = load_reid_dataset(captioned_dataset)["query"]
-    rows = [query[i] for i in range(len(query))]
-    pixel_values = collator_for(model.config, train=False)(rows)["pixel_values"]
-    a, b = (_semantic_rows(model, tokenizer, pixel_values, caption) for caption in (CAPTION_A, CAPTION_B))
-    change = ((a - b).abs().max() / a.abs().max()).item()
-    print(f"semantic features, two captions: max |a - b| / max |a| = {change:.3g}")
-    assert change >= 1e-2
+    # The same figures from the shipped script, on the saved checkpoint loaded as remote code.
+    checkpoint = tmp_path / "checkpoint"
+    trainer.save_model(str(checkpoint))
+    trainer.processing_class.save_pretrained(str(checkpoint))
+    report = tmp_path / "effect.json"
+    assert caption_effect_script.main(["--model", str(checkpoint), "--dataset", captioned_dataset,
+                                       "--json", str(report)]) == 0
+    figures = json.loads(report.read_text())
+    print(figures)
+    for name, ratio in figures["modulation_size"].items():  # against a fresh init (seed 0), not this run's
+        assert ratio > 0.5, (name, ratio)
+    assert figures["caption_effect"]["semantic"]["two_captions"] >= 1e-2
+    assert figures["caption_effect"]["semantic"]["caption_vs_none"] >= 1e-2
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "{tmp}/missing", "--dataset", "{tmp}"], "--model {tmp}/missing: no config.json there"),
+    (["--model", "{demo}", "--dataset", "{tmp}"], "reads no captions"),
+    (["--model", "{demo}", "--dataset", "{tmp}", "--triples", "0"], "--triples must be >= 1, got 0"),
+])
+def test_caption_effect_script_bad_input_is_one_line(tmp_path, tiny_model, capsys, args, message):
+    demo = tmp_path / "demo"
+    tiny_model.save_pretrained(demo)
+    capsys.readouterr()  # the save's progress bar
+    argv = [a.format(tmp=tmp_path, demo=demo) for a in args]
+    assert caption_effect_script.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("next_caption_effect.py: error: ") and len(err.splitlines()) == 1
+    assert message.format(tmp=tmp_path) in err

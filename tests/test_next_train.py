@@ -131,7 +131,8 @@ def test_train_and_eval_scripts_serve_next(captioned_dataset, tmp_path):
     assert {"modeling_next.py", "modeling_demo.py", "configuration_next.py", "tokenizer.json"} <= {
         p.name for p in out.iterdir()}
     card = (out / "README.md").read_text()
-    assert "NEXT" in card and "Our reading of the paper's framework figure" in card and "not the authors'" in card
+    assert "NEXT" in card and "Our reading of the paper" in card and "not the authors'" in card
+    assert "IEEE Transactions on Information Forensics and Security" in card and "pages   = {8371--8384}" in card
     report_dir = tmp_path / "eval"
     assert eval_script.main(["--model", str(out), "--dataset", captioned_dataset, "--output", str(report_dir),
                              "--missing", "r,nt", "--visualize", "--no-progress"]) == 0
