@@ -86,11 +86,17 @@ class ReIDConfig(PretrainedConfig):
         initializer_range (`float`, *optional*, defaults to `0.02`):
             Standard deviation of the normal initialisation of the tower (and of the new layers with
             `head_init="normal"`); pretrained weights overwrite the tower's.
+        inference_features (`str | None`, *optional*, defaults to `None`):
+            The retrieval feature `embeddings`, one of the model's `inference_feature_choices`; None gives the first
+            (the model's default). DeMo: `"all"`, `"ori"`, `"moe"`; NEXT: `"final"`, `"all"` (each model's config
+            says what they are).
     """
 
     sub_configs = {"vision_config": AutoConfig}
     # model_type of the image-tower configs this model family can run (class attribute, not an option).
     tower_model_types = ("clip_vision_model", "vit")
+    # The retrieval features a model offers, its default first (class attribute; empty: any value is kept as is).
+    inference_feature_choices: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -102,6 +108,7 @@ class ReIDConfig(PretrainedConfig):
         sie_coefficient: float = 1.0,
         head_init: str = "pytorch",
         initializer_range: float = 0.02,
+        inference_features: str | None = None,
         **kwargs,
     ):
         # Older config.json files stored backbone_type; it is derived from the tower now and only has to agree.
@@ -127,6 +134,11 @@ class ReIDConfig(PretrainedConfig):
         self.sie_coefficient = float(sie_coefficient)
         self.head_init = head_init
         self.initializer_range = initializer_range
+        if self.inference_feature_choices:
+            if inference_features is None:
+                inference_features = self.inference_feature_choices[0]
+            check_choice("inference_features", inference_features, self.inference_feature_choices)
+        self.inference_features = inference_features
         if num_labels is not None:
             kwargs["num_labels"] = num_labels
         elif "id2label" not in kwargs:
@@ -163,7 +175,9 @@ class DeMoConfig(ReIDConfig):
     r"""
     Configuration of a [`DeMoModel`]: the image tower shared by the RGB, NIR and TIR images of a triple, followed by
     the Patch-Integrated Feature Extractor (PIFE), the Hierarchical Decoupling Module (HDM) and the
-    Attention-Triggered Mixture of Experts (ATMoE). The tower and head options are [`ReIDConfig`]'s; DeMo's own:
+    Attention-Triggered Mixture of Experts (ATMoE). The tower and head options are [`ReIDConfig`]'s, among them
+    the retrieval feature `inference_features`: `"all"` (default) = concat(f_R, f_N, f_T, the HDM / ATMoE feature),
+    `"ori"` = concat(f_R, f_N, f_T), `"moe"` = the HDM / ATMoE feature. DeMo's own:
 
     Args:
         use_pife (`bool`, *optional*, defaults to `True`):
@@ -183,12 +197,11 @@ class DeMoConfig(ReIDConfig):
             One BN-neck + classifier on concat(f_R, f_N, f_T), as the authors train; False gives one per modality.
         hdm_dropout (`float`, *optional*, defaults to `0.1`):
             Attention dropout of the HDM cross-attentions, the authors' value.
-        inference_features (`str`, *optional*, defaults to `"all"`):
-            The retrieval feature `embeddings`: `"ori"` = concat(f_R, f_N, f_T), `"moe"` = the HDM / ATMoE feature,
-            `"all"` = both concatenated.
+
     """
 
     model_type = "demo_reid"
+    inference_feature_choices = INFERENCE_FEATURES
 
     def __init__(
         self,
@@ -200,11 +213,9 @@ class DeMoConfig(ReIDConfig):
         gating: str = "attention",
         direct_classifier: bool = True,
         hdm_dropout: float = 0.1,
-        inference_features: str = "all",
         **kwargs,
     ):
         check_choice("gating", gating, GATING_TYPES)
-        check_choice("inference_features", inference_features, INFERENCE_FEATURES)
         if use_atmoe and not use_hdm:
             raise ValueError("use_atmoe=True needs use_hdm=True: the experts are the HDM's decoupled features")
         if not 0.0 <= hdm_dropout <= 1.0:
@@ -216,7 +227,6 @@ class DeMoConfig(ReIDConfig):
         self.gating = gating
         self.direct_classifier = bool(direct_classifier)
         self.hdm_dropout = float(hdm_dropout)
-        self.inference_features = inference_features
         super().__init__(**kwargs)
 
         if self.use_atmoe and self.feature_dim % self.atmoe_heads:

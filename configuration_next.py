@@ -3,9 +3,9 @@
 from transformers import AutoConfig, PretrainedConfig
 
 try:
-    from .configuration_demo import ReIDConfig, parse_tower_config, positive_int
+    from .configuration_demo import ReIDConfig, check_choice, parse_tower_config, positive_int
 except ImportError:  # imported as a top-level module from a checkout
-    from configuration_demo import ReIDConfig, parse_tower_config, positive_int
+    from configuration_demo import ReIDConfig, check_choice, parse_tower_config, positive_int
 
 # Shapes of OpenAI CLIP ViT-B/16's text tower (CLIPTextConfig's defaults, written out so they do not drift).
 CLIP_B16_TEXT_SHAPES = dict(
@@ -18,6 +18,11 @@ CLIP_B16_TEXT_SHAPES = dict(
     projection_dim=512,
     hidden_act="quick_gelu",
 )
+# Choices of NEXT's switches; the first of each is the default (docs/next.md says where each comes from).
+SEMANTIC_EXPERT_FORMS = ("token_mlp", "attention_pool")
+SALIENCY_TYPES = ("router", "cls_dot")
+NEXT_INFERENCE_FEATURES = ("final", "all")
+SUPERVISED_HEADS = ("final", "all")
 
 
 class NextConfig(ReIDConfig):
@@ -25,7 +30,10 @@ class NextConfig(ReIDConfig):
     Configuration of a [`NextModel`]: one CLIP image tower shared by the RGB, NIR and TIR images of a triple, a frozen
     CLIP text tower for the captions, Text-Modulated Semantic Experts (TMSE), Context-Shared Structure Experts (CSSE)
     and Multi-Grained Feature Aggregation (MGFA). The image tower and head options are [`ReIDConfig`]'s (the tower
-    must be CLIP's: text and patches are compared in its projection space); NEXT's own:
+    must be CLIP's: text and patches are compared in its projection space), among them the retrieval feature
+    `inference_features`: `"final"` (default; every abstract: MGFA yields "the final identity representations") =
+    the MGFA output, concat(semantic, structure); `"all"` (our earlier choice, after DeMo's) = concat(class tokens,
+    final). NEXT's own:
 
     Args:
         text_config (`dict | PretrainedConfig | None`, *optional*, defaults to `None`):
@@ -40,9 +48,30 @@ class NextConfig(ReIDConfig):
             Soft-MoE slots each structure expert processes (our choice; the figure shows no slots).
         tokens_per_expert (`int`, *optional*, defaults to `16`):
             k, the patches each semantic expert keeps per modality (3k tokens in all); at most the patches per image.
-        caption_sentences_per_expert (`int`, *optional*, defaults to `2`):
-            Sentences of each modality's caption a semantic expert reads in training (drawn by the data collator;
-            evaluation reads the whole caption).
+        semantic_expert (`str`, *optional*, defaults to `"token_mlp"`):
+            Form of a TMSE expert. `"token_mlp"` (reported: a review of arXiv v3): E(F) = Dropout(MLP(LN(F))) + F
+            applied to each of the expert's 3k sampled tokens, whose selection-weighted mean is the expert's feature
+            s_e (the mean is ours). `"attention_pool"` (our earlier form): a learned per-expert query attends to the
+            3k tokens, then a residual pre-norm MLP. Either way the selection weights k * softmax(gamma) multiply the
+            tokens after every LayerNorm, so the text modulation gets gradients.
+        semantic_expert_dropout (`float`, *optional*, defaults to `0.1`):
+            Dropout on the output of each semantic expert's MLP, before its residual (reported: a review of arXiv v3
+            names the dropout; 0.1, the rate of DeMo's HDM, is ours, no rate being reported). 0: no dropout, as
+            the earlier experts.
+        saliency (`str`, *optional*, defaults to `"router"`):
+            The saliency alpha_m over a modality's patches. `"router"` (reported: a review of arXiv v3, per-modality
+            "sampling paths" R_rgb, R_nir, R_tir): softmax over the patches of a learned score w_m . LN(F_m,i), one
+            router per modality shared by the experts. `"cls_dot"` (ours, parameter-free): softmax of the scaled
+            class-token-to-patch dot product R_m . F_m,i / sqrt(C).
+        supervised_heads (`str`, *optional*, defaults to `"final"`):
+            Features with a BN-neck, classifier and ID + triplet loss. `"final"` (figure: one ID + triplet box fed by
+            the two MGFA outputs): the final feature only. `"all"` (our earlier choice): `cls`, `semantic`,
+            `structure` and `final`.
+        caption_sentences_per_expert (`int | None`, *optional*, defaults to `None`):
+            Sentences of each modality's caption a semantic expert reads in training (the data collator draws them;
+            evaluation reads the whole caption). None (figure: its example highlights about 2, 2 and 4 of 5
+            sentences): a count drawn uniformly in [1, n] per expert and modality, n the caption's sentences. An int:
+            that fixed count (our earlier choice: 2).
         use_tmse (`bool`, *optional*, defaults to `True`):
             Build the semantic experts (the only branch that reads text); an ablation switch.
         use_csse (`bool`, *optional*, defaults to `True`):
@@ -53,6 +82,7 @@ class NextConfig(ReIDConfig):
     """
 
     model_type = "next_reid"
+    inference_feature_choices = NEXT_INFERENCE_FEATURES
     sub_configs = {"vision_config": AutoConfig, "text_config": AutoConfig}
     tower_model_types = ("clip_vision_model",)
 
@@ -64,7 +94,11 @@ class NextConfig(ReIDConfig):
         num_structure_experts: int = 3,
         structure_slots_per_expert: int = 4,
         tokens_per_expert: int = 16,
-        caption_sentences_per_expert: int = 2,
+        semantic_expert: str = "token_mlp",
+        semantic_expert_dropout: float = 0.1,
+        saliency: str = "router",
+        supervised_heads: str = "final",
+        caption_sentences_per_expert: int | None = None,
         use_tmse: bool = True,
         use_csse: bool = True,
         use_text: bool = True,
@@ -75,7 +109,22 @@ class NextConfig(ReIDConfig):
         self.num_structure_experts = positive_int("num_structure_experts", num_structure_experts)
         self.structure_slots_per_expert = positive_int("structure_slots_per_expert", structure_slots_per_expert)
         self.tokens_per_expert = positive_int("tokens_per_expert", tokens_per_expert)
-        self.caption_sentences_per_expert = positive_int("caption_sentences_per_expert", caption_sentences_per_expert)
+        for name, value, choices in (
+            ("semantic_expert", semantic_expert, SEMANTIC_EXPERT_FORMS),
+            ("saliency", saliency, SALIENCY_TYPES),
+            ("supervised_heads", supervised_heads, SUPERVISED_HEADS),
+        ):
+            check_choice(name, value, choices)
+        if isinstance(semantic_expert_dropout, bool) or not 0.0 <= semantic_expert_dropout < 1.0:
+            raise ValueError(f"semantic_expert_dropout must be a probability in [0, 1), got {semantic_expert_dropout!r}")
+        self.semantic_expert = semantic_expert
+        self.semantic_expert_dropout = float(semantic_expert_dropout)
+        self.saliency = saliency
+        self.supervised_heads = supervised_heads
+        self.caption_sentences_per_expert = (
+            None if caption_sentences_per_expert is None
+            else positive_int("caption_sentences_per_expert", caption_sentences_per_expert)
+        )
         self.use_tmse = bool(use_tmse)
         self.use_csse = bool(use_csse)
         self.use_text = bool(use_text)
@@ -106,9 +155,23 @@ class NextConfig(ReIDConfig):
         return super().from_backbone_config(backbone_config, text_config=backbone_config, **kwargs)
 
     @property
+    def branch_names(self) -> tuple[str, ...]:
+        """The enabled expert branches, in the order of the final feature."""
+        return tuple(name for name, used in (("semantic", self.use_tmse), ("structure", self.use_csse)) if used)
+
+    @property
+    def head_names(self) -> tuple[str, ...]:
+        """The supervised features (`logits` / `features` keys), in order. With `supervised_heads="all"`, `final` is
+        supervised only with both branches (with one it would duplicate that branch's head)."""
+        if self.supervised_heads == "final":
+            return ("final",)
+        branches = self.branch_names
+        return ("cls", *branches, *(("final",) if len(branches) == 2 else ()))
+
+    @property
     def uses_text(self) -> bool:
         """Whether captions reach the model: only the semantic experts read text."""
         return self.use_text and self.use_tmse
 
 
-__all__ = ["NextConfig"]
+__all__ = ["NextConfig", "SEMANTIC_EXPERT_FORMS", "SALIENCY_TYPES", "NEXT_INFERENCE_FEATURES", "SUPERVISED_HEADS"]

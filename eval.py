@@ -20,6 +20,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run from a plain checkout too
 
 from demo_reid.errors import UsageError, run_cli  # noqa: E402
+from demo_reid.output_paths import check_output_dir  # noqa: E402
+
+# The rank-list picture has one row per query: 64 rows of 96 px cells stay a readable page (about 6,200 px high).
+MAX_VISUALIZED_QUERIES = 64
 
 def parse_args(argv=None) -> argparse.Namespace:
     from demo_reid.evaluation.protocol import MISSING_SETTINGS
@@ -51,7 +55,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--output", default=None, help="output directory (default: <model>/eval)")
     parser.add_argument("--visualize", action="store_true",
                         help="write rank-list, expert-weight and feature-map PNGs (t-SNE; PCA without scikit-learn)")
-    parser.add_argument("--num-visualize", type=int, default=4, help="queries shown in the rank-list picture")
+    parser.add_argument("--num-visualize", type=int, default=4,
+                        help=f"queries shown in the rank-list picture (1 to {MAX_VISUALIZED_QUERIES})")
     parser.add_argument("--no-complexity", action="store_true", help="skip the parameter / MAC count")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     args = parser.parse_args(argv)
@@ -66,6 +71,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.missing = list(MISSING_SETTINGS)
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if not 1 <= args.num_visualize <= MAX_VISUALIZED_QUERIES:
+        raise UsageError(f"--num-visualize {args.num_visualize}: expected 1 to {MAX_VISUALIZED_QUERIES} queries (one "
+                         "row each in the rank-list picture)")
+    # before the feature extraction: the report's folder must be a writable folder
+    check_output_dir(args.output if args.output else Path(args.model).expanduser() / "eval", "--output")
     return args
 
 
@@ -212,6 +222,8 @@ def run(args) -> dict:
         "model": str(args.model),
         "dataset": str(args.dataset),
         "num_query": len(query),
+        # queries without a true match in the gallery (outside their own camera / scene) are not ranked
+        "num_valid_queries": results[args.features or query.headline]["num_valid_queries"],
         "num_gallery": len(gallery),
         "protocol": choose_protocol(query.sceneids, gallery.sceneids),
         "distance": args.distance,

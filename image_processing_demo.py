@@ -28,7 +28,9 @@ class DeMoImageProcessor(PilBackend):
     `pixel_values` of shape `(batch_size, 3, 3, height, width)` and `modality_mask` of shape `(batch_size, 3)`.
 
     Each image may be a PIL image, a NumPy array or a torch tensor (channels first or last, values in [0, 255];
-    for floats already in [0, 1] pass `do_rescale=False`, as with any HF image processor). Grey images are repeated
+    for floats already in [0, 1] pass `do_rescale=False`, as with any HF image processor). 16 / 32-bit images
+    (thermal PNG / TIFF, integer arrays wider than 8 bits) are scaled to 8 bits by their own min and max, as the
+    training data was. Grey images are repeated
     to three channels, as the evaluation transform converts them to RGB. A modality that is missing is given as `None`:
     its slot in `pixel_values` is zero and its `modality_mask` entry is `False`, which the model reads as
     "missing" (paper Tables 3-4).
@@ -63,7 +65,7 @@ class DeMoImageProcessor(PilBackend):
             kwargs: the usual image-processor overrides (`size`, `resample`, `image_mean`, ...).
         """
         triples = _as_triples(images)
-        present = [_with_channels(image) for triple in triples for image in triple if image is not None]
+        present = [_with_channels(_to_8bit(image)) for triple in triples for image in triple if image is not None]
         if not present:
             raise ValueError("every modality of every sample is None: give at least one image")
         kwargs["return_tensors"] = None  # the per-image arrays are stacked below, with zeros for missing modalities
@@ -82,11 +84,48 @@ class DeMoImageProcessor(PilBackend):
                     modality_mask[i, m] = True
         data = {"pixel_values": pixel_values, "modality_mask": modality_mask}
         if camera_ids is not None:
-            cams = np.atleast_1d(np.asarray(camera_ids, dtype=np.int64))
+            cams = np.atleast_1d(np.asarray(camera_ids))
+            if cams.dtype == bool or not (np.issubdtype(cams.dtype, np.integer) or (
+                    np.issubdtype(cams.dtype, np.floating) and np.isfinite(cams).all() and (cams == np.round(cams)).all())):
+                raise ValueError(f"camera_ids: expected integer camera indices, got {np.asarray(camera_ids).tolist()}")
+            cams = cams.astype(np.int64)
             if cams.shape != (len(triples),):
                 raise ValueError(f"camera_ids: expected one id per sample ({len(triples)}), got {cams.tolist()}")
             data["camera_ids"] = cams
         return BatchFeature(data=data, tensor_type=return_tensors)
+
+
+# More than 8 bits per pixel (thermal cameras write 16-bit PNG / TIFF): PIL modes and integer array types.
+HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def _to_8bit(image: Any) -> Any:
+    """A 16 / 32-bit image -> 8 bits by its own min and max (the rule of the training data, demo_reid/data/pixels.py:
+    linear like a thermal viewer's automatic gain; clipping at 255 would turn a thermal frame white). PIL images of
+    a high-bit mode and integer arrays / tensors wider than 8 bits are scaled; 8-bit and float inputs pass."""
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
+        if image.mode not in HIGH_BIT_MODES:
+            return image
+        return Image.fromarray(_rescale(np.asarray(image)), mode="L")
+    if hasattr(image, "detach"):  # a torch tensor
+        if image.dtype.is_floating_point or image.dtype.itemsize == 1:
+            return image
+        image = image.detach().cpu().numpy()
+    if isinstance(image, np.ndarray) and np.issubdtype(image.dtype, np.integer) and image.dtype.itemsize > 1:
+        return _rescale(image)
+    return image
+
+
+def _rescale(values: np.ndarray) -> np.ndarray:
+    values = np.asarray(values, dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise ValueError("images: an image holds NaN or infinite pixel values")
+    low, high = float(values.min()), float(values.max())
+    if high <= low:
+        return np.zeros(values.shape, dtype=np.uint8)
+    return np.round((values - low) * (255.0 / (high - low))).astype(np.uint8)
 
 
 def _with_channels(image: Any) -> Any:

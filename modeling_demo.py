@@ -498,6 +498,18 @@ class ReIDPreTrainedModel(PreTrainedModel):
         super().post_init()
         self.train(self.training)  # frozen submodules are frozen from the start, not only after a train() / eval()
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`; a cut-short or damaged safetensors file is an OSError naming the
+        folder (the safetensors reader's own error names no file)."""
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except Exception as exc:
+            if type(exc).__name__ != "SafetensorError":
+                raise
+            raise OSError(f"{pretrained_model_name_or_path}: the safetensors weights are incomplete or corrupt "
+                          f"({exc})") from exc
+
     def train(self, mode: bool = True):
         """As `nn.Module.train`, but the submodules of `_frozen_modules` stay in eval mode and frozen.
 
@@ -587,6 +599,17 @@ class ReIDPreTrainedModel(PreTrainedModel):
                 raise ValueError(
                     f"modality_mask must have shape ({batch}, 3) (RGB, NIR, TIR), got {tuple(modality_mask.shape)}"
                 )
+        # Value checks read the tensors (a host sync): eager calls only, never while compiling or exporting.
+        if is_tracing():
+            return
+        if modality_mask is not None and not bool(modality_mask.any(dim=1).all()):
+            empty = (~modality_mask.any(dim=1)).nonzero().flatten().tolist()
+            raise ValueError(f"modality_mask marks no modality present for sample(s) {empty[:8]}: every sample needs "
+                             "at least one of RGB, NIR, TIR (an embedding of nothing is no embedding)")
+        if not bool(torch.isfinite(pixel_values).all()):
+            bad = (~torch.isfinite(pixel_values)).flatten(1).any(dim=1).nonzero().flatten().tolist()
+            raise ValueError(f"pixel_values holds NaN or infinite values (sample(s) {bad[:8]}); check the images and "
+                             "their normalisation")
 
     @torch.no_grad()
     def _init_weights(self, module):

@@ -1,14 +1,17 @@
-"""NEXT (arXiv 2505.20001): multi-grained mixture of experts via text modulation, for RGB / NIR / TIR object ReID.
+"""NEXT (IEEE TIFS 2026, arXiv 2505.20001): multi-grained mixture of experts via text modulation, for RGB / NIR /
+TIR object ReID.
 
-The authors have not released code: this is our reading of the paper's framework figure (Fig. 3). What the figure
-shows: one learnable CLIP image tower for the three modalities; a frozen CLIP text tower of which only the sentence
-embedding is used; Text-Modulated Semantic Experts (TMSE) that pick the top-k patches of each modality by
-"saliency alpha + FC(act(FC([beta_rgb, beta_nir, beta_tir])))", beta being the cosine between an expert's caption
-embedding and the patches; Context-Shared Structure Experts (CSSE) behind one soft router shared by the modalities;
-and Multi-Grained Feature Aggregation (MGFA), where the three class tokens cross-attend to each expert group.
-Everything else (the similarity behind alpha, the activation, how gradients pass the top-k, the expert internals,
-Soft-MoE slots, the retrieval feature, the "no text" embedding) is our choice, stated where it is made and
-collected in docs/next.md.
+The authors have not released code: this is our reading of the paper's framework figure (Fig. 3) and of the few
+facts secondary sources report (a review of arXiv v3, readers' notes on arXiv v5). What the figure shows: one
+learnable CLIP image tower for the three modalities; a frozen CLIP text tower of which only the sentence embedding
+is used; Text-Modulated Semantic Experts (TMSE) that pick the top-k patches of each modality by "saliency alpha +
+FC(act(FC([beta_rgb, beta_nir, beta_tir])))", beta being the cosine between an expert's caption embedding and the
+patches; Context-Shared Structure Experts (CSSE) behind one soft router shared by the modalities; Multi-Grained
+Feature Aggregation (MGFA), where the three class tokens cross-attend to each expert group, giving the final
+feature that is supervised and ranked. Reported: per-modality sampling routers for alpha, experts of the form
+Dropout(MLP(LN(F))) + F, the text encoder at inference. Everything else (the gradient path through the top-k, how
+the expert tokens reach MGFA, Soft-MoE slots, the "no text" embedding, ...) is our choice, stated where it is made
+and collected in docs/next.md; the earlier choices stay reachable as config switches.
 
 The image tower, its SIE, the position-table resize, the BN-neck heads, the image input checks and the new-layer
 init are those every ReID model here shares (`ReIDPreTrainedModel` in modeling_demo.py, which `save_pretrained`
@@ -47,9 +50,6 @@ except ImportError:  # imported as top-level modules from a checkout
         is_tracing,
     )
 
-# Supervised heads, in the order of `logits` / `features`; heads of disabled branches are left out.
-HEAD_NAMES = ("cls", "semantic", "structure", "final")
-
 
 @dataclass
 class NextModelOutput(ModelOutput):
@@ -58,17 +58,20 @@ class NextModelOutput(ModelOutput):
 
     Args:
         embeddings (`torch.FloatTensor` of shape `(batch_size, D)`):
-            The retrieval feature: concat(class tokens (3C), MGFA output (3C per enabled expert branch)), i.e.
-            concat(cls, final) = 9C with both branches. Our choice: the figure does not say what is ranked; keeping
-            the class tokens beside the experts' feature follows DeMo's "all" feature.
+            The retrieval feature, `feature_sets[config.inference_features]`: by default `"final"`, the MGFA output
+            (6C with both branches; the abstracts' "final identity representations"), or `"all"` = concat(class
+            tokens, final) (9C; our earlier choice, after DeMo's "all" feature).
         logits (`dict[str, torch.FloatTensor]`):
             Identity logits (batch_size, num_labels) per supervised head, keyed as `features`.
         features (`dict[str, torch.FloatTensor]`):
-            The supervised features, same keys in the same order as `logits`: `"cls"` (concat of the three class
-            tokens, 3C), `"semantic"` (TMSE after MGFA, 3C), `"structure"` (CSSE after MGFA, 3C) and `"final"`
-            (concat(semantic, structure), 6C, present only with both branches). ID + triplet loss apply to each.
+            The supervised features (`config.head_names`), same keys in the same order as `logits`; ID + triplet
+            loss apply to each. By default only `"final"` (the figure's one ID + triplet box); with
+            `supervised_heads="all"` also `"cls"` (concat of the three class tokens, 3C), `"semantic"` (TMSE after
+            MGFA, 3C) and `"structure"` (CSSE after MGFA, 3C), `"final"` then present only with both branches.
         feature_sets (`dict[str, torch.FloatTensor]`):
-            Named retrieval rows for evaluation: the entries of `features` plus `"all"` (= `embeddings`).
+            Every named retrieval row evaluation reports: `"cls"`, `"semantic"` and `"structure"` (enabled branches
+            only), `"final"` (the MGFA output of the enabled branches; the class tokens without any) and `"all"`
+            (concat(cls, the enabled branches)).
         expert_weights (`torch.FloatTensor` of shape `(batch_size, 1, num_structure_experts)`, *optional*):
             Share of the 3n patch tokens each structure expert receives (Soft-MoE combine weights summed over its
             slots and averaged over tokens; sums to 1). `None` without CSSE.
@@ -129,14 +132,37 @@ class NextExpertMLP(nn.Module):
         return self.fc2(self.act(self.fc1(hidden_states)))
 
 
-class NextExpertAttentionPool(nn.Module):
-    """Pools each expert's tokens to one vector: a learned per-expert query attends to them, then a residual MLP.
+class NextTokenExperts(nn.Module):
+    """`semantic_expert="token_mlp"` (reported form, a review of arXiv v3): E(F) = Dropout(MLP(LN(F))) + F applied
+    to each of an expert's sampled tokens, then their selection-weighted mean (ours) is the expert's feature s_e.
 
-    `(B, E, T, C)` -> `(B, E, C)`. Pre-norm layout (LayerNorm on the tokens and before the MLP), residual from the
-    query; one attention layer, as the issue asks. Heads per `attention_heads`.
+    `(B, E, T, C)` tokens and `(B, E, T)` selection weights -> `(B, E, C)`. The weights multiply the expert's output
+    tokens, after every normalisation: weighting the input tokens instead would leave the weight only in the
+    residual, and a LayerNorm erases any per-token scale, with it the only gradient the selection scores (hence the
+    text modulation) receive. One LayerNorm for all experts: its affine part folds into each expert's first FC.
     """
 
-    def __init__(self, num_experts: int, dim: int):
+    def __init__(self, num_experts: int, dim: int, dropout: float):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.mlp = NextExpertMLP(num_experts, dim, dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, tokens: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        expert_tokens = tokens + self.dropout(self.mlp(self.norm(tokens)))
+        return (expert_tokens * weights.unsqueeze(-1)).mean(dim=2)
+
+
+class NextExpertAttentionPool(nn.Module):
+    """`semantic_expert="attention_pool"` (ours): a learned per-expert query attends to the expert's tokens, then a
+    residual pre-norm MLP (Dropout on its output, as the token experts).
+
+    `(B, E, T, C)` tokens and `(B, E, T)` selection weights -> `(B, E, C)`. Pre-norm layout, residual from the
+    query, heads per `attention_heads`. The weights multiply the tokens after their LayerNorm (which would erase a
+    per-token scale applied before it, and with it the selection scores' gradient).
+    """
+
+    def __init__(self, num_experts: int, dim: int, dropout: float):
         super().__init__()
         self.num_heads = attention_heads(dim)
         self.query = nn.Parameter(torch.zeros(num_experts, dim))
@@ -147,12 +173,13 @@ class NextExpertAttentionPool(nn.Module):
         self.out_proj = NextExpertLinear(num_experts, dim, dim)
         self.mlp_norm = nn.LayerNorm(dim)
         self.mlp = NextExpertMLP(num_experts, dim, dim)
+        self.dropout = nn.Dropout(dropout)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         batch, experts, length, dim = tokens.shape
         heads = self.num_heads
         query = self.query.to(tokens.dtype).view(1, experts, 1, dim)
-        normed = self.token_norm(tokens)
+        normed = self.token_norm(tokens) * weights.unsqueeze(-1)
 
         def split(x):  # (b, E, T, C) -> (b * E, heads, T, C / heads)
             return x.reshape(x.shape[0] * experts, x.shape[2], heads, dim // heads).transpose(1, 2)
@@ -161,24 +188,44 @@ class NextExpertAttentionPool(nn.Module):
         attended = F.scaled_dot_product_attention(q, split(self.k_proj(normed)), split(self.v_proj(normed)))
         attended = attended.transpose(1, 2).reshape(batch, experts, 1, dim)
         pooled = query + self.out_proj(attended)
-        pooled = pooled + self.mlp(self.mlp_norm(pooled))
+        pooled = pooled + self.dropout(self.mlp(self.mlp_norm(pooled)))
         return pooled.squeeze(2)
 
 
+class NextSamplingRouters(nn.Module):
+    """`saliency="router"` (reported: a review of arXiv v3 names per-modality sampling paths R_rgb, R_nir, R_tir):
+    alpha_m = softmax over modality m's patches of w_m . LN(F_m,i), one learned router per modality.
+
+    `(B, 3, n, C)` -> `(B, 3, n)`. A LayerNorm without affine parameters and a bias-free Linear(C -> 1): the affine
+    part would fold into the Linear, and a bias is a constant under the softmax over patches. One router per
+    modality, shared by the experts (ours): the figure draws one sigma per class token, and the experts already
+    differ by their own text modulation.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.score = NextExpertLinear(len(MODALITIES), dim, 1, bias=False)
+
+    def forward(self, patch_tokens: torch.Tensor) -> torch.Tensor:
+        normed = F.layer_norm(patch_tokens, patch_tokens.shape[-1:])
+        return self.score(normed).squeeze(-1).softmax(dim=-1)
+
+
 class NextSemanticExperts(nn.Module):
-    """TMSE: N_s experts, each choosing 3k patches by saliency + its caption's relevance, pooled to s_e (C).
+    """TMSE: N_s experts, each choosing 3k patches by saliency + its caption's relevance, reduced to s_e (C).
 
     For expert e and modality m (n patches F_m, class token R_m):
-    - alpha_m = softmax_i(R_m . F_m,i / sqrt(C)), the class token's attention over the patches (the figure says
-      "saliency from the CLS token"; scaled dot product is our choice of similarity);
+    - alpha_m, the saliency: a learned sampling router per modality (`NextSamplingRouters`, reported) or the class
+      token's scaled dot-product attention over the patches (`saliency="cls_dot"`, ours);
     - beta_e,m,i = cos(t_e,m, F_m,i), t_e,m the expert's caption embedding of modality m, or its learned "no text"
       embedding (one per expert and modality; our choice) when there is no caption;
     - gamma_e = alpha + FC(QuickGELU(FC([beta_e,rgb, beta_e,nir, beta_e,tir]))) over the 3n concatenated positions,
       one modulation network per expert (our choice: experts given the same caption still look at different
       patches), FC widths 3n -> 3n -> 3n;
-    - the top-k patches of each modality by gamma are scaled by k * softmax(gamma over those k) (our choice: weights
-      average 1, so selection starts near identity, and gamma, hence alpha and the modulation, get gradients);
-    - the 3k tokens are pooled by `NextExpertAttentionPool` to s_e.
+    - the top-k patches of each modality by gamma are weighted by k * softmax(gamma over those k) (our choice:
+      weights average 1, and gamma, hence alpha and the modulation, get gradients through them);
+    - the 3k tokens and their weights go through the expert (`NextTokenExperts` or `NextExpertAttentionPool`),
+      which applies the weights after its normalisations.
     """
 
     def __init__(self, config: NextConfig):
@@ -190,7 +237,16 @@ class NextSemanticExperts(nn.Module):
         self.num_patches = rows * cols
         self.no_text_embedding = nn.Parameter(torch.zeros(self.num_experts, len(MODALITIES), dim))
         self.modulation = NextExpertMLP(self.num_experts, len(MODALITIES) * self.num_patches, 3 * self.num_patches)
-        self.pool = NextExpertAttentionPool(self.num_experts, dim)
+        self.routers = NextSamplingRouters(dim) if config.saliency == "router" else None
+        expert_class = NextTokenExperts if config.semantic_expert == "token_mlp" else NextExpertAttentionPool
+        self.experts = expert_class(self.num_experts, dim, config.semantic_expert_dropout)
+
+    def saliency(self, cls_tokens: torch.Tensor, patch_tokens: torch.Tensor) -> torch.Tensor:
+        """alpha (B, 3, n): each modality's saliency over its patches, summing to 1."""
+        if self.routers is not None:
+            return self.routers(patch_tokens)
+        dim = patch_tokens.shape[-1]
+        return (torch.einsum("bmc,bmnc->bmn", cls_tokens, patch_tokens) * dim**-0.5).softmax(dim=-1)
 
     def forward(
         self,
@@ -203,7 +259,7 @@ class NextSemanticExperts(nn.Module):
         (B, N_s or 1, 3) -> (s (B, N_s, C), selected patch indices (B, N_s, 3, k))."""
         batch, modalities, patches, dim = patch_tokens.shape
         experts, k = self.num_experts, self.tokens_per_expert
-        saliency = (torch.einsum("bmc,bmnc->bmn", cls_tokens, patch_tokens) * dim**-0.5).softmax(dim=-1)
+        saliency = self.saliency(cls_tokens, patch_tokens)
 
         text = self.no_text_embedding.to(patch_tokens.dtype).expand(batch, -1, -1, -1)
         if text_embeds is not None:
@@ -215,12 +271,12 @@ class NextSemanticExperts(nn.Module):
         scores = saliency.unsqueeze(1) + modulation.view(batch, experts, modalities, patches)
 
         top_scores, top_index = scores.topk(k, dim=-1)  # (B, E, 3, k)
-        weights = k * top_scores.softmax(dim=-1)
+        weights = (k * top_scores.softmax(dim=-1)).reshape(batch, experts, modalities * k)
         offsets = (torch.arange(batch, device=top_index.device) * modalities).view(batch, 1, 1, 1)
         offsets = (offsets + torch.arange(modalities, device=top_index.device).view(1, 1, modalities, 1)) * patches
         selected = patch_tokens.reshape(-1, dim)[top_index + offsets]  # (B, E, 3, k, C)
-        selected = (selected * weights.unsqueeze(-1)).reshape(batch, experts, modalities * k, dim)
-        return self.pool(selected), top_index
+        selected = selected.reshape(batch, experts, modalities * k, dim)
+        return self.experts(selected, weights), top_index
 
 
 class NextStructureExperts(nn.Module):
@@ -281,18 +337,15 @@ class NextModel(ReIDPreTrainedModel):
         if config.uses_text:
             self.text_tower = CLIPTextModelWithProjection(config.text_config)
         heads = attention_heads(dim)
-        head_dims = {"cls": 3 * dim}
         if config.use_tmse:
             self.semantic_experts = NextSemanticExperts(config)
             self.semantic_aggregation = nn.MultiheadAttention(dim, heads, batch_first=True)
-            head_dims["semantic"] = 3 * dim
         if config.use_csse:
             self.structure_experts = NextStructureExperts(config)
             self.structure_aggregation = nn.MultiheadAttention(dim, heads, batch_first=True)
-            head_dims["structure"] = 3 * dim
-        if config.use_tmse and config.use_csse:
-            head_dims["final"] = 6 * dim
-        self.build_heads(head_dims)
+        final_dim = 3 * dim * max(1, len(config.branch_names))
+        dims = {"cls": 3 * dim, "semantic": 3 * dim, "structure": 3 * dim, "final": final_dim}
+        self.build_heads({name: dims[name] for name in config.head_names})
         self.post_init()
 
     @torch.no_grad()
@@ -444,30 +497,31 @@ class NextModel(ReIDPreTrainedModel):
         self._check_inputs(pixel_values, camera_ids, modality_mask, input_ids, attention_mask)
         cls_tokens, patch_tokens = self.encode_images(pixel_values, camera_ids, modality_mask)
 
-        features = {"cls": cls_tokens.flatten(1)}
+        rows = {"cls": cls_tokens.flatten(1)}
         semantic = structure = expert_weights = selected = None
         if self.config.use_tmse:
             text_embeds, has_text = self._caption_embeddings(input_ids, attention_mask, modality_mask)
             semantic, selected = self.semantic_experts(cls_tokens, patch_tokens, text_embeds, has_text)
             # MGFA: the three class tokens query the semantic experts.
             aggregated, _ = self.semantic_aggregation(cls_tokens, semantic, semantic, need_weights=False)
-            features["semantic"] = aggregated.flatten(1)
+            rows["semantic"] = aggregated.flatten(1)
         if self.config.use_csse:
             structure, routing = self.structure_experts(patch_tokens)
             aggregated, _ = self.structure_aggregation(cls_tokens, structure, structure, need_weights=False)
-            features["structure"] = aggregated.flatten(1)
+            rows["structure"] = aggregated.flatten(1)
             expert_weights = routing.unsqueeze(1)
-        if "semantic" in features and "structure" in features:
-            features["final"] = torch.cat([features["semantic"], features["structure"]], dim=-1)
+        branches = [rows[name] for name in self.config.branch_names]
+        # The MGFA output; without any expert branch (the baseline ablation) the class tokens stand in for it.
+        rows["final"] = torch.cat(branches, dim=-1) if branches else rows["cls"]
+        rows["all"] = torch.cat([rows["cls"], *branches], dim=-1)
+        features = {name: rows[name] for name in self.config.head_names}
         logits = self.head_logits(features)
-
-        branches = [features[name] for name in ("semantic", "structure") if name in features]
-        embeddings = torch.cat([features["cls"], *branches], dim=-1)
+        embeddings = rows[self.config.inference_features]
         return NextModelOutput(
             embeddings=embeddings,
             logits=logits,
             features=features,
-            feature_sets={**features, "all": embeddings},
+            feature_sets=rows,
             expert_weights=expert_weights,
             semantic_expert_features=semantic,
             structure_expert_features=structure,
@@ -513,4 +567,4 @@ class NextModel(ReIDPreTrainedModel):
 NextConfig.register_for_auto_class()
 NextModel.register_for_auto_class("AutoModel")
 
-__all__ = ["NextModel", "NextModelOutput", "HEAD_NAMES"]
+__all__ = ["NextModel", "NextModelOutput"]

@@ -3,13 +3,17 @@
 docs/interfaces.md (``python train.py --help``; docs/training.md).
 
 Bad input (unknown preset, option or backbone, missing dataset, incompatible flags, an output directory holding a
-previous run) is reported in one line naming the argument, with exit status 2, before anything is written.
+previous run, in use by another run, or not writable) is reported in one line naming the argument, with exit status
+2, before anything is written; so is a full disk. SIGTERM (and the signals of --checkpoint-on-signal) finish the
+step, write a complete checkpoint and exit with 128 + the signal number; Ctrl-C is one line, status 130.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -111,8 +115,9 @@ def build_trainer(run: TrainRun):
     from demo_reid.hub.checkpoint_files import attach_pipeline
     from demo_reid.hub.factory import ModelRecipe
     from demo_reid.hub.processors import build_processor
-    from demo_reid.training.checkpoints import clear_previous_run, resolve_resume
+    from demo_reid.training.checkpoints import resolve_resume
     from demo_reid.training.losses import ReIDLoss
+    from demo_reid.training.preemption import PreemptionCallback
     from demo_reid.training.options import parse_overrides
     from demo_reid.training.profiling import ProfilerCallback, make_deterministic
     from demo_reid.training.run_info import RunInfoCallback, collect_run_info
@@ -135,14 +140,16 @@ def build_trainer(run: TrainRun):
     (enable_full_determinism if training.deterministic else set_seed)(training.seed)
 
     dsdict, dataset_path = load_data(run)
+    num_identities = len(set(dsdict["train"]["label"]))
+    if training.num_identities > num_identities:
+        raise UsageError(f"--num-identities {training.num_identities} (P, identities per batch): the train split of "
+                         f"{dataset_path} has {num_identities} identities; use at most {num_identities}")
     tokenizer = recipe.tokenizer(dsdict["train"])
     num_cameras = 1 + max(max(dsdict[s]["camid"]) for s in ("train", "query", "gallery"))
-    model = recipe.build(recipe.config(len(set(dsdict["train"]["label"])), num_cameras, script.image_size, tokenizer))
+    model = recipe.build(recipe.config(num_identities, num_cameras, script.image_size, tokenizer))
     attach_pipeline(model.config)  # pipeline("image-feature-extraction", model=<any checkpoint>, trust_remote_code=True)
     if training.deterministic:
         make_deterministic(model)  # math SDPA only: the fused attention kernels vary run to run
-    if script.overwrite_output_dir and training.process_index == 0:
-        clear_previous_run(training.output_dir)
     run_info = collect_run_info(
         {"script": asdict(script), "training": training.to_dict(), "model_options": options, "loss": run.loss,
          "augment": run.augment},
@@ -155,7 +162,8 @@ def build_trainer(run: TrainRun):
         eval_dataset={"query": dsdict["query"], "gallery": dsdict["gallery"]},
         loss=loss,
         augment=augment,
-        callbacks=[RunInfoCallback(run_info), *([ProfilerCallback()] if script.profile else [])],
+        callbacks=[RunInfoCallback(run_info), *([ProfilerCallback()] if script.profile else []),
+                   PreemptionCallback(script.checkpoint_on_signal)],
         processing_class=build_processor(model.config, tokenizer),  # saved with every checkpoint and the final model
     )
     if training.push_to_hub:
@@ -171,12 +179,53 @@ def build_trainer(run: TrainRun):
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """Train, evaluate and save one run; the output directory is locked for it (one run per directory)."""
+    from demo_reid.training.lock import OutputDirLock
+
     run = parse_args(argv)
     training = run.training
     logging.basicConfig(level=logging.INFO if training.should_log else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    lock = OutputDirLock(training.output_dir) if training.process_index == 0 else contextlib.nullcontext()
+    with lock:
+        try:
+            return train_and_save(run)
+        except Exception as exc:  # a full disk anywhere (checkpoint, final model, metrics): one line
+            from demo_reid.training.disk_space import disk_full_error
+
+            full = disk_full_error(exc, training.output_dir)
+            if full is None:
+                raise
+            raise full from None
+
+
+def replace_previous_run(trainer, output_dir: str) -> None:
+    """--overwrite-output-dir: delete the previous run's checkpoints now, after every check and just before the new
+    run writes (its final model files are replaced when the new model is saved), and say what was deleted."""
+    from demo_reid.training.checkpoints import clear_previous_run
+
+    if trainer.is_world_process_zero():
+        deleted = clear_previous_run(output_dir)
+        if deleted:
+            logger.warning("--overwrite-output-dir: deleted %s from %s", ", ".join(deleted), output_dir)
+    trainer.accelerator.wait_for_everyone()
+
+
+def train_and_save(run: TrainRun) -> dict:
+    from demo_reid.training.preemption import Preempted, PreemptionCallback
+
+    training = run.training
     trainer, resume = build_trainer(run)
-    train_result = trainer.train(resume_from_checkpoint=resume)
+    if run.script.overwrite_output_dir:
+        replace_previous_run(trainer, training.output_dir)
+    preemption = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, PreemptionCallback))
+    try:
+        train_result = trainer.train(resume_from_checkpoint=resume)
+    finally:
+        preemption.uninstall()
+    if preemption.stopped_signal is not None:
+        checkpoint = Path(training.output_dir) / f"checkpoint-{preemption.stopped_step}"
+        raise Preempted(preemption.stopped_signal, preemption.stopped_step, str(checkpoint))
     metrics = {k.removeprefix("eval_"): v for k, v in trainer.evaluate().items()}
     trainer.close_event_writers()  # --report-to tensorboard: the final evaluation's point is on disk
     selection = BEST_ON_TEST if training.select_best_on_test else FINAL_EPOCH
@@ -199,8 +248,17 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    """``main`` with bad input reported as ``train.py: error: ...`` (one line) and exit status 2."""
-    return run_cli(lambda: main(argv), "train.py")
+    """``main`` with bad input reported as ``train.py: error: ...`` (one line) and exit status 2; a checkpoint
+    signal (SIGTERM) as one line and status 128 + its number, after the checkpoint; Ctrl-C as one line, 130."""
+    from demo_reid.training.preemption import Preempted
+
+    try:
+        return run_cli(lambda: main(argv), "train.py",
+                       interrupted="--resume continues from the last complete checkpoint")
+    except Preempted as exc:
+        if os.environ.get("RANK", "0") == "0":  # one line per run, not one per process
+            print(f"train.py: {exc}", file=sys.stderr)
+        return exc.exit_status
 
 
 if __name__ == "__main__":

@@ -65,6 +65,8 @@ def markdown(result: dict) -> str:
             lines.append(f"| {r['output_size']} | {r['workers']} | {r['triples_per_s']:.0f} | "
                          f"{r['triples_per_s_per_worker']:.0f} |")
         lines.append("")
+    if result.get("retrieval"):
+        lines += _retrieval_table(result["retrieval"])
     c = result.get("compile")
     if c:
         lines += [f"**torch.compile (inductor) vs eager**, DeMo ViT-B/16 shapes, {c['image_size']}, batch {c['batch']} "
@@ -125,3 +127,24 @@ def markdown(result: dict) -> str:
                          f"{r['fraction_of_peak']:.1%} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _retrieval_table(rows: list[dict]) -> list[str]:
+    lines = ["**Gallery search** (synthetic clustered embeddings, `benchmarks/retrieval_suite.py`; latency = median of "
+             "one query at a time on 1 thread; recall@10 against exact search; build on 2 threads)", "",
+             "| model (dim) | gallery rows | index | nprobe | build (s) | index memory (GiB) | median latency (ms) | "
+             "recall@10 |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        name = f"{r.get('model', '?')} ({r['dim']})"
+        for s in r["sweep"]:
+            mark = "**" if s["nprobe"] == r.get("chosen_nprobe") else ""
+            lines.append(f"| {name} | {r['rows']:,} | {r['index']} | {mark}{s['nprobe']}{mark} | {r['build_s']:.0f} | "
+                         f"{r['index_memory_gib']:.3f} | {mark}{s['median_latency_ms']:.2f}{mark} | "
+                         f"{mark}{s['recall_at_10']:.3f}{mark} |")
+        e = r["exact"]
+        lines.append(f"| {name} | {r['rows']:,} | exact ({e['how']}) | - | {_fmt(e['build_s'], 0)} | "
+                     f"{e['index_memory_gib']:.2f} | {e['median_latency_ms']:.1f} | 1.000 |")
+    lines += ["", "Bold: the smallest nprobe meeting recall@10 >= 0.95 within 20 ms. Peak process memory per case: "
+              + ", ".join(f"{r.get('model', '?')} {r['rows']:,}: {_fmt(r.get('peak_rss_gib'), 1)} GiB" for r in rows)
+              + ".", ""]
+    return lines

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Benchmark suite: training / inference throughput, the heads, ranking and decoding; JSON + Markdown out.
+"""Benchmark suite: training / inference throughput, the heads, ranking, decoding, gallery search; JSON + Markdown out.
 
     python benchmarks/run.py --quick                 # CPU, batch 8 only (about 15 min on 2 cores)
     python benchmarks/run.py                         # CPU, batch 8 and 32 (about 45 min on 2 cores)
@@ -30,8 +30,9 @@ import torch  # noqa: E402
 from harness import describe_machine  # noqa: E402
 from report import markdown  # noqa: E402
 
-SUITES = ("model", "heads", "ranking", "decode", "gpu", "compile", "onnx")
-# What a plain `python benchmarks/run.py` runs; compile (eager vs torch.compile) and onnx (CPU deployment) on request.
+SUITES = ("model", "heads", "ranking", "decode", "gpu", "compile", "onnx", "retrieval")
+# What a plain `python benchmarks/run.py` runs; compile (eager vs torch.compile), onnx (CPU deployment) and
+# retrieval (million-row gallery search) on request.
 DEFAULT_SUITES = ("model", "heads", "ranking", "decode", "gpu")
 
 
@@ -58,6 +59,10 @@ def parse_args(argv=None):
                    help="deterministic algorithms and the math SDPA backend (what train.py --deterministic does)")
     p.add_argument("--peak-tflops", type=float, default=None, help="the GPU's dense bf16 peak, if not in the table")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--retrieval-rows", type=int, nargs="+", default=[100_000, 1_000_000],
+                   help="gallery sizes of the retrieval suite (--quick: 100k only)")
+    p.add_argument("--retrieval-models", nargs="+", choices=("DeMo", "NEXT"), default=["DeMo", "NEXT"],
+                   help="whose retrieval dimension the retrieval suite uses (DeMo 5120, NEXT 4608)")
     return p.parse_args(argv)
 
 
@@ -103,6 +108,12 @@ def main(argv=None) -> int:
         print("decode", flush=True)
         sizes = [(256, 128)] if quick else [(256, 128), (128, 256)]
         result["decode"] = run_decode_suite([1, 2], sizes, repeats, log=log)
+    if "retrieval" in args.only:
+        from retrieval_suite import run_retrieval_suite
+
+        print("retrieval", flush=True)
+        sizes = [n for n in args.retrieval_rows if n <= 100_000] if quick else args.retrieval_rows
+        result["retrieval"] = run_retrieval_suite(sizes, models=args.retrieval_models, log=log)
     if "model" in args.only:
         from model_suite import cpu_matmul_gflops, run_model_suite
 

@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a plain
 
 from demo_reid.data.builder import LAYOUTS, DatasetLayoutError, build_dataset, save_dataset  # noqa: E402
 from demo_reid.hub.dataset_card import make_dataset_card, push_dataset_with_card  # noqa: E402
-from demo_reid.errors import first_line  # noqa: E402
+from demo_reid.errors import UsageError, first_line  # noqa: E402
+from demo_reid.output_paths import check_output_dir  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -54,6 +55,11 @@ def main(argv=None) -> int:
     output = args.output.expanduser().absolute()
     if output.exists() and not args.overwrite:
         print(f"error: --output {output} already exists (pass --overwrite to replace it)", file=sys.stderr)
+        return 2
+    try:
+        check_output_dir(output, "--output")  # before any image is read
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.push_to_hub:
         from huggingface_hub.utils import HFValidationError, validate_repo_id

@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from configuration_demo import MODALITIES, DeMoConfig  # noqa: E402
 from modeling_demo import EXPERT_NAMES, DeMoModel  # noqa: E402
+from demo_reid.hub.checkpoint_files import share_weights  # noqa: E402
 
 TOWER = "BACKBONE.base."
 # Per-layer renames inside `transformer.resblocks.{i}.` (the fused qkv projection is split separately).
@@ -201,6 +202,7 @@ def convert_checkpoint(checkpoint: Path, image_size: tuple[int, int], output: Pa
     staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=output.parent))
     try:
         model.save_pretrained(staging)
+        share_weights(staging)
         if output.exists():
             output.rmdir()
         staging.rename(output)

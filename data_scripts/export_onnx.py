@@ -30,6 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from demo_reid.errors import UsageError  # noqa: E402
+from demo_reid.output_paths import check_output_file  # noqa: E402
 
 CHECK_BATCH_SIZES = (1, 4)
 # The torch.export-based exporter writes opset 18 and newer; a lower request is quietly left at 18 when its
@@ -58,13 +59,6 @@ def require_onnx() -> None:
             missing.append(name)
     if missing:
         raise UsageError(f"{', '.join(missing)} not installed; {INSTALL_HINT}")
-
-
-def check_output_path(path: Path) -> None:
-    if path.is_dir():
-        raise UsageError(f"--output {path} is a directory; pass a file name such as {path / 'model.onnx'}")
-    if not path.parent.is_dir():
-        raise UsageError(f"--output {path}: directory {path.parent} does not exist; create it first")
 
 
 class OnnxGraph(torch.nn.Module):
@@ -284,8 +278,7 @@ def run(args) -> dict[int, tuple[float, str]]:
     from demo_reid.hub.loading import load_checkpoint
 
     require_onnx()
-    output = Path(args.output).expanduser()
-    check_output_path(output)
+    output = check_output_file(args.output, "--output", suffix=".onnx")
     if args.atol <= 0:
         raise UsageError(f"--atol must be > 0, got {args.atol}")
     if args.opset is not None and args.opset < MIN_OPSET:
@@ -396,6 +389,9 @@ def main(argv=None) -> int:
     except ExportFailed as exc:
         print(f"export_onnx.py: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"export_onnx.py: interrupted (Ctrl-C); nothing written to {args.output}", file=sys.stderr)
+        return 130
     return 0
 
 

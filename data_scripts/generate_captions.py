@@ -32,6 +32,8 @@ from demo_reid.captioning.schema import KINDS  # noqa: E402
 from demo_reid.captioning.stats import CAPTION_SPLITS, folder_stats, format_stats, stats_to_json  # noqa: E402
 from demo_reid.captioning.store import check_manifest  # noqa: E402
 from demo_reid.data.builder import LAYOUTS, DatasetLayoutError  # noqa: E402
+from demo_reid.errors import UsageError  # noqa: E402
+from demo_reid.output_paths import check_output_dir  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -101,8 +103,10 @@ def _check(args: argparse.Namespace) -> None:
             looks_like_hub_id = model.count("/") == 1 and not model.startswith((".", "/", "~"))
             if not Path(model).expanduser().is_dir() and not looks_like_hub_id:
                 raise ValueError(f"--model {model}: no such model folder (expected a local transformers model)")
-    if args.output.exists() and not args.output.is_dir():
-        raise ValueError(f"--output {args.output}: exists and is not a folder")
+    try:
+        check_output_dir(args.output, "--output")  # before any request is sent
+    except UsageError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def _summary_lines(summary: RunSummary, splits) -> list[str]:

@@ -17,6 +17,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a plain checkout too
 
 from demo_reid.data.synthetic import CAPTIONS_DIR, SYNTHETIC_LAYOUTS, make_synthetic  # noqa: E402
+from demo_reid.errors import UsageError  # noqa: E402
+from demo_reid.output_paths import check_output_dir  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -39,10 +41,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     a = parse_args(argv)
     try:
+        check_output_dir(a.out, "--out")
         path = make_synthetic(a.layout, a.out, seed=a.seed, num_train_ids=a.num_train_ids, num_test_ids=a.num_test_ids,
                               images_per_id=a.images_per_id, image_size=a.image_size, overwrite=a.overwrite,
                               captions=a.captions)
-    except (ValueError, FileExistsError) as exc:
+    except (ValueError, FileExistsError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {path}" + (f" (captions in {path / CAPTIONS_DIR})" if a.captions else ""))

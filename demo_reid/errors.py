@@ -3,6 +3,7 @@ even when a library raised a multi-line message."""
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 
@@ -19,11 +20,18 @@ def first_line(exc: BaseException, limit: int = 200) -> str:
     return text.splitlines()[0][:limit] if text else type(exc).__name__
 
 
-def run_cli(main: Callable[[], object], prog: str, errors: tuple[type[BaseException], ...] = ()) -> int:
-    """Run ``main``; a :class:`UsageError` (or one of ``errors``) becomes ``prog: error: <first line>``, status 2."""
+def run_cli(main: Callable[[], object], prog: str, errors: tuple[type[BaseException], ...] = (),
+            interrupted: str = "") -> int:
+    """Run ``main``; a :class:`UsageError` (or one of ``errors``) becomes ``prog: error: <first line>``, status 2;
+    Ctrl-C becomes ``prog: interrupted (Ctrl-C)`` (plus ``interrupted``, what is kept), status 130 (128 + SIGINT),
+    printed once per run under torchrun (by rank 0)."""
     try:
         main()
     except (UsageError, *errors) as exc:
         print(f"{prog}: error: {first_line(exc, 1000)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if os.environ.get("RANK", "0") == "0":
+            print(f"{prog}: interrupted (Ctrl-C){'; ' + interrupted if interrupted else ''}", file=sys.stderr)
+        return 130
     return 0

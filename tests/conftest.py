@@ -1,7 +1,9 @@
 """Shared fixtures: tiny randomly initialised DeMo models (no Hub access exists here)."""
 
+import contextlib
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -64,8 +66,7 @@ TINY_TOWER = ("vision_config.hidden_size=32,vision_config.intermediate_size=64,v
               "vision_config.num_hidden_layers=1,vision_config.projection_dim=32")
 TINY_MODEL_FLAGS = {
     "demo": ["--atmoe-heads", "2"],
-    "next": ["--num-semantic-experts", "2", "--num-structure-experts", "2", "--tokens-per-expert", "2",
-             "--caption-sentences-per-expert", "2"],
+    "next": ["--num-semantic-experts", "2", "--num-structure-experts", "2", "--tokens-per-expert", "2"],
 }
 
 
@@ -103,3 +104,48 @@ def run_in_fresh_process(script: str, spec: dict, tmp_path: Path, env: dict | No
                             timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return load_file(spec["output"])
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(path: Path, size: str = "20m", read_only: bool = False):
+    """A real tmpfs of ``size`` mounted at ``path`` (needs root with CAP_SYS_ADMIN); yields None where mounting is
+    not allowed, so the caller can fall back."""
+    import subprocess
+
+    path.mkdir(parents=True, exist_ok=True)
+    options = f"size={size}" + (",ro" if read_only else "")
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True)
+    if proc.returncode != 0:
+        yield None
+        return
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A folder this process cannot write in: mode 0555 for a normal user; for root (who writes anywhere) a
+    read-only tmpfs mount."""
+    path = tmp_path / "read-only"
+    if os.geteuid() != 0:
+        path.mkdir()
+        path.chmod(0o555)
+        yield path
+        path.chmod(0o755)
+        return
+    with mounted_tmpfs(path, size="1m", read_only=True) as mounted:
+        if mounted is not None:
+            yield mounted
+            return
+        # root without the right to mount (a container without CAP_SYS_ADMIN): a kernel file system that takes no
+        # new files (/sys is read-only there; /proc refuses them)
+        for candidate in (Path("/sys"), Path("/proc")):
+            try:
+                with tempfile.TemporaryFile(dir=candidate):
+                    pass
+            except OSError:
+                yield candidate
+                return
+        pytest.fail("no folder this root process cannot write in: mount a read-only tmpfs or run as a normal user")

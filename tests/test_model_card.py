@@ -84,7 +84,7 @@ def test_card_metadata_round_trips_through_the_hub_parser(tmp_path):
     assert all(r.dataset_type == "someone/rgbnt201" for r in card.data.eval_results)
     assert 'text=["caption of the RGB image", "", ""]' in card.text  # NEXT usage passes captions
     assert "camera_ids" not in card.text  # this model has no cameras
-    assert "Our reading of the paper's framework figure" in card.text
+    assert "## Our reading of the paper" in card.text and "## Citation" in card.text
 
 
 def test_card_without_results_has_no_model_index(tmp_path):

@@ -59,23 +59,26 @@ def run(model, captions_dict=None, batch=2, seed=0, **kwargs):
 # ---------------------------------------------------------------------------------------------------------- outputs
 
 
+ROWS = ["cls", "semantic", "structure", "final", "all"]
+
+
 def test_output_fields_shapes_and_keys(model, tokenizer):
     config = model.config
     C, n_s, n_c, k = config.feature_dim, config.num_semantic_experts, config.num_structure_experts, 2
     out = run(model, captions(tokenizer, (RGB_A, NIR, TIR), (RGB_B, "", TIR)))
-    heads = ["cls", "semantic", "structure", "final"]
-    assert list(out.logits) == list(out.features) == heads
-    assert [out.features[h].shape for h in heads] == [(2, 3 * C), (2, 3 * C), (2, 3 * C), (2, 6 * C)]
-    assert all(out.logits[h].shape == (2, 6) for h in heads)
-    assert list(out.feature_sets) == heads + ["all"]
-    assert out.embeddings.shape == (2, 9 * C)
-    assert torch.equal(out.embeddings, torch.cat([out.features["cls"], out.features["final"]], dim=-1))
-    assert torch.equal(out.feature_sets["all"], out.embeddings)
-    assert torch.equal(out.features["final"], torch.cat([out.features["semantic"], out.features["structure"]], -1))
+    # Defaults: only the final MGFA feature is supervised and ranked (the figure's one ID + triplet box).
+    assert list(out.logits) == list(out.features) == ["final"]
+    assert out.features["final"].shape == (2, 6 * C) and out.logits["final"].shape == (2, 6)
+    rows = out.feature_sets
+    assert list(rows) == ROWS
+    assert [rows[r].shape[1] for r in ROWS] == [3 * C, 3 * C, 3 * C, 6 * C, 9 * C]
+    assert torch.equal(out.embeddings, out.features["final"]) and torch.equal(rows["final"], out.embeddings)
+    assert torch.equal(rows["final"], torch.cat([rows["semantic"], rows["structure"]], -1))
+    assert torch.equal(rows["all"], torch.cat([rows["cls"], rows["final"]], dim=-1))
     # "cls" is the concatenation of the tower's three class tokens (RGB, NIR, TIR).
     with torch.no_grad():
         tower = model.vision_tower(random_triples(2).flatten(0, 1), torch.tensor([0, 1]).repeat_interleave(3))
-    torch.testing.assert_close(out.features["cls"], tower[:, 0].reshape(2, 3 * C))
+    torch.testing.assert_close(rows["cls"], tower[:, 0].reshape(2, 3 * C))
     assert out.expert_weights.shape == (2, 1, n_c)
     torch.testing.assert_close(out.expert_weights.sum(-1), torch.ones(2, 1))
     assert bool((out.expert_weights > 0).all())
@@ -87,10 +90,31 @@ def test_output_fields_shapes_and_keys(model, tokenizer):
     assert all(len(set(row.tolist())) == k for row in out.selected_patches.reshape(-1, k))
 
 
+def test_supervised_heads_and_inference_features_all_give_the_earlier_layout(tokenizer):
+    """supervised_heads="all": a BN-neck, classifier and loss on cls, semantic, structure and final;
+    inference_features="all": concat(cls, final) is ranked. Same weights otherwise: the rows do not change."""
+    default, earlier = make_model(tokenizer), make_model(tokenizer, supervised_heads="all", inference_features="all")
+    C = default.config.feature_dim
+    assert sorted(earlier.bnnecks) == sorted(["cls", "semantic", "structure", "final"]) and list(default.bnnecks) == ["final"]
+    earlier.load_state_dict(default.state_dict(), strict=False)
+    caps = captions(tokenizer, (RGB_A, NIR, TIR), (RGB_B, "", TIR))
+    a, b = run(default, caps), run(earlier, caps)
+    assert list(b.logits) == list(b.features) == ["cls", "semantic", "structure", "final"]
+    assert [b.features[h].shape[1] for h in b.features] == [3 * C, 3 * C, 3 * C, 6 * C]
+    assert b.embeddings.shape == (2, 9 * C) and torch.equal(b.embeddings, b.feature_sets["all"])
+    for row in ROWS:
+        torch.testing.assert_close(a.feature_sets[row], b.feature_sets[row])
+    torch.testing.assert_close(a.logits["final"], b.logits["final"])
+    with pytest.raises(ValueError, match="inference_features must be one of"):
+        tiny_next_config(tokenizer, inference_features="moe")
+    with pytest.raises(ValueError, match="supervised_heads must be one of"):
+        tiny_next_config(tokenizer, supervised_heads="cls")
+
+
 def test_eval_is_deterministic_and_batch_size_one_works(model, tokenizer):
     caps = captions(tokenizer, (RGB_A, NIR, TIR))
     first, second = run(model, caps, batch=1).embeddings, run(model, caps, batch=1).embeddings
-    assert first.shape == (1, 9 * model.config.feature_dim)
+    assert first.shape == (1, 6 * model.config.feature_dim)
     assert torch.equal(first, second)
 
 
@@ -101,11 +125,11 @@ def test_caption_changes_only_the_semantic_branch(model, tokenizer):
     a = run(model, captions(tokenizer, (RGB_A, NIR, TIR), (RGB_A, NIR, TIR)))
     b = run(model, captions(tokenizer, (RGB_B, NIR, TIR), (RGB_A, NIR, TIR)))
     assert not torch.allclose(a.embeddings[0], b.embeddings[0])
-    assert not torch.allclose(a.features["semantic"][0], b.features["semantic"][0])
+    assert not torch.allclose(a.feature_sets["semantic"][0], b.feature_sets["semantic"][0])
     # Sample 1's captions did not change, nor do the image-only branches of sample 0.
     torch.testing.assert_close(a.embeddings[1], b.embeddings[1])
-    torch.testing.assert_close(a.features["cls"], b.features["cls"])
-    torch.testing.assert_close(a.features["structure"], b.features["structure"])
+    torch.testing.assert_close(a.feature_sets["cls"], b.feature_sets["cls"])
+    torch.testing.assert_close(a.feature_sets["structure"], b.feature_sets["structure"])
 
 
 def test_without_text_captions_are_ignored_and_no_text_tower_is_built(tokenizer):
@@ -116,12 +140,12 @@ def test_without_text_captions_are_ignored_and_no_text_tower_is_built(tokenizer)
     b = run(model, captions(tokenizer, (RGB_B, "", "x"), (RGB_B, TIR, NIR)))
     assert torch.equal(a.embeddings, b.embeddings)
     assert torch.equal(a.embeddings, run(model).embeddings)
-    assert list(a.features) == ["cls", "semantic", "structure", "final"]
+    assert list(a.features) == ["final"] and list(a.feature_sets) == ROWS
 
 
 def test_runs_without_captions_and_empty_captions_mean_no_text(model, tokenizer):
     none = run(model)
-    assert none.embeddings.shape == (2, 9 * model.config.feature_dim) and torch.isfinite(none.embeddings).all()
+    assert none.embeddings.shape == (2, 6 * model.config.feature_dim) and torch.isfinite(none.embeddings).all()
     empty = captions(tokenizer, ("", "", ""), ("", "", ""))
     assert int(empty["attention_mask"].sum()) == 0
     torch.testing.assert_close(run(model, empty).embeddings, none.embeddings)
@@ -191,7 +215,7 @@ def test_text_tower_is_frozen_and_untouched_by_training(tokenizer, tmp_path):
     frozen = sorted(name for name, p in loaded.named_parameters() if not p.requires_grad)
     assert frozen == sorted(
         [f"text_tower.{n}" for n, _ in loaded.text_tower.named_parameters()]
-        + [f"bnnecks.{h}.bias" for h in ("cls", "semantic", "structure", "final")]
+        + [f"bnnecks.{h}.bias" for h in loaded.config.head_names]
     )
     assert not loaded.text_tower.training and loaded.vision_tower.training
 
@@ -231,14 +255,23 @@ def test_train_keeps_both_models_frozen_parts_frozen_after_from_pretrained(tmp_p
 # ---------------------------------------------------------------------------------------------------------- ablations
 
 
+ALL_HEADS = dict(supervised_heads="all", inference_features="all")
+
+
 @pytest.mark.parametrize(
     "switches, heads",
     [
-        (dict(), ["cls", "semantic", "structure", "final"]),
-        (dict(use_tmse=False), ["cls", "structure"]),
-        (dict(use_csse=False), ["cls", "semantic"]),
-        (dict(use_text=False), ["cls", "semantic", "structure", "final"]),
-        (dict(use_tmse=False, use_csse=False), ["cls"]),
+        (dict(), ["final"]),
+        (dict(use_tmse=False), ["final"]),
+        (dict(use_csse=False), ["final"]),
+        (dict(use_text=False), ["final"]),
+        (dict(use_tmse=False, use_csse=False), ["final"]),
+        (dict(ALL_HEADS), ["cls", "semantic", "structure", "final"]),
+        (dict(ALL_HEADS, use_tmse=False), ["cls", "structure"]),
+        (dict(ALL_HEADS, use_csse=False), ["cls", "semantic"]),
+        (dict(ALL_HEADS, use_text=False), ["cls", "semantic", "structure", "final"]),
+        (dict(ALL_HEADS, use_tmse=False, use_csse=False), ["cls"]),
+        (dict(semantic_expert="attention_pool", saliency="cls_dot"), ["final"]),
     ],
 )
 def test_ablations_train_with_the_expected_heads(tokenizer, switches, heads):
@@ -248,8 +281,10 @@ def test_ablations_train_with_the_expected_heads(tokenizer, switches, heads):
     caps = captions(tokenizer, (RGB_A, NIR, TIR), (RGB_B, "", TIR), ("", "", ""), (RGB_A, NIR, ""))
     out = model(random_triples(4, seed=1), camera_ids=torch.tensor([0, 1, 2, 0]), **caps)
     assert list(out.logits) == list(out.features) == heads
-    branches = sum(h in heads for h in ("semantic", "structure"))
-    assert out.embeddings.shape == (4, 3 * C * (1 + branches))
+    branches = len(model.config.branch_names)
+    final = 3 * C * max(1, branches)  # the MGFA output; the class tokens without any expert branch
+    assert out.features.get("final", out.feature_sets["final"]).shape == (4, final)
+    assert out.embeddings.shape == (4, final if model.config.inference_features == "final" else 3 * C * (1 + branches))
     assert (out.expert_weights is None) == (not model.config.use_csse)
     assert (out.semantic_expert_features is None) == (not model.config.use_tmse)
     assert hasattr(model, "text_tower") == (model.config.use_tmse and model.config.use_text)
@@ -307,6 +342,10 @@ def test_bad_pixel_values_raise_value_error(model):
         (dict(num_semantic_experts=0), "num_semantic_experts must be a positive integer"),
         (dict(structure_slots_per_expert=1.5), "structure_slots_per_expert must be a positive integer"),
         (dict(head_init="xavier"), "head_init must be one of"),
+        (dict(semantic_expert="mlp"), "semantic_expert must be one of"),
+        (dict(saliency="dot"), "saliency must be one of"),
+        (dict(semantic_expert_dropout=1.0), r"semantic_expert_dropout must be a probability in \[0, 1\)"),
+        (dict(caption_sentences_per_expert=0), "caption_sentences_per_expert must be a positive integer"),
         (dict(image_size=(30, 16)), "multiples of patch_size"),
         (dict(num_cameras=-1), "num_cameras must be >= 0"),
         (dict(backbone_type="vit"), "backbone_type='vit' does not match vision_config.model_type='clip_vision_model'"),
@@ -325,7 +364,9 @@ def test_config_rejects_non_clip_towers(tokenizer):
 
 
 def test_config_round_trips_through_json(tmp_path, tokenizer):
-    config = tiny_next_config(tokenizer, use_csse=False, tokens_per_expert=3, caption_sentences_per_expert=1)
+    config = tiny_next_config(tokenizer, use_csse=False, tokens_per_expert=3, caption_sentences_per_expert=1,
+                              semantic_expert="attention_pool", saliency="cls_dot", semantic_expert_dropout=0.0,
+                              supervised_heads="all", inference_features="all")
     config.save_pretrained(tmp_path)
     loaded = NextConfig.from_pretrained(tmp_path)
     assert loaded.image_size == (32, 16) and loaded.patch_grid == (4, 2) and loaded.feature_dim == 64
@@ -333,6 +374,8 @@ def test_config_round_trips_through_json(tmp_path, tokenizer):
     assert loaded.vision_config.to_dict() == config.vision_config.to_dict()
     assert loaded.text_config.vocab_size == len(tokenizer) and loaded.text_config.eos_token_id == tokenizer.eos_token_id
     assert (loaded.use_csse, loaded.tokens_per_expert, loaded.caption_sentences_per_expert) == (False, 3, 1)
+    assert (loaded.semantic_expert, loaded.saliency, loaded.semantic_expert_dropout) == ("attention_pool", "cls_dot", 0.0)
+    assert (loaded.supervised_heads, loaded.inference_features) == ("all", "all")
 
 
 def test_default_config_has_clip_b16_shapes():
@@ -343,7 +386,9 @@ def test_default_config_has_clip_b16_shapes():
     assert config.patch_grid == (16, 8) and config.num_labels == 171
     counts = ("num_semantic_experts", "num_structure_experts", "tokens_per_expert", "structure_slots_per_expert",
               "caption_sentences_per_expert")
-    assert [getattr(config, name) for name in counts] == [3, 3, 16, 4, 2]
+    assert [getattr(config, name) for name in counts] == [3, 3, 16, 4, None]
+    forms = ("semantic_expert", "semantic_expert_dropout", "saliency", "inference_features", "supervised_heads")
+    assert [getattr(config, name) for name in forms] == ["token_mlp", 0.1, "router", "final", "final"]
 
 
 def test_from_backbone_config_takes_both_halves_of_a_clip_config(tokenizer):
@@ -502,17 +547,22 @@ def test_from_pretrained_towers_resizes_and_rejects_wrong_checkpoints(tmp_path, 
 
 def test_new_layers_start_from_pytorch_defaults(tokenizer):
     torch.manual_seed(0)
-    model = NextModel(tiny_next_config(tokenizer, vision_overrides=dict(projection_dim=128), text_overrides={}))
+    model = NextModel(tiny_next_config(tokenizer, vision_overrides=dict(projection_dim=128), text_overrides={},
+                                       semantic_expert="attention_pool", supervised_heads="all"))
     C = 128
     fc1 = model.semantic_experts.modulation.fc1  # 3 experts x (24 -> 24)
-    for layer, fan_in in [(fc1, 24), (model.structure_experts.experts.fc1, C), (model.semantic_experts.pool.k_proj, C)]:
+    layers = [(fc1, 24), (model.structure_experts.experts.fc1, C), (model.semantic_experts.experts.k_proj, C)]
+    for layer, fan_in in layers:
         assert layer.weight.abs().max().item() <= fan_in**-0.5
         for expert_weight in layer.weight:  # each expert's slice like a PyTorch Linear
             assert expert_weight.std().item() == pytest.approx((3 * fan_in) ** -0.5, rel=0.15)
         assert 0 < layer.bias.abs().max().item() <= fan_in**-0.5
     router = model.structure_experts.router.weight
     assert router.std().item() == pytest.approx((3 * C) ** -0.5, rel=0.1)
-    assert model.semantic_experts.pool.query.std().item() == pytest.approx(C**-0.5, rel=0.15)
+    assert model.semantic_experts.experts.query.std().item() == pytest.approx(C**-0.5, rel=0.15)
+    routers = model.semantic_experts.routers.score.weight  # one Linear(C -> 1) per modality, no bias
+    assert routers.shape == (3, 1, C) and model.semantic_experts.routers.score.bias is None
+    assert routers.abs().max().item() <= C**-0.5 and routers.std().item() == pytest.approx((3 * C) ** -0.5, rel=0.2)
     assert model.semantic_experts.no_text_embedding.std().item() == pytest.approx(C**-0.5, rel=0.15)
     attention = model.semantic_aggregation
     assert attention.in_proj_weight.abs().max().item() <= (6 / (4 * C)) ** 0.5
@@ -554,8 +604,26 @@ def test_sample_sentences_is_seeded_and_keeps_order():
     assert sample_sentences("One. Two.", 2, generator) == "One. Two."
     assert sample_sentences("", 2, generator) == ""
     assert torch.equal(generator.get_state(), torch.Generator().manual_seed(0).get_state())  # nothing drawn
-    with pytest.raises(ValueError, match="k must be a positive integer"):
+    with pytest.raises(ValueError, match="k must be a positive integer or None"):
         sample_sentences(caption, 0, generator)
+
+
+def test_sample_sentences_without_k_draws_the_count_uniformly():
+    """k=None: a count uniform in [1, n] (n = 6 here), then that many sentences in order; seeded."""
+    caption = "S0 a. S1 b. S2 c. S3 d. S4 e. S5 f."
+    sentences = split_sentences(caption)
+    counts = []
+    for seed in range(600):
+        picked = split_sentences(sample_sentences(caption, None, torch.Generator().manual_seed(seed)))
+        assert picked == [s for s in sentences if s in picked]  # original order, no repeats
+        counts.append(len(picked))
+    assert sorted(set(counts)) == [1, 2, 3, 4, 5, 6]
+    assert all(60 <= counts.count(c) <= 140 for c in range(1, 7))  # 100 expected each
+    assert sample_sentences(caption, None, torch.Generator().manual_seed(5)) == sample_sentences(
+        caption, None, torch.Generator().manual_seed(5))
+    generator = torch.Generator().manual_seed(0)
+    assert sample_sentences("Only one.", None, generator) == "Only one." and sample_sentences("", None, generator) == ""
+    assert torch.equal(generator.get_state(), torch.Generator().manual_seed(0).get_state())  # nothing drawn
 
 
 def test_tokenizer_and_tokenize_captions(tokenizer):
@@ -574,3 +642,97 @@ def test_tokenizer_and_tokenize_captions(tokenizer):
     per_expert = tokenize_captions(tokenizer, [[["a", "b", "c"], ["", "", ""]]] * 2)
     assert per_expert["input_ids"].shape == (2, 2, 3, 3)
     assert per_expert["attention_mask"][:, 1].sum() == 0
+
+
+# ------------------------------------------------------------------------------------- the semantic experts' switches
+
+
+def _quick_gelu(x):
+    return x * torch.sigmoid(1.702 * x)
+
+
+def _expert_mlp_by_hand(mlp, x):
+    """Per-expert FC -> QuickGELU -> FC written out from the stacked weights: x (B, E, T, C)."""
+    hidden = _quick_gelu(torch.einsum("betc,eoc->beto", x, mlp.fc1.weight) + mlp.fc1.bias[:, None])
+    return torch.einsum("betc,eoc->beto", hidden, mlp.fc2.weight) + mlp.fc2.bias[:, None]
+
+
+def test_token_experts_are_the_reported_form(tokenizer):
+    """semantic_expert="token_mlp": s_e = mean_t w_t * (F_t + Dropout(MLP(LN(F_t)))); the dropout acts in training."""
+    model = make_model(tokenizer)
+    experts = model.semantic_experts.experts
+    C = model.config.feature_dim
+    tokens = torch.randn(2, 3, 6, C, generator=torch.Generator().manual_seed(0))
+    weights = torch.rand(2, 3, 6, generator=torch.Generator().manual_seed(1)) * 2
+    normed = F.layer_norm(tokens, (C,), experts.norm.weight, experts.norm.bias)
+    expected = ((tokens + _expert_mlp_by_hand(experts.mlp, normed)) * weights[..., None]).mean(dim=2)
+    with torch.no_grad():
+        torch.testing.assert_close(experts.eval()(tokens, weights), expected)
+        experts.train()
+        first, second = experts(tokens, weights), experts(tokens, weights)
+        assert not torch.allclose(first, second) and not torch.allclose(first, expected)  # dropout 0.1
+        experts.dropout.p = 0.0
+        torch.testing.assert_close(experts(tokens, weights), expected)
+    assert not hasattr(experts, "query")
+
+
+def test_attention_pool_option_weights_the_tokens_after_their_layernorm(tokenizer):
+    """semantic_expert="attention_pool": the selection weights scale the LayerNorm-ed tokens (a scale before the
+    LayerNorm would be erased), so scaling the weights changes s_e; the pool has its learned query."""
+    model = make_model(tokenizer, semantic_expert="attention_pool")
+    pool = model.semantic_experts.experts.eval()
+    C = model.config.feature_dim
+    tokens = torch.randn(2, 3, 6, C, generator=torch.Generator().manual_seed(0))
+    weights = torch.ones(2, 3, 6)
+    with torch.no_grad():
+        one, doubled = pool(tokens, weights), pool(tokens, 2 * weights)
+        assert not torch.allclose(one, doubled)
+        # Doubling the tokens instead does nothing: the LayerNorm removes it.
+        torch.testing.assert_close(pool(2 * tokens, weights), one, atol=1e-5, rtol=1e-5)
+    assert pool.query.shape == (3, C)
+    default = make_model(tokenizer)
+    assert {n for n in model.state_dict() if "experts.query" in n} and not {
+        n for n in default.state_dict() if "experts.query" in n}
+
+
+def test_saliency_router_and_cls_dot_by_hand(tokenizer):
+    """saliency="router": softmax over patches of w_m . LN(F_m,i), one router per modality; "cls_dot": softmax of
+    R_m . F_m,i / sqrt(C)."""
+    C = 64
+    cls_tokens = torch.randn(2, 3, C, generator=torch.Generator().manual_seed(0))
+    patches = torch.randn(2, 3, 8, C, generator=torch.Generator().manual_seed(1))
+    router_model, dot_model = make_model(tokenizer), make_model(tokenizer, saliency="cls_dot")
+    w = router_model.semantic_experts.routers.score.weight[:, 0]  # (3, C)
+    expected = torch.einsum("bmnc,mc->bmn", F.layer_norm(patches, (C,)), w).softmax(-1)
+    with torch.no_grad():
+        torch.testing.assert_close(router_model.semantic_experts.saliency(cls_tokens, patches), expected)
+        expected = (torch.einsum("bmc,bmnc->bmn", cls_tokens, patches) / C**0.5).softmax(-1)
+        torch.testing.assert_close(dot_model.semantic_experts.saliency(cls_tokens, patches), expected)
+    assert dot_model.semantic_experts.routers is None
+    assert not any("routers" in n for n in dot_model.state_dict())
+
+
+def test_each_modality_has_its_own_sampling_router(tokenizer):
+    """A large change of the NIR router moves only the NIR patches the experts select."""
+    model = make_model(tokenizer, tokens_per_expert=3)
+    caps = captions(tokenizer, (RGB_A, NIR, TIR), (RGB_B, "", TIR))
+    before = run(model, caps).selected_patches
+    with torch.no_grad():
+        model.semantic_experts.routers.score.weight[1] = 1e3 * torch.randn(1, 64, generator=torch.Generator().manual_seed(4))
+    after = run(model, caps).selected_patches
+    assert torch.equal(before[:, :, [0, 2]], after[:, :, [0, 2]])
+    assert not torch.equal(before[:, :, 1], after[:, :, 1])
+
+
+def test_semantic_expert_dropout_acts_in_training_only(tokenizer):
+    caps = captions(tokenizer, (RGB_A, NIR, TIR), (RGB_B, "", TIR))
+    pixels, cams = random_triples(2), torch.tensor([0, 1])
+    for dropout, differ in ((0.1, True), (0.0, False)):
+        model = make_model(tokenizer, semantic_expert_dropout=dropout).train()
+        with torch.no_grad():
+            a, b = (model(pixels, cams, **caps).semantic_expert_features for _ in range(2))
+        assert (not torch.equal(a, b)) == differ, dropout
+        model.eval()
+        with torch.no_grad():
+            assert torch.equal(model(pixels, cams, **caps).semantic_expert_features,
+                               model(pixels, cams, **caps).semantic_expert_features)

@@ -64,6 +64,25 @@ def test_training_batches_carry_per_expert_captions_reproducibly(captioned_datas
     assert not torch.equal(other_epoch["input_ids"], batch["input_ids"])
 
 
+def _sentence_counts(trainer, batches) -> list[int]:
+    """Sentences of every non-empty per-expert caption in the batches (the tokenizer splits off each full stop)."""
+    tokenizer = trainer.processing_class.tokenizer
+    texts = [text for batch in batches
+             for text in tokenizer.batch_decode(batch["input_ids"].flatten(0, 2), skip_special_tokens=True)]
+    return [text.split().count(".") for text in texts if text.strip()]
+
+
+@pytest.mark.parametrize("option, expected", [([], {1, 2, 3, 4, 5}), (["--caption-sentences-per-expert", "2"], {2})])
+def test_training_caption_sentence_counts(captioned_dataset, tmp_path, option, expected):
+    """Default: each expert reads a count of sentences drawn uniformly in [1, n] per modality (the synthetic captions
+    have n = 5); --caption-sentences-per-expert 2: always 2 (the earlier default)."""
+    trainer = _trainer(captioned_dataset, tmp_path, option)
+    counts = _sentence_counts(trainer, _epoch_batches(trainer, 0) + _epoch_batches(trainer, 1))
+    assert set(counts) == expected
+    if not option:
+        assert all(counts.count(c) >= len(counts) / 10 for c in expected)  # about 1/5 each
+
+
 def test_evaluation_uses_whole_captions(captioned_dataset, tmp_path):
     trainer = _trainer(captioned_dataset, tmp_path)
     ds = load_reid_dataset(captioned_dataset)
@@ -80,10 +99,12 @@ def test_evaluation_uses_whole_captions(captioned_dataset, tmp_path):
 
 
 @pytest.mark.parametrize("ablation, heads", [
-    ([], ["cls", "semantic", "structure", "final"]),
-    (["--use-text", "false"], ["cls", "semantic", "structure", "final"]),
-    (["--use-tmse", "false"], ["cls", "structure"]),  # "final" needs both branches
-    (["--use-csse", "false"], ["cls", "semantic"]),
+    ([], ["final"]),
+    (["--use-text", "false"], ["final"]),
+    (["--use-tmse", "false"], ["final"]),
+    (["--supervised-heads", "all"], ["cls", "semantic", "structure", "final"]),
+    (["--supervised-heads", "all", "--use-tmse", "false"], ["cls", "structure"]),  # "final" needs both branches
+    (["--supervised-heads", "all", "--use-csse", "false"], ["cls", "semantic"]),
 ])
 def test_next_and_its_ablations_train(captioned_dataset, tmp_path, ablation, heads):
     trainer = _trainer(captioned_dataset, tmp_path, ["--max-steps", "3", *ablation])
@@ -110,14 +131,15 @@ def test_train_and_eval_scripts_serve_next(captioned_dataset, tmp_path):
     assert {"modeling_next.py", "modeling_demo.py", "configuration_next.py", "tokenizer.json"} <= {
         p.name for p in out.iterdir()}
     card = (out / "README.md").read_text()
-    assert "NEXT" in card and "Our reading of the paper's framework figure" in card and "not the authors'" in card
+    assert "NEXT" in card and "Our reading of the paper" in card and "not the authors'" in card
+    assert "IEEE Transactions on Information Forensics and Security" in card and "pages   = {8371--8384}" in card
     report_dir = tmp_path / "eval"
     assert eval_script.main(["--model", str(out), "--dataset", captioned_dataset, "--output", str(report_dir),
                              "--missing", "r,nt", "--visualize", "--no-progress"]) == 0
     report = json.loads((report_dir / "eval_results.json").read_text())
-    assert report["model_type"] == "next_reid" and report["headline_features"] == "all"
+    assert report["model_type"] == "next_reid" and report["headline_features"] == "final"
     assert list(report["results"]) == ["cls", "semantic", "structure", "final", "all"]
-    assert report["results"]["all"]["mAP"] == pytest.approx(result["mAP"], abs=1e-6)
+    assert report["results"]["final"]["mAP"] == pytest.approx(result["mAP"], abs=1e-6)
     assert set(report["missing_sweep"]["settings"]) == {"r", "nt"}
     assert report["complexity"]["params"] > 0 and report["complexity"]["macs"] > 0
     for figure in report["figures"]:

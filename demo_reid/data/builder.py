@@ -30,6 +30,8 @@ import datasets
 from datasets.arrow_writer import ArrowWriter
 from configuration_demo import MODALITIES
 
+from .pixels import HIGH_BIT_MODES, to_8bit
+
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "query", "gallery")
@@ -37,7 +39,7 @@ CAPTION_COLUMNS = tuple(f"caption_{m}" for m in MODALITIES)
 # Caption file names use the NEXT release's modality tags; query and gallery share the test files.
 CAPTION_FILE_TAGS = {"rgb": "RGB", "nir": "NI", "tir": "TI"}
 CAPTION_SPLIT_OF = {"train": "train", "query": "test", "gallery": "test"}
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}  # TIFF: 16-bit thermal frames
 
 
 class DatasetLayoutError(ValueError):
@@ -327,7 +329,10 @@ def load_triple(triple: Triple, allow_size_mismatch: bool = False) -> dict:
         cells, sizes = {}, []
         for modality, path in zip(MODALITIES, triple.sources):
             raw = path.read_bytes()
-            sizes.append(_decode(raw, path).size)
+            img = _decode(raw, path)
+            sizes.append(img.size)
+            if img.mode in HIGH_BIT_MODES:  # 16 / 32-bit (thermal): stored as 8-bit PNG, min-max per image
+                raw = _png_bytes(to_8bit(img, str(path)))
             cells[modality] = _image_cell(raw, triple.name)
         if not allow_size_mismatch and len(set(sizes)) > 1:
             detail = ", ".join(f"{p} is {w}x{h}" for p, (w, h) in zip(triple.sources, sizes))
@@ -346,10 +351,15 @@ def load_triple(triple: Triple, allow_size_mismatch: bool = False) -> dict:
         )
     third, cells, stem = width // 3, {}, Path(triple.name).stem
     for i, modality in enumerate(MODALITIES):
-        buf = io.BytesIO()
-        img.crop((i * third, 0, (i + 1) * third, height)).save(buf, format="PNG")
-        cells[modality] = _image_cell(buf.getvalue(), f"{stem}_{modality}.png")
+        part = to_8bit(img.crop((i * third, 0, (i + 1) * third, height)), f"{path} ({modality})")
+        cells[modality] = _image_cell(_png_bytes(part), f"{stem}_{modality}.png")
     return cells
+
+
+def _png_bytes(img: PILImage.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def _load_triple_star(args: tuple[Triple, bool]) -> dict:

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .pixels import to_8bit
+
 from configuration_demo import MODALITIES
 
 MODALITY_COLUMNS = MODALITIES  # batch modality order: RGB, NIR, TIR
@@ -89,7 +91,7 @@ class ReIDTransform:
         self._shift = -mean_t / std_t
 
     def _load(self, value: Any, out: np.ndarray) -> None:
-        img = _to_pil(value)
+        img = to_8bit(_to_pil(value))  # 16 / 32-bit (thermal) images: min-max per image, not clipped to white
         if img.mode != "RGB":
             img = img.convert("RGB")
         h, w = self.image_size
@@ -128,7 +130,8 @@ class CaptionEncoder:
 
     In evaluation every caption is used whole: (B, 3, L), modality order RGB, NIR, TIR. In training each of the
     ``num_experts`` semantic experts gets its own random subset of ``sentences_per_expert`` sentences of each
-    modality's caption: (B, num_experts, 3, L). The subset is drawn from a generator seeded with the sample's
+    modality's caption (``None``: a count drawn uniformly in [1, n] per expert and modality, n the caption's
+    sentences): (B, num_experts, 3, L). The subset is drawn from a generator seeded with the sample's
     seed (see :func:`demo_reid.sampler.sample_seed`: seed, epoch and position), so it is reproducible and
     independent of the number of dataloader workers. An empty caption (none released for that image) gets an
     all-zero attention mask: the model then uses its learned "no text" embedding.
@@ -136,14 +139,14 @@ class CaptionEncoder:
 
     columns = CAPTION_COLUMNS
 
-    def __init__(self, tokenizer, num_experts: int, sentences_per_expert: int, max_length: Optional[int] = None,
-                 train: bool = False):
-        if num_experts < 1 or sentences_per_expert < 1:
-            raise ValueError(f"num_experts and sentences_per_expert must be >= 1, got {num_experts}, "
-                             f"{sentences_per_expert}")
+    def __init__(self, tokenizer, num_experts: int, sentences_per_expert: Optional[int],
+                 max_length: Optional[int] = None, train: bool = False):
+        if num_experts < 1 or (sentences_per_expert is not None and sentences_per_expert < 1):
+            raise ValueError(f"num_experts and sentences_per_expert must be >= 1 (sentences_per_expert may be None), "
+                             f"got {num_experts}, {sentences_per_expert}")
         self.tokenizer = tokenizer
         self.num_experts = int(num_experts)
-        self.sentences_per_expert = int(sentences_per_expert)
+        self.sentences_per_expert = None if sentences_per_expert is None else int(sentences_per_expert)
         self.max_length = max_length
         self.train = train
 
@@ -220,7 +223,8 @@ class ReIDCollator:
 def collator_for(config, train: bool, tokenizer=None, with_captions: bool = True) -> ReIDCollator:
     """The collator a model config asks for: its image size, camera ids when it has cameras, and captions when it
     reads text (``config.uses_text``), a ``tokenizer`` is given and the dataset has captions (``with_captions``).
-    Training captions are sampled per ``config.num_semantic_experts`` x ``config.caption_sentences_per_expert``."""
+    Training captions are sampled per ``config.num_semantic_experts`` x ``config.caption_sentences_per_expert`` (a
+    fixed count, or None: uniform in [1, n])."""
     from .text import caption_max_length
 
     text = None

@@ -23,17 +23,21 @@ def split_sentences(caption: str) -> list[str]:
     return [sentence for sentence in (s.strip() for s in _SENTENCE_END.split(caption.strip())) if sentence]
 
 
-def sample_sentences(caption: str, k: int, generator: torch.Generator) -> str:
-    """A random subset of `k` sentences of `caption`, kept in their original order and joined by one space.
+def sample_sentences(caption: str, k: int | None, generator: torch.Generator) -> str:
+    """A random subset of `k` sentences of `caption` (`k=None`: of a count drawn uniformly in [1, n], n the caption's
+    sentences), kept in their original order and joined by one space.
 
-    The whole caption comes back unchanged when it has at most `k` sentences (`""` stays `""`), without drawing from
-    `generator`. Otherwise one `torch.randperm` is drawn from `generator`, so the subset depends only on its seed.
+    The whole caption comes back unchanged, without drawing from `generator`, when it has at most `k` sentences (at
+    most one with `k=None`; `""` stays `""`). Otherwise the draws (the count with `k=None`, then one `torch.randperm`)
+    come from `generator`, so the subset depends only on its seed.
     """
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+        raise ValueError(f"k must be a positive integer or None, got {k!r}")
     sentences = split_sentences(caption)
-    if len(sentences) <= k:
+    if len(sentences) <= (k or 1):
         return caption
+    if k is None:
+        k = int(torch.randint(1, len(sentences) + 1, (1,), generator=generator))
     keep = torch.randperm(len(sentences), generator=generator)[:k].sort().values.tolist()
     return " ".join(sentences[i] for i in keep)
 

@@ -119,8 +119,11 @@ class ExtractedFeatures:
 def _named_rows(out) -> tuple[dict[str, torch.Tensor], str]:
     """The output's named retrieval rows and the name of the one that is ``out.embeddings``."""
     rows = dict(getattr(out, "feature_sets", None) or {})
+    for name, value in rows.items():  # the row that is the embeddings tensor first: another may equal it
+        if value is out.embeddings:
+            return rows, name
     for name, value in rows.items():
-        if value is out.embeddings or (value.shape == out.embeddings.shape and torch.equal(value, out.embeddings)):
+        if value.shape == out.embeddings.shape and torch.equal(value, out.embeddings):
             return rows, name
     rows[EMBEDDINGS] = out.embeddings
     return rows, EMBEDDINGS
@@ -238,11 +241,14 @@ def compute_retrieval_metrics(
     results = {}
     for name in feature_names:
         qf, gf = query.get(name), gallery.get(name)
-        if rerank:
-            distmat = re_ranking(qf, gf, metric=distance, **(rerank_params or {}))
-            res = reid_metrics(distmat, max_rank=max_rank, **ids)
-        else:
-            res = reid_metrics_from_features(qf, gf, metric=distance, max_rank=max_rank, **ids)
+        try:
+            if rerank:
+                distmat = re_ranking(qf, gf, metric=distance, **(rerank_params or {}))
+                res = reid_metrics(distmat, max_rank=max_rank, **ids)
+            else:
+                res = reid_metrics_from_features(qf, gf, metric=distance, max_rank=max_rank, **ids)
+        except ValueError as exc:  # e.g. no query has a true match: nothing can be ranked
+            raise EvaluationInputError(f"{len(query)} queries, {len(gallery)} gallery: {exc}") from None
         entry = summarize(res)
         entry.update(cmc=[100.0 * float(c) for c in res["cmc"]], num_valid_queries=int(res["num_valid_queries"]),
                      protocol=res["protocol"])
@@ -341,7 +347,8 @@ def format_markdown(report: dict) -> str:
     """The report as Markdown tables (printed by eval.py and written next to the JSON)."""
     lines = [f"# Evaluation of `{report.get('model', '?')}`", ""]
     lines.append(
-        f"Dataset `{report.get('dataset', '?')}`: {report.get('num_query', '?')} queries, "
+        f"Dataset `{report.get('dataset', '?')}`: {report.get('num_query', '?')} queries "
+        f"({report.get('num_valid_queries', '?')} with a true match in the gallery, the ones ranked), "
         f"{report.get('num_gallery', '?')} gallery; {report.get('protocol', '?')} protocol; "
         f"{report.get('distance', 'euclidean')} distance{' + k-reciprocal re-ranking' if report.get('rerank') else ''}."
     )

@@ -13,7 +13,7 @@ from transformers.trainer import TRAINING_ARGS_NAME
 
 from pipeline_reid import ReIDFeatureExtractionPipeline, custom_pipelines_entry
 
-__all__ = ["TRAINING_ARGS_JSON", "attach_pipeline", "complete_saved_model"]
+__all__ = ["TRAINING_ARGS_JSON", "attach_pipeline", "complete_saved_model", "share_weights"]
 
 TRAINING_ARGS_JSON = "training_args.json"
 
@@ -33,3 +33,12 @@ def complete_saved_model(folder: str | Path, args, config=None) -> None:
     (folder / TRAINING_ARGS_JSON).write_text(args.to_json_string())
     if config is not None and getattr(config, "custom_pipelines", None) == custom_pipelines_entry():
         custom_object_save(ReIDFeatureExtractionPipeline, folder)
+
+
+def share_weights(folder: str | Path) -> None:
+    """Give the safetensors weights the permissions of every other file (0666 minus the umask): safetensors writes
+    them through a private temporary file (mode 0600), which other users of a shared machine cannot read."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in Path(folder).glob("model*.safetensors"):
+        os.chmod(path, 0o666 & ~umask)

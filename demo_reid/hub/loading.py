@@ -9,7 +9,32 @@ from pathlib import Path
 
 from ..errors import UsageError, first_line
 
-__all__ = ["load_checkpoint", "load_checkpoint_tokenizer"]
+__all__ = ["load_checkpoint", "load_checkpoint_tokenizer", "safetensors_problem"]
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """What is wrong with a safetensors file, read from its header alone (no tensor is loaded), or None: the file
+    is an 8-byte header length, a JSON header, then the tensor bytes, which must end exactly where the header says.
+    A copy or download cut short fails here, in one line, instead of deep inside the loader."""
+    size = path.stat().st_size
+    if size < 8:
+        return f"{size} bytes, shorter than a safetensors header"
+    with path.open("rb") as f:
+        header_len = int.from_bytes(f.read(8), "little")
+        if 8 + header_len > size:
+            return f"{size} bytes, but its header alone needs {8 + header_len}"
+        try:
+            header = json.loads(f.read(header_len))
+        except ValueError:
+            return "its header is not valid JSON"
+    if not isinstance(header, dict):
+        return "its header is not a mapping of tensors"
+    ends = [entry.get("data_offsets", [0, 0])[1] for key, entry in header.items()
+            if key != "__metadata__" and isinstance(entry, dict)]
+    expected = 8 + header_len + max(ends, default=0)
+    if size != expected:
+        return f"{size} bytes, its header describes {expected}"
+    return None
 
 
 def load_checkpoint(path: str):
@@ -29,6 +54,11 @@ def load_checkpoint(path: str):
         raise UsageError(f"--model {path}: config.json has no auto_map for AutoModel, so its modeling code does not "
                          "travel with it; re-save it with save_pretrained from this repository (or register the "
                          "model class with register_for_auto_class('AutoModel') before saving)")
+    for weights in sorted(directory.glob("*.safetensors")):
+        problem = safetensors_problem(weights)
+        if problem:
+            raise UsageError(f"--model {path}: {weights.name} is incomplete or corrupt ({problem}); copy or save it "
+                             "again")
     try:
         return AutoModel.from_pretrained(str(directory), trust_remote_code=True)
     except (OSError, ValueError) as exc:

@@ -38,30 +38,49 @@ MODEL_CARD_TEXT = {
         "sections": {},
     },
     "next_reid": {
-        "description": "NEXT (text-modulated multi-grained experts, arXiv 2505.20001) multi-modal (RGB / NIR / TIR) "
-        "object re-identification model, in this repository's own implementation",
+        "description": "NEXT (text-modulated multi-grained experts; IEEE TIFS 2026, arXiv 2505.20001) multi-modal "
+        "(RGB / NIR / TIR) object re-identification model, in this repository's own implementation",
         "tags": ("next", "text-modulated"),
         "sections": {
-            "Our reading of the paper's framework figure": [
+            "Our reading of the paper": [
                 "The NEXT authors have not released code. This model implements their framework figure (TMSE, "
-                "CSSE, MGFA); every choice the figure leaves open is ours, not the authors':",
+                "CSSE, MGFA) and the few further facts secondary sources report (a review of arXiv v3; readers' "
+                "notes on arXiv v5); every other choice is ours, not the authors' (docs/next.md of the repository "
+                "marks each one):",
                 "",
-                "- the saliency map alpha: softmax over patches of the scaled class-token-to-patch dot product;",
+                "- saliency: a learned sampling router per modality (LayerNorm + Linear to one score, softmax over "
+                "the patches; reported);",
                 "- the text modulation: one FC -> QuickGELU -> FC network per expert on the three concatenated "
-                "beta maps, added to alpha;",
-                "- differentiable top-k: the k kept patches of each modality are scaled by k x softmax of their "
-                "scores, so the selection scores receive gradients;",
-                "- each semantic expert pools its 3k tokens with one learned-query attention layer and an MLP;",
+                "caption-to-patch cosine maps, added to the saliency; each expert keeps the top-k patches of each "
+                "modality, weighted by k x softmax of their scores (ours);",
+                "- each semantic expert is Dropout(MLP(LN(F))) + F on its sampled tokens (reported), reduced to one "
+                "feature by the selection-weighted mean (ours); the selection weights act after every "
+                "normalisation, so the captions shape the trained model;",
                 "- CSSE: Soft-MoE routing with several slots per structure expert; each expert's feature is the "
-                "combine-weighted mean of its slot outputs; no balance loss;",
-                "- MGFA: one multi-head cross-attention per branch with the three class tokens as queries;",
-                "- captions: in training each semantic expert sees its own seeded random subset of sentences of each "
-                "modality's caption, in evaluation the whole caption; a learned no-text embedding per expert and "
-                "modality replaces missing captions (and all captions with use_text=False);",
-                "- the retrieval feature: concat(class tokens, final MGFA feature); ID + triplet loss on the class "
-                "tokens, the semantic and structure branches and the final feature;",
-                "- expert counts, k and sentences per expert: chosen by a small sweep on the synthetic set "
-                "(docs/next.md).",
+                "combine-weighted mean of its slot outputs; no balance loss (ours);",
+                "- MGFA: one multi-head cross-attention per branch with the three class tokens as queries; the final "
+                "feature concat(semantic, structure) is the retrieval feature and the one supervised with ID + "
+                "triplet loss (figure);",
+                "- captions: in training each semantic expert reads, of each modality's caption, a seeded random "
+                "count of sentences uniform in [1, n] (figure: different counts; the distribution is ours); at test "
+                "time the whole caption (reported: the text encoder runs at inference); a learned no-text embedding "
+                "per expert and modality replaces missing captions (ours);",
+                "- expert counts and k: chosen by a small sweep on the synthetic set (ours).",
+            ],
+            "Citation": [
+                "```bibtex",
+                "@article{li2026next,",
+                "  title   = {NEXT: Multi-Grained Mixture of Experts via Text-Modulation for Multi-Modal Object "
+                "Re-Identification},",
+                "  author  = {Li, Shihao and Huang, Huaibo and Duan, Junxian and Zheng, Aihua and Tang, Jin and Ma, "
+                "Jixin},",
+                "  journal = {IEEE Transactions on Information Forensics and Security},",
+                "  volume  = {21},",
+                "  pages   = {8371--8384},",
+                "  year    = {2026},",
+                "  note    = {arXiv:2505.20001}",
+                "}",
+                "```",
             ],
         },
     },

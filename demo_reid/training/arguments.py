@@ -34,10 +34,12 @@ from configuration_next import NextConfig
 
 from ..data.augment import ReIDAugment
 from ..errors import UsageError
+from ..output_paths import check_output_dir
 from ..hub.backbones import PRETRAINED_BACKBONE
 from ..hub.factory import BUILTIN_MODELS, RUN_FIELDS
 from .losses import ReIDLoss
 from .options import options_dataclass
+from .preemption import CHECKPOINT_SIGNALS
 from .scheduler import EPOCH_SCHEDULES
 
 __all__ = ["PRESETS_DIR", "ReIDArguments", "ReIDTrainingArguments", "TrainRun", "build_parser", "parse_args"]
@@ -105,12 +107,20 @@ class ReIDArguments:
     overwrite_output_dir: bool = field(
         default=False,
         metadata={"help": "Train into an --output-dir that already holds a model or checkpoints (its old "
-                  "checkpoints are deleted first); without it or --resume, train.py refuses."},
+                  "checkpoints are deleted, and listed, once the new run has passed every check, just before it "
+                  "trains); without it or --resume, train.py refuses."},
     )
     profile: bool = field(
         default=False,
         metadata={"help": "Record a few optimizer steps with torch.profiler into <output-dir>/profile (a trace for "
                   "Perfetto / chrome://tracing and an operator summary); see docs/benchmarks.md."},
+    )
+    checkpoint_on_signal: list[str] = field(
+        default_factory=lambda: ["SIGTERM"],
+        metadata={"help": "Signals that make training finish the current optimizer step, write a complete checkpoint "
+                  f"and exit with status 128 + the signal number (143 for SIGTERM): any of {', '.join(CHECKPOINT_SIGNALS)}"
+                  " (SLURM sends SIGTERM before preemption; add SIGUSR1 for sbatch --signal=USR1@90); "
+                  "--resume continues from that step. See docs/training.md."},
     )
 
 
@@ -191,8 +201,9 @@ class ReIDTrainingArguments(TrainingArguments):
             raise ValueError("--fp16 needs a CUDA GPU (float16 autocast with a gradient scaler); on CPU use --bf16")
         if self.num_identities < 2:
             raise ValueError(f"--num-identities (P) must be >= 2 for batch-hard mining, got {self.num_identities}")
-        if self.num_instances < 1:
-            raise ValueError(f"--num-instances (K) must be >= 1, got {self.num_instances}")
+        if self.num_instances < 2:
+            raise ValueError(f"--num-instances (K) must be >= 2: batch-hard triplet mining needs two images of an "
+                             f"identity in a batch for a positive pair, got {self.num_instances}")
         if self.warmup_epochs < 0:
             raise ValueError(f"--warmup-epochs must be >= 0, got {self.warmup_epochs}")
         if self.num_identities % self.world_size:
@@ -202,6 +213,12 @@ class ReIDTrainingArguments(TrainingArguments):
             )
         if not math.isfinite(self.learning_rate) or self.learning_rate <= 0:
             raise ValueError(f"--learning-rate must be > 0, got {self.learning_rate}")
+        for name in ("vision_tower_lr", "weight_decay", "bias_lr_factor", "warmup_factor", "min_lr_factor"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
+        if self.max_steps <= 0 and not (math.isfinite(self.num_train_epochs) and self.num_train_epochs > 0):
+            raise ValueError(f"--num-train-epochs must be > 0 (or give --max-steps), got {self.num_train_epochs}")
         if self.select_best_on_test:
             if self.eval_strategy == "no":
                 raise ValueError("--select-best-on-test needs periodic evaluation: pass --eval-strategy epoch")
@@ -225,7 +242,7 @@ MAIN_OPTIONS = ("preset", "config", "model", "dataset", "backbone", "output_dir"
                 "overwrite_output_dir", "seed")
 RECIPE_OPTIONS = ("image_size", "config_overrides", "synthetic_dir", "bias_lr_factor", "weight_decay", "lr_schedule",
                   "warmup_epochs", "warmup_factor", "min_lr_factor", "lr_noise_seed", "select_best_on_test",
-                  "deterministic", "profile", "dataset_revision")
+                  "deterministic", "profile", "dataset_revision", "checkpoint_on_signal")
 # Model options: the towers' sub-configs (from --backbone) and the fields set from the run are no flags.
 SET_BY_THE_RUN = ("vision_config", "text_config", *RUN_FIELDS)
 MODEL_OPTION_GROUPS = (
@@ -382,6 +399,32 @@ def check_report_to(report_to: list[str]) -> None:
         raise UsageError("--report-to tensorboard: the tensorboard package is not installed; pip install tensorboard")
 
 
+def check_recipe_types(parser: argparse.ArgumentParser, values: dict, source: str) -> None:
+    """Each recipe-file value has its option's type (YAML gives lists, mappings and numbers the command line never
+    does): a wrong one is refused in one line naming the file and the option, before the dataclasses see it. A
+    single value of a list option becomes a one-item list, as on the command line."""
+    actions = {action.dest: action for action in parser._actions}
+    for key, value in values.items():
+        action = actions.get(key)
+        if action is None or action.type is None or value is None:
+            continue
+        many = action.nargs in ("+", "*") or isinstance(action.nargs, int)
+        if many and not isinstance(value, (list, dict)):
+            values[key] = value = [value]  # as `--option value` on the command line
+        items = value if many else [value]
+        try:
+            if isinstance(value, dict) or (not many and isinstance(value, list)):
+                raise ValueError
+            for item in items:
+                if isinstance(item, (list, dict)):
+                    raise ValueError
+                action.type(item if isinstance(item, (bool, str)) else str(item))
+        except (ValueError, TypeError, argparse.ArgumentTypeError):
+            expected = getattr(action.type, "__name__", "a valid value")
+            expected = f"a list of {expected}" if many else expected
+            raise UsageError(f"{source}: option {key}: expected {expected}, got {value!r}") from None
+
+
 def parse_args(argv: list[str] | None = None) -> TrainRun:
     """Parse ``argv`` (default: ``sys.argv[1:]``) on top of the recipe file's defaults.
 
@@ -396,7 +439,9 @@ def parse_args(argv: list[str] | None = None) -> TrainRun:
     known = {f.name for cls in classes.values() for f in dataclasses.fields(cls)}
     try:
         first, _ = parser.parse_known_args(argv)
-        parser.set_defaults(**resolve_defaults(first.preset, first.config, first.model, known))
+        defaults = resolve_defaults(first.preset, first.config, first.model, known)
+        check_recipe_types(parser, defaults, first.config or f"--preset {defaults['preset']}")
+        parser.set_defaults(**defaults)
         *parsed, remaining = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     except argparse.ArgumentError as exc:
         raise UsageError(str(exc)) from None
@@ -417,6 +462,14 @@ def parse_args(argv: list[str] | None = None) -> TrainRun:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     check_report_to(training.report_to)
+    bad_signals = [name for name in script.checkpoint_on_signal if name.upper() not in CHECKPOINT_SIGNALS]
+    if bad_signals:
+        raise UsageError(f"--checkpoint-on-signal {' '.join(bad_signals)}: expected signal names among "
+                         f"{', '.join(CHECKPOINT_SIGNALS)}")
+    script.checkpoint_on_signal = list(dict.fromkeys(name.upper() for name in script.checkpoint_on_signal))
+    check_output_dir(training.output_dir, "--output-dir")  # before any work: not a file, writable
+    if not script.dataset:
+        check_output_dir(script.synthetic_dir, "--synthetic-dir")
     return TrainRun(
         script=script,
         training=training,

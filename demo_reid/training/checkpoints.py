@@ -77,12 +77,16 @@ def previous_run_contents(output_dir: str | Path) -> list[str]:
     return held
 
 
-def clear_previous_run(output_dir: str | Path) -> None:
-    """Delete the checkpoints (complete and incomplete) of a previous run, so a later --resume cannot pick them up."""
+def clear_previous_run(output_dir: str | Path) -> list[str]:
+    """Delete the checkpoints (complete and incomplete) of a previous run, so a later --resume cannot pick them up;
+    returns the names of the folders deleted."""
     output_dir = Path(output_dir)
+    deleted = []
     for folder in [*_checkpoint_folders(output_dir), output_dir / STAGING_DIR]:
         if folder.is_dir():
             shutil.rmtree(folder)
+            deleted.append(folder.name)
+    return deleted
 
 
 def resolve_resume(output_dir: str | Path, resume: bool, resume_from_checkpoint: str | None,

@@ -47,10 +47,11 @@ from ..data.sampler import PKBatchSampler, SeededBatchSampler
 from ..data.seeded import EpochDataLoader, SeededCollator, SeededDataset
 from ..errors import UsageError, first_line
 from ..evaluation.metrics import METRIC_KEYS
-from ..hub.checkpoint_files import complete_saved_model
+from ..hub.checkpoint_files import complete_saved_model, share_weights
 from ..hub.model_card import BEST_ON_TEST
 from ..hub.processors import tokenizer_of
-from .checkpoints import STAGING_DIR
+from .checkpoints import STAGING_DIR, WEIGHT_FILES
+from .disk_space import disk_full_error
 from .distributed import convert_to_global_batchnorm
 from .losses import ReIDLoss
 from .scheduler import EPOCH_SCHEDULES, DeMoCosineLR
@@ -236,7 +237,14 @@ class ReIDTrainer(Trainer):
         if self.args.should_save and staged.exists():
             shutil.rmtree(staged)  # left by a run killed while saving
         self.accelerator.wait_for_everyone()
-        super()._save_checkpoint(model, trial)
+        try:
+            super()._save_checkpoint(model, trial)
+        except Exception as exc:
+            full = disk_full_error(exc, run_dir)
+            if full is None:
+                raise
+            shutil.rmtree(staged, ignore_errors=True)  # nothing half-written stays; the earlier checkpoints do
+            raise full from None
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
             if self.state.best_model_checkpoint is not None and Path(self.state.best_model_checkpoint).parent == staging:
@@ -258,10 +266,21 @@ class ReIDTrainer(Trainer):
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         """The Trainer's save, then the files every saved model carries beyond it (training_args.json, the pipeline
         code; :func:`~demo_reid.hub.checkpoint_files.complete_saved_model`)."""
-        super()._save(output_dir, state_dict)
-        if self.args.should_save:
-            config = getattr(self.accelerator.unwrap_model(self.model), "config", None)
-            complete_saved_model(output_dir or self.args.output_dir, self.args, config)
+        folder = Path(output_dir or self.args.output_dir)
+        try:
+            super()._save(output_dir, state_dict)
+            if self.args.should_save:
+                config = getattr(self.accelerator.unwrap_model(self.model), "config", None)
+                complete_saved_model(folder, self.args, config)
+                share_weights(folder)
+        except Exception as exc:
+            full = disk_full_error(exc, folder)
+            if full is None:
+                raise
+            if folder.parent.name != STAGING_DIR:  # the final model: no truncated weights file is left behind
+                for name in WEIGHT_FILES:
+                    (folder / name).unlink(missing_ok=True)
+            raise full from None
 
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
         """Nothing: the Trainer calls this on the staging folder, which is renamed away before a background upload

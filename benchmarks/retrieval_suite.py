@@ -1,0 +1,208 @@
+"""Gallery search at 100k and 1M rows: the library's ivfpq index (PCA -> IVF -> PQ -> 8-bit re-scoring) against
+exact search, on synthetic clustered embeddings of DeMo's (5120) and NEXT's (4608) ViT-B/16 retrieval dimension.
+
+Why synthetic and how: no million-triple dataset exists here, and 1M x 5120 float32 is 20 GB, so rows are made in
+50k-row chunks (each from its own seed, so a chunk can be made again) and never held together. A row is an
+identity centre plus per-image variation (10 images per identity), both drawn in a 256-dimensional subspace with a
+power-law spectrum (variance of direction k ~ 1/k: trained features concentrate in few directions), plus isotropic
+noise carrying 10 % of the energy in all D dimensions, then L2-normalised, as ``embed.py`` writes them. Queries are
+new images of gallery identities. Exact top-10s are computed chunk by chunk over the same rows.
+
+Measured: build time (training + adding, 2 threads), index memory (serialized size), the process's peak RSS, median
+latency of one query at a time on 1 thread (faiss.omp_set_num_threads(1)), and recall@10 against exact search, for
+several nprobe values. The exact figures beside them: a flat index at 100k (built and timed); at 1M it would hold
+20 GB, so its latency is that of the same brute-force scan timed chunk by chunk and summed.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import numpy as np
+
+from demo_reid.retrieval.index import IndexSpec, new_faiss_index, set_search_params
+from harness import PeakMemory
+
+CHUNK = 50_000
+IMAGES_PER_ID = 10
+LATENT = 256
+VARIATION = 0.6
+NOISE_SHARE = 0.10
+
+
+def retrieval_dims() -> dict[str, int]:
+    """The retrieval feature sizes of DeMo and NEXT at CLIP ViT-B/16 (C = 512), from their configs."""
+    from configuration_demo import DeMoConfig
+    from configuration_next import NextConfig
+
+    demo, next_ = DeMoConfig(), NextConfig()
+    demo_parts = {"ori": 3, "moe": 7, "all": 10}[demo.inference_features]
+    branches = len(next_.branch_names)  # "final" = the MGFA output, 3 tokens per branch; "all" adds the 3 class tokens
+    next_parts = {"final": 3 * max(1, branches), "all": 3 * (1 + branches)}[next_.inference_features]
+    return {"DeMo": demo_parts * demo.feature_dim, "NEXT": next_parts * next_.feature_dim}
+
+
+class ClusteredEmbeddings:
+    """Deterministic synthetic gallery rows, made chunk by chunk (see the module docstring)."""
+
+    def __init__(self, dim: int, num_rows: int, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        self.dim, self.num_rows, self.seed = dim, num_rows, seed
+        self.num_ids = max(1, num_rows // IMAGES_PER_ID)
+        spectrum = 1.0 / np.sqrt(np.arange(1, LATENT + 1, dtype=np.float32))
+        basis = rng.standard_normal((LATENT, dim), dtype=np.float32) / np.sqrt(dim)
+        self.basis = basis * spectrum[:, None]
+        self.centres = rng.standard_normal((self.num_ids, LATENT), dtype=np.float32)
+        signal = float((spectrum ** 2).sum()) * (1 + VARIATION ** 2) / 1.0
+        # uniform noise of the right variance (cheaper to draw than normal; only its spread matters here)
+        self.noise_half_width = float(np.sqrt(3 * NOISE_SHARE / (1 - NOISE_SHARE) * signal / dim))
+
+    def _rows(self, pids: np.ndarray, rng) -> np.ndarray:
+        z = self.centres[pids] + VARIATION * rng.standard_normal((len(pids), LATENT), dtype=np.float32)
+        x = z @ self.basis
+        noise = rng.random((len(pids), self.dim), dtype=np.float32)
+        noise -= 0.5
+        noise *= 2 * self.noise_half_width
+        x += noise
+        del noise
+        x /= np.sqrt(np.einsum("ij,ij->i", x, x))[:, None]
+        return x
+
+    def num_chunks(self) -> int:
+        return -(-self.num_rows // CHUNK)
+
+    def chunk(self, i: int) -> np.ndarray:
+        size = min(CHUNK, self.num_rows - i * CHUNK)
+        rng = np.random.default_rng([self.seed, 1, i])
+        return self._rows(rng.integers(0, self.num_ids, size), rng)
+
+    def queries(self, n: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, 2])
+        return self._rows(rng.integers(0, self.num_ids, n), rng)
+
+
+class ExactTopK:
+    """Running exact top-k (squared L2) of the queries over chunks, with a brute-force single-query timing per chunk."""
+
+    def __init__(self, queries: np.ndarray, k: int, timed_queries: int = 5):
+        self.queries, self.k, self.timed = queries, k, timed_queries
+        self.dist = np.full((len(queries), k), np.inf, dtype=np.float32)
+        self.rows = np.full((len(queries), k), -1, dtype=np.int64)
+        self.scan_seconds = []  # per chunk: median over the timed queries of one query's scan
+
+    def update(self, faiss, chunk: np.ndarray, offset: int) -> None:
+        d, r = faiss.knn(self.queries, chunk, self.k)
+        d, r = np.concatenate([self.dist, d], axis=1), np.concatenate([self.rows, r + offset], axis=1)
+        order = np.argsort(d, axis=1, kind="stable")[:, : self.k]
+        self.dist, self.rows = np.take_along_axis(d, order, 1), np.take_along_axis(r, order, 1)
+        faiss.omp_set_num_threads(1)
+        times = []
+        for q in self.queries[: self.timed]:
+            start = time.perf_counter()
+            faiss.knn(q[None], chunk, self.k)
+            times.append(time.perf_counter() - start)
+        faiss.omp_set_num_threads(0 or 2)
+        self.scan_seconds.append(statistics.median(times))
+
+
+def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
+    k = exact.shape[1]
+    return float(np.mean([len(set(a[:k]) & set(b)) / k for a, b in zip(found, exact)]))
+
+
+def _latency(faiss, index, queries: np.ndarray, k: int) -> tuple[float, np.ndarray]:
+    """Median seconds of one query at a time on one thread, and the rows found."""
+    faiss.omp_set_num_threads(1)
+    index.search(queries[:5], k)  # warm-up
+    times, rows = [], []
+    for q in queries:
+        start = time.perf_counter()
+        _, r = index.search(q[None], k)
+        times.append(time.perf_counter() - start)
+        rows.append(r[0])
+    faiss.omp_set_num_threads(2)
+    return statistics.median(times), np.stack(rows)
+
+
+def _train(faiss, index, spec: IndexSpec, data: ClusteredEmbeddings) -> None:
+    """Train the chain on the first ``spec.train_size`` rows (rows are in random identity order: an unbiased
+    sample): the PCA on 50k of them, the inverted lists / PQ / re-scoring on all of them after the PCA."""
+    if isinstance(index, faiss.IndexPreTransform):
+        pca = faiss.downcast_VectorTransform(index.chain.at(0))
+        inner = faiss.downcast_index(index.index)
+        first = data.chunk(0)
+        pca.train(first[: min(len(first), 50_000)])
+        reduced = [pca.apply(first)]
+        del first
+        for i in range(1, -(-min(spec.train_size, data.num_rows) // CHUNK)):
+            reduced.append(pca.apply(data.chunk(i)))
+        inner.train(np.concatenate(reduced)[: spec.train_size])
+        index.is_trained = True
+    else:
+        index.train(np.concatenate([data.chunk(i) for i in range(-(-spec.train_size // CHUNK))])[: spec.train_size])
+
+
+def run_case(faiss, dim: int, num_rows: int, nprobes, k: int = 10, num_queries: int = 100, log=print) -> dict:
+    data = ClusteredEmbeddings(dim, num_rows)
+    queries = data.queries(num_queries)
+    spec = IndexSpec(kind="ivfpq", train_size=100_000).resolved(num_rows, dim)
+    index = new_faiss_index(spec, dim)
+    exact = ExactTopK(queries, k)
+    flat = faiss.IndexFlatL2(dim) if num_rows <= 100_000 else None
+    build = flat_build = 0.0
+    with PeakMemory("cpu") as peak:
+        start = time.perf_counter()
+        _train(faiss, index, spec, data)
+        build += time.perf_counter() - start
+        for i in range(data.num_chunks()):
+            chunk = data.chunk(i)
+            exact.update(faiss, chunk, i * CHUNK)
+            start = time.perf_counter()
+            index.add(chunk)
+            build += time.perf_counter() - start
+            if flat is not None:
+                start = time.perf_counter()
+                flat.add(chunk)
+                flat_build += time.perf_counter() - start
+            del chunk
+    row = {"dim": dim, "rows": num_rows, "index": spec.describe(dim), "build_s": build,
+           "index_memory_gib": len(faiss.serialize_index(index)) / 2**30, "peak_rss_gib": peak.gib,
+           "queries": num_queries, "k": k, "refine": spec.refine, "sweep": []}
+    for nprobe in nprobes:
+        set_search_params(index, nprobe, spec.refine)
+        latency, found = _latency(faiss, index, queries, k)
+        row["sweep"].append({"nprobe": nprobe, "median_latency_ms": 1e3 * latency,
+                             "recall_at_10": recall_at_k(found, exact.rows)})
+        log(f"  retrieval {dim}-d x {num_rows}: nprobe {nprobe}: {1e3 * latency:.2f} ms, recall@10 "
+            f"{row['sweep'][-1]['recall_at_10']:.3f}")
+    if flat is not None:
+        latency, found = _latency(faiss, flat, queries, k)
+        assert recall_at_k(found, exact.rows) >= 0.999  # the flat index is the exact search
+        row["exact"] = {"how": "IndexFlatL2, built", "build_s": flat_build, "median_latency_ms": 1e3 * latency,
+                        "index_memory_gib": flat.ntotal * dim * 4 / 2**30}
+    else:
+        row["exact"] = {"how": "brute-force scan timed chunk by chunk (a flat index would hold it all)",
+                        "build_s": None, "median_latency_ms": 1e3 * sum(exact.scan_seconds),
+                        "index_memory_gib": num_rows * dim * 4 / 2**30}
+    chosen = [s for s in row["sweep"] if s["recall_at_10"] >= 0.95 and s["median_latency_ms"] <= 20]
+    row["chosen_nprobe"] = chosen[0]["nprobe"] if chosen else None
+    log(f"  retrieval {dim}-d x {num_rows}: build {build:.0f} s, index {row['index_memory_gib']:.3f} GiB, "
+        f"exact {row['exact']['median_latency_ms']:.1f} ms/query")
+    return row
+
+
+def run_retrieval_suite(sizes=(100_000, 1_000_000), nprobes=(32, 64, 128, 256, 512), models=("DeMo", "NEXT"),
+                        log=print) -> list[dict]:
+    import faiss
+
+    faiss.omp_set_num_threads(2)
+    rows = []
+    for name, dim in retrieval_dims().items():
+        if name not in models:
+            continue
+        for num_rows in sizes:
+            row = run_case(faiss, dim, num_rows, nprobes, log=log)
+            row["model"] = name
+            rows.append(row)
+    return rows

@@ -1,0 +1,198 @@
+"""The gallery index: a FAISS index over the ``embedding`` column of an embeddings Dataset, through ``datasets``'
+FAISS integration (``Dataset.add_faiss_index`` / ``save_faiss_index`` / ``load_faiss_index``), saved beside the
+embeddings.
+
+Kinds (all in squared euclidean distance, on the L2-normalised embeddings ``eval.py`` ranks, so distances and
+ranking are ``eval.py``'s):
+
+- ``exact``: a flat index, every gallery row compared (the ranking of ``eval.py``);
+- ``ivf``: inverted lists over k-means cells (``nlist``), ``nprobe`` cells visited per query, vectors kept whole;
+- ``ivfpq``: for large galleries: PCA to ``pca_dim``, inverted lists, product-quantised codes (``pq_m`` bytes a
+  row), and the ``refine`` best candidates re-scored on the PCA vectors stored as 8-bit scalars. Why this chain:
+  PQ codes alone rank the top 10 of a million rows too coarsely (recall well under 0.95), whole 5120-d floats cost
+  20 GB; PCA vectors at one byte per dimension keep the re-scoring close to exact in a few hundred MB
+  (docs/benchmarks.md, ``benchmarks/run.py --only retrieval``).
+
+Trained indexes are trained on a seeded random sample of the rows (a gallery sorted by identity would give a
+biased "first rows" sample), then every row is added.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from .embed import EMBEDDING_COLUMN
+
+__all__ = ["INDEX_FILE", "INDEX_INFO", "INDEX_KINDS", "GalleryIndex", "IndexSpec", "import_faiss"]
+
+INDEX_KINDS = ("exact", "ivf", "ivfpq")
+INDEX_FILE = "index.faiss"
+INDEX_INFO = "index.json"
+
+
+def import_faiss():
+    """``faiss`` (``pip install faiss-cpu``, or faiss-gpu on a GPU machine), with a one-line hint when absent."""
+    try:
+        import faiss
+    except ImportError:
+        from ..errors import UsageError
+
+        raise UsageError("the gallery index needs FAISS: pip install -e \".[retrieval]\" (faiss-cpu)") from None
+    return faiss
+
+
+@dataclass
+class IndexSpec:
+    """How to build an index; unset sizes are chosen from the gallery size (:meth:`resolved`)."""
+
+    kind: str = "exact"
+    nlist: Optional[int] = None  # ivf / ivfpq: k-means cells (default about 4 sqrt(N), at least 39 rows per cell)
+    pca_dim: Optional[int] = None  # ivfpq: PCA output size (default min(256, D))
+    pq_m: Optional[int] = None  # ivfpq: bytes of code per row (default pca_dim / 4)
+    pq_bits: int = 8  # ivfpq: bits per code (fewer on tiny galleries: 2**bits centroids need rows to train)
+    refine: int = 20  # ivfpq: re-score refine x k candidates on the stored PCA vectors (0: no re-scoring)
+    nprobe: int = 32  # cells visited per query (a search-time setting, saved as the default)
+    train_size: int = 100_000  # rows sampled to train PCA / k-means / PQ
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.kind not in INDEX_KINDS:
+            raise ValueError(f"index kind {self.kind!r}: expected one of {', '.join(INDEX_KINDS)}")
+
+    def resolved(self, num_rows: int, dim: int) -> "IndexSpec":
+        """The spec with every size fixed for a gallery of ``num_rows`` x ``dim`` (tiny galleries get tiny sizes)."""
+        spec = IndexSpec(**asdict(self))
+        if spec.kind == "exact":
+            return spec
+        train = min(spec.train_size, num_rows)
+        spec.nlist = max(1, min(spec.nlist or int(4 * math.sqrt(num_rows)), train // 39 or 1))
+        spec.nprobe = max(1, min(spec.nprobe, spec.nlist))
+        if spec.kind == "ivfpq":
+            spec.pca_dim = min(spec.pca_dim or 256, dim, train)  # PCA of n rows has at most n components
+            m = spec.pq_m or max(1, spec.pca_dim // 4)
+            while spec.pca_dim % m:  # PQ splits the vector into m equal parts
+                m -= 1
+            spec.pq_m = m
+            spec.pq_bits = max(1, min(spec.pq_bits, int(math.log2(max(2, train // 39)))))
+        return spec
+
+    def describe(self, dim: int) -> str:
+        """The chain in ``faiss.index_factory`` words (PCA applied first, re-scoring last)."""
+        if self.kind == "exact":
+            return "Flat"
+        if self.kind == "ivf":
+            return f"IVF{self.nlist},Flat"
+        pca = f"PCA{self.pca_dim}," if self.pca_dim < dim else ""
+        return f"{pca}IVF{self.nlist},PQ{self.pq_m}x{self.pq_bits}" + (",Refine(SQ8)" if self.refine else "")
+
+
+def new_faiss_index(spec: IndexSpec, dim: int):
+    """An untrained index of a resolved spec. The PCA wraps the whole chain (built by hand: the factory string
+    would put the re-scoring vectors in the input space, 5120 bytes a row instead of ``pca_dim``)."""
+    faiss = import_faiss()
+    if spec.kind != "ivfpq":
+        return faiss.index_factory(dim, spec.describe(dim), faiss.METRIC_L2)
+    inner = faiss.index_factory(spec.pca_dim, f"IVF{spec.nlist},PQ{spec.pq_m}x{spec.pq_bits}"
+                                + (",Refine(SQ8)" if spec.refine else ""), faiss.METRIC_L2)
+    if spec.pca_dim == dim:
+        return inner
+    return faiss.IndexPreTransform(faiss.PCAMatrix(dim, spec.pca_dim), inner)
+
+
+def train_faiss_index(index, sample: np.ndarray) -> None:
+    if not index.is_trained:
+        index.train(np.ascontiguousarray(sample, dtype=np.float32))
+
+
+def set_search_params(index, nprobe: int, refine: int) -> None:
+    """``nprobe`` on the inverted lists and the refine factor, wherever they sit in the index chain."""
+    faiss = import_faiss()
+    try:
+        faiss.extract_index_ivf(index).nprobe = int(nprobe)
+    except RuntimeError:  # flat index: nothing to set
+        pass
+    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexPreTransform) else index
+    if isinstance(inner, faiss.IndexRefine):
+        inner.k_factor = float(max(1, refine))
+
+
+class GalleryIndex:
+    """An embeddings Dataset with its FAISS index (index name ``embedding``): build, save, load, search."""
+
+    def __init__(self, dataset, spec: IndexSpec):
+        self.dataset = dataset
+        self.spec = spec
+
+    @property
+    def faiss_index(self):
+        return self.dataset.get_index(EMBEDDING_COLUMN).faiss_index
+
+    @classmethod
+    def build(cls, dataset, spec: IndexSpec = IndexSpec()) -> "GalleryIndex":
+        """Index ``dataset[embedding]`` (sample-trained when the kind needs training) and return it."""
+        dim = len(dataset[0][EMBEDDING_COLUMN])
+        spec = spec.resolved(len(dataset), dim)
+        index = new_faiss_index(spec, dim)
+        if not index.is_trained:
+            rng = np.random.default_rng(spec.seed)
+            rows = np.sort(rng.choice(len(dataset), size=min(spec.train_size, len(dataset)), replace=False))
+            sample = dataset.select(rows).with_format("numpy")[:][EMBEDDING_COLUMN]
+            train_faiss_index(index, sample)
+        dataset.add_faiss_index(EMBEDDING_COLUMN, custom_index=index, batch_size=10_000)
+        out = cls(dataset, spec)
+        out.set_search(spec.nprobe, spec.refine)
+        return out
+
+    def set_search(self, nprobe: Optional[int] = None, refine: Optional[int] = None) -> None:
+        """Search-time settings: inverted-list cells visited (``nprobe``) and candidates re-scored (x k)."""
+        if nprobe is not None:
+            if nprobe < 1:
+                raise ValueError(f"nprobe must be >= 1, got {nprobe}")
+            self.spec.nprobe = int(nprobe)
+        if refine is not None:
+            self.spec.refine = int(refine)
+        set_search_params(self.faiss_index, self.spec.nprobe, self.spec.refine)
+
+    def save(self, folder: Path) -> None:
+        """Write ``index.faiss`` and ``index.json`` (the spec) into ``folder``, beside the saved embeddings."""
+        folder = Path(folder)
+        self.dataset.save_faiss_index(EMBEDDING_COLUMN, folder / INDEX_FILE)
+        (folder / INDEX_INFO).write_text(json.dumps(asdict(self.spec), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, folder: Path, dataset=None, device=None) -> "GalleryIndex":
+        """The index saved in ``folder`` on the embeddings saved there (or on ``dataset``); ``device``: a GPU id (or
+        list, -1 for all) to search on with faiss-gpu, as ``Dataset.load_faiss_index`` takes it (not run here: no
+        GPU)."""
+        import datasets
+
+        folder = Path(folder)
+        import_faiss()
+        spec = IndexSpec(**json.loads((folder / INDEX_INFO).read_text()))
+        dataset = dataset if dataset is not None else datasets.load_from_disk(str(folder))
+        dataset.load_faiss_index(EMBEDDING_COLUMN, folder / INDEX_FILE, device=device)
+        out = cls(dataset, spec)
+        out.set_search(spec.nprobe, spec.refine)
+        return out
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    @property
+    def dim(self) -> int:
+        return self.faiss_index.d
+
+    def nearest(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(Q, k) squared distances and gallery rows, best first; rows -1 where the index has fewer than k."""
+        queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        if queries.shape[1] != self.dim:
+            raise ValueError(f"queries have {queries.shape[1]} dimensions, the gallery {self.dim}")
+        k = max(1, min(int(k), len(self)))
+        found = self.dataset.search_batch(EMBEDDING_COLUMN, queries, k)
+        return np.asarray(found.total_scores, dtype=np.float32), np.asarray(found.total_indices, dtype=np.int64)
