@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 
+# Issue 20's goals, quoted beside the figures: speed-ups over PyTorch eager (ONNX at batch 1) and of compiled training.
+ONNX_GOALS = {"ort_fp32": 1.3, "ort_int8": 2.0}
+COMPILE_TRAIN_GOAL = 1.2
+
+
 def _fmt(value, digits=2):
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -71,6 +76,9 @@ def markdown(result: dict) -> str:
             r = c[mode]
             lines.append(f"| {mode} | {r['median_s']['eager']:.2f} | {r['median_s']['compiled']:.2f} | "
                          f"{r['speedup']:.2f}x | {r['compile_s']:.0f} |")
+        got = c["train"]["speedup"]
+        lines.append(f"\nGoal: compiled training >= {COMPILE_TRAIN_GOAL}x eager on CPU: {got:.2f}x, "
+                     + ("met" if got >= COMPILE_TRAIN_GOAL else f"missed by {COMPILE_TRAIN_GOAL - got:.2f}x"))
         for mode in ("train",):
             if c[mode].get("profile_eager"):
                 lines += ["", f"Where a {mode} step's time goes (self CPU time, top operators; eager / compiled):", "",
@@ -91,6 +99,12 @@ def markdown(result: dict) -> str:
             lines.append(f"| {r['batch']} | {t[names[0]]:.2f} | {t[names[1]]:.2f} | {t[names[2]]:.2f} | "
                          f"{r['ratio_median']['ort_fp32']:.2f}x | {r['ratio_median']['ort_int8']:.2f}x | "
                          f"{q['mean']:.5f} / {q['min']:.5f} |")
+        batch_one = next((r for r in o["rows"] if r["batch"] == 1), None)
+        if batch_one:
+            for name, goal in (("ort_fp32", ONNX_GOALS["ort_fp32"]), ("ort_int8", ONNX_GOALS["ort_int8"])):
+                got = batch_one["ratio_median"][name]
+                lines.append(f"\nGoal at batch 1: {name} >= {goal}x PyTorch eager: {got:.2f}x, "
+                             + ("met" if got >= goal else f"missed by {goal - got:.2f}x"))
         ret = o.get("retrieval")
         if ret:
             lines += ["", f"Retrieval with each ({ret['checkpoint']} on {ret['dataset']}):", "",
