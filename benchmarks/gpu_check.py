@@ -18,9 +18,7 @@ every step runs and the report is written without a GPU.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import math
 import os
 import shlex
 import sys

@@ -177,28 +177,36 @@ def summary(exc: Exception) -> str:
     return lines[0][:300] if lines else type(exc).__name__
 
 
-def max_differences(graph: OnnxGraph, path: Path) -> dict[int, tuple[float, str]]:
-    """Per checked batch size: the largest |ONNX - PyTorch| over every output, and the output where it occurs.
+def onnx_and_pytorch_outputs(graph: OnnxGraph, path: Path, what: str):
+    """For each checked batch size, (batch, ONNX Runtime's outputs, PyTorch's outputs) on the same random inputs;
+    ``what`` names the graph ("exported", "quantized") in the one-line error when ONNX Runtime cannot load or run it.
 
     Batch 1 and 4 differ from the export's example batch (2), and the caption length differs too, so the
     dynamic axes are exercised."""
-    import numpy as np
     import onnxruntime
 
     try:
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime's own error types
-        raise ExportCheckError(f"onnxruntime cannot load the exported graph: {summary(exc)}") from None
-    results = {}
+        raise ExportCheckError(f"onnxruntime cannot load the {what} graph: {summary(exc)}") from None
     for batch in CHECK_BATCH_SIZES:
         inputs = random_inputs(graph, batch, seed=batch, length=3 + 2 * batch)
         with torch.no_grad():
             expected = graph(*inputs.values())
         try:
             got = session.run(graph.output_names, {name: t.numpy() for name, t in inputs.items()})
-        except Exception as exc:
+        except Exception as exc:  # onnxruntime's own error types
             reason = summary(exc)
-            raise ExportCheckError(f"onnxruntime cannot run the exported graph at batch {batch}: {reason}") from None
+            raise ExportCheckError(f"onnxruntime cannot run the {what} graph at batch {batch}: {reason}") from None
+        yield batch, got, expected
+
+
+def max_differences(graph: OnnxGraph, path: Path) -> dict[int, tuple[float, str]]:
+    """Per checked batch size: the largest |ONNX - PyTorch| over every output, and the output where it occurs."""
+    import numpy as np
+
+    results = {}
+    for batch, got, expected in onnx_and_pytorch_outputs(graph, path, "exported"):
         diffs = {name: float(np.abs(g - e.numpy()).max()) for name, g, e in zip(graph.output_names, got, expected)}
         worst = max(diffs, key=diffs.get)
         results[batch] = (diffs[worst], worst)
@@ -244,24 +252,11 @@ def quantize_int8(source: Path, target: Path) -> None:
 
 
 def embedding_cosines(graph: OnnxGraph, path: Path) -> dict[int, tuple[float, float]]:
-    """Per checked batch size: (mean, min) cosine similarity between the graph's and PyTorch's embeddings, row by
-    row (what ranking by cosine sees of a quantized graph)."""
-    import onnxruntime
-
-    try:
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime's own error types
-        raise ExportCheckError(f"onnxruntime cannot load the quantized graph: {summary(exc)}") from None
+    """Per checked batch size: (mean, min) cosine similarity between the graph's and PyTorch's embeddings (the first
+    output), row by row (what ranking by cosine sees of a quantized graph)."""
     results = {}
-    for batch in CHECK_BATCH_SIZES:
-        inputs = random_inputs(graph, batch, seed=batch, length=3 + 2 * batch)
-        with torch.no_grad():
-            expected = graph(*inputs.values())[0]
-        try:
-            got = torch.from_numpy(session.run(["embeddings"], {n: t.numpy() for n, t in inputs.items()})[0])
-        except Exception as exc:  # onnxruntime's own error types
-            raise ExportCheckError(f"onnxruntime cannot run the quantized graph at batch {batch}: {summary(exc)}") from None
-        cosine = torch.nn.functional.cosine_similarity(got.double(), expected.double(), dim=-1)
+    for batch, got, expected in onnx_and_pytorch_outputs(graph, path, "quantized"):
+        cosine = torch.nn.functional.cosine_similarity(torch.from_numpy(got[0]).double(), expected[0].double(), dim=-1)
         results[batch] = (float(cosine.mean()), float(cosine.min()))
     return results
 

@@ -63,23 +63,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def open_index(folder: Path):
-    """The index saved in ``folder`` and its manifest, with one-line errors for a folder that is not one."""
-    from demo_reid.retrieval.embed import read_manifest
-    from demo_reid.retrieval.index import INDEX_FILE, GalleryIndex
-
-    if not folder.is_dir():
-        raise UsageError(f"--index {folder}: no such folder (write one with data_scripts/embed.py --index exact)")
-    manifest = read_manifest(folder)
-    if manifest is None or not (folder / INDEX_FILE).is_file():
-        raise UsageError(f"--index {folder}: no retrieval.json and {INDEX_FILE} there; write the folder with "
-                         "data_scripts/embed.py --index exact (or ivf / ivfpq)")
-    try:
-        return GalleryIndex.load(folder), manifest
-    except (OSError, RuntimeError, ValueError) as exc:
-        raise UsageError(f"--index {folder}: the index does not load ({first_line(exc, 160)})") from None
-
-
 def query_embedding(args, manifest: dict, dim: int):
     import numpy as np
 
@@ -116,9 +99,10 @@ def quiet_progress() -> None:
 
 def run(args) -> list:
     from demo_reid.retrieval.search import Rerank, search_gallery
+    from demo_reid.retrieval.service import open_index_folder
 
     quiet_progress()
-    index, manifest = open_index(args.index)
+    index, manifest = open_index_folder(args.index)
     index.set_search(nprobe=args.nprobe, refine=args.refine)
     vector = query_embedding(args, manifest, index.dim)
     rerank = (Rerank(args.rerank_top, args.rerank_k1, args.rerank_k2, args.rerank_lambda) if args.rerank else None)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import random_triples
+from conftest import load_data_script, random_triples
 
 from demo_reid.hub.backbones import tiny_demo_config
 from modeling_demo import DeMoModel
@@ -134,12 +134,9 @@ def test_non_clip_checkpoint_is_rejected_with_a_clear_error(tmp_path):
 
 def run_in_process(capsys, *args):
     """The converter's main() in this process (faster than a subprocess), as (returncode, stderr)."""
-    import importlib.util
     from types import SimpleNamespace
 
-    spec = importlib.util.spec_from_file_location("convert_original_checkpoint", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_data_script("convert_original_checkpoint")
     capsys.readouterr()
     try:
         module.main([str(a) for a in args])

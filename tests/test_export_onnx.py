@@ -3,7 +3,6 @@ other batch sizes (and caption lengths) than the export's, with missing modaliti
 a failed check write nothing."""
 
 import contextlib
-import importlib.util
 import io
 import shutil
 import subprocess
@@ -17,7 +16,7 @@ onnxruntime = pytest.importorskip("onnxruntime")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from conftest import REPO_ROOT, random_triples  # noqa: E402
+from conftest import REPO_ROOT, load_data_script, random_triples  # noqa: E402
 
 from demo_reid.hub.backbones import tiny_demo_config, tiny_next_config  # noqa: E402
 from demo_reid.data.text import build_caption_tokenizer, tokenize_captions  # noqa: E402
@@ -35,10 +34,7 @@ CAPTIONS = [
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("export_onnx", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_data_script("export_onnx")
 
 
 def trained_looking(model):

@@ -1,7 +1,6 @@
 """`export_onnx.py --quantize int8`: an int8 graph (ONNX Runtime dynamic quantization) next to the float32 one, with
 int8 weights, the same inputs and outputs, and embeddings whose cosine to PyTorch's is checked before it is written."""
 
-import importlib.util
 import subprocess
 import sys
 from collections import Counter
@@ -15,16 +14,13 @@ onnxruntime = pytest.importorskip("onnxruntime")
 
 from demo_reid.hub.backbones import tiny_demo_config  # noqa: E402
 from modeling_demo import DeMoModel  # noqa: E402
-from tests.conftest import random_triples  # noqa: E402
+from tests.conftest import load_data_script, random_triples  # noqa: E402
 
 SCRIPT = Path(__file__).resolve().parents[1] / "data_scripts" / "export_onnx.py"
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("export_onnx", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_data_script("export_onnx")
 
 
 @pytest.fixture(scope="module")

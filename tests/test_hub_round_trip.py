@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import PROJECT_MODULES, run_in_fresh_process, tiny_train_args
+from conftest import run_in_fresh_process, tiny_train_args
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 

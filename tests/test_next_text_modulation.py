@@ -8,22 +8,17 @@ short training run two different captions still change the semantic features and
 its initialisation.
 """
 
-import importlib.util
 import json
 import statistics
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import build_tiny_dataset, tiny_train_args
+from conftest import build_tiny_dataset, load_data_script, tiny_train_args
 
 import train
 from demo_reid.training.arguments import parse_args
 
-_SCRIPT = Path(__file__).resolve().parents[1] / "data_scripts" / "next_caption_effect.py"
-_spec = importlib.util.spec_from_file_location("next_caption_effect", _SCRIPT)
-caption_effect_script = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(caption_effect_script)
+caption_effect_script = load_data_script("next_caption_effect")
 
 TINY_NEXT = [*tiny_train_args("next"), "--num-identities", "4", "--num-instances", "2", "--save-strategy", "no",
              "--logging-steps", "10"]

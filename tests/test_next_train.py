@@ -14,7 +14,6 @@ sys.path.insert(0, str(REPO))
 import eval as eval_script  # noqa: E402
 import train  # noqa: E402
 from demo_reid.data.loading import load_reid_dataset  # noqa: E402
-from demo_reid.training.trainer import ReIDTrainer  # noqa: E402
 from demo_reid.training.arguments import parse_args  # noqa: E402
 
 TINY_NEXT = [

@@ -10,14 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import PROJECT_MODULES, build_tiny_dataset, run_in_fresh_process, tiny_train_args
+from conftest import build_tiny_dataset, run_in_fresh_process, tiny_train_args
 import torch
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import eval as eval_script  # noqa: E402
 from demo_reid.hub.loading import load_checkpoint, load_checkpoint_tokenizer  # noqa: E402
 import train  # noqa: E402
 from demo_reid.data.collate import CAPTION_COLUMNS, MODALITY_COLUMNS, ReIDTransform  # noqa: E402
@@ -169,7 +168,6 @@ def _card_snippet(checkpoint: Path) -> str:
 def test_pipeline_and_card_snippet_give_eval_embeddings_in_a_fresh_process(checkpoint, dataset, tmp_path):
     """pipeline("image-feature-extraction", trust_remote_code=True) on JPEG paths: eval.py's embeddings (full, TIR
     missing, batched in chunks, single triple) and the model's expert weights; the card's snippet runs as printed."""
-    from safetensors.torch import load_file
 
     kind, ckpt = checkpoint
     config = json.loads((ckpt / "config.json").read_text())

@@ -1,7 +1,6 @@
 """After training: data_scripts/embed.py (Arrow, image folders, 1 vs 2 processes, kills), the FAISS gallery index
 (exact = eval.py's ranking and mAP; ivf / ivfpq), data_scripts/search.py, and their one-line errors."""
 
-import importlib.util
 import json
 import os
 import shutil
@@ -13,8 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from conftest import REPO_ROOT, build_tiny_dataset, free_port, tiny_train_args
+from conftest import REPO_ROOT, build_tiny_dataset, free_port, load_data_script, tiny_train_args
 
 faiss = pytest.importorskip("faiss")
 
@@ -30,23 +28,11 @@ import eval as eval_script  # noqa: E402
 import train  # noqa: E402
 
 
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "data_scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-embed_script, search_script = load_script("embed"), load_script("search")
+embed_script, search_script = load_data_script("embed"), load_data_script("search")
 ONE_THREAD = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -19,9 +19,23 @@ from .index import INDEX_FILE, GalleryIndex, IndexSpec
 from .query import QueryEncoder, open_image
 from .search import search_gallery
 
-__all__ = ["DemoResult", "RetrievalService", "ensure_index", "side_by_side"]
+__all__ = ["DemoResult", "RetrievalService", "ensure_index", "open_index_folder", "side_by_side"]
 
 MODALITY_NAMES = ("RGB", "NIR", "TIR")
+
+
+def open_index_folder(folder) -> tuple[GalleryIndex, dict]:
+    """The gallery index saved in ``folder`` (by data_scripts/embed.py) and its manifest; a folder that is not one,
+    or an index that does not load, is a one-line UsageError naming ``--index``."""
+    folder = Path(folder) if folder else None
+    manifest = read_manifest(folder) if folder and folder.is_dir() else None
+    if manifest is None or not (folder / INDEX_FILE).is_file():
+        raise UsageError(f"--index {folder}: no retrieval.json and {INDEX_FILE} there; write the folder with "
+                         "data_scripts/embed.py --index exact (or ivf / ivfpq)")
+    try:
+        return GalleryIndex.load(folder), manifest
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise UsageError(f"--index {folder}: the index does not load ({first_line(exc, 160)})") from None
 
 
 def side_by_side(images: Sequence, height: int = 160):
@@ -90,24 +104,12 @@ class RetrievalService:
         self.problem = None  # why searching cannot work (shown in the page), or None
         self.encoder = self.index = self.images = self.manifest = None
         try:
-            self.index, manifest = self._open_index(index_dir)
+            self.index, manifest = open_index_folder(index_dir)
             self.manifest = manifest
             self.encoder = QueryEncoder(model or manifest["model"])
             self.images = self._gallery_images(manifest)
         except UsageError as exc:
             self.problem = first_line(exc, 400)
-
-    @staticmethod
-    def _open_index(index_dir):
-        folder = Path(index_dir) if index_dir else None
-        manifest = read_manifest(folder) if folder and folder.is_dir() else None
-        if manifest is None or not (folder / INDEX_FILE).is_file():
-            raise UsageError(f"--index {index_dir}: no gallery index there (build one with data_scripts/embed.py "
-                             "--index exact)")
-        try:
-            return GalleryIndex.load(folder), manifest
-        except (OSError, RuntimeError, ValueError) as exc:
-            raise UsageError(f"--index {index_dir}: the index does not load ({first_line(exc, 160)})") from None
 
     @staticmethod
     def _gallery_images(manifest):
