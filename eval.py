@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -167,18 +166,8 @@ def write_figures(args, model, dsdict, query, gallery, sweep, out_dir: Path, fea
     return [str(p) for p in paths]
 
 
-def _distributed_without_gpu() -> bool:
-    """torchrun / accelerate launch on a machine without CUDA: accelerate needs cpu=True to use gloo,
-    otherwise every process silently runs alone."""
-    import torch
-
-    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 or os.environ.get("LOCAL_RANK") is not None
-    return launched and not torch.cuda.is_available()
-
-
 def run(args) -> dict:
-    from accelerate import Accelerator
-
+    from demo_reid.training.distributed import inference_accelerator
     from demo_reid.evaluation.protocol import (EvaluationInputError, check_split, choose_protocol, compute_retrieval_metrics,
                                       extract_features, format_markdown, missing_modality_sweep, write_report)
 
@@ -188,7 +177,7 @@ def run(args) -> dict:
         hf_logging.disable_progress_bar()
     from demo_reid.hub.loading import load_checkpoint, load_checkpoint_tokenizer
 
-    accelerator = Accelerator(cpu=_distributed_without_gpu())
+    accelerator = inference_accelerator()
     dsdict = load_dataset(args.dataset, args.dataset_revision)  # cheap checks first
     model = load_checkpoint(args.model)
     for split in ("query", "gallery"):

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from ..data.collate import CAPTION_COLUMNS, METADATA_KEYS, collator_for
 from .sources import METADATA_COLUMNS
 
-__all__ = ["EMBEDDING_COLUMN", "MANIFEST", "cameras_usable", "embed_split", "embeddings_dataset", "make_accelerator",
+__all__ = ["EMBEDDING_COLUMN", "MANIFEST", "cameras_usable", "embed_split", "embeddings_dataset",
            "embed_to_folder", "partial_path", "read_manifest", "write_atomically", "write_manifest"]
 
 EMBEDDING_COLUMN = "embedding"
@@ -137,15 +137,6 @@ def read_manifest(folder: Path) -> Optional[dict]:
     return manifest
 
 
-def make_accelerator():
-    """An ``Accelerator`` for this launch; under torchrun / accelerate launch without CUDA it needs ``cpu=True`` to
-    use gloo, otherwise every process would silently run alone (the same rule as ``eval.py``)."""
-    from accelerate import Accelerator
-
-    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 or os.environ.get("LOCAL_RANK") is not None
-    return Accelerator(cpu=launched and not torch.cuda.is_available())
-
-
 def embed_to_folder(model_path: str, source: str, output: Path, split: str = "gallery", layout: Optional[str] = None,
                     revision: Optional[str] = None, index_spec=None, batch_size: int = 64, overwrite: bool = False,
                     progress: bool = True):
@@ -153,12 +144,13 @@ def embed_to_folder(model_path: str, source: str, output: Path, split: str = "ga
     ``output`` (embeddings, ``retrieval.json``, and the index of ``index_spec`` when given) and gets
     ``(output, dataset, manifest)``, the other ranks None."""
     from ..hub.loading import load_checkpoint, load_checkpoint_tokenizer
+    from ..training.distributed import inference_accelerator
     from .index import GalleryIndex, import_faiss
     from .sources import open_collection
 
     if index_spec is not None:
         import_faiss()  # fail before embedding, not after
-    accelerator = make_accelerator()
+    accelerator = inference_accelerator()
     collection = open_collection(source, split, layout, revision)
     model = load_checkpoint(model_path)
     tokenizer = load_checkpoint_tokenizer(model_path, model)

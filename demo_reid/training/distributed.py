@@ -19,7 +19,8 @@ import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
 from torch import nn
 
-__all__ = ["GlobalBatchNorm1d", "all_gather_with_grad", "convert_to_global_batchnorm", "is_distributed"]
+__all__ = ["GlobalBatchNorm1d", "all_gather_with_grad", "convert_to_global_batchnorm", "inference_accelerator",
+           "is_distributed"]
 
 
 def is_distributed() -> bool:
@@ -95,3 +96,14 @@ def _swap_all(module: nn.Module) -> None:
             setattr(module, name, _swap_batchnorm(child, GlobalBatchNorm1d))
         else:
             _swap_all(child)
+
+
+def inference_accelerator():
+    """An ``Accelerator`` for eval.py / embed.py under this launch. Under torchrun / accelerate launch without CUDA it
+    needs ``cpu=True`` to use gloo, otherwise every process would silently run alone."""
+    import os
+
+    from accelerate import Accelerator
+
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 or os.environ.get("LOCAL_RANK") is not None
+    return Accelerator(cpu=launched and not torch.cuda.is_available())
