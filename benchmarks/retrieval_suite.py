@@ -1,5 +1,5 @@
-"""Gallery search at 100k and 1M rows: the library's ivfpq index (PCA -> IVF -> PQ -> 8-bit re-scoring) against
-exact search, on synthetic clustered embeddings of DeMo's (5120) and NEXT's (4608) ViT-B/16 retrieval dimension.
+"""Gallery search at 100k and 1M rows: the library's ivfpq index (PCA -> IVF -> PQ -> 4-bit re-scoring) against
+exact search, on synthetic clustered embeddings of DeMo's (5120) and NEXT's (3072) ViT-B/16 retrieval dimension.
 
 Why synthetic and how: no million-triple dataset exists here, and 1M x 5120 float32 is 20 GB, so rows are made in
 50k-row chunks (each from its own seed, so a chunk can be made again) and never held together. A row is an
@@ -102,7 +102,7 @@ class ExactTopK:
             start = time.perf_counter()
             faiss.knn(q[None], chunk, self.k)
             times.append(time.perf_counter() - start)
-        faiss.omp_set_num_threads(0 or 2)
+        faiss.omp_set_num_threads(2)
         self.scan_seconds.append(statistics.median(times))
 
 
@@ -127,20 +127,27 @@ def _latency(faiss, index, queries: np.ndarray, k: int) -> tuple[float, np.ndarr
 
 def _train(faiss, index, spec: IndexSpec, data: ClusteredEmbeddings) -> None:
     """Train the chain on the first ``spec.train_size`` rows (rows are in random identity order: an unbiased
-    sample): the PCA on 50k of them, the inverted lists / PQ / re-scoring on all of them after the PCA."""
-    if isinstance(index, faiss.IndexPreTransform):
-        pca = faiss.downcast_VectorTransform(index.chain.at(0))
-        inner = faiss.downcast_index(index.index)
-        first = data.chunk(0)
-        pca.train(first[: min(len(first), 50_000)])
+    sample), as GalleryIndex.build does on its sample, but by parts so that the rows are never held whole: the PCA
+    and the 4-bit re-scoring ranges on 50k of them, the inverted lists and PQ on all of them after the PCA."""
+    index = faiss.downcast_index(index)
+    refine = index if isinstance(index, faiss.IndexRefine) else None
+    chain = faiss.downcast_index(refine.base_index) if refine is not None else index
+    first = data.chunk(0)
+    if refine is not None:
+        faiss.downcast_index(refine.refine_index).train(first)
+    if isinstance(chain, faiss.IndexPreTransform):
+        pca = faiss.downcast_VectorTransform(chain.chain.at(0))
+        pca.train(first)
         reduced = [pca.apply(first)]
         del first
         for i in range(1, -(-min(spec.train_size, data.num_rows) // CHUNK)):
             reduced.append(pca.apply(data.chunk(i)))
-        inner.train(np.concatenate(reduced)[: spec.train_size])
-        index.is_trained = True
+        faiss.downcast_index(chain.index).train(np.concatenate(reduced)[: spec.train_size])
+        chain.is_trained = True
     else:
-        index.train(np.concatenate([data.chunk(i) for i in range(-(-spec.train_size // CHUNK))])[: spec.train_size])
+        del first
+        chain.train(np.concatenate([data.chunk(i) for i in range(-(-spec.train_size // CHUNK))])[: spec.train_size])
+    index.is_trained = True
 
 
 def run_case(faiss, dim: int, num_rows: int, nprobes, k: int = 10, num_queries: int = 100, log=print) -> dict:
@@ -192,7 +199,7 @@ def run_case(faiss, dim: int, num_rows: int, nprobes, k: int = 10, num_queries: 
     return row
 
 
-def run_retrieval_suite(sizes=(100_000, 1_000_000), nprobes=(32, 64, 128, 256, 512), models=("DeMo", "NEXT"),
+def run_retrieval_suite(sizes=(100_000, 1_000_000), nprobes=(128, 256, 512, 768, 1024), models=("DeMo", "NEXT"),
                         log=print) -> list[dict]:
     import faiss
 

@@ -62,7 +62,7 @@ def parse_args(argv=None):
     p.add_argument("--retrieval-rows", type=int, nargs="+", default=[100_000, 1_000_000],
                    help="gallery sizes of the retrieval suite (--quick: 100k only)")
     p.add_argument("--retrieval-models", nargs="+", choices=("DeMo", "NEXT"), default=["DeMo", "NEXT"],
-                   help="whose retrieval dimension the retrieval suite uses (DeMo 5120, NEXT 4608)")
+                   help="whose retrieval dimension the retrieval suite uses (DeMo 5120, NEXT 3072)")
     return p.parse_args(argv)
 
 

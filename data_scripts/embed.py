@@ -51,7 +51,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--push-to-hub", metavar="REPO_ID", default=None,
-                   help="also push the embeddings to this dataset repo")
+                   help="also push the embeddings to this dataset repo, as its --split split (the FAISS "
+                        "index stays in --output)")
     p.add_argument("--private", action="store_true", help="with --push-to-hub: create a private repo")
     args = p.parse_args(argv)
     if args.batch_size < 1:
@@ -91,7 +92,7 @@ def run(args) -> Path | None:
     print(f"wrote {len(dataset)} embeddings ({manifest['dim']}-d{chain}) to {output}")
     if args.push_to_hub:
         try:
-            dataset.push_to_hub(args.push_to_hub, private=args.private)
+            dataset.push_to_hub(args.push_to_hub, split=args.split, private=args.private)
         except (OSError, ValueError) as exc:
             raise UsageError(f"--push-to-hub {args.push_to_hub}: {first_line(exc, 200)} (the embeddings are saved "
                              f"in {output})") from None

@@ -108,9 +108,9 @@ class FakeHub:
         self.server.shutdown()
         self.server.server_close()
 
-    def refuse_commits_after(self, count: int) -> None:
+    def refuse_commits_after(self, count: int | None) -> None:
         """Answer every commit after the first ``count`` (counted over all repos) with 503, as a Hub that becomes
-        unreachable in the middle of a run; the refused ones are recorded in ``refused``."""
+        unreachable in the middle of a run; the refused ones are recorded in ``refused``. ``None``: accept again."""
         self.commit_limit = count
         self.refused: list[str] = []
 

@@ -11,6 +11,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import run_in_fresh_process, tiny_train_args
@@ -80,7 +81,7 @@ def strategy_runs(hub):
         runs[strategy] = (proc, repo_id, commits)
     fake.refuse_commits_after(len(fake.commits) + 1)
     first = _push_run(hub, "checkpoint", base / "checkpoint-machine-1", "--hub-always-push")
-    fake.commit_limit = None
+    fake.refuse_commits_after(None)
     resumed = _push_run(hub, "checkpoint", base / "checkpoint-machine-2", "--resume")
     assert resumed[0].returncode == 0, resumed[0].stderr[-3000:]
     runs["checkpoint"] = (resumed[0], resumed[1], first[2] + resumed[2])
@@ -309,3 +310,43 @@ def test_push_to_an_unreachable_hub_stops_before_training(tmp_path, capsys):
     assert code == 2 and err[-1].startswith("train.py: error: --push-to-hub: cannot create or reach the model repo "
                                             "tester/run on the Hub (OfflineModeIsEnabled"), err[-3:]
     assert not out.exists()
+
+
+def test_embed_reads_a_hub_dataset_and_pushes_its_embeddings(hub, strategy_runs, tmp_path):
+    """embed.py --dataset <hub id> embeds what it embeds from the local copy of that dataset; --push-to-hub
+    publishes the embeddings as the split's name, and load_dataset reads the same rows back from the Hub; a Hub
+    that refuses the push is one line that says where the embeddings are."""
+    import datasets
+
+    fake, env, base = hub
+    embed = ["--model", base / "end", "--split", "gallery", "--no-progress"]
+    proc = _run("data_scripts/embed.py", [*embed, "--dataset", DATASET_ID, "--output", tmp_path / "from-hub",
+                                          "--push-to-hub", "tester/gallery-embeddings"], env, base)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = _run("data_scripts/embed.py", [*embed, "--dataset", base / "local-copy", "--output",
+                                          tmp_path / "from-disk"], env, base)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    read_back = ("import datasets, sys; datasets.load_dataset(sys.argv[1], split='gallery')"
+                 ".save_to_disk(sys.argv[2])")
+    proc = subprocess.run([sys.executable, "-c", read_back, "tester/gallery-embeddings", str(tmp_path / "pulled")],
+                          env=env, cwd=base, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from_hub, from_disk, pulled = (datasets.load_from_disk(str(tmp_path / name))
+                                   for name in ("from-hub", "from-disk", "pulled"))
+    assert len(from_disk) > 0 and from_hub.column_names == from_disk.column_names == pulled.column_names
+    for column in ("pid", "camid", "sceneid", "name"):
+        assert from_hub[column] == from_disk[column] == pulled[column], column
+    local = np.asarray(from_disk["embedding"], dtype=np.float32)
+    assert np.abs(np.asarray(from_hub["embedding"], dtype=np.float32) - local).max() <= 1e-6
+    assert np.array_equal(np.asarray(pulled["embedding"], dtype=np.float32), np.asarray(from_hub["embedding"],
+                                                                                         dtype=np.float32))
+
+    fake.refuse_commits_after(len(fake.commits))
+    try:
+        proc = _run("data_scripts/embed.py", [*embed, "--dataset", base / "local-copy", "--output",
+                                              tmp_path / "refused", "--push-to-hub", "tester/refused"], env, base)
+    finally:
+        fake.refuse_commits_after(None)
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and err[-1].startswith("embed.py: error: --push-to-hub tester/refused: "), err[-3:]
+    assert err[-1].endswith(f"(the embeddings are saved in {tmp_path / 'refused'})"), err[-1]

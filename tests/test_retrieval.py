@@ -265,10 +265,11 @@ def test_ivf_and_ivfpq_indexes(tmp_path):
     dataset = _vectors_dataset(gallery)
     dataset.save_to_disk(str(tmp_path / "pq"))
     pq = GalleryIndex.build(dataset, IndexSpec(kind="ivfpq", nlist=32, pca_dim=48, pq_m=12, nprobe=8))
-    assert pq.spec.describe(96) == "PCA48,IVF32,PQ12x6,Refine(SQ8)"  # 6 bits: 4000 rows train 64 centroids
+    assert pq.spec.describe(96) == "PCA48,IVF32,PQ12x6,Refine(SQ4)"  # 6 bits: 4000 rows train 64 centroids
     pq.save(tmp_path / "pq")
     loaded = GalleryIndex.load(tmp_path / "pq")
     assert loaded.spec.nprobe == 8 and faiss.extract_index_ivf(loaded.faiss_index).nprobe == 8
+    assert faiss.downcast_index(loaded.faiss_index).k_factor == loaded.spec.refine == 20
     assert recall(loaded) >= 0.9
     loaded.set_search(nprobe=32)
     assert faiss.extract_index_ivf(loaded.faiss_index).nprobe == 32

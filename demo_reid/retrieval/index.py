@@ -7,11 +7,13 @@ ranking are ``eval.py``'s):
 
 - ``exact``: a flat index, every gallery row compared (the ranking of ``eval.py``);
 - ``ivf``: inverted lists over k-means cells (``nlist``), ``nprobe`` cells visited per query, vectors kept whole;
-- ``ivfpq``: for large galleries: PCA to ``pca_dim``, inverted lists, product-quantised codes (``pq_m`` bytes a
-  row), and the ``refine`` best candidates re-scored on the PCA vectors stored as 8-bit scalars. Why this chain:
-  PQ codes alone rank the top 10 of a million rows too coarsely (recall well under 0.95), whole 5120-d floats cost
-  20 GB; PCA vectors at one byte per dimension keep the re-scoring close to exact in a few hundred MB
-  (docs/benchmarks.md, ``benchmarks/run.py --only retrieval``).
+- ``ivfpq``: for large galleries: candidates from PCA to ``pca_dim``, inverted lists and product-quantised codes
+  (``pq_m`` bytes a row), then the ``refine`` x k best candidates re-scored on the whole embeddings stored as 4-bit
+  scalars (D / 2 bytes a row). Why this chain: PQ codes alone rank the top 10 of a million rows too coarsely, and
+  re-scoring in the PCA space cannot do better than exact search in that space, which misses 6 % of the true
+  top 10 at a million 5120-d rows (what PCA drops decides the close calls); 4-bit codes of every dimension re-score
+  to within 1.5 % of exact, in 2.4 GiB at 1M x 5120 where float32 needs 19 GiB (docs/benchmarks.md,
+  ``benchmarks/run.py --only retrieval``).
 
 Trained indexes are trained on a seeded random sample of the rows (a gallery sorted by identity would give a
 biased "first rows" sample), then every row is added.
@@ -56,7 +58,7 @@ class IndexSpec:
     pca_dim: Optional[int] = None  # ivfpq: PCA output size (default min(256, D))
     pq_m: Optional[int] = None  # ivfpq: bytes of code per row (default pca_dim / 4)
     pq_bits: int = 8  # ivfpq: bits per code (fewer on tiny galleries: 2**bits centroids need rows to train)
-    refine: int = 20  # ivfpq: re-score refine x k candidates on the stored PCA vectors (0: no re-scoring)
+    refine: int = 20  # ivfpq: re-score refine x k candidates on the stored 4-bit embeddings (0: no re-scoring)
     nprobe: int = 512  # cells visited per query (search-time, saved as the default; recall@10 0.95 at 100k rows)
     train_size: int = 100_000  # rows sampled to train PCA / k-means / PQ
     seed: int = 0
@@ -89,20 +91,13 @@ class IndexSpec:
         if self.kind == "ivf":
             return f"IVF{self.nlist},Flat"
         pca = f"PCA{self.pca_dim}," if self.pca_dim < dim else ""
-        return f"{pca}IVF{self.nlist},PQ{self.pq_m}x{self.pq_bits}" + (",Refine(SQ8)" if self.refine else "")
+        return f"{pca}IVF{self.nlist},PQ{self.pq_m}x{self.pq_bits}" + (",Refine(SQ4)" if self.refine else "")
 
 
 def new_faiss_index(spec: IndexSpec, dim: int):
-    """An untrained index of a resolved spec. The PCA wraps the whole chain (built by hand: the factory string
-    would put the re-scoring vectors in the input space, 5120 bytes a row instead of ``pca_dim``)."""
+    """An untrained index of a resolved spec (``Refine`` wraps the chain: it re-scores in the input space)."""
     faiss = import_faiss()
-    if spec.kind != "ivfpq":
-        return faiss.index_factory(dim, spec.describe(dim), faiss.METRIC_L2)
-    inner = faiss.index_factory(spec.pca_dim, f"IVF{spec.nlist},PQ{spec.pq_m}x{spec.pq_bits}"
-                                + (",Refine(SQ8)" if spec.refine else ""), faiss.METRIC_L2)
-    if spec.pca_dim == dim:
-        return inner
-    return faiss.IndexPreTransform(faiss.PCAMatrix(dim, spec.pca_dim), inner)
+    return faiss.index_factory(dim, spec.describe(dim), faiss.METRIC_L2)
 
 
 def train_faiss_index(index, sample: np.ndarray) -> None:
@@ -117,9 +112,9 @@ def set_search_params(index, nprobe: int, refine: int) -> None:
         faiss.extract_index_ivf(index).nprobe = int(nprobe)
     except RuntimeError:  # flat index: nothing to set
         pass
-    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexPreTransform) else index
-    if isinstance(inner, faiss.IndexRefine):
-        inner.k_factor = float(max(1, refine))
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexRefine):
+        index.k_factor = float(max(1, refine))
 
 
 class GalleryIndex:
