@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a plain checkout too
 
 from demo_reid.errors import UsageError, first_line, run_cli  # noqa: E402
-from demo_reid.retrieval.index import INDEX_KINDS, IndexSpec  # noqa: E402
+from demo_reid.retrieval.index import INDEX_KINDS, NPROBE_SHARE, IndexSpec  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -42,12 +42,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="also build this FAISS index into --output: exact (flat, eval.py's ranking), ivf, or ivfpq "
                         "(PCA + IVF + PQ + re-scoring, for large galleries)")
     p.add_argument("--nlist", type=int, default=None, help="ivf / ivfpq: k-means cells (default about 4 sqrt(rows))")
-    p.add_argument("--nprobe", type=int, default=defaults.nprobe, help="ivf / ivfpq: cells visited per query (saved "
-                                                                      "as the default; search.py --nprobe overrides)")
+    p.add_argument("--nprobe", type=int, default=None, help=f"ivf / ivfpq: cells visited per query (default "
+                   f"{NPROBE_SHARE:.0%}% of --nlist; saved as the default, search.py --nprobe overrides)")
     p.add_argument("--pca-dim", type=int, default=None, help="ivfpq: PCA output size (default min(256, dim))")
     p.add_argument("--pq-m", type=int, default=None, help="ivfpq: code bytes per row (default pca-dim / 4)")
     p.add_argument("--refine", type=int, default=defaults.refine,
-                   help="ivfpq: re-score refine x k candidates on stored 8-bit PCA vectors (0: off)")
+                   help="ivfpq: re-score refine x k candidates on stored 4-bit embeddings (0: off)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--push-to-hub", metavar="REPO_ID", default=None,

@@ -275,6 +275,14 @@ def test_ivf_and_ivfpq_indexes(tmp_path):
     assert faiss.extract_index_ivf(loaded.faiss_index).nprobe == 32
 
 
+@pytest.mark.parametrize("rows, nlist, nprobe", [(100_000, 1264, 506), (1_000_000, 2564, 1026)])
+def test_default_ivfpq_sizes_are_the_benchmarked_ones(rows, nlist, nprobe):
+    """The defaults at the retrieval benchmark's gallery sizes are the chains docs/benchmarks.md measured."""
+    spec = IndexSpec(kind="ivfpq").resolved(rows, 5120)
+    assert spec.describe(5120) == f"PCA256,IVF{nlist},PQ64x8,Refine(SQ4)" and spec.nprobe == nprobe
+    assert spec.refine == 20 and IndexSpec().resolved(rows, 5120).nprobe is None  # exact: no cells
+
+
 def _one_line_error(capsys, prog):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"{prog}: error: "), err

@@ -31,11 +31,15 @@ import numpy as np
 
 from .embed import EMBEDDING_COLUMN
 
-__all__ = ["INDEX_FILE", "INDEX_INFO", "INDEX_KINDS", "GalleryIndex", "IndexSpec", "import_faiss"]
+__all__ = ["INDEX_FILE", "INDEX_INFO", "INDEX_KINDS", "NPROBE_SHARE", "GalleryIndex", "IndexSpec", "import_faiss"]
 
 INDEX_KINDS = ("exact", "ivf", "ivfpq")
 INDEX_FILE = "index.faiss"
 INDEX_INFO = "index.json"
+# Default share of the cells an ivf / ivfpq query visits: what a million synthetic rows need for recall@10 >= 0.95
+# (5120-d: 0.964 at 1024 of 2564 cells, 18 ms; docs/benchmarks.md). At 100k rows half of it already gives 0.968:
+# fewer cells are faster and miss more (search.py --nprobe).
+NPROBE_SHARE = 0.4
 
 
 def import_faiss():
@@ -59,7 +63,7 @@ class IndexSpec:
     pq_m: Optional[int] = None  # ivfpq: bytes of code per row (default pca_dim / 4)
     pq_bits: int = 8  # ivfpq: bits per code (fewer on tiny galleries: 2**bits centroids need rows to train)
     refine: int = 20  # ivfpq: re-score refine x k candidates on the stored 4-bit embeddings (0: no re-scoring)
-    nprobe: int = 512  # cells visited per query (search-time, saved as the default; recall@10 0.95 at 100k rows)
+    nprobe: Optional[int] = None  # cells visited per query (search-time, saved; default NPROBE_SHARE of nlist)
     train_size: int = 100_000  # rows sampled to train PCA / k-means / PQ
     seed: int = 0
 
@@ -74,7 +78,7 @@ class IndexSpec:
             return spec
         train = min(spec.train_size, num_rows)
         spec.nlist = max(1, min(spec.nlist or int(4 * math.sqrt(num_rows)), train // 39 or 1))
-        spec.nprobe = max(1, min(spec.nprobe, spec.nlist))
+        spec.nprobe = max(1, min(spec.nprobe or math.ceil(NPROBE_SHARE * spec.nlist), spec.nlist))
         if spec.kind == "ivfpq":
             spec.pca_dim = min(spec.pca_dim or 256, dim, train)  # PCA of n rows has at most n components
             m = spec.pq_m or max(1, spec.pca_dim // 4)
@@ -105,13 +109,15 @@ def train_faiss_index(index, sample: np.ndarray) -> None:
         index.train(np.ascontiguousarray(sample, dtype=np.float32))
 
 
-def set_search_params(index, nprobe: int, refine: int) -> None:
+def set_search_params(index, nprobe: Optional[int], refine: int) -> None:
     """``nprobe`` on the inverted lists and the refine factor, wherever they sit in the index chain."""
     faiss = import_faiss()
     try:
-        faiss.extract_index_ivf(index).nprobe = int(nprobe)
-    except RuntimeError:  # flat index: nothing to set
-        pass
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:  # flat index: no cells
+        ivf = None
+    if ivf is not None and nprobe is not None:
+        ivf.nprobe = int(nprobe)
     index = faiss.downcast_index(index)
     if isinstance(index, faiss.IndexRefine):
         index.k_factor = float(max(1, refine))
