@@ -77,6 +77,7 @@ class FakeHub:
         self.unhandled: list[tuple[str, str]] = []
         self.commits: list[dict] = []  # (repo, summary, paths added, paths deleted, sha) of every commit, in order
         self.commit_limit: int | None = None  # refuse_commits_after
+        self.refused: list[str] = []  # the summaries of the commits refused so far
         self._lock = threading.Lock()
         hub = self
 
@@ -110,9 +111,9 @@ class FakeHub:
 
     def refuse_commits_after(self, count: int | None) -> None:
         """Answer every commit after the first ``count`` (counted over all repos) with 503, as a Hub that becomes
-        unreachable in the middle of a run; the refused ones are recorded in ``refused``. ``None``: accept again."""
+        unreachable in the middle of a run; every refused commit is recorded in ``refused``, in order. ``None``:
+        accept commits again."""
         self.commit_limit = count
-        self.refused: list[str] = []
 
     # ---- what a test reads back ----------------------------------------------------------------------------------
 
