@@ -7,7 +7,7 @@ the library's former chain (re-scoring on 8-bit PCA vectors); the SQ rows bound 
 of the whole embedding (what ``ivfpq`` keeps now). Candidates are the exact top 200 (20 x k, the default
 ``refine``), so a row shows the re-scoring alone.
 
-    python benchmarks/retrieval_ceilings.py --dim 5120 --rows 1000000    # about 10 minutes, 6 GB, on 2 cores
+    python benchmarks/retrieval_ceilings.py --dim 5120 --rows 1000000    # about 10 minutes, 8 GB peak, on 2 cores
 """
 
 from __future__ import annotations
