@@ -17,18 +17,11 @@ import time
 
 import numpy as np
 
-from retrieval_suite import CHUNK, ClusteredEmbeddings, recall_at_k
+from retrieval_suite import CHUNK, ClusteredEmbeddings, ExactTopK, recall_at_k
 
 PCA_DIMS = (128, 256, 384, 512)
 SCALAR_BITS = (4, 6, 8)
 CANDIDATES = 200
-
-
-def running_top(dist, rows, d, r, offset, k):
-    """Merge a chunk's top-k (``d``, ``r``) into the running top-k."""
-    d, r = np.concatenate([dist, d], 1), np.concatenate([rows, r + offset], 1)
-    order = np.argsort(d, 1, kind="stable")[:, :k]
-    return np.take_along_axis(d, order, 1), np.take_along_axis(r, order, 1)
 
 
 def main() -> None:
@@ -51,16 +44,16 @@ def main() -> None:
         quantizers[bits] = faiss.ScalarQuantizer(args.dim, getattr(faiss.ScalarQuantizer, f"QT_{bits}bit"))
         quantizers[bits].train(first)
     del first
-    empty = (np.full((len(queries), CANDIDATES), np.inf, np.float32), np.full((len(queries), CANDIDATES), -1))
-    exact, reduced, candidates = empty, np.empty((args.rows, max(PCA_DIMS)), np.float32), {}
+    exact = ExactTopK(queries, CANDIDATES, timed_queries=0)
+    reduced, candidates = np.empty((args.rows, max(PCA_DIMS)), np.float32), {}
     for i in range(data.num_chunks()):
         chunk = data.chunk(i)
-        exact = running_top(*exact, *faiss.knn(queries, chunk, CANDIDATES), i * CHUNK, CANDIDATES)
+        exact.update(faiss, chunk, i * CHUNK)
         reduced[i * CHUNK: i * CHUNK + len(chunk)] = pca.apply(chunk)
         candidates.update({int(r): chunk[r - i * CHUNK].copy()  # a copy: a view would keep the chunk alive
-                           for r in exact[1].ravel() if i * CHUNK <= r < (i + 1) * CHUNK})
+                           for r in exact.rows.ravel() if i * CHUNK <= r < (i + 1) * CHUNK})
         del chunk
-    true_top = exact[1][:, :10]
+    true_top = exact.rows[:, :10]
     reduced_queries = pca.apply(queries)
     print(f"{args.rows:,} rows x {args.dim}: data and exact top-{CANDIDATES} in {time.perf_counter() - start:.0f} s")
     for d in PCA_DIMS:
@@ -69,7 +62,7 @@ def main() -> None:
     del reduced
     for bits, sq in quantizers.items():
         found = []
-        for query, rows in zip(queries, exact[1]):
+        for query, rows in zip(queries, exact.rows):
             decoded = sq.decode(sq.compute_codes(np.stack([candidates[int(r)] for r in rows])))
             found.append(rows[np.argsort(((decoded - query) ** 2).sum(1), kind="stable")[:10]])
         print(f"exact top-{CANDIDATES} re-scored on {bits}-bit codes of all {args.dim} dimensions "

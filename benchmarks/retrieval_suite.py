@@ -83,7 +83,8 @@ class ClusteredEmbeddings:
 
 
 class ExactTopK:
-    """Running exact top-k (squared L2) of the queries over chunks, with a brute-force single-query timing per chunk."""
+    """Running exact top-k (squared L2) of the queries over chunks, with a brute-force single-query timing per chunk
+    (none when ``timed_queries`` is 0)."""
 
     def __init__(self, queries: np.ndarray, k: int, timed_queries: int = 5):
         self.queries, self.k, self.timed = queries, k, timed_queries
@@ -96,6 +97,8 @@ class ExactTopK:
         d, r = np.concatenate([self.dist, d], axis=1), np.concatenate([self.rows, r + offset], axis=1)
         order = np.argsort(d, axis=1, kind="stable")[:, : self.k]
         self.dist, self.rows = np.take_along_axis(d, order, 1), np.take_along_axis(r, order, 1)
+        if not self.timed:
+            return
         faiss.omp_set_num_threads(1)
         times = []
         for q in self.queries[: self.timed]:

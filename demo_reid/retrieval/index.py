@@ -112,12 +112,11 @@ def train_faiss_index(index, sample: np.ndarray) -> None:
 def set_search_params(index, nprobe: Optional[int], refine: int) -> None:
     """``nprobe`` on the inverted lists and the refine factor, wherever they sit in the index chain."""
     faiss = import_faiss()
-    try:
-        ivf = faiss.extract_index_ivf(index)
-    except RuntimeError:  # flat index: no cells
-        ivf = None
-    if ivf is not None and nprobe is not None:
-        ivf.nprobe = int(nprobe)
+    if nprobe is not None:  # None: the spec of an exact index
+        try:
+            faiss.extract_index_ivf(index).nprobe = int(nprobe)
+        except RuntimeError:  # a flat index has no cells
+            pass
     index = faiss.downcast_index(index)
     if isinstance(index, faiss.IndexRefine):
         index.k_factor = float(max(1, refine))
