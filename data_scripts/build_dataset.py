@@ -23,7 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a plain checkout too
 
-from demo_reid.data.builder import LAYOUTS, DatasetLayoutError, build_dataset, save_dataset  # noqa: E402
+from demo_reid.data.builder import DatasetLayoutError, build_dataset, save_dataset  # noqa: E402
+from demo_reid.data.releases import release_names  # noqa: E402
 from demo_reid.hub.dataset_card import make_dataset_card, push_dataset_with_card  # noqa: E402
 from demo_reid.errors import UsageError, first_line  # noqa: E402
 from demo_reid.output_paths import check_output_dir  # noqa: E402
@@ -31,7 +32,8 @@ from demo_reid.output_paths import check_output_dir  # noqa: E402
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--name", required=True, choices=sorted(LAYOUTS) + ["MSVWild863"], help="dataset layout")
+    p.add_argument("--name", required=True, choices=release_names(),
+                   help="the release (demo_reid/data/releases/)")
     p.add_argument("--root", required=True, type=Path, help="the dataset folder, or the folder containing it")
     p.add_argument("--output", required=True, type=Path, help="where to save_to_disk the DatasetDict")
     p.add_argument("--captions", type=Path, default=None,

@@ -12,7 +12,8 @@ from huggingface_hub import DatasetCard
 
 import datasets
 from demo_reid.data.builder import build_dataset
-from demo_reid.hub.dataset_card import SOURCES, make_dataset_card
+from demo_reid.data.releases import RELEASES
+from demo_reid.hub.dataset_card import make_dataset_card
 from demo_reid.data.synthetic import make_synthetic
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,7 +71,7 @@ def test_card_lies_beside_the_data_and_describes_it(raw, tmp_path, capsys):
     text = card.text
     assert "research use only" in text and "original authors" in text and "terms of use" in text
     assert "http" not in str(card)  # links nothing: no download location, no paper URL
-    assert SOURCES["RGBNT201"].bibtex in text and "Robust Multi-Modality Person Re-identification" in text
+    assert RELEASES["RGBNT201"].source.bibtex in text and "Robust Multi-Modality Person Re-identification" in text
     assert "python data_scripts/build_dataset.py --name RGBNT201" in text and f"--output {out}" in text
     assert f'load_from_disk("{out}")' in text and "load_dataset(" not in text  # not pushed: no Hub example
     assert "`query` and `gallery` are the same rows" in text  # RGBNT201: both are the test folder

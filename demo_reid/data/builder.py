@@ -2,7 +2,8 @@
 
 Training, evaluation and the NEXT text branch read only the Arrow dataset, so every quirk of
 the public releases (folder names, file-name schemes, RGBNT100's side-by-side images, caption
-files) is handled here, once.  Adding a dataset means adding one entry to ``LAYOUTS``.
+files) is handled here, once.  What differs between releases (folders, file names, splits) is read from their
+records in :mod:`demo_reid.data.releases`: adding a dataset means adding one module there.
 
 Rows are streamed to Arrow files (never all images in memory); each image is fully decoded
 once while building, so a broken JPEG fails the build instead of a training run hours later.
@@ -14,14 +15,13 @@ import io
 import json
 import logging
 import multiprocessing
-import re
 import shutil
 import tempfile
 import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Mapping, Optional, Sequence
+from typing import Iterable, Iterator, Mapping, Optional, Sequence
 
 from PIL import Image as PILImage
 from tqdm.auto import tqdm
@@ -30,173 +30,28 @@ import datasets
 from datasets.arrow_writer import ArrowWriter
 from configuration_demo import MODALITIES
 
+from .columns import CAPTION_COLUMNS
 from .pixels import HIGH_BIT_MODES, to_8bit
+from .release import SPLITS, DatasetLayoutError, ParsedName, Release  # noqa: F401  (ParsedName: re-exported)
+from .releases import RELEASES, get_release
 
 logger = logging.getLogger(__name__)
 
-SPLITS = ("train", "query", "gallery")
-CAPTION_COLUMNS = tuple(f"caption_{m}" for m in MODALITIES)
 # Caption file names use the NEXT release's modality tags; query and gallery share the test files.
 CAPTION_FILE_TAGS = {"rgb": "RGB", "nir": "NI", "tir": "TI"}
 CAPTION_SPLIT_OF = {"train": "train", "query": "test", "gallery": "test"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}  # TIFF: 16-bit thermal frames
 
 
-class DatasetLayoutError(ValueError):
-    """A folder, image or caption file does not match what its dataset layout promises."""
-
-
 class DatasetBuildWarning(UserWarning):
     """Something was dropped or left unmatched while building (skipped triples, unused captions)."""
 
 
-# --------------------------------------------------------------------------------------------
-# File-name parsers: one per layout, each returns (pid, camid 0-based, sceneid or -1).
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ParsedName:
-    pid: int
-    camid: int
-    sceneid: int = -1
-
-
-def _bad_name(name: str, expected: str) -> DatasetLayoutError:
-    return DatasetLayoutError(f"cannot parse file name {name!r}: expected {expected}")
-
-
-_RGBNT201_RE = re.compile(r"^(\d+)_cam(\d+)_")
-
-
-def parse_rgbnt201(name: str) -> ParsedName:
-    """``PPPPPP_camC_X_NN.jpg``: pid = leading digits, camera = C - 1 (cam1..cam4 -> 0..3)."""
-    m = _RGBNT201_RE.match(name)
-    if not m or int(m.group(2)) < 1:
-        raise _bad_name(name, "'PPPPPP_camC_X_NN.jpg' with C >= 1, e.g. '000009_cam3_1_00.jpg'")
-    return ParsedName(pid=int(m.group(1)), camid=int(m.group(2)) - 1)
-
-
-_RGBNT100_RE = re.compile(r"([-\d]+)_c([-\d]+)")
-
-
-def parse_rgbnt100(name: str) -> ParsedName:
-    """``<pid>_c<cam>...``: the regex ``([-\\d]+)_c([-\\d]+)``, cameras 1..8 stored as 0..7."""
-    m = _RGBNT100_RE.search(name)
-    try:
-        pid, cam = int(m.group(1)), int(m.group(2))  # type: ignore[union-attr]
-    except (AttributeError, ValueError):
-        raise _bad_name(name, "'<pid>_c<camera>_....jpg' matching ([-\\d]+)_c([-\\d]+)") from None
-    if cam < 1:
-        raise _bad_name(name, f"a camera number >= 1 after '_c' (got {cam})")
-    return ParsedName(pid=pid, camid=cam - 1)
-
-
-_MSVR310_RE = re.compile(r"^(\d{4})_s(\d{3})_v(\d)_")
-
-
-def parse_msvr310(name: str) -> ParsedName:
-    """``VVVV_sSSS_vC_NNN.jpg``: pid = name[0:4], scene = name[6:9], camera = name[11] (0..7)."""
-    m = _MSVR310_RE.match(name)
-    if not m:
-        raise _bad_name(name, "'VVVV_sSSS_vC_NNN.jpg', e.g. '0317_s000_v2_001.jpg'")
-    return ParsedName(pid=int(m.group(1)), camid=int(m.group(3)), sceneid=int(m.group(2)))
-
-
-_WMVEID_PID_RE = re.compile(r"^(\d+)_")
-_WMVEID_VIEW_RE = re.compile(r"_v(\d+)(?=_|\.)")
-_WMVEID_SCENE_RE = re.compile(r"_s(\d+)(?=_|\.)")
-WMVEID863_NO_SCENE = 999
-
-
-def parse_wmveid863(name: str) -> ParsedName:
-    """``PPPP_vC_nF_sSSS_NNN.jpg``: pid = digits before the first '_', camera = C (v0..v7),
-    scene = SSS, with ``s999`` (the records without a scene) and names without an ``_s`` token
-    stored as -1.  ``nF`` is a capture flag (n0/n1 for the wild captures, n9 for the records
-    with MSVR310-style scenes) and is not stored.  Tokens are searched, not sliced, so the odd
-    names in the release (e.g. ``0865_0865_vis_v1_n0_03.jpg``) still parse."""
-    pid_m, view_m = _WMVEID_PID_RE.match(name), _WMVEID_VIEW_RE.search(name)
-    if not pid_m or not view_m:
-        raise _bad_name(name, "'PPPP_vC_nF_sSSS_NNN.jpg', e.g. '0258_v2_n9_s000_022.jpg'")
-    scene_m = _WMVEID_SCENE_RE.search(name)
-    scene = int(scene_m.group(1)) if scene_m else -1
-    return ParsedName(
-        pid=int(pid_m.group(1)),
-        camid=int(view_m.group(1)),
-        sceneid=-1 if scene == WMVEID863_NO_SCENE else scene,
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# Layouts
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Where a release keeps its splits and modalities, and how its file names read.
-
-    ``folders``: the dataset's own folder as found under a parent root (first match wins).
-    ``modality_dirs``: RGB, NIR, TIR sub-folder names, or ``None`` when one file holds all three
-    side by side (RGBNT100).  ``nested``: one sub-folder per identity above the modality folders.
-    ``kind``: what the identities are (``person`` or ``vehicle``), for captions and cards.
-    """
-
-    name: str
-    folders: tuple[str, ...]
-    split_dirs: Mapping[str, str]
-    modality_dirs: Optional[tuple[str, str, str]]
-    nested: bool
-    parse_name: Callable[[str], ParsedName]
-    kind: str
-
-
-LAYOUTS: dict[str, Layout] = {
-    "RGBNT201": Layout(
-        name="RGBNT201",
-        folders=("RGBNT201",),
-        split_dirs={"train": "train_171", "query": "test", "gallery": "test"},
-        modality_dirs=("RGB", "NI", "TI"),
-        nested=False,
-        parse_name=parse_rgbnt201,
-        kind="person",
-    ),
-    "RGBNT100": Layout(
-        name="RGBNT100",
-        folders=("RGBNT100/rgbir", "rgbir"),
-        split_dirs={"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"},
-        modality_dirs=None,
-        nested=False,
-        parse_name=parse_rgbnt100,
-        kind="vehicle",
-    ),
-    "MSVR310": Layout(
-        name="MSVR310",
-        folders=("MSVR310",),
-        split_dirs={"train": "bounding_box_train", "query": "query3", "gallery": "bounding_box_test"},
-        modality_dirs=("vis", "ni", "th"),
-        nested=True,
-        parse_name=parse_msvr310,
-        kind="vehicle",
-    ),
-    "WMVEID863": Layout(
-        name="WMVEID863",
-        folders=("WMVEID863", "MSVWild863"),
-        split_dirs={"train": "train", "query": "query", "gallery": "test"},
-        modality_dirs=("vis", "ni", "th"),
-        nested=False,
-        parse_name=parse_wmveid863,
-        kind="vehicle",
-    ),
-}
-
-
-def get_layout(name: str) -> Layout:
-    """Look a layout up by name (case-insensitive; ``MSVWild863`` is an alias of WMVEID863)."""
-    key = {"MSVWILD863": "WMVEID863"}.get(name.upper(), name.upper())
-    if key not in LAYOUTS:
-        raise DatasetLayoutError(f"unknown dataset name {name!r}: expected one of {sorted(LAYOUTS)}")
-    return LAYOUTS[key]
+# The releases, under the builder's names: one record per release in demo_reid/data/releases/ (layout, file-name
+# parser, splits, protocol, citation, synthetic naming).
+Layout = Release
+LAYOUTS = RELEASES
+get_layout = get_release
 
 
 def resolve_root(layout: Layout, root: str | Path) -> Path:

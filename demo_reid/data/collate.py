@@ -21,11 +21,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .columns import CAPTION_COLUMNS, MODALITY_COLUMNS
 from .pixels import to_8bit
 
-from configuration_demo import MODALITIES
-
-MODALITY_COLUMNS = MODALITIES  # batch modality order: RGB, NIR, TIR
 # Batch key -> dataset column (names match the model's forward / the trainer).
 _ID_KEYS = {"labels": "label", "camera_ids": "camid", "pids": "pid", "sceneids": "sceneid"}
 _INTERPOLATIONS = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST,
@@ -121,7 +119,6 @@ class ReIDTransform:
         return out
 
 
-CAPTION_COLUMNS = tuple(f"caption_{m}" for m in MODALITY_COLUMNS)  # one caption per modality image
 METADATA_KEYS = ("pids", "camids", "sceneids")  # evaluation batches: what the metric needs, not model inputs
 
 

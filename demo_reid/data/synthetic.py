@@ -27,7 +27,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 from PIL import Image
@@ -35,9 +35,11 @@ from PIL import Image
 from ..captioning.render import noun_phrase, render_caption
 from ..captioning.schema import COLOR_SOURCES, get_schema
 from ..captioning.store import write_split
-from .builder import LAYOUTS, MODALITIES
+from .columns import MODALITY_COLUMNS as MODALITIES
+from .release import Release
+from .releases import RELEASES, get_release
 
-SYNTHETIC_LAYOUTS = ("RGBNT201", "RGBNT100", "MSVR310", "WMVEID863")
+SYNTHETIC_LAYOUTS = tuple(RELEASES)  # every registered release: its record says how to name files like it
 DARK_RGB_PROB = 0.2
 NOISY_TIR_PROB = 0.2
 MIN_IMAGES_PER_ID = 4  # two query images + two gallery images with other cameras/scenes
@@ -53,45 +55,6 @@ _PALETTE_ENTRIES = (
 )
 COLOR_NAMES = tuple(name for name, _ in _PALETTE_ENTRIES)
 _PALETTE = np.array([rgb for _, rgb in _PALETTE_ENTRIES])
-
-
-@dataclass(frozen=True)
-class _Spec:
-    """How one release names and nests its files (only what the generator needs)."""
-
-    folder: str  # relative to out_dir; its first component is what gets created
-    split_dirs: tuple[str, str, str]  # train, query, gallery (query == gallery: one folder)
-    modality_dirs: Optional[tuple[str, str, str]]  # None: RGB|NIR|TIR side by side in one file
-    nested: bool  # one folder per identity above the modality folders
-    train_cams: tuple[int, ...]  # camera numbers as written in file names
-    test_cams: tuple[int, ...]
-    with_scenes: bool
-    default_size: tuple[int, int]  # (H, W) of one modality image
-    file_name: Callable[[int, int, int, int, int], str]  # (pid, cam, scene, k, flag) -> name
-
-
-_SPECS = {
-    "RGBNT201": _Spec(
-        "RGBNT201", ("train_171", "test", "test"), ("RGB", "NI", "TI"), False,
-        (1, 2, 3, 4), (1, 2), False, (64, 32),
-        lambda pid, cam, scene, k, flag: f"{pid:06d}_cam{cam}_{flag % 2}_{k:02d}.jpg",
-    ),
-    "RGBNT100": _Spec(
-        "RGBNT100/rgbir", ("bounding_box_train", "query", "bounding_box_test"), None, False,
-        tuple(range(1, 9)), tuple(range(1, 9)), False, (32, 64),
-        lambda pid, cam, scene, k, flag: f"{pid:04d}_c{cam:03d}_{k:03d}.jpg",
-    ),
-    "MSVR310": _Spec(
-        "MSVR310", ("bounding_box_train", "query3", "bounding_box_test"), ("vis", "ni", "th"), True,
-        tuple(range(8)), tuple(range(8)), True, (32, 64),
-        lambda pid, cam, scene, k, flag: f"{pid:04d}_s{scene:03d}_v{cam}_{k:03d}.jpg",
-    ),
-    "WMVEID863": _Spec(
-        "WMVEID863", ("train", "query", "test"), ("vis", "ni", "th"), False,
-        tuple(range(8)), tuple(range(8)), True, (32, 64),
-        lambda pid, cam, scene, k, flag: f"{pid:04d}_v{cam}_n{flag}_s{scene:03d}_{k:03d}.jpg",
-    ),
-}
 
 
 # --------------------------------------------------------------------------------------------
@@ -324,7 +287,7 @@ def _triple_captions(kind: str, seed: int, d: _Drawn) -> dict[str, Optional[str]
 
 def _write_captions(folder: Path, layout: str, seed: int, drawn: list[_Drawn]) -> None:
     """Write ``{train,test}_{RGB,NI,TI}.json`` in the released format into ``folder``."""
-    kind = LAYOUTS[layout].kind
+    kind = RELEASES[layout].kind
     captions = {split: {m: {} for m in MODALITIES} for split in ("train", "test")}
     for d in drawn:
         for modality, text in _triple_captions(kind, seed, d).items():
@@ -349,55 +312,57 @@ class _Sample:
     flag: int
 
 
-def _identity_samples(spec: _Spec, seed: int, pid: int, train: bool, n: int) -> list[_Sample]:
+def _identity_samples(release: Release, seed: int, pid: int, train: bool, n: int) -> list[_Sample]:
     """Cameras cycle and scenes alternate, so every query (images 0 and 1) has gallery
     matches under another camera and in another scene."""
+    naming, split_dirs = release.synthetic, tuple(release.split_dirs.values())
     rng = np.random.default_rng([seed, 2, pid])
-    cams = spec.train_cams if train else spec.test_cams
+    cams = naming.train_cams if train else naming.test_cams
     offset = int(rng.integers(len(cams)))
     scenes, flag = (-1, -1), int(rng.integers(0, 2))
-    if spec.with_scenes:
+    if naming.with_scenes:
         scenes = tuple(int(s) for s in rng.choice(30, 2, replace=False))
-        if spec.folder == "WMVEID863":  # half the identities are wild captures without a scene
-            flag = 9 if pid % 4 < 2 else int(rng.integers(0, 2))
-            scenes = scenes if flag == 9 else (999, 999)
+        if naming.captures is not None:  # the release's own capture conditions (WMVEID863: wild, without scene)
+            scenes, flag = naming.captures(pid, rng, scenes, flag)
     samples = []
     for k in range(n):
-        split = spec.split_dirs[0] if train else spec.split_dirs[1 if k < 2 else 2]
+        split = split_dirs[0] if train else split_dirs[1 if k < 2 else 2]
         samples.append(_Sample(split, pid, cams[(offset + k) % len(cams)], scenes[k % 2], k, flag))
     return samples
 
 
-def _sample_name(spec: _Spec, sample: _Sample) -> str:
+def _sample_name(release: Release, sample: _Sample) -> str:
     """The file name of a sample, which is also its ``item`` in the caption files."""
-    return spec.file_name(sample.pid, sample.cam, sample.scene, sample.k, sample.flag)
+    return release.synthetic.file_name(sample.pid, sample.cam, sample.scene, sample.k, sample.flag)
 
 
-def _save_sample(base: Path, spec: _Spec, sample: _Sample, images: tuple[np.ndarray, ...]) -> None:
-    name = _sample_name(spec, sample)
+def _save_sample(base: Path, release: Release, sample: _Sample, images: tuple[np.ndarray, ...]) -> None:
+    name = _sample_name(release, sample)
     split = base / sample.split_dir
-    if spec.modality_dirs is None:
+    if release.modality_dirs is None:
         split.mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.concatenate(images, axis=1)).save(split / name, quality=JPEG_QUALITY)
         return
-    group = split / f"{sample.pid:04d}" if spec.nested else split
-    for mod_dir, img in zip(spec.modality_dirs, images):
+    group = split / f"{sample.pid:04d}" if release.nested else split
+    for mod_dir, img in zip(release.modality_dirs, images):
         (group / mod_dir).mkdir(parents=True, exist_ok=True)
         Image.fromarray(img).save(group / mod_dir / name, quality=JPEG_QUALITY)
 
 
 def _check_args(layout: str, num_train_ids: int, num_test_ids: int, images_per_id: int,
-                image_size: Optional[tuple[int, int]]) -> tuple[_Spec, tuple[int, int]]:
-    if layout not in _SPECS:
-        raise ValueError(f"--layout {layout!r}: expected one of {', '.join(SYNTHETIC_LAYOUTS)}")
-    size = tuple(int(v) for v in image_size) if image_size is not None else _SPECS[layout].default_size
+                image_size: Optional[tuple[int, int]]) -> tuple[Release, tuple[int, int]]:
+    try:
+        release = get_release(layout)
+    except ValueError:
+        raise ValueError(f"--layout {layout!r}: expected one of {', '.join(SYNTHETIC_LAYOUTS)}") from None
+    size = tuple(int(v) for v in image_size) if image_size is not None else release.synthetic.default_size
     if num_train_ids < 1 or num_test_ids < 1:
         raise ValueError(f"need at least one train and one test identity, got {num_train_ids} and {num_test_ids}")
     if images_per_id < MIN_IMAGES_PER_ID:
         raise ValueError(f"--images-per-id {images_per_id}: expected at least {MIN_IMAGES_PER_ID}")
     if len(size) != 2 or min(size) < 8:
         raise ValueError(f"--image-size {image_size}: expected (H, W) with both at least 8 pixels")
-    return _SPECS[layout], size
+    return release, size
 
 
 def make_synthetic(
@@ -425,10 +390,10 @@ def make_synthetic(
     RGB only), with unknown attributes and missing captions as in the released files.  Caption
     randomness has its own generator, so the images are the same bytes with or without captions.
     """
-    layout = layout.upper()
-    spec, size = _check_args(layout, num_train_ids, num_test_ids, images_per_id, image_size)
+    release, size = _check_args(layout, num_train_ids, num_test_ids, images_per_id, image_size)
+    layout = release.name
     out_dir = Path(out_dir).expanduser().absolute()
-    top = spec.folder.split("/")[0]
+    top = release.folders[0].split("/")[0]
     target = out_dir / top
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} already exists (pass --overwrite to replace it)")
@@ -436,21 +401,21 @@ def make_synthetic(
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{top}.tmp-", dir=out_dir))
     try:
-        base = tmp / spec.folder
+        base = tmp / release.folders[0]
         ids = [(2 * i + 1, True) for i in range(num_train_ids)] + [(2 * i + 2, False) for i in range(num_test_ids)]
         drawn: list[_Drawn] = []
         for pid, train in ids:
             look = _identity_look(seed, pid)
-            for s in _identity_samples(spec, seed, pid, train, images_per_id):
+            for s in _identity_samples(release, seed, pid, train, images_per_id):
                 rng = np.random.default_rng([seed, 3, pid, s.k])
                 cast = np.random.default_rng([seed, 4, s.cam]).uniform(0.85, 1.15, 3)
                 background = np.random.default_rng([seed, 5, s.cam, max(s.scene, 0)]).uniform(
                     [0.2, 0.2, 0.2, 0.2], [0.8, 0.8, 0.8, 0.6])
                 dark, noisy = rng.random() < DARK_RGB_PROB, rng.random() < NOISY_TIR_PROB
-                _save_sample(base, spec, s, render_triple(look, rng, size, cast, background, dark, noisy))
-                drawn.append(_Drawn(_sample_name(spec, s), "train" if train else "test", pid, s.k, look,
+                _save_sample(base, release, s, render_triple(look, rng, size, cast, background, dark, noisy))
+                drawn.append(_Drawn(_sample_name(release, s), "train" if train else "test", pid, s.k, look,
                                     bool(dark), bool(noisy)))
-        for d in dict.fromkeys(spec.split_dirs):  # split folders exist even when empty
+        for d in dict.fromkeys(release.split_dirs.values()):  # split folders exist even when empty
             (base / d).mkdir(parents=True, exist_ok=True)
         meta = dict(layout=layout, seed=seed, num_train_ids=num_train_ids, num_test_ids=num_test_ids,
                     images_per_id=images_per_id, image_size=list(size), synthetic=True,

@@ -10,87 +10,20 @@ paper title, authors, venue), so users obtain the data from its authors under th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import datasets
 from huggingface_hub import DatasetCard, DatasetCardData
 
-from ..data.builder import MODALITIES, get_layout
+from ..data.columns import MODALITY_COLUMNS
+from ..data.releases import get_release
 
-__all__ = [
-    "COLUMN_DESCRIPTIONS", "LICENCE_NOTE", "SOURCES", "make_dataset_card", "one_schema", "push_dataset_with_card",
-]
+__all__ = ["COLUMN_DESCRIPTIONS", "LICENCE_NOTE", "make_dataset_card", "one_schema", "push_dataset_with_card"]
 
-
-@dataclass(frozen=True)
-class Source:
-    """What the card says about one public release: its subject, the paper that introduced it and its BibTeX."""
-
-    subject: str  # "person" or "vehicle"
-    summary: str
-    paper: str  # title, authors, venue and year, as one line
-    bibtex: str
-
-
-# One citation per release: the paper that introduced it. Only fields checked against the papers' reference lists.
-SOURCES: dict[str, Source] = {
-    "RGBNT201": Source(
-        subject="person",
-        summary="a multi-modality person re-identification benchmark: aligned RGB, near-infrared (NIR) and "
-        "thermal-infrared (TIR) images of each person",
-        paper='"Robust Multi-Modality Person Re-identification", Aihua Zheng, Zi Wang, Zihan Chen, Chenglong Li and '
-        "Jin Tang, AAAI 2021",
-        bibtex="""@inproceedings{zheng2021robust,
-  title     = {Robust Multi-Modality Person Re-identification},
-  author    = {Zheng, Aihua and Wang, Zi and Chen, Zihan and Li, Chenglong and Tang, Jin},
-  booktitle = {Proceedings of the AAAI Conference on Artificial Intelligence},
-  volume    = {35},
-  pages     = {3529--3537},
-  year      = {2021}
-}""",
-    ),
-    "RGBNT100": Source(
-        subject="vehicle",
-        summary="a multi-spectral vehicle re-identification benchmark; each source image holds the RGB, NIR and TIR "
-        "views side by side and is stored here as three lossless PNG crops",
-        paper='"Multi-Spectral Vehicle Re-Identification: A Challenge", Hongchao Li, Chenglong Li, Xianpeng Zhu, '
-        "Aihua Zheng and Bin Luo, AAAI 2020",
-        bibtex="""@inproceedings{li2020multi,
-  title     = {Multi-Spectral Vehicle Re-Identification: A Challenge},
-  author    = {Li, Hongchao and Li, Chenglong and Zhu, Xianpeng and Zheng, Aihua and Luo, Bin},
-  booktitle = {Proceedings of the AAAI Conference on Artificial Intelligence},
-  volume    = {34},
-  year      = {2020}
-}""",
-    ),
-    "MSVR310": Source(
-        subject="vehicle",
-        summary="a multi-spectral vehicle re-identification benchmark (RGB, NIR and TIR images) with scene ids",
-        paper='"Multi-spectral Vehicle Re-identification with Cross-directional Consistency Network and a '
-        'High-quality Benchmark", Aihua Zheng, Xianpeng Zhu, Zhiqi Ma, Chenglong Li, Jin Tang and Jixin Ma, '
-        "arXiv preprint 2208.00632, 2022",
-        bibtex="""@article{zheng2022multi,
-  title   = {Multi-spectral Vehicle Re-identification with Cross-directional Consistency Network and a High-quality Benchmark},
-  author  = {Zheng, Aihua and Zhu, Xianpeng and Ma, Zhiqi and Li, Chenglong and Tang, Jin and Ma, Jixin},
-  journal = {arXiv preprint arXiv:2208.00632},
-  year    = {2022}
-}""",
-    ),
-    "WMVEID863": Source(
-        subject="vehicle",
-        summary="a multi-spectral vehicle re-identification benchmark captured in the wild (RGB, NIR and TIR images; "
-        "also distributed as MSVWild863)",
-        paper='"Magic Tokens: Select Diverse Tokens for Multi-modal Object Re-Identification", Pingping Zhang, '
-        "Yuhao Wang, Yang Liu, Zhengzheng Tu and Huchuan Lu, CVPR 2024",
-        bibtex="""@inproceedings{zhang2024magic,
-  title     = {Magic Tokens: Select Diverse Tokens for Multi-modal Object Re-Identification},
-  author    = {Zhang, Pingping and Wang, Yuhao and Liu, Yang and Tu, Zhengzheng and Lu, Huchuan},
-  booktitle = {Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
-  pages     = {17117--17126},
-  year      = {2024}
-}""",
-    ),
+# What evaluation ranks against, per protocol (the release's record names its protocol).
+PROTOCOL_NOTES = {
+    "camera": "a gallery image of the query's identity taken by the query's camera is left out of its ranking",
+    "scene": "a gallery image of the query's identity taken in the query's scene is left out of its ranking",
 }
+
 
 LICENCE_NOTE = (
     "The {name} images are released by their authors for research use only. This conversion grants no rights of its "
@@ -111,7 +44,7 @@ COLUMN_DESCRIPTIONS: dict[str, str] = {
     "sceneid": "scene index where the release has one, else -1",
     "name": "file name in the source release (image `path` fields hold only this name, never a local path)",
     **{f"caption_{m}": f"text description of the `{m}` image (NEXT caption files); empty string where the caption "
-       "files have none" for m in MODALITIES},
+       "files have none" for m in MODALITY_COLUMNS},
 }
 
 TAGS = ("re-identification", "multi-modal", "rgb", "near-infrared", "thermal-infrared", "retrieval")
@@ -160,13 +93,14 @@ def make_dataset_card(
     output: str | None = None,
     repo_id: str | None = None,
 ) -> DatasetCard:
-    """The card of ``dsdict``, built from release ``name`` (a ``build_dataset`` layout name or alias).
+    """The card of ``dsdict``, built from release ``name`` (a registered release's name or alias; its record in
+    :mod:`demo_reid.data.releases` gives the summary, the paper and the BibTeX).
 
     ``command`` is the build command shown under "How it was built"; ``output`` the folder shown in the
     ``load_from_disk`` example; ``repo_id``, when the dataset is pushed, adds the ``load_dataset`` example.
     """
-    layout = get_layout(name)
-    source = SOURCES[layout.name]
+    layout = get_release(name)
+    source = layout.source
     split_of_folder: dict[str, str] = {}  # RGBNT201: query and gallery are both the `test` folder
     for split, folder in layout.split_dirs.items():
         split_of_folder.setdefault(folder, split)
@@ -176,8 +110,8 @@ def make_dataset_card(
         license="other",
         license_name="research-only",
         task_categories=["image-feature-extraction"],
-        tags=[*TAGS, f"{source.subject}-re-identification"],
-        pretty_name=f"{layout.name} (RGB / NIR / TIR {source.subject} re-identification)",
+        tags=[*TAGS, f"{layout.kind}-re-identification"],
+        pretty_name=f"{layout.name} (RGB / NIR / TIR {layout.kind} re-identification)",
         size_categories=[_size_category(unique_rows)],
     )
     body = [
@@ -208,7 +142,8 @@ def make_dataset_card(
         body += [f"`{'` and `'.join(both)}` are the same rows (the release's `{', '.join(sorted(shared))}` folder), "
                  "as in the original evaluation protocol.", ""]
     body += [
-        "`train` trains the model; `query` rows are searched in `gallery` for the retrieval metrics (mAP, CMC).",
+        "`train` trains the model; `query` rows are searched in `gallery` for the retrieval metrics (mAP, CMC), with "
+        f"the {layout.protocol} protocol: {PROTOCOL_NOTES[layout.protocol]}.",
         "",
         "## Columns",
         "",
