@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 
 from .columns import CAPTION_COLUMNS, MODALITY_COLUMNS
+from .missing import FILL_CONFIG_KEY, check_fill_mode, is_missing
 from .pixels import to_8bit
 
 # Batch key -> dataset column (names match the model's forward / the trainer).
@@ -64,16 +65,20 @@ def _new_batch_tensor(shape: tuple[int, ...]) -> torch.Tensor:
 
 
 class ReIDTransform:
-    """Rows -> ``{"pixel_values": (B, 3, 3, H, W) float32, "camera_ids", "pids", "sceneids"[, "labels"]}``.
+    """Rows -> ``{"pixel_values": (B, 3, 3, H, W) float32, "camera_ids", "pids", "sceneids"[, "labels"]
+    [, "modality_mask"]}``.
 
     Use as ``dataset.with_transform(ReIDTransform(...))`` (it receives a dict of columns) or
     through :class:`ReIDCollator` in a DataLoader.  ``labels`` is returned only when the rows
-    have a ``label`` column (the train split).
+    have a ``label`` column (the train split).  A missing image (``None``) is zeros in
+    ``pixel_values`` and False in ``modality_mask`` (B, 3) bool, which is returned only when the batch
+    has a missing image; ``fill_missing_modalities="rgb"`` repeats the row's RGB image into it instead
+    (see :mod:`demo_reid.data.missing`).
     """
 
     def __init__(self, image_size: Sequence[int] = (256, 128), train: bool = False,
                  interpolation: Optional[str] = None, mean: float | Sequence[float] = 0.5,
-                 std: float | Sequence[float] = 0.5):
+                 std: float | Sequence[float] = 0.5, fill_missing_modalities: Optional[str] = None):
         if len(image_size) != 2 or min(image_size) < 1:
             raise ValueError(f"image_size must be (H, W) with positive ints, got {image_size!r}")
         interpolation = interpolation or ("bicubic" if train else "bilinear")
@@ -81,6 +86,7 @@ class ReIDTransform:
             raise ValueError(f"interpolation {interpolation!r}: expected one of {sorted(_INTERPOLATIONS)}")
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.train = train
+        self.fill_missing_modalities = check_fill_mode(fill_missing_modalities, "fill_missing_modalities")
         self.interpolation = interpolation
         # Folding (x / 255 - mean) / std into one multiply-add per element keeps decoding cheap.
         mean_t = torch.as_tensor(mean, dtype=torch.float32).reshape(-1, 1, 1)
@@ -105,14 +111,26 @@ class ReIDTransform:
         n = len(batch[MODALITY_COLUMNS[0]])
         h, w = self.image_size
         pixels = np.empty((n, len(MODALITY_COLUMNS), h, w, 3), dtype=np.uint8)
+        present = np.ones((n, len(MODALITY_COLUMNS)), dtype=bool)
         for m, column in enumerate(MODALITY_COLUMNS):
             for i, value in enumerate(batch[column]):
-                self._load(value, pixels[i, m])
+                if is_missing(value):
+                    present[i, m] = False
+                else:
+                    self._load(value, pixels[i, m])
+        if self.fill_missing_modalities == "rgb" and not present.all():
+            filled = ~present & present[:, :1]  # missing, and the row has its RGB image (column 0)
+            for i, m in zip(*np.nonzero(filled)):
+                pixels[i, m] = pixels[i, 0]
+            present |= filled
         # One strided uint8 -> float32 copy, then in-place scale/shift: ~3x faster than
         # permute().float() followed by out-of-place arithmetic.
         x = _new_batch_tensor((n, len(MODALITY_COLUMNS), 3, h, w))
         x.copy_(torch.from_numpy(pixels).permute(0, 1, 4, 2, 3))
         out: dict[str, Any] = {"pixel_values": x.mul_(self._scale).add_(self._shift)}
+        if not present.all():  # zeros where missing, as the checkpoint's image processor gives
+            x[torch.from_numpy(~present)] = 0.0
+            out["modality_mask"] = torch.from_numpy(present)
         for key, column in _ID_KEYS.items():
             if column in batch:
                 out[key] = torch.as_tensor(list(batch[column]), dtype=torch.long)
@@ -200,6 +218,8 @@ class ReIDCollator:
             raise ValueError("cannot collate an empty list of rows")
         decoded = self.transform({key: [row[key] for row in rows] for key in rows[0]})
         batch: dict[str, Any] = {"pixel_values": decoded["pixel_values"]}
+        if "modality_mask" in decoded:  # a row lacks an image: the model leaves that modality out
+            batch["modality_mask"] = decoded["modality_mask"]
         if self.with_camera_ids:
             batch["camera_ids"] = decoded["camera_ids"]
         if self.text is not None:
@@ -230,4 +250,4 @@ def collator_for(config, train: bool, tokenizer=None, with_captions: bool = True
                               max_length=caption_max_length(config, tokenizer),
                               train=train)
     return ReIDCollator(image_size=tuple(config.image_size), train=train, with_camera_ids=config.num_cameras > 0,
-                        text=text)
+                        text=text, fill_missing_modalities=getattr(config, FILL_CONFIG_KEY, None))

@@ -150,7 +150,8 @@ def extract_features(
 
     The batches hold the model's inputs by name (see :func:`demo_reid.data.collator_for`; pass the ``tokenizer`` of
     a text-conditioned model) plus the metric's ids, which are taken out before the call. ``modality_mask``
-    (setting name or 3 bools) marks modalities missing for every row. With an ``accelerate.Accelerator`` each
+    (setting name or 3 bools) marks modalities missing for every row, on top of the images a row lacks (the
+    collator's ``modality_mask``). With an ``accelerate.Accelerator`` each
     process embeds its shard and the results are gathered (``gather_for_metrics`` drops the padding duplicates),
     so every process returns the whole split.
     """
@@ -176,8 +177,13 @@ def extract_features(
         for batch in tqdm(loader, desc=desc, disable=not (progress and main), unit="batch"):
             ids = {key: batch.pop(key).to(device) for key in METADATA_KEYS}
             inputs = {key: value.to(device) for key, value in batch.items()}
-            if mask is not None:
-                inputs["modality_mask"] = mask.to(device).expand(inputs["pixel_values"].shape[0], 3)
+            if mask is not None:  # the setting's modalities are missing on top of the images the rows lack
+                setting = mask.to(device).expand(inputs["pixel_values"].shape[0], 3)
+                inputs["modality_mask"] = setting & inputs["modality_mask"] if "modality_mask" in inputs else setting
+                if not bool(inputs["modality_mask"].any(dim=1).all()):
+                    raise EvaluationInputError(
+                        f"{desc}: with modality setting {modality_mask!r} some rows have no image left (they lack "
+                        "the others); choose a setting that keeps a modality these rows have")
             out = model(**inputs)
             rows, headline = _named_rows(out)
             item = {f"row:{name}": value.float() for name, value in rows.items()} | ids
