@@ -25,6 +25,7 @@ from demo_reid.output_paths import check_output_dir  # noqa: E402
 MAX_VISUALIZED_QUERIES = 64
 
 def parse_args(argv=None) -> argparse.Namespace:
+    from demo_reid.data.missing import FILL_HELP, FILL_MODES
     from demo_reid.evaluation.protocol import MISSING_SETTINGS
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -42,6 +43,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help=f"comma-separated missing-modality settings among {','.join(MISSING_SETTINGS)} "
                             "(modalities missing in query and gallery)")
     group.add_argument("--missing-sweep", action="store_true", help="all six settings and their average (paper Tables 3-4)")
+    parser.add_argument("--fill-missing-modalities", choices=FILL_MODES, default=None,
+                        help=f"{FILL_HELP} Default: the checkpoint's setting (none when it has none).")
     parser.add_argument("--distance", choices=("euclidean", "cosine"), default="euclidean",
                         help="euclidean on L2-normalised features (the original's default) or cosine")
     parser.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking")
@@ -145,7 +148,12 @@ def write_figures(args, model, dsdict, query, gallery, sweep, out_dir: Path, fea
                                          xlabel="query (index:pid)"))
         by_setting = {"Full": query.expert_weights.mean(dim=(0, 1)).tolist()}
         done = (sweep or {}).get("expert_weights", {})
+        from demo_reid.data.missing import FILL_CONFIG_KEY, rows_left_without_image
+
+        fill = getattr(model.config, FILL_CONFIG_KEY, None)
         for s in MISSING_SETTINGS:
+            if rows_left_without_image(dsdict["query"], MISSING_SETTINGS[s], fill):
+                continue  # the setting leaves query rows that lack the other modalities without any image
             if s not in done:  # only the query split is needed for the weights
                 q = extract_features(model, dsdict["query"], args.batch_size, s, progress=not args.no_progress,
                                      desc=f"query {s} (weights)", tokenizer=tokenizer)
@@ -166,6 +174,28 @@ def write_figures(args, model, dsdict, query, gallery, sweep, out_dir: Path, fea
     return [str(p) for p in paths]
 
 
+def use_fill_mode(args, model, dsdict) -> str:
+    """What missing images become (--fill-missing-modalities, else the checkpoint's setting), set on the model's
+    config for the collator; the data's missing modalities are said once, and a --missing setting that would leave
+    a row without any image is refused before any feature is extracted."""
+    from demo_reid.data.missing import FILL_CONFIG_KEY, announce_missing, handling_note, rows_left_without_image
+    from demo_reid.evaluation.protocol import MISSING_SETTINGS
+
+    fill = args.fill_missing_modalities or getattr(model.config, FILL_CONFIG_KEY, None) or "none"
+    setattr(model.config, FILL_CONFIG_KEY, fill)
+    splits = {s: dsdict[s] for s in ("query", "gallery")}
+    try:
+        announce_missing(splits, f"--dataset {args.dataset}", handling_note(fill), fill)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    for setting in args.missing or ():
+        empty = sum(rows_left_without_image(x, MISSING_SETTINGS[setting], fill) for x in splits.values())
+        if empty:
+            raise UsageError(f"--missing {setting}: {empty} query / gallery row(s) would have no image left (they lack "
+                             "the modalities this setting keeps); choose settings that keep a modality every row has")
+    return fill
+
+
 def run(args) -> dict:
     from demo_reid.training.distributed import inference_accelerator
     from demo_reid.evaluation.protocol import (EvaluationInputError, check_split, choose_protocol, compute_retrieval_metrics,
@@ -182,6 +212,7 @@ def run(args) -> dict:
     model = load_checkpoint(args.model)
     for split in ("query", "gallery"):
         check_split(dsdict[split], split, model.config.num_cameras)
+    fill = use_fill_mode(args, model, dsdict)
     tokenizer = load_checkpoint_tokenizer(args.model, model)
     model.to(accelerator.device).eval()
     feature_names = (args.features,) if args.features else None  # None: every row the model names
@@ -220,6 +251,7 @@ def run(args) -> dict:
         "model_type": model.config.model_type,
         "headline_features": query.headline,
         "num_processes": accelerator.num_processes,
+        "fill_missing_modalities": fill,
         "results": results,
         "missing_sweep": sweep,
         "complexity": None if args.no_complexity else complexity_of(accelerator.unwrap_model(model)),

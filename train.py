@@ -112,6 +112,7 @@ def build_trainer(run: TrainRun):
     """Everything before training: checks, seed, data, tokenizer, model, loss, augmentation -> (trainer, the
     checkpoint to resume from or None). Bad input raises :class:`UsageError` before anything is written."""
     from demo_reid.data.augment import ReIDAugment
+    from demo_reid.data.missing import FILL_CONFIG_KEY, announce_missing, handling_note
     from demo_reid.hub.checkpoint_files import attach_pipeline
     from demo_reid.hub.factory import ModelRecipe
     from demo_reid.hub.processors import build_processor
@@ -140,6 +141,11 @@ def build_trainer(run: TrainRun):
     (enable_full_determinism if training.deterministic else set_seed)(training.seed)
 
     dsdict, dataset_path = load_data(run)
+    try:  # a modality missing in every row is said once, here; filling from RGB needs RGB images
+        announce_missing(dsdict, f"--dataset {dataset_path}", handling_note(script.fill_missing_modalities),
+                         script.fill_missing_modalities)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     num_identities = len(set(dsdict["train"]["label"]))
     if training.num_identities > num_identities:
         raise UsageError(f"--num-identities {training.num_identities} (P, identities per batch): the train split of "
@@ -147,6 +153,8 @@ def build_trainer(run: TrainRun):
     tokenizer = recipe.tokenizer(dsdict["train"])
     num_cameras = 1 + max(max(dsdict[s]["camid"]) for s in ("train", "query", "gallery"))
     model = recipe.build(recipe.config(num_identities, num_cameras, script.image_size, tokenizer))
+    if script.fill_missing_modalities != "none":  # in config.json: eval.py and embed.py fill as the model trained
+        setattr(model.config, FILL_CONFIG_KEY, script.fill_missing_modalities)
     attach_pipeline(model.config)  # pipeline("image-feature-extraction", model=<any checkpoint>, trust_remote_code=True)
     if training.deterministic:
         make_deterministic(model)  # math SDPA only: the fused attention kernels vary run to run

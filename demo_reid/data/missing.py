@@ -18,8 +18,9 @@ from .columns import MODALITY_COLUMNS
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FILL_CONFIG_KEY", "FILL_HELP", "FILL_MODES", "check_fill_mode", "check_rows_have_an_image",
-           "is_missing", "missing_counts", "missing_modality_notice", "say_once"]
+__all__ = ["FILL_CONFIG_KEY", "FILL_HELP", "FILL_MODES", "announce_missing", "check_fill_mode",
+           "check_rows_have_an_image", "handling_note", "is_missing", "rows_left_without_image", "missing_counts", "missing_modality_notice",
+           "say_once"]
 
 # --fill-missing-modalities: one definition for train.py and eval.py.
 FILL_MODES = ("none", "rgb")
@@ -64,11 +65,18 @@ def _null_masks(split) -> dict[str, Any]:
     return masks
 
 
+def _count(mask) -> int:
+    """True values of a pyarrow boolean (chunked) array."""
+    import pyarrow.compute as pc
+
+    return int(pc.sum(mask).as_py() or 0)
+
+
 def missing_counts(split) -> dict[str, int]:
     """Rows without an image, per modality column (``{"rgb": 0, "nir": 120, ...}``)."""
     if len(split) == 0:
         return {c: 0 for c in MODALITY_COLUMNS}
-    return {c: int(m.true_count) for c, m in _null_masks(split).items()}
+    return {c: _count(m) for c, m in _null_masks(split).items()}
 
 
 def check_rows_have_an_image(split, where: str) -> None:
@@ -79,7 +87,7 @@ def check_rows_have_an_image(split, where: str) -> None:
         return
     masks = _null_masks(split)
     none = pc.and_(pc.and_(masks["rgb"], masks["nir"]), masks["tir"])
-    count = int(none.true_count)
+    count = _count(none)
     if count:
         first = int(pc.index(none, True).as_py())
         name = split[first]["name"] if "name" in split.column_names else f"row {first}"
@@ -104,6 +112,44 @@ def missing_modality_notice(splits: Mapping[str, Any], where: str) -> Optional[s
         rows = sum(len(x) for x in splits.values())
         parts.append(", ".join(f"{_NAMES[c]} missing in {n} of {rows} rows" for c, n in partly.items()))
     return f"{where} ({', '.join(splits)}): {'; '.join(parts)}"
+
+
+def rows_left_without_image(split, keep: tuple[bool, bool, bool], fill: Optional[str] = None) -> int:
+    """Rows that would have no image when only the modalities ``keep`` marks (RGB, NIR, TIR) are used (the
+    missing-modality settings of evaluation), after filling from RGB with ``fill`` "rgb"."""
+    import pyarrow.compute as pc
+
+    if len(split) == 0:
+        return 0
+    missing = _null_masks(split)
+    present = {c: pc.invert(missing[c]) for c in MODALITY_COLUMNS}
+    if check_fill_mode(fill) == "rgb":
+        present = {c: pc.or_(v, present["rgb"]) for c, v in present.items()}
+    kept = [present[c] for c, k in zip(MODALITY_COLUMNS, keep) if k]
+    if not kept:
+        return len(split)
+    left = kept[0]
+    for more in kept[1:]:
+        left = pc.or_(left, more)
+    return len(split) - _count(left)
+
+
+def handling_note(fill: Optional[str]) -> str:
+    """How the run treats the missing images, for :func:`announce_missing`."""
+    if check_fill_mode(fill) == "rgb":
+        return "the RGB image is repeated into them (fill_missing_modalities rgb)"
+    return ("they are left out through modality_mask (--fill-missing-modalities rgb repeats the RGB image into them "
+            "instead)")
+
+
+def announce_missing(splits: Mapping[str, Any], where: str, note: str, fill: Optional[str] = None) -> None:
+    """Say once, at the start, which modalities the data lacks (nothing when every row is complete), followed by
+    ``note`` (how they are treated). Filling from RGB when no row has an RGB image is refused (ValueError)."""
+    if check_fill_mode(fill) == "rgb" and splits and all(missing_counts(x)["rgb"] == len(x) for x in splits.values()):
+        raise ValueError(f"{where}: --fill-missing-modalities rgb, but no row has an RGB image to repeat; use none")
+    notice = missing_modality_notice(splits, where)
+    if notice is not None:
+        say_once(f"{notice}: {note}")
 
 
 def say_once(message: str) -> None:

@@ -42,7 +42,10 @@ def rank_list_size(num_queries: int, topk: int, cell_size: tuple[int, int]) -> t
 def _tile(image: Image.Image, cell_size: tuple[int, int], color) -> Image.Image:
     cell_h, cell_w = cell_size
     tile = Image.new("RGB", (cell_w + 2 * BORDER, cell_h + 2 * BORDER), color)
-    tile.paste(image.convert("RGB").resize((cell_w, cell_h), Image.BILINEAR), (BORDER, BORDER))
+    if image is not None:  # a modality the row lacks stays an empty (grey) tile
+        tile.paste(image.convert("RGB").resize((cell_w, cell_h), Image.BILINEAR), (BORDER, BORDER))
+    else:
+        tile.paste((128, 128, 128), (BORDER, BORDER, BORDER + cell_w, BORDER + cell_h))
     return tile
 
 

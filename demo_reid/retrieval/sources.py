@@ -16,6 +16,7 @@ import datasets
 from ..data.builder import IMAGE_SUFFIXES, LAYOUTS, DatasetLayoutError, Layout, Triple, get_layout, load_triple
 from ..data.collate import MODALITY_COLUMNS
 from ..data.loading import open_reid_dataset
+from ..data.missing import announce_missing
 from ..errors import UsageError, first_line
 
 __all__ = ["open_collection", "read_triple_folder"]
@@ -34,21 +35,26 @@ def open_collection(source: str, split: str = "gallery", layout: Optional[str] =
     if path.is_dir() and not _is_saved_dataset(path):
         if revision is not None:
             raise UsageError(f"--dataset-revision applies to a Hub --dataset, not to the folder {source}")
-        return read_triple_folder(path, split, layout)
-    try:
-        return open_reid_dataset(source, splits=(split,), revision=revision)[split]
-    except (ValueError, FileNotFoundError) as exc:
-        raise UsageError(f"--dataset {source}: {first_line(exc, 300)}") from None
+        rows = read_triple_folder(path, split, layout)
+    else:
+        try:
+            rows = open_reid_dataset(source, splits=(split,), revision=revision)[split]
+        except (ValueError, FileNotFoundError) as exc:
+            raise UsageError(f"--dataset {source}: {first_line(exc, 300)}") from None
+    announce_missing({split: rows}, f"--dataset {source}", "the checkpoint's fill_missing_modalities decides: left "
+                     "out through modality_mask (the default), or the RGB image repeated into them")
+    return rows
 
 
 def _layouts_for(folder: Path) -> list[Layout]:
-    """Layouts whose modality sub-folders sit in ``folder`` (or, for nested layouts, in its sub-folders)."""
+    """Layouts whose modality sub-folders sit in ``folder`` (or, for nested layouts, in its sub-folders); a folder
+    holding only some of them fits too (data without a modality: its rows get None there)."""
     found = []
     for layout in LAYOUTS.values():
         if layout.modality_dirs is None:
             continue
         groups = [folder] if not layout.nested else [d for d in folder.iterdir() if d.is_dir()]
-        if any(all((g / m).is_dir() for m in layout.modality_dirs) for g in groups):
+        if any(any((g / m).is_dir() for m in layout.modality_dirs) for g in groups):
             found.append(layout)
     return found
 
@@ -94,7 +100,8 @@ def _image_files(folder: Path) -> dict[str, Path]:
 
 
 def read_triple_folder(folder: Path, split: str = "gallery", layout: Optional[str] = None) -> datasets.Dataset:
-    """A folder of image triples as a Dataset; only triples with all three files are kept (one-line error if none)."""
+    """A folder of image triples as a Dataset (one-line error if it holds none). A modality whose file or whole
+    sub-folder is missing is None in that row: the collator leaves it out through ``modality_mask``."""
     chosen = get_layout(layout) if layout else None
     split_dir, lay = _split_folder(Path(folder), split, chosen)
     rows = {c: [] for c in (*MODALITY_COLUMNS, *METADATA_COLUMNS)}
@@ -108,12 +115,12 @@ def read_triple_folder(folder: Path, split: str = "gallery", layout: Optional[st
                 _append_ids(rows, lay, name)
             continue
         files = [_image_files(group / m) if (group / m).is_dir() else {} for m in lay.modality_dirs]
-        for name in sorted(set(files[0]) & set(files[1]) & set(files[2])):
+        for name in sorted(set().union(*files)):  # a modality without its file (or sub-folder) is None
             for c, f in zip(MODALITY_COLUMNS, files):
-                rows[c].append({"path": str(f[name]), "bytes": None})
+                rows[c].append({"path": str(f[name]), "bytes": None} if name in f else None)
             _append_ids(rows, lay, name)
     if not rows["name"]:
-        raise UsageError(f"--dataset {folder}: no complete {lay.name} image triple in {split_dir}")
+        raise UsageError(f"--dataset {folder}: no {lay.name} image in {split_dir}")
     features = datasets.Features({**{c: datasets.Image() for c in MODALITY_COLUMNS},
                                   "pid": datasets.Value("int64"), "camid": datasets.Value("int64"),
                                   "sceneid": datasets.Value("int64"), "name": datasets.Value("string")})

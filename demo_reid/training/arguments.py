@@ -37,6 +37,7 @@ from ..errors import UsageError
 from ..output_paths import check_output_dir
 from ..hub.backbones import PRETRAINED_BACKBONE
 from ..hub.factory import BUILTIN_MODELS, RUN_FIELDS
+from ..data.missing import FILL_HELP, FILL_MODES
 from .losses import ReIDLoss
 from .options import options_dataclass
 from .preemption import CHECKPOINT_SIGNALS
@@ -83,6 +84,7 @@ class ReIDArguments:
     synthetic_dir: str = field(
         default="outputs/synthetic-rgbnt201", metadata={"help": "Where the synthetic dataset is built / reused."}
     )
+    fill_missing_modalities: str = field(default="none", metadata={"help": FILL_HELP, "choices": FILL_MODES})
     backbone: str = field(
         default=PRETRAINED_BACKBONE,
         metadata={"help": "The pretrained tower(s): a CLIP or ViT checkpoint (Hub id or local directory), loaded with "
@@ -242,7 +244,7 @@ MAIN_OPTIONS = ("preset", "config", "model", "dataset", "backbone", "output_dir"
                 "overwrite_output_dir", "seed")
 RECIPE_OPTIONS = ("image_size", "config_overrides", "synthetic_dir", "bias_lr_factor", "weight_decay", "lr_schedule",
                   "warmup_epochs", "warmup_factor", "min_lr_factor", "lr_noise_seed", "select_best_on_test",
-                  "deterministic", "profile", "dataset_revision", "checkpoint_on_signal")
+                  "deterministic", "profile", "dataset_revision", "checkpoint_on_signal", "fill_missing_modalities")
 # Model options: the towers' sub-configs (from --backbone) and the fields set from the run are no flags.
 SET_BY_THE_RUN = ("vision_config", "text_config", *RUN_FIELDS)
 MODEL_OPTION_GROUPS = (

@@ -54,18 +54,31 @@ def collect_run_info(config: Mapping[str, Any] | None = None, **extra) -> dict:
 
 
 class RunInfoCallback(TrainerCallback):
-    """Writes ``run_info.json`` into the output dir at train start and into each checkpoint once it is saved."""
+    """Writes ``run_info.json`` into the output dir once the first optimizer step has succeeded (or at the end of a
+    run without steps), and into each checkpoint once it is saved.
+
+    Why not at train start: a run that fails on its first batch (an unreadable image, a model error) must leave
+    nothing behind, so that the folder is not taken for a previous run; after one step the run is under way and the
+    file says what it is."""
 
     def __init__(self, info: dict):
         self.info = info
+        self._written = False
 
     def write(self, folder: str | os.PathLike) -> None:
         Path(folder).mkdir(parents=True, exist_ok=True)
         (Path(folder) / RUN_INFO_NAME).write_text(json.dumps(self.info, indent=2, default=str) + "\n")
 
-    def on_train_begin(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
+    def _write_once(self, args, state) -> None:
+        if state.is_world_process_zero and not self._written:
             self.write(args.output_dir)
+            self._written = True
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._write_once(args, state)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._write_once(args, state)
 
     def on_save(self, args, state, control, **kwargs):
         checkpoint = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
