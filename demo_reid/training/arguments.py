@@ -59,7 +59,7 @@ class ReIDArguments:
     preset: str | None = field(
         default=None,
         metadata={"help": f"Recipe file to start from: a name of {PRESETS_DIR.name}/ (synthetic, the CPU demo and the "
-                  "default; rgbnt201, rgbnt100, msvr310: the authors' recipes)."},
+                  "default; rgbnt201, rgbnt100, msvr310: the authors' recipes; wmveid863: ours, from msvr310's)."},
     )
     config: str | None = field(
         default=None,
