@@ -58,3 +58,17 @@ def test_a_synthetic_copy_builds_through_the_real_builder(name, tmp_path):
     card = make_dataset_card(dsd, name)
     assert release.source.bibtex in card.text and f"{release.protocol} protocol" in card.text
     assert f"{release.kind}-re-identification" in card.data.tags
+
+
+def test_the_wmveid863_preset_is_msvr310s_recipe_and_says_so(tmp_path):
+    """The authors ship no WMVEID863 recipe: ours copies MSVR310's (the closest release), value for value, and its
+    file marks every value as ours."""
+    ours = parse_args(["--preset", "wmveid863", "--output-dir", str(tmp_path)])
+    msvr = parse_args(["--preset", "msvr310", "--output-dir", str(tmp_path)])
+    assert (ours.script.image_size, ours.script.backbone, ours.model_options, ours.loss, ours.augment) == \
+        (msvr.script.image_size, msvr.script.backbone, msvr.model_options, msvr.loss, msvr.augment)
+    assert ours.training.to_dict() == msvr.training.to_dict()
+    text = (PRESETS_DIR / "wmveid863.yaml").read_text()
+    values = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")
+              and not line.rstrip().endswith(":")]
+    assert "OURS, NOT THE AUTHORS'" in text and all("# ours" in line for line in values), values
