@@ -313,7 +313,7 @@ def _rows(triples, labels, captions, allow_size_mismatch, num_proc, desc) -> Ite
             row["label"] = labels[triple.pid]
         row.update(camid=triple.camid, sceneid=triple.sceneid, name=triple.name)
         if captions is not None:
-            row.update({f"caption_{m}": captions[m].get(triple.name, "") for m in MODALITIES})
+            row.update({c: captions[m].get(triple.name, "") for c, m in zip(CAPTION_COLUMNS, MODALITIES)})
         yield row
 
 

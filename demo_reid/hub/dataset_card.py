@@ -13,7 +13,7 @@ from __future__ import annotations
 import datasets
 from huggingface_hub import DatasetCard, DatasetCardData
 
-from ..data.columns import MODALITY_COLUMNS
+from ..data.columns import CAPTION_COLUMNS, MODALITY_COLUMNS
 from ..data.releases import get_release
 
 __all__ = ["COLUMN_DESCRIPTIONS", "LICENCE_NOTE", "make_dataset_card", "one_schema", "push_dataset_with_card"]
@@ -43,8 +43,8 @@ COLUMN_DESCRIPTIONS: dict[str, str] = {
     "camid": "0-based camera (view) index",
     "sceneid": "scene index where the release has one, else -1",
     "name": "file name in the source release (image `path` fields hold only this name, never a local path)",
-    **{f"caption_{m}": f"text description of the `{m}` image (NEXT caption files); empty string where the caption "
-       "files have none" for m in MODALITY_COLUMNS},
+    **{c: f"text description of the `{m}` image (NEXT caption files); empty string where the caption "
+       "files have none" for c, m in zip(CAPTION_COLUMNS, MODALITY_COLUMNS)},
 }
 
 TAGS = ("re-identification", "multi-modal", "rgb", "near-infrared", "thermal-infrared", "retrieval")
