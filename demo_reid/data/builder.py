@@ -32,7 +32,7 @@ from configuration_demo import MODALITIES
 
 from .columns import CAPTION_COLUMNS
 from .pixels import HIGH_BIT_MODES, to_8bit
-from .release import SPLITS, DatasetLayoutError, ParsedName, Release  # noqa: F401  (ParsedName: re-exported)
+from .release import SPLITS, DatasetLayoutError, Release
 from .releases import RELEASES, get_release
 
 logger = logging.getLogger(__name__)
