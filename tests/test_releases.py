@@ -1,6 +1,7 @@
 """Every registered dataset release is complete: layout, file-name parser, splits, protocol, citation, preset and
 synthetic naming, and a synthetic copy of it builds through the real builder into what its record promises."""
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -72,3 +73,27 @@ def test_the_wmveid863_preset_is_msvr310s_recipe_and_says_so(tmp_path):
     values = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")
               and not line.rstrip().endswith(":")]
     assert "OURS, NOT THE AUTHORS'" in text and all("# ours" in line for line in values), values
+
+
+def test_a_new_release_is_one_module_found_without_other_edits(tmp_path, monkeypatch):
+    """A module dropped into the package (here: a folder added to its search path) is registered as it is; a module
+    without a RELEASE, or one reusing a registered name, is refused naming the module."""
+    import demo_reid.data.releases as package
+
+    (tmp_path / "toy100.py").write_text(
+        (Path(package.__file__).parent / "rgbnt100.py").read_text()
+        .replace('name="RGBNT100"', 'name="TOY100"').replace('preset="rgbnt100"', 'preset="toy100"'))
+    monkeypatch.setattr(package, "__path__", [*package.__path__, str(tmp_path)])
+    found = package._discover()
+    assert sorted(found) == sorted([*RELEASES, "TOY100"]) and found["TOY100"].kind == "vehicle"
+
+    (tmp_path / "toy100.py").unlink()
+    (tmp_path / "toy_none.py").write_text("RELEASE = None\n")
+    with pytest.raises(TypeError, match=r"demo_reid\.data\.releases\.toy_none defines no RELEASE"):
+        package._discover()
+    (tmp_path / "toy_none.py").unlink()
+    (tmp_path / "toy_clash.py").write_text("from demo_reid.data.releases.rgbnt201 import RELEASE\n")
+    with pytest.raises(ValueError, match=r"toy_clash: the name\(s\) \['RGBNT201'\] are already registered"):
+        package._discover()
+    for name in ("toy100", "toy_none", "toy_clash"):  # leave no test module registered behind
+        sys.modules.pop(f"demo_reid.data.releases.{name}", None)
