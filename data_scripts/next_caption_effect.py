@@ -15,9 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from demo_reid.errors import UsageError, run_cli  # noqa: E402
+from demo_reid.errors import UsageError, run_cli
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -241,7 +241,8 @@ def test_next_graphs_without_optional_inputs_match_pytorch_without_them(next_exp
     if "camera_ids" not in optional:
         camera = run_onnx(output.with_name(name.replace(".no-camera", "")), **inputs,
                           camera_ids=torch.zeros(batch, dtype=torch.long))
-        assert np.abs(camera["embeddings"] - got["embeddings"]).max() > 1e-3
+        # the tiny NEXT's camera embedding moves its features by ~1e-4, 1000x the ONNX / PyTorch difference
+        assert np.abs(camera["features_cls"] - got["features_cls"]).max() > 1e-5
 
 
 @pytest.mark.parametrize("batch", [1, 4])
