@@ -70,13 +70,8 @@ class ReIDFeatureExtractionPipeline(Pipeline):
 
     def __call__(self, images, camera_ids=None, text=None, batch_size: int | None = None, **kwargs):
         triples, single = _triples(images)
-        if single and camera_ids is not None and not isinstance(camera_ids, (list, tuple)):
-            camera_ids = [camera_ids]
-        if single and text is not None:
-            text = [text]
-        for name, value in (("camera_ids", camera_ids), ("text", text)):
-            if value is not None and len(value) != len(triples):
-                raise ValueError(f"{name}: {len(value)} value(s) for {len(triples)} triple(s); give one per sample")
+        camera_ids = _per_sample("camera_ids", camera_ids, len(triples), single)
+        text = _per_sample("text", text, len(triples), single)
         size = max(int(batch_size or self._batch_size or DEFAULT_CHUNK_SIZE), 1)
         self._sanitize_parameters(**kwargs)
         results = []
@@ -149,6 +144,24 @@ def _triples(images: Any) -> tuple[list, bool]:
             if isinstance(image, (str, os.PathLike)):
                 _local_file(image, f"{where}[{m}]")  # every file is checked before the first chunk runs
     return triples, single
+
+
+def _per_sample(name: str, value: Any, count: int, single: bool) -> list | None:
+    """``camera_ids`` or ``text`` as one entry per triple: for one triple, its camera id (an int) or its caption
+    triple; for a list of triples, a list as long."""
+    if value is None:
+        return None
+    if single:
+        if name == "text" and (isinstance(value, str) or (_is_triple_like(value) and value
+                                                          and all(_is_triple_like(v) for v in value))):
+            raise ValueError(f"text: expected one [rgb, nir, tir] caption triple ('' or None where missing) for the "
+                             f"one image triple, got {type(value).__name__} {str(value)[:80]!r}")
+        return [value] if name == "text" or not _is_triple_like(value) else list(value)
+    if not _is_triple_like(value):
+        raise ValueError(f"{name}: expected a list with one entry per triple ({count}), got {type(value).__name__}")
+    if len(value) != count:
+        raise ValueError(f"{name}: {len(value)} value(s) for {count} triple(s); give one per sample")
+    return list(value)
 
 
 def _local_file(image: str | os.PathLike, where: str) -> str | None:

@@ -100,3 +100,32 @@ def test_paths_base64_and_pil_images_embed_alike(pipe, files):
     Image.new("RGB", (19, 37), (255, 0, 0)).save(buffer, format="PNG")
     other = pipe([base64.b64encode(buffer.getvalue()).decode(), None, None])
     assert (other["embedding"] - results[0]["embedding"]).abs().max() > 1e-3  # the base64 image was really read
+
+
+@pytest.fixture(scope="module")
+def next_pipe():
+    from demo_reid.data.text import build_caption_tokenizer
+    from demo_reid.hub.backbones import tiny_next_config
+    from modeling_next import NextModel
+    from processing_next import NextProcessor
+
+    tokenizer = build_caption_tokenizer(["a man in a red coat.", "a warm shape."], model_max_length=40)
+    torch.manual_seed(0)
+    model = NextModel(tiny_next_config(tokenizer, num_labels=6, num_cameras=3, image_size=(32, 16))).eval()
+    processor = NextProcessor(DeMoImageProcessor(size={"height": 32, "width": 16}), tokenizer)
+    return ReIDFeatureExtractionPipeline(model=model, processor=processor, image_processor=processor.image_processor)
+
+
+@pytest.mark.parametrize("batch, kwargs, message", [
+    (False, {"text": "a man in a red coat."}, "text: expected one [rgb, nir, tir] caption triple ('' or None where "
+                                              "missing) for the one image triple, got str"),
+    (False, {"text": [["a man.", None, ""]]}, "text: expected one [rgb, nir, tir] caption triple"),
+    (True, {"text": ["a man.", None, ""]}, "text: 3 value(s) for 2 triple(s); give one per sample"),
+    (True, {"camera_ids": 1}, "camera_ids: expected a list with one entry per triple (2), got int"),
+])
+def test_captions_and_cameras_per_sample_are_one_line(next_pipe, files, batch, kwargs, message):
+    triple = [str(files / "rgb.jpg"), None, str(files / "rgb.jpg")]
+    with pytest.raises(ValueError) as info:
+        next_pipe([triple, triple] if batch else triple, **kwargs)
+    assert str(info.value).startswith(message), str(info.value)
+    assert next_pipe(triple, text=["a man in a red coat.", None, ""], camera_ids=1)["embedding"].shape[0] > 0
