@@ -16,8 +16,6 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # run from a plain checkout too
-
 from demo_reid.errors import UsageError, run_cli  # noqa: E402
 from demo_reid.output_paths import check_output_dir  # noqa: E402
 

@@ -18,8 +18,6 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # run from a plain checkout too
-
 from transformers import set_seed  # noqa: E402
 from transformers.trainer_utils import enable_full_determinism  # noqa: E402
 

@@ -22,9 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # run from a plain checkout too
-
-from demo_reid.data.synthetic import make_synthetic  # noqa: E402
+from demo_reid.data.synthetic import make_synthetic
 
 ANSWER = "\n".join([
     "1. Age: adult, confidence: 0.8", "2. Gender: female, confidence: 0.7", "3. Viewpoint: side, confidence: 0.9",

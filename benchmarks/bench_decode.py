@@ -18,14 +18,12 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a plain checkout too
+import torch
+from torch.utils.data import DataLoader
 
-import torch  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
-
-from demo_reid.data.collate import ReIDCollator  # noqa: E402
-from demo_reid.data.builder import build_dataset  # noqa: E402
-from demo_reid.data.synthetic import make_synthetic  # noqa: E402
+from demo_reid.data.collate import ReIDCollator
+from demo_reid.data.builder import build_dataset
+from demo_reid.data.synthetic import make_synthetic
 
 
 def measure(dataset, size, workers: int, batch_size: int, repeats: int) -> float:

@@ -11,16 +11,13 @@ measure cost only. Peak RSS is the process maximum so far (it only grows between
 import argparse
 import resource
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from demo_reid.evaluation.metrics import reid_metrics_from_features  # noqa: E402
-from demo_reid.evaluation.reranking import re_ranking  # noqa: E402
+from demo_reid.evaluation.metrics import reid_metrics_from_features
+from demo_reid.evaluation.reranking import re_ranking
 
 
 def parse_sizes(text):

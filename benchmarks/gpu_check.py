@@ -25,12 +25,9 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-sys.path.insert(0, str(HERE))
+import torch
 
-import torch  # noqa: E402
-
-from harness import describe_machine, median_seconds  # noqa: E402
+from harness import describe_machine, median_seconds
 
 AMP_MODES = ("bfloat16", "float16")
 

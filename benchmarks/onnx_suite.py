@@ -3,39 +3,32 @@
 Why: `export_onnx.py [--quantize int8]` is the fast CPU path (issue goals: ORT fp32 >= 1.3x PyTorch eager at batch
 1; int8 >= 2x with mAP within 1 point). Two parts:
 - speed at the deployment shape: the ViT-B/16 DeMo at 256x128 (random weights; model_suite's model) exported by
-  export_onnx.py's own functions, triples/s at batch 1 and 32, the three contenders interleaved in one process;
+  export_onnx.py's own functions (demo_reid.export), triples/s at batch 1 and 32, the three contenders interleaved
+  in one process;
 - the effect on retrieval: a trained checkpoint (e.g. `python train.py`'s synthetic default) exported the same way,
   its query / gallery embedded by each contender: cosine of every embedding to PyTorch's (mean, min) and the mAP.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import tempfile
 from pathlib import Path
 
 import torch
 
+from demo_reid.export.graph import OnnxGraph
+from demo_reid.export.writer import export, quantize_int8
 from harness import interleaved_seconds
 from model_suite import build_model, make_batch
 
-EXPORT_SCRIPT = Path(__file__).resolve().parents[1] / "data_scripts" / "export_onnx.py"
-
-
-def _export_script():
-    spec = importlib.util.spec_from_file_location("export_onnx", EXPORT_SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 def export_both(model, folder: Path) -> tuple[object, dict[str, Path]]:
-    """The model's OnnxGraph and its fp32 + int8 files in ``folder``, exported as export_onnx.py does."""
-    script = _export_script()
-    graph = script.OnnxGraph(model.float().eval())
+    """The model's OnnxGraph (every input) and its fp32 + int8 files in ``folder``, exported as export_onnx.py
+    does."""
+    graph = OnnxGraph(model.float().eval())
     paths = {"fp32": folder / "model.onnx", "int8": folder / "model.int8.onnx"}
-    script.export(graph, paths["fp32"], None)
-    script.quantize_int8(paths["fp32"], paths["int8"])
+    export(graph, paths["fp32"], None)
+    quantize_int8(paths["fp32"], paths["int8"])
     return graph, paths
 
 

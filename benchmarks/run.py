@@ -22,13 +22,10 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-sys.path.insert(0, str(HERE))
+import torch
 
-import torch  # noqa: E402
-
-from harness import describe_machine  # noqa: E402
-from report import markdown  # noqa: E402
+from harness import describe_machine
+from report import markdown
 
 SUITES = ("model", "heads", "ranking", "decode", "gpu", "compile", "onnx", "retrieval")
 # What a plain `python benchmarks/run.py` runs; compile (eager vs torch.compile), onnx (CPU deployment) and

@@ -16,18 +16,15 @@ from __future__ import annotations
 import argparse
 import logging
 import shlex
-import shutil
 import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a plain checkout too
-
-from demo_reid.data.builder import DatasetLayoutError, build_dataset, save_dataset  # noqa: E402
-from demo_reid.data.releases import release_names  # noqa: E402
-from demo_reid.hub.dataset_card import make_dataset_card, push_dataset_with_card  # noqa: E402
-from demo_reid.errors import UsageError, first_line  # noqa: E402
-from demo_reid.output_paths import check_output_dir  # noqa: E402
+from demo_reid.data.builder import DatasetLayoutError, build_dataset, save_dataset
+from demo_reid.data.releases import release_names
+from demo_reid.hub.dataset_card import make_dataset_card, push_dataset_with_card
+from demo_reid.errors import RunFailed, UsageError, first_line, run_cli
+from demo_reid.output_paths import check_output_dir
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -50,32 +47,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = parse_args(argv)
+def run(args: argparse.Namespace, argv: list[str]) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     output = args.output.expanduser().absolute()
     if output.exists() and not args.overwrite:
-        print(f"error: --output {output} already exists (pass --overwrite to replace it)", file=sys.stderr)
-        return 2
-    try:
-        check_output_dir(output, "--output")  # before any image is read
-    except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        raise UsageError(f"--output {output} already exists (pass --overwrite to replace it)")
+    check_output_dir(output, "--output")  # before any image is read
     if args.push_to_hub:
         from huggingface_hub.utils import HFValidationError, validate_repo_id
 
         try:
             validate_repo_id(args.push_to_hub)
         except HFValidationError as exc:
-            print(f"error: --push-to-hub {args.push_to_hub}: not a repo id ({first_line(exc, 300)})", file=sys.stderr)
-            return 2
+            raise UsageError(f"--push-to-hub {args.push_to_hub}: not a repo id ({first_line(exc, 300)})") from None
     output.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{output.name}.build-", dir=output.parent))
-    try:
+    # The Arrow files of the build (a scratch cache, removed at the end); save_dataset copies them into --output
+    # and publishes it whole.
+    with tempfile.TemporaryDirectory(prefix=f".{output.name}.build-", dir=output.parent) as cache:
         dsdict = build_dataset(args.name, args.root, captions_dir=args.captions, skip_incomplete=args.skip_incomplete,
-                               num_proc=args.num_proc, allow_size_mismatch=args.allow_size_mismatch, cache_dir=work)
+                               num_proc=args.num_proc, allow_size_mismatch=args.allow_size_mismatch, cache_dir=cache)
         card = make_dataset_card(dsdict, args.name, output=str(args.output), repo_id=args.push_to_hub,
                                  command=shlex.join(["python", "data_scripts/build_dataset.py", *argv]))
         save_dataset(dsdict, output, overwrite=args.overwrite, card=card)
@@ -85,16 +75,15 @@ def main(argv=None) -> int:
             try:
                 push_dataset_with_card(dsdict, card, args.push_to_hub, private=args.private)
             except Exception as exc:  # HTTP, auth, offline mode...: one line; the local copy is complete
-                print(f"error: --push-to-hub {args.push_to_hub}: {type(exc).__name__}: {first_line(exc, 300)} "
-                      f"(the dataset is saved at {output})", file=sys.stderr)
-                return 1
+                raise RunFailed(f"--push-to-hub {args.push_to_hub}: {type(exc).__name__}: {first_line(exc, 300)} "
+                                f"(the dataset is saved at {output})") from None
             print(f"pushed to the dataset repo {args.push_to_hub}")
-    except (DatasetLayoutError, FileExistsError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return 0
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    return run_cli(lambda: run(args, argv), "build_dataset.py", errors=(DatasetLayoutError, FileExistsError))
 
 
 if __name__ == "__main__":

@@ -21,19 +21,19 @@ import logging
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a plain checkout too
+from demo_reid.captioning.backends import BACKENDS, BackendError, make_backend
+from demo_reid.captioning.items import find_layout, list_items
+from demo_reid.captioning.merge import DEFAULT_MIN_CONFIDENCE
+from demo_reid.captioning.pipeline import CaptionRun, RunSummary
+from demo_reid.captioning.render import TEMPLATE_VERSION
+from demo_reid.captioning.schema import KINDS
+from demo_reid.captioning.stats import CAPTION_SPLITS, folder_stats, format_stats, stats_to_json
+from demo_reid.captioning.store import check_manifest
+from demo_reid.data.builder import LAYOUTS, DatasetLayoutError
+from demo_reid.errors import RunFailed, UsageError, run_cli
+from demo_reid.output_paths import check_output_dir
 
-from demo_reid.captioning.backends import BACKENDS, BackendError, make_backend  # noqa: E402
-from demo_reid.captioning.items import find_layout, list_items  # noqa: E402
-from demo_reid.captioning.merge import DEFAULT_MIN_CONFIDENCE  # noqa: E402
-from demo_reid.captioning.pipeline import CaptionRun, RunSummary  # noqa: E402
-from demo_reid.captioning.render import TEMPLATE_VERSION  # noqa: E402
-from demo_reid.captioning.schema import KINDS  # noqa: E402
-from demo_reid.captioning.stats import CAPTION_SPLITS, folder_stats, format_stats, stats_to_json  # noqa: E402
-from demo_reid.captioning.store import check_manifest  # noqa: E402
-from demo_reid.data.builder import LAYOUTS, DatasetLayoutError  # noqa: E402
-from demo_reid.errors import UsageError  # noqa: E402
-from demo_reid.output_paths import check_output_dir  # noqa: E402
+KEPT = "the captions saved so far are kept; rerun the same command to continue"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -77,36 +77,33 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def _check(args: argparse.Namespace) -> None:
-    """Argument checks argparse cannot express; raise ValueError with a one-line message."""
+    """Argument checks argparse cannot express, before any request is sent."""
     for flag in ("dataset", "backend", "output"):
         if getattr(args, flag) is None:
-            raise ValueError(f"--{flag} is required (or use --stats-only CAPTION_DIR)")
+            raise UsageError(f"--{flag} is required (or use --stats-only CAPTION_DIR)")
     if not args.model:
-        raise ValueError("--model is required; repeat it to merge several models")
+        raise UsageError("--model is required; repeat it to merge several models")
     if len(set(args.model)) != len(args.model):
-        raise ValueError(f"--model: the same model is named twice ({', '.join(args.model)})")
+        raise UsageError(f"--model: the same model is named twice ({', '.join(args.model)})")
     if args.backend == "openai" and not args.endpoint:
-        raise ValueError("--endpoint URL is required with --backend openai, e.g. http://localhost:8000/v1")
+        raise UsageError("--endpoint URL is required with --backend openai, e.g. http://localhost:8000/v1")
     if args.backend == "transformers" and args.endpoint:
-        raise ValueError("--endpoint is only used with --backend openai")
+        raise UsageError("--endpoint is only used with --backend openai")
     if not 0.0 <= args.min_confidence <= 1.0:
-        raise ValueError(f"--min-confidence {args.min_confidence}: expected a number from 0 to 1")
+        raise UsageError(f"--min-confidence {args.min_confidence}: expected a number from 0 to 1")
     for flag in ("concurrency", "batch_size", "save_every", "max_new_tokens"):
         if getattr(args, flag) < 1:
-            raise ValueError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: expected at least 1")
+            raise UsageError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: expected at least 1")
     if args.limit is not None and args.limit < 1:
-        raise ValueError(f"--limit {args.limit}: expected at least 1")
+        raise UsageError(f"--limit {args.limit}: expected at least 1")
     if args.timeout <= 0 or args.retries < 0 or args.backoff < 0:
-        raise ValueError("--timeout must be > 0, --retries and --backoff >= 0")
+        raise UsageError("--timeout must be > 0, --retries and --backoff >= 0")
     if args.backend == "transformers":
         for model in args.model + ([args.rewrite_model] if args.rewrite_model else []):
             looks_like_hub_id = model.count("/") == 1 and not model.startswith((".", "/", "~"))
             if not Path(model).expanduser().is_dir() and not looks_like_hub_id:
-                raise ValueError(f"--model {model}: no such model folder (expected a local transformers model)")
-    try:
-        check_output_dir(args.output, "--output")  # before any request is sent
-    except UsageError as exc:
-        raise ValueError(str(exc)) from None
+                raise UsageError(f"--model {model}: no such model folder (expected a local transformers model)")
+    check_output_dir(args.output, "--output")  # before any request is sent
 
 
 def _summary_lines(summary: RunSummary, splits) -> list[str]:
@@ -124,14 +121,12 @@ def _summary_lines(summary: RunSummary, splits) -> list[str]:
     return lines
 
 
-def _stats_only(folder: Path, as_json: bool) -> int:
+def _stats_only(folder: Path, as_json: bool) -> None:
     stats = folder_stats(folder)
     print(json.dumps(stats_to_json(stats), indent=2) if as_json else format_stats(stats, title=str(folder)))
-    return 0
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def run(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         if args.stats_only is not None:
@@ -151,9 +146,8 @@ def main(argv=None) -> int:
                                concurrency=args.concurrency, timeout=args.timeout, retries=args.retries,
                                backoff=args.backoff, max_new_tokens=args.max_new_tokens,
                                batch_size=args.batch_size, device=args.device)
-    except (DatasetLayoutError, ValueError, FileExistsError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except (DatasetLayoutError, ValueError, FileExistsError) as exc:  # the dataset, the caption folder, the URL
+        raise UsageError(str(exc)) from None
 
     total = sum(len(t) for t in items.values())
     logging.info("captioning %d item(s) of %s (%s) with %s model(s) %s into %s", total, layout.name, kind,
@@ -162,13 +156,8 @@ def main(argv=None) -> int:
                      rewrite_model=args.rewrite_model, save_every=args.save_every)
     try:
         summary = run.run(items, output, manifest=settings)
-    except KeyboardInterrupt:
-        print("interrupted: the captions saved so far are kept; rerun the same command to continue", file=sys.stderr)
-        return 130
-    except (BackendError, DatasetLayoutError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        print("the captions saved so far are kept; rerun the same command to continue", file=sys.stderr)
-        return 2
+    except (BackendError, DatasetLayoutError) as exc:  # an endpoint that stops answering, an unreadable image
+        raise UsageError(f"{exc}; {KEPT}") from None
     finally:
         backend.close()
 
@@ -178,10 +167,13 @@ def main(argv=None) -> int:
         print(format_stats(folder_stats(output), title=str(output)))
     failed = sum(summary.failed.values())
     if failed:
-        print(f"error: {failed} item(s) got no answer after {args.retries} retries; rerun the same command to "
-              "caption them", file=sys.stderr)
-        return 1
-    return 0
+        raise RunFailed(f"{failed} item(s) got no answer after {args.retries} retries; rerun the same command to "
+                        "caption them")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    return run_cli(lambda: run(args), "generate_captions.py", interrupted=KEPT)
 
 
 if __name__ == "__main__":

@@ -14,11 +14,9 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a plain checkout too
-
-from demo_reid.data.synthetic import CAPTIONS_DIR, SYNTHETIC_LAYOUTS, make_synthetic  # noqa: E402
-from demo_reid.errors import UsageError  # noqa: E402
-from demo_reid.output_paths import check_output_dir  # noqa: E402
+from demo_reid.data.synthetic import CAPTIONS_DIR, SYNTHETIC_LAYOUTS, make_synthetic
+from demo_reid.errors import run_cli
+from demo_reid.output_paths import check_output_dir
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -38,18 +36,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv=None) -> int:
-    a = parse_args(argv)
-    try:
-        check_output_dir(a.out, "--out")
-        path = make_synthetic(a.layout, a.out, seed=a.seed, num_train_ids=a.num_train_ids, num_test_ids=a.num_test_ids,
-                              images_per_id=a.images_per_id, image_size=a.image_size, overwrite=a.overwrite,
-                              captions=a.captions)
-    except (ValueError, FileExistsError, UsageError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+def run(a: argparse.Namespace) -> None:
+    check_output_dir(a.out, "--out")
+    path = make_synthetic(a.layout, a.out, seed=a.seed, num_train_ids=a.num_train_ids, num_test_ids=a.num_test_ids,
+                          images_per_id=a.images_per_id, image_size=a.image_size, overwrite=a.overwrite,
+                          captions=a.captions)
     print(f"wrote {path}" + (f" (captions in {path / CAPTIONS_DIR})" if a.captions else ""))
-    return 0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    return run_cli(lambda: run(args), "make_synthetic.py", errors=(ValueError, FileExistsError))
 
 
 if __name__ == "__main__":

@@ -13,11 +13,10 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from demo_reid.errors import UsageError, run_cli  # noqa: E402
+from demo_reid.errors import UsageError, run_cli
+from demo_reid.output_paths import check_output_file
+from demo_reid.publish import atomic_output
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -39,6 +38,8 @@ def run(args) -> dict:
 
     if args.triples < 1:
         raise UsageError(f"--triples must be >= 1, got {args.triples}")
+    if args.json:
+        check_output_file(args.json, "--json", suffix=".json")  # before the model is loaded
     hf_logging.disable_progress_bar()
     model = load_checkpoint(args.model).eval()
     if not getattr(model.config, "uses_text", False):
@@ -58,7 +59,8 @@ def run(args) -> dict:
         print(f"{row}: two captions {effect['two_captions']:.3g}, caption vs none {effect['caption_vs_none']:.3g} "
               f"(relative change, {len(rows)} triples)")
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        with atomic_output(args.json, overwrite=True) as staged:
+            staged.write_text(json.dumps(report, indent=2) + "\n")
     return report
 
 

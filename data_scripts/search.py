@@ -18,8 +18,6 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a plain checkout too
-
 from demo_reid.errors import UsageError, first_line, run_cli  # noqa: E402
 
 

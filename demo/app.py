@@ -20,7 +20,6 @@ from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline: no usage reporting, no version check
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 DEFAULT_MODEL = "outputs/demo-synthetic"
 DEFAULT_DATASET = "outputs/synthetic-rgbnt201"  # train.py's default --synthetic-dir

@@ -369,6 +369,9 @@ def test_unreachable_endpoint_stops_the_run_and_writes_nothing(dataset, tmp_path
     assert code == 2
     err = capsys.readouterr().err
     assert "error: no request of the last 24 got an answer; last error: URLError" in err
+    last = err.strip().splitlines()[-1]  # one line, saying what is kept
+    assert last.startswith("generate_captions.py: error: no request") and last.endswith("rerun the same command to "
+                                                                                          "continue"), last
     assert not out.exists()
 
 
@@ -385,7 +388,7 @@ def test_bad_arguments_exit_2_with_one_line(dataset, tmp_path, capsys, args, mes
     out = tmp_path / "captions"
     assert _main("--dataset", dataset, "--output", out, *args) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+    assert len(err) == 1 and err[0].startswith("generate_captions.py: error: ") and message in err[0]
     assert not out.exists()
 
 

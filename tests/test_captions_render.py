@@ -191,4 +191,4 @@ def test_stats_only_on_a_missing_folder_exits_2(tmp_path):
     res = subprocess.run([sys.executable, str(REPO / "data_scripts" / "generate_captions.py"),
                           "--stats-only", str(tmp_path / "nope")], capture_output=True, text=True)
     assert res.returncode == 2
-    assert res.stderr.strip().splitlines() == [f"error: caption folder {tmp_path / 'nope'}: does not exist"]
+    assert res.stderr.strip().splitlines() == [f"generate_captions.py: error: caption folder {tmp_path / 'nope'}: does not exist"]

@@ -130,6 +130,50 @@ def test_non_clip_checkpoint_is_rejected_with_a_clear_error(tmp_path):
     result = run_converter("--checkpoint", tmp_path / "vit.pth", "--image-size", 256, 128, "--output", tmp_path / "o")
     assert result.returncode == 2
     assert "BACKBONE.base.conv1.weight" in result.stderr and "CLIP" in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("convert_original_checkpoint.py: error: missing BACKBONE"), lines
+
+
+def test_output_that_is_not_an_empty_folder_is_refused_and_left_as_it_was(tmp_path, capsys):
+    torch.save(to_original_layout(trained_looking_model(), ddp_prefix=False), tmp_path / "model.pth")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "mine.txt").write_text("keep me")
+    (tmp_path / "a-file").write_text("keep me too")
+    for output in (tmp_path / "full", tmp_path / "a-file"):
+        result = run_in_process(capsys, "--checkpoint", tmp_path / "model.pth", "--image-size", 32, 16,
+                                "--output", output)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1, lines
+        assert lines[0] == f"convert_original_checkpoint.py: error: --output {output} exists and is not an empty folder"
+    assert (tmp_path / "full" / "mine.txt").read_text() == "keep me" and len(list((tmp_path / "full").iterdir())) == 1
+    assert (tmp_path / "a-file").read_text() == "keep me too"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "full", "model.pth"]  # no hidden leftover
+
+
+def test_empty_output_folder_is_replaced_and_a_failed_save_leaves_it_empty(tmp_path, monkeypatch):
+    """The library call: an empty --output folder (e.g. made by a job scheduler) is filled; a save that fails
+    midway leaves the folder empty and no hidden folder beside it."""
+    from demo_reid.hub import conversion
+
+    model = trained_looking_model()
+    torch.save(to_original_layout(model, ddp_prefix=False), tmp_path / "model.pth")
+    (tmp_path / "out").mkdir()
+
+    def share_then_fail(folder):
+        assert (folder / "model.safetensors").is_file()  # the weights were written, then the run dies
+        raise OSError("disk full")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(conversion, "share_weights", share_then_fail)
+        with pytest.raises(OSError, match="disk full"):
+            conversion.convert_checkpoint(tmp_path / "model.pth", (32, 16), tmp_path / "out")
+    assert list((tmp_path / "out").iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pth", "out"]
+    conversion.convert_checkpoint(tmp_path / "model.pth", (32, 16), tmp_path / "out")
+    converted = DeMoModel.from_pretrained(tmp_path / "out").eval()
+    pixels = random_triples(2, seed=3)
+    with torch.no_grad():
+        torch.testing.assert_close(converted(pixels).embeddings, model(pixels).embeddings, rtol=0, atol=1e-6)
 
 
 def run_in_process(capsys, *args):
@@ -138,11 +182,7 @@ def run_in_process(capsys, *args):
 
     module = load_data_script("convert_original_checkpoint")
     capsys.readouterr()
-    try:
-        module.main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
+    code = module.main([str(a) for a in args])
     return SimpleNamespace(returncode=code, stderr=capsys.readouterr().err)
 
 

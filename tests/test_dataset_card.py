@@ -97,7 +97,7 @@ def test_bad_repo_id_is_one_line_before_anything_is_written(raw, tmp_path, capsy
     out = tmp_path / "out"
     code = build_script.main(["--name", "RGBNT201", "--root", str(raw), "--output", str(out), "--push-to-hub", "a/b/c"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and err[0].startswith("error: --push-to-hub a/b/c"), err
+    assert code == 2 and len(err) == 1 and err[0].startswith("build_dataset.py: error: --push-to-hub a/b/c"), err
     assert not out.exists()
 
 
@@ -109,7 +109,8 @@ def test_failed_push_is_one_line_and_keeps_the_local_copy(raw, tmp_path, capsys,
     code = build_script.main(["--name", "RGBNT201", "--root", str(raw), "--output", str(out), "--push-to-hub", REPO_ID])
     err = capsys.readouterr().err.strip().splitlines()  # progress bars of the build, then the error
     errors = [line for line in err if "error" in line.lower()]
-    assert code == 1 and errors == err[-1:] and err[-1].startswith(f"error: --push-to-hub {REPO_ID}: "), err
+    assert code == 1 and errors == err[-1:], err
+    assert err[-1].startswith(f"build_dataset.py: error: --push-to-hub {REPO_ID}: "), err
     assert "offline" in err[-1] and str(out) in err[-1]
     assert (out / "README.md").is_file() and len(datasets.load_from_disk(str(out))["train"]) > 0
 

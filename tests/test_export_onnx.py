@@ -1,6 +1,6 @@
 """data_scripts/export_onnx.py: tiny DeMo and NEXT checkpoints exported to ONNX reproduce PyTorch in onnxruntime at
-other batch sizes (and caption lengths) than the export's, with missing modalities and varied cameras; bad input and
-a failed check write nothing."""
+other batch sizes (and caption lengths) than the export's, with missing modalities and varied cameras, and so do the
+graphs without the optional inputs (no camera, no captions); bad input and a failed check write nothing."""
 
 import contextlib
 import io
@@ -18,6 +18,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from conftest import REPO_ROOT, load_data_script, random_triples  # noqa: E402
 
+import demo_reid.export.checkpoint as export_checkpoint  # noqa: E402
 from demo_reid.hub.backbones import tiny_demo_config, tiny_next_config  # noqa: E402
 from demo_reid.data.text import build_caption_tokenizer, tokenize_captions  # noqa: E402
 from modeling_demo import DeMoModel  # noqa: E402
@@ -121,9 +122,11 @@ def test_cli_exports_demo_and_reports_the_difference(demo):
     _, output, process = demo
     assert process.returncode == 0, process.stderr
     printed = [line for line in process.stdout.splitlines() if "max |ONNX - PyTorch|" in line]
-    assert [line.split(":")[0] for line in printed] == ["batch 1", "batch 4"]
+    assert [line.split(":")[0] for line in printed] == [
+        "demo.onnx batch 1", "demo.onnx batch 4", "demo.no-camera.onnx batch 1", "demo.no-camera.onnx batch 4"]
     assert all(float(line.split("= ")[1].split()[0]) < TOLERANCE for line in printed)
-    assert sorted(p.name for p in output.parent.iterdir()) == ["demo.onnx"]  # no temp file left, no external data
+    # no temp file left, no external data; the graph without camera_ids beside the full one
+    assert sorted(p.name for p in output.parent.iterdir()) == ["demo.no-camera.onnx", "demo.onnx"]
     import onnx
 
     proto = onnx.load(str(output))
@@ -136,6 +139,10 @@ def test_cli_exports_demo_and_reports_the_difference(demo):
         "tensor(float)", "tensor(bool)", "tensor(int64)"
     )
     assert [o.name for o in session.get_outputs()] == ["embeddings", "features_ori", "features_moe", "features_all"]
+    no_camera = onnxruntime.InferenceSession(str(output.with_name("demo.no-camera.onnx")),
+                                             providers=["CPUExecutionProvider"])
+    assert [i.name for i in no_camera.get_inputs()] == ["pixel_values", "modality_mask"]
+    assert [o.name for o in no_camera.get_outputs()] == [o.name for o in session.get_outputs()]
 
 
 @pytest.mark.parametrize("batch", [1, 4])
@@ -161,18 +168,81 @@ def test_demo_onnx_matches_pytorch(demo, batch):
         assert np.abs(got["embeddings"][0] - got["embeddings"][1]).max() > 1e-3
 
 
+@pytest.mark.parametrize("batch", [1, 4])
+def test_demo_graph_without_cameras_matches_pytorch_without_cameras(demo, batch):
+    """The unseen-camera query: PyTorch without camera_ids (no camera embedding) is what the no-camera graph gives,
+    and it differs from every known camera's result in the full graph."""
+    model, output, process = demo
+    assert process.returncode == 0, process.stderr
+    inputs = dict(pixel_values=random_triples(batch, seed=30 + batch), modality_mask=masks(batch))
+    with torch.no_grad():
+        expected = model(**inputs)
+    got = run_onnx(output.with_name("demo.no-camera.onnx"), **inputs)
+    print(f"DeMo without cameras, batch {batch}: max |ONNX - PyTorch| = {assert_matches(got, expected):.2e}")
+    for camera in range(3):
+        with_camera = run_onnx(output, **inputs, camera_ids=torch.full((batch,), camera))
+        assert np.abs(with_camera["embeddings"] - got["embeddings"]).max() > 1e-3
+
+
 # -------------------------------------------------------------------------------------------------------------- NEXT
+
+
+NEXT_GRAPHS = {  # file -> its inputs after pixel_values and modality_mask
+    "next.onnx": ["camera_ids", "input_ids", "attention_mask"],
+    "next.no-text.onnx": ["camera_ids"],
+    "next.no-camera.onnx": ["input_ids", "attention_mask"],
+    "next.no-camera.no-text.onnx": [],
+}
 
 
 def test_main_exports_next_with_caption_inputs(next_export):
     _, output, stdout = next_export
-    assert "batch 1: max |ONNX - PyTorch|" in stdout and "batch 4: max |ONNX - PyTorch|" in stdout
+    for name in NEXT_GRAPHS:
+        assert f"{name} batch 1: max |ONNX - PyTorch|" in stdout and f"{name} batch 4: max |ONNX - PyTorch|" in stdout
+    assert sorted(p.name for p in output.parent.glob("*.onnx")) == sorted(NEXT_GRAPHS)
     session = onnxruntime.InferenceSession(str(output), providers=["CPUExecutionProvider"])
     inputs = {i.name: i.shape for i in session.get_inputs()}
     assert list(inputs) == ["pixel_values", "modality_mask", "camera_ids", "input_ids", "attention_mask"]
     assert inputs["input_ids"][1] == 3 and all(isinstance(inputs["input_ids"][d], str) for d in (0, 2))
     outputs = [o.name for o in session.get_outputs()]
     assert outputs == ["embeddings"] + [f"features_{r}" for r in ("cls", "semantic", "structure", "final", "all")]
+    for name, optional in NEXT_GRAPHS.items():
+        other = onnxruntime.InferenceSession(str(output.with_name(name)), providers=["CPUExecutionProvider"])
+        assert [i.name for i in other.get_inputs()] == ["pixel_values", "modality_mask", *optional], name
+        assert [o.name for o in other.get_outputs()] == outputs, name
+
+
+@pytest.mark.parametrize("name", [n for n in NEXT_GRAPHS if n != "next.onnx"])
+@pytest.mark.parametrize("batch", [1, 4])
+def test_next_graphs_without_optional_inputs_match_pytorch_without_them(next_export, tokenizer, name, batch):
+    """A query without captions (and / or from an unseen camera): each graph equals PyTorch called with only its
+    inputs; without captions that is the learned "no text" embedding, which all-zero attention masks in the full
+    graph give too."""
+    model, output, _ = next_export
+    optional = NEXT_GRAPHS[name]
+    inputs = dict(pixel_values=random_triples(batch, seed=40 + batch), modality_mask=masks(batch))
+    if "camera_ids" in optional:
+        inputs["camera_ids"] = torch.tensor([2, 1, 0, 1])[:batch]
+    if "input_ids" in optional:
+        inputs.update(tokenize_captions(tokenizer, [[CAPTIONS[0], "", CAPTIONS[2]]] * batch))
+    with torch.no_grad():
+        expected = model(**inputs)
+    got = run_onnx(output.with_name(name), **inputs)
+    print(f"NEXT {name}, batch {batch}: max |ONNX - PyTorch| = {assert_matches(got, expected):.2e}")
+    if "input_ids" not in optional:
+        empty = {"input_ids": torch.zeros(batch, 3, 1, dtype=torch.long),
+                 "attention_mask": torch.zeros(batch, 3, 1, dtype=torch.long)}
+        full = run_onnx(output.with_name("next.onnx" if "camera_ids" in optional else "next.no-camera.onnx"),
+                        **inputs, **empty)
+        assert np.abs(full["embeddings"] - got["embeddings"]).max() < TOLERANCE
+        captioned = run_onnx(output.with_name("next.onnx" if "camera_ids" in optional else "next.no-camera.onnx"),
+                             **inputs, **tokenize_captions(tokenizer, [CAPTIONS[:3]] * batch))
+        assert np.abs(captioned["features_semantic"] - got["features_semantic"]).max() > 1e-3
+    if "camera_ids" not in optional:
+        camera = run_onnx(output.with_name(name.replace(".no-camera", "")), **inputs,
+                          camera_ids=torch.zeros(batch, dtype=torch.long))
+        # the tiny NEXT's camera embedding moves its features by ~1e-4, 1000x the ONNX / PyTorch difference
+        assert np.abs(camera["features_cls"] - got["features_cls"]).max() > 1e-5
 
 
 @pytest.mark.parametrize("batch", [1, 4])
@@ -221,13 +291,13 @@ def test_failed_check_exits_2_and_leaves_nothing(tmp_path, monkeypatch, capsys):
     DeMoModel(tiny_demo_config(num_cameras=0, use_atmoe=False, image_size=(32, 16))).save_pretrained(tmp_path / "m")
     (tmp_path / "out").mkdir()
     script = load_script()
-    real, seen = script.max_differences, {}
+    real, seen = export_checkpoint.max_differences, {}
 
     def inflated(graph, path):
         seen.update(inputs=list(graph.input_names), file=path.is_file(), results=real(graph, path))
         return {batch: (diff + 1.0, name) for batch, (diff, name) in seen["results"].items()}
 
-    monkeypatch.setattr(script, "max_differences", inflated)
+    monkeypatch.setattr(export_checkpoint, "max_differences", inflated)
     capsys.readouterr()
     assert script.main(["--model", str(tmp_path / "m"), "--output", str(tmp_path / "out" / "m.onnx")]) == 2
     err = capsys.readouterr().err.strip().splitlines()

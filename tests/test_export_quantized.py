@@ -14,6 +14,7 @@ onnxruntime = pytest.importorskip("onnxruntime")
 
 from demo_reid.hub.backbones import tiny_demo_config  # noqa: E402
 from modeling_demo import DeMoModel  # noqa: E402
+import demo_reid.export.checkpoint as export_checkpoint  # noqa: E402
 from tests.conftest import load_data_script, random_triples  # noqa: E402
 
 SCRIPT = Path(__file__).resolve().parents[1] / "data_scripts" / "export_onnx.py"
@@ -45,7 +46,9 @@ def quantized(tmp_path_factory):
 def test_quantize_writes_an_int8_graph_next_to_the_float32_one(quantized):
     _, out, process = quantized
     assert process.returncode == 0, process.stderr[-2000:]
-    assert sorted(p.name for p in out.iterdir()) == ["demo.int8.onnx", "demo.onnx"]
+    # each graph (with and without camera_ids) gets its int8 copy
+    assert sorted(p.name for p in out.iterdir()) == ["demo.int8.onnx", "demo.no-camera.int8.onnx",
+                                                     "demo.no-camera.onnx", "demo.onnx"]
     assert "int8 embeddings' cosine to PyTorch" in process.stdout and f"wrote {out / 'demo.int8.onnx'}" in process.stdout
     graph, fp32 = onnx.load(str(out / "demo.int8.onnx")), onnx.load(str(out / "demo.onnx"))
     ops = Counter(node.op_type for node in graph.graph.node)
@@ -95,8 +98,8 @@ def test_bad_quantize_arguments_are_one_line_exit_2(quantized, tmp_path, capsys,
 def test_int8_graph_below_min_cosine_writes_nothing(quantized, tmp_path, monkeypatch, capsys):
     """A quantized graph that misses --min-cosine: exit 2, one line, neither file written."""
     script = load_script()
-    real = script.embedding_cosines
-    monkeypatch.setattr(script, "embedding_cosines",
+    real = export_checkpoint.embedding_cosines
+    monkeypatch.setattr(export_checkpoint, "embedding_cosines",
                         lambda graph, path: {b: (m - 0.5, low - 0.5) for b, (m, low) in real(graph, path).items()})
     capsys.readouterr()
     code = script.main(["--model", str(quantized[1].parent / "model"), "--output", str(tmp_path / "m.onnx"),

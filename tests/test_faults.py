@@ -436,7 +436,7 @@ def test_captions_check_their_output_before_any_request(read_only_dir, tmp_path,
         httpd.shutdown()
         httpd.server_close()
     assert code == 2
-    assert f"cannot write in {read_only_dir}" in _one_line(capsys, "error: --output")
+    assert f"cannot write in {read_only_dir}" in _one_line(capsys, "generate_captions.py: error: --output")
     assert requests == []
 
 

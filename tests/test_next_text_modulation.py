@@ -94,6 +94,8 @@ def test_short_training_keeps_the_captions_effect(captioned_dataset, tmp_path):
     (["--model", "{tmp}/missing", "--dataset", "{tmp}"], "--model {tmp}/missing: no config.json there"),
     (["--model", "{demo}", "--dataset", "{tmp}"], "reads no captions"),
     (["--model", "{demo}", "--dataset", "{tmp}", "--triples", "0"], "--triples must be >= 1, got 0"),
+    (["--model", "{demo}", "--dataset", "{tmp}", "--json", "{tmp}/no/effect.json"],
+     "--json {tmp}/no/effect.json: folder {tmp}/no does not exist"),
 ])
 def test_caption_effect_script_bad_input_is_one_line(tmp_path, tiny_model, capsys, args, message):
     demo = tmp_path / "demo"

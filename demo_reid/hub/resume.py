@@ -20,6 +20,7 @@ from huggingface_hub import HfApi, snapshot_download
 from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
 from ..errors import UsageError, first_line
+from ..publish import atomic_output
 from ..training.checkpoints import CHECKPOINT_PATTERN, STAGING_DIR, find_resume_checkpoint, is_complete_checkpoint
 from .push import LAST_CHECKPOINT
 
@@ -76,7 +77,10 @@ def fetch_hub_checkpoint(output_dir: str | Path, repo_id: str, revision: str | N
                          "and model.safetensors in it)")
     step = json.loads((fetched / "trainer_state.json").read_text())["global_step"]
     target = output_dir / f"checkpoint-{step}"
-    os.replace(fetched, target)
+    # published whole; an incomplete local checkpoint-N (a copy cut short: find_resume_checkpoint skipped it) is
+    # replaced
+    with atomic_output(target, overwrite=True) as staged:
+        os.replace(fetched, staged)
     shutil.rmtree(download, ignore_errors=True)
     staging = output_dir / STAGING_DIR
     if staging.is_dir() and not any(staging.iterdir()):
