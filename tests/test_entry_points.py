@@ -18,7 +18,7 @@ SYS_PATH_EDITS = {
 
 CASES = {  # script -> (arguments, the start of its one error line); {tmp} is the working directory
     "train.py": (["--output-dir", "{tmp}/a-file"], "--output-dir {tmp}/a-file is a file"),
-    "eval.py": (["--model", "{tmp}/none", "--dataset", "{tmp}/none"], "--dataset: dataset {tmp}/none does not exist"),
+    "eval.py": (["--model", "{tmp}/none", "--dataset", "{tmp}/none"], "--dataset: no such folder: dataset {tmp}/none does not exist"),
     "data_scripts/build_dataset.py": (["--name", "RGBNT201", "--root", "{tmp}", "--output", "{tmp}/a-file"],
                                       "--output {tmp}/a-file already exists (pass --overwrite to replace it)"),
     "data_scripts/make_synthetic.py": (["--layout", "RGBNT201", "--out", "{tmp}/a-file"],
@@ -32,7 +32,7 @@ CASES = {  # script -> (arguments, the start of its one error line); {tmp} is th
     "data_scripts/next_caption_effect.py": (["--model", "{tmp}/none", "--dataset", "{tmp}/none"],
                                             "--model {tmp}/none: no config.json there"),
     "data_scripts/embed.py": (["--model", "{tmp}/none", "--dataset", "{tmp}/none", "--output", "{tmp}/out"],
-                              "--dataset {tmp}/none: dataset {tmp}/none does not exist"),
+                              "--dataset {tmp}/none: no such folder: dataset {tmp}/none does not exist"),
     "data_scripts/search.py": (["--index", "{tmp}/none", "--rgb", "{tmp}/a-file"],
                                "--index {tmp}/none: no retrieval.json and index.faiss there"),
 }
