@@ -30,15 +30,19 @@ What it changes, and why:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import random
 import shutil
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from transformers import Trainer
 from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_optimizer import is_optimizer_factory
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from ..data.augment import ReIDAugment
@@ -48,8 +52,8 @@ from ..data.seeded import EpochDataLoader, SeededCollator, SeededDataset
 from ..errors import UsageError, first_line
 from ..evaluation.metrics import METRIC_KEYS
 from ..hub.checkpoint_files import complete_saved_model, share_weights
-from ..hub.model_card import BEST_ON_TEST
 from ..hub.processors import tokenizer_of
+from .arguments import AUTHORS_OPTIMIZER
 from .checkpoints import STAGING_DIR, WEIGHT_FILES
 from .disk_space import disk_full_error
 from .distributed import convert_to_global_batchnorm
@@ -64,6 +68,23 @@ __all__ = ["GROUP_LR_LOG", "PARAM_GROUPS", "ReIDTrainer", "build_param_groups"]
 HEAD_GROUP, HEAD_BIAS_GROUP, TOWER_GROUP = "head", "head_bias", "vision_tower"
 PARAM_GROUPS = (HEAD_GROUP, HEAD_BIAS_GROUP, TOWER_GROUP)
 GROUP_LR_LOG = "learning_rate/{}"
+
+
+@contextlib.contextmanager
+def random_state_kept():
+    """Restore the random streams training draws from (Python, NumPy, torch's CPU generator and every CUDA
+    device's) after the block: evaluation draws from them (each DataLoader iterator takes a seed from torch's
+    generator), and the dropout masks of the steps after it must not depend on whether or when it ran."""
+    python_state, numpy_state, cpu_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    try:
+        yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+        torch.set_rng_state(cpu_state)
+        if cuda_states is not None:
+            torch.cuda.set_rng_state_all(cuda_states)
 
 
 def build_param_groups(
@@ -101,6 +122,46 @@ def build_param_groups(
     ]
 
 
+# The switches of torch.optim.Adam that --optim-args may set under --optim adam (its numbers have flags of their own).
+ADAM_SWITCHES = ("amsgrad", "maximize", "foreach", "capturable", "differentiable", "fused", "decoupled_weight_decay")
+
+
+def parse_optim_args(text: str | None) -> dict[str, str]:
+    """``--optim-args`` as the Trainer reads it (``key=value`` pairs separated by commas), one line per mistake."""
+    pairs = {}
+    for item in filter(None, (part.strip() for part in (text or "").split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--optim-args: expected key=value pairs separated by commas, got {item!r}")
+        pairs[key.strip()] = value.strip()
+    return pairs
+
+
+def _as_bool(text: str) -> bool:
+    return text.lower() in ("true", "1", "yes")
+
+
+def check_optim_args_read(optimizer: torch.optim.Optimizer, name: str, optim_args: str | None) -> None:
+    """Refuse an ``--optim-args`` key the optimizer built did not take: every parameter group must hold the value
+    given (the Trainer's resolution reads some keys per optimizer and skips the others without a word; a group's
+    own setting, e.g. the weight decay, wins over the optimizer's)."""
+    for key, text in parse_optim_args(optim_args).items():
+        if key not in optimizer.defaults:
+            raise UsageError(f"--optim-args {key}: --optim {name} ({type(optimizer).__name__}) has no option {key}; "
+                             f"it has {', '.join(k for k in optimizer.defaults if k != 'lr')}")
+        default = optimizer.defaults[key]
+        wanted = _as_bool(text) if isinstance(default, bool) or default is None else text
+        if isinstance(default, (int, float)) and not isinstance(default, bool):
+            try:
+                wanted = float(text)
+            except ValueError:
+                raise UsageError(f"--optim-args {key}={text}: expected a number") from None
+        if any(group[key] != wanted for group in optimizer.param_groups):
+            flag = {"weight_decay": "--weight-decay", "lr": "--learning-rate", "eps": "--adam-epsilon"}.get(key)
+            instead = f": set it with {flag}" if flag else ""
+            raise UsageError(f"--optim-args {key}={text}: --optim {name} does not read it{instead}")
+
+
 class ReIDTrainer(Trainer):
     """Trainer for any ReID model of this project's contract (see the module docstring for what is overridden).
 
@@ -111,8 +172,8 @@ class ReIDTrainer(Trainer):
             saved with every checkpoint; its tokenizer encodes the captions of text-conditioned models.
         train_dataset: the ``train`` split (needs a ``label`` column).
         eval_dataset: a mapping with the ``query`` and ``gallery`` splits, for :meth:`evaluate`.
-        data_collator / eval_collator: row collators for training / evaluation (default:
-            :func:`~demo_reid.data.collate.collator_for` the model's config).
+        data_collator: the row collator of training (default: :func:`~demo_reid.data.collate.collator_for` the
+            model's config); evaluation builds its own (:func:`~demo_reid.evaluation.protocol.extract_features`).
         loss: the loss module, called as ``loss(outputs, labels)``, returning the total ``loss`` and its named
             ``components`` (default: :class:`ReIDLoss` with the authors' recipe).
         augment: the tensor augmentation, called as ``augment(pixel_values, seeds)`` (default: :class:`ReIDAugment`).
@@ -128,7 +189,6 @@ class ReIDTrainer(Trainer):
         train_dataset=None,
         eval_dataset=None,
         data_collator=None,
-        eval_collator=None,
         loss: torch.nn.Module | None = None,
         augment: torch.nn.Module | None = None,
         **kwargs,
@@ -142,8 +202,6 @@ class ReIDTrainer(Trainer):
             c in getattr(train_dataset, "column_names", CAPTION_COLUMNS) for c in CAPTION_COLUMNS)
         if data_collator is None:
             data_collator = collator_for(model.config, train=True, tokenizer=tokenizer, with_captions=with_captions)
-        self.eval_collator = eval_collator or collator_for(model.config, train=False, tokenizer=tokenizer,
-                                                           with_captions=with_captions)
         if train_dataset is not None and hasattr(train_dataset, "column_names"):
             columns = list(getattr(data_collator, "columns", train_dataset.column_names))
             missing = [c for c in columns if c not in train_dataset.column_names]
@@ -173,6 +231,8 @@ class ReIDTrainer(Trainer):
         self._component_steps = 0
         self._step_lrs: dict[str, float] = {}
         self._batch_sampler: SeededBatchSampler | None = None
+        if self.optimizer is None:
+            self._build_optimizer(self.model)  # --optim / --optim-args refused now, before any work (then dropped)
 
     # ---- data -------------------------------------------------------------------------------------------------
 
@@ -263,12 +323,13 @@ class ReIDTrainer(Trainer):
             )
         self.accelerator.wait_for_everyone()
 
-    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
-        """The Trainer's save, then the files every saved model carries beyond it (training_args.json, the pipeline
-        code; :func:`~demo_reid.hub.checkpoint_files.complete_saved_model`)."""
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """The Trainer's save (weights, config, processor), then the files every saved model carries beyond it
+        (training_args.json, the pipeline code; :func:`~demo_reid.hub.checkpoint_files.complete_saved_model`), then
+        -- for a save of the final model with ``--push-to-hub`` -- the push of the completed folder."""
         folder = Path(output_dir or self.args.output_dir)
         try:
-            super()._save(output_dir, state_dict)
+            super().save_model(str(folder), _internal_call=True)  # the push waits for the completed folder
             if self.args.should_save:
                 config = getattr(self.accelerator.unwrap_model(self.model), "config", None)
                 complete_saved_model(folder, self.args, config)
@@ -281,6 +342,8 @@ class ReIDTrainer(Trainer):
                 for name in WEIGHT_FILES:
                     (folder / name).unlink(missing_ok=True)
             raise full from None
+        if self.args.push_to_hub and not _internal_call:
+            self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
 
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
         """Nothing: the Trainer calls this on the staging folder, which is renamed away before a background upload
@@ -316,22 +379,45 @@ class ReIDTrainer(Trainer):
 
     # ---- optimisation -----------------------------------------------------------------------------------------
 
+    @staticmethod
+    def get_optimizer_cls_and_kwargs(args, model=None) -> tuple[type, dict]:
+        """``--optim`` resolved: the authors' Adam (:data:`~demo_reid.training.arguments.AUTHORS_OPTIMIZER`, the
+        default), else the Trainer's own resolution of its names, ``--optim-args`` included."""
+        if args.optim == AUTHORS_OPTIMIZER:
+            kwargs = {"lr": args.learning_rate, "betas": (args.adam_beta1, args.adam_beta2), "eps": args.adam_epsilon}
+            for key, text in parse_optim_args(args.optim_args).items():
+                if key not in ADAM_SWITCHES:
+                    raise UsageError(f"--optim-args {key}: --optim {AUTHORS_OPTIMIZER} takes "
+                                     f"{', '.join(ADAM_SWITCHES)} (lr, betas, eps and weight decay have their own "
+                                     "flags: --learning-rate, --adam-beta1/2, --adam-epsilon, --weight-decay)")
+                kwargs[key] = _as_bool(text)
+            return torch.optim.Adam, kwargs
+        return Trainer.get_optimizer_cls_and_kwargs(args, model)
+
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
+        """``--optim`` (:meth:`get_optimizer_cls_and_kwargs`) over the three named parameter groups of
+        :func:`build_param_groups`; every ``--optim-args`` key must be read by it (:func:`check_optim_args_read`)."""
         if self.optimizer is None:
-            groups = build_param_groups(
-                self.model if model is None else model,
-                self.args.learning_rate,
-                self.args.bias_lr_factor,
-                self.args.vision_tower_lr,
-                self.args.weight_decay,
-            )
-            self.optimizer = torch.optim.Adam(
-                groups,
-                lr=self.args.learning_rate,
-                betas=(self.args.adam_beta1, self.args.adam_beta2),
-                eps=self.args.adam_epsilon,
-            )
+            self.optimizer = self._build_optimizer(self.model if model is None else model)
         return self.optimizer
+
+    def _build_optimizer(self, model) -> torch.optim.Optimizer:
+        groups = build_param_groups(model, self.args.learning_rate, self.args.bias_lr_factor,
+                                    self.args.vision_tower_lr, self.args.weight_decay)
+        name = getattr(self.args.optim, "value", self.args.optim)
+        try:
+            optimizer_cls, kwargs = self.optimizer_cls_and_kwargs or self.get_optimizer_cls_and_kwargs(self.args, model)
+        except UsageError:
+            raise
+        except Exception as exc:  # a missing package (bitsandbytes, galore, ...), a bad --optim-args
+            raise UsageError(f"--optim {name}: {first_line(exc, 300)}") from None
+        if is_optimizer_factory(optimizer_cls) or {"params", "model", "optimizer_dict"} & set(kwargs):
+            raise UsageError(f"--optim {name} builds its own parameter groups; this trainer trains three (tower, head "
+                             f"weights, head biases) at their own lrs: use {AUTHORS_OPTIMIZER} (the default), "
+                             "adamw_torch, sgd, adagrad or rmsprop")
+        optimizer = optimizer_cls(groups, **kwargs)
+        check_optim_args_read(optimizer, name, self.args.optim_args)
+        return optimizer
 
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
         if self.lr_scheduler is None and self.args.lr_schedule in EPOCH_SCHEDULES:
@@ -412,23 +498,24 @@ class ReIDTrainer(Trainer):
         splits = eval_dataset if eval_dataset is not None else self.eval_dataset
         if splits is None:
             raise ValueError("evaluation needs `eval_dataset` with the 'query' and 'gallery' splits")
-        results, main = evaluate_retrieval(
-            self.model,
-            splits["query"],
-            splits["gallery"],
-            batch_size=self.args.per_device_eval_batch_size,
-            accelerator=self.accelerator,
-            progress=False,
-            tokenizer=tokenizer_of(self.processing_class),
-        )
+        with random_state_kept():  # the training after an evaluation draws what it would have drawn without it
+            results, main = evaluate_retrieval(
+                self.model,
+                splits["query"],
+                splits["gallery"],
+                batch_size=self.args.per_device_eval_batch_size,
+                accelerator=self.accelerator,
+                progress=False,
+                tokenizer=tokenizer_of(self.processing_class),
+            )
         metrics = {f"{metric_key_prefix}_{k}": float(results[main][k]) for k in METRIC_KEYS if k in results[main]}
         for name, res in results.items():
             if name != main:
                 metrics[f"{metric_key_prefix}_{name}_mAP"] = float(res["mAP"])
                 metrics[f"{metric_key_prefix}_{name}_Rank-1"] = float(res["Rank-1"])
         self.log(dict(metrics))
-        if self.args.select_best_on_test:
-            metrics[f"{metric_key_prefix}_selection"] = BEST_ON_TEST
+        if self.args.load_best_model_at_end:
+            metrics[f"{metric_key_prefix}_selection"] = self.args.selection
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
 
