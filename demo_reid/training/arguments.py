@@ -41,20 +41,18 @@ from ..output_paths import check_output_dir
 from ..hub.backbones import PRETRAINED_BACKBONE
 from ..hub.factory import BUILTIN_MODELS, RUN_FIELDS
 from .losses import ReIDLoss
+from .optimizers import AUTHORS_OPTIMIZER, check_optimizer_options
 from .options import options_dataclass
 from .preemption import CHECKPOINT_SIGNALS
 from .scheduler import EPOCH_SCHEDULES
 
-__all__ = ["AUTHORS_OPTIMIZER", "PRESETS_DIR", "REFUSED_TRAINER_OPTIONS", "ReIDArguments", "ReIDTrainingArguments",
+__all__ = ["PRESETS_DIR", "REFUSED_TRAINER_OPTIONS", "ReIDArguments", "ReIDTrainingArguments",
            "TrainRun", "build_parser", "parse_args"]
 
 # The recipe files behind --preset: one per dataset, as the authors ship them; read, copy and edit them.
 PRESETS_DIR = Path(__file__).resolve().parents[2] / "configs"
 DEFAULT_PRESET = "synthetic"
 DEFAULT_MODEL = "demo"
-# --optim's default: torch.optim.Adam with L2 weight decay in the gradient, as the authors train (the Trainer's
-# names hold AdamW only, whose decoupled decay is another optimizer); the trainer resolves it, the Trainer the rest.
-AUTHORS_OPTIMIZER = "adam"
 OPTIMIZER_CHOICES = (AUTHORS_OPTIMIZER, *(name.value for name in OptimizerNames))
 
 
@@ -325,6 +323,11 @@ REFUSED_TRAINER_OPTIONS = {
     "accelerator_config": "the P x K loader shards itself and is not passed through accelerate",
     "dataloader_in_order": "the P x K loader yields its batches in sampler order",
     "parallelism_config": _NOT_DDP,
+    "ddp_backend": "the process group is the launcher's: gloo on CPU processes, nccl on GPUs",
+    "ddp_timeout": "the process group is the launcher's, with torch.distributed's timeout",
+    "hub_revision": "pushes and --resume use the repo's main branch: give each run its own --hub-model-id",
+    "run_name": "it names runs in W&B / MLflow / Trackio, which this project does not install: TensorBoard writes "
+                "under <output-dir>/runs",
     "fsdp": _NOT_DDP,
     "fsdp_config": _NOT_DDP,
     "deepspeed": _NOT_DDP,
@@ -608,6 +611,7 @@ def parse_args(argv: list[str] | None = None) -> TrainRun:
     except ValueError as exc:  # the Trainer's own checks may span lines: one line here
         raise UsageError(" ".join(str(exc).split())) from None
     check_schedule_options(training.lr_schedule, typed, typed | set(defaults))
+    check_optimizer_options(training)
     check_report_to(training.report_to)
     bad_signals = [name for name in script.checkpoint_on_signal if name.upper() not in CHECKPOINT_SIGNALS]
     if bad_signals:

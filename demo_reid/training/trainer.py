@@ -42,7 +42,6 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import Trainer
 from transformers.trainer import TRAINER_STATE_NAME
-from transformers.trainer_optimizer import is_optimizer_factory
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from ..data.augment import ReIDAugment
@@ -53,11 +52,11 @@ from ..errors import UsageError, first_line
 from ..evaluation.metrics import METRIC_KEYS
 from ..hub.checkpoint_files import complete_saved_model, share_weights
 from ..hub.processors import tokenizer_of
-from .arguments import AUTHORS_OPTIMIZER
 from .checkpoints import STAGING_DIR, WEIGHT_FILES
 from .disk_space import disk_full_error
 from .distributed import convert_to_global_batchnorm
 from .losses import ReIDLoss
+from .optimizers import build_optimizer, optimizer_cls_and_kwargs
 from .scheduler import EPOCH_SCHEDULES, DeMoCosineLR
 
 __all__ = ["GROUP_LR_LOG", "PARAM_GROUPS", "ReIDTrainer", "build_param_groups"]
@@ -120,46 +119,6 @@ def build_param_groups(
         for name, params in groups.items()
         if params
     ]
-
-
-# The switches of torch.optim.Adam that --optim-args may set under --optim adam (its numbers have flags of their own).
-ADAM_SWITCHES = ("amsgrad", "maximize", "foreach", "capturable", "differentiable", "fused", "decoupled_weight_decay")
-
-
-def parse_optim_args(text: str | None) -> dict[str, str]:
-    """``--optim-args`` as the Trainer reads it (``key=value`` pairs separated by commas), one line per mistake."""
-    pairs = {}
-    for item in filter(None, (part.strip() for part in (text or "").split(","))):
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise UsageError(f"--optim-args: expected key=value pairs separated by commas, got {item!r}")
-        pairs[key.strip()] = value.strip()
-    return pairs
-
-
-def _as_bool(text: str) -> bool:
-    return text.lower() in ("true", "1", "yes")
-
-
-def check_optim_args_read(optimizer: torch.optim.Optimizer, name: str, optim_args: str | None) -> None:
-    """Refuse an ``--optim-args`` key the optimizer built did not take: every parameter group must hold the value
-    given (the Trainer's resolution reads some keys per optimizer and skips the others without a word; a group's
-    own setting, e.g. the weight decay, wins over the optimizer's)."""
-    for key, text in parse_optim_args(optim_args).items():
-        if key not in optimizer.defaults:
-            raise UsageError(f"--optim-args {key}: --optim {name} ({type(optimizer).__name__}) has no option {key}; "
-                             f"it has {', '.join(k for k in optimizer.defaults if k != 'lr')}")
-        default = optimizer.defaults[key]
-        wanted = _as_bool(text) if isinstance(default, bool) or default is None else text
-        if isinstance(default, (int, float)) and not isinstance(default, bool):
-            try:
-                wanted = float(text)
-            except ValueError:
-                raise UsageError(f"--optim-args {key}={text}: expected a number") from None
-        if any(group[key] != wanted for group in optimizer.param_groups):
-            flag = {"weight_decay": "--weight-decay", "lr": "--learning-rate", "eps": "--adam-epsilon"}.get(key)
-            instead = f": set it with {flag}" if flag else ""
-            raise UsageError(f"--optim-args {key}={text}: --optim {name} does not read it{instead}")
 
 
 class ReIDTrainer(Trainer):
@@ -231,8 +190,6 @@ class ReIDTrainer(Trainer):
         self._component_steps = 0
         self._step_lrs: dict[str, float] = {}
         self._batch_sampler: SeededBatchSampler | None = None
-        if self.optimizer is None:
-            self._build_optimizer(self.model)  # --optim / --optim-args refused now, before any work (then dropped)
 
     # ---- data -------------------------------------------------------------------------------------------------
 
@@ -381,43 +338,21 @@ class ReIDTrainer(Trainer):
 
     @staticmethod
     def get_optimizer_cls_and_kwargs(args, model=None) -> tuple[type, dict]:
-        """``--optim`` resolved: the authors' Adam (:data:`~demo_reid.training.arguments.AUTHORS_OPTIMIZER`, the
-        default), else the Trainer's own resolution of its names, ``--optim-args`` included."""
-        if args.optim == AUTHORS_OPTIMIZER:
-            kwargs = {"lr": args.learning_rate, "betas": (args.adam_beta1, args.adam_beta2), "eps": args.adam_epsilon}
-            for key, text in parse_optim_args(args.optim_args).items():
-                if key not in ADAM_SWITCHES:
-                    raise UsageError(f"--optim-args {key}: --optim {AUTHORS_OPTIMIZER} takes "
-                                     f"{', '.join(ADAM_SWITCHES)} (lr, betas, eps and weight decay have their own "
-                                     "flags: --learning-rate, --adam-beta1/2, --adam-epsilon, --weight-decay)")
-                kwargs[key] = _as_bool(text)
-            return torch.optim.Adam, kwargs
-        return Trainer.get_optimizer_cls_and_kwargs(args, model)
+        """``--optim`` resolved: the authors' Adam (the default), else the Trainer's own resolution of its names
+        (:func:`~demo_reid.training.optimizers.optimizer_cls_and_kwargs`)."""
+        return optimizer_cls_and_kwargs(args, model)
 
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
         """``--optim`` (:meth:`get_optimizer_cls_and_kwargs`) over the three named parameter groups of
-        :func:`build_param_groups`; every ``--optim-args`` key must be read by it (:func:`check_optim_args_read`)."""
+        :func:`build_param_groups`; an ``--optim-args`` key it does not read is refused
+        (:func:`~demo_reid.training.optimizers.build_optimizer`)."""
         if self.optimizer is None:
-            self.optimizer = self._build_optimizer(self.model if model is None else model)
+            model = self.model if model is None else model
+            groups = build_param_groups(model, self.args.learning_rate, self.args.bias_lr_factor,
+                                        self.args.vision_tower_lr, self.args.weight_decay)
+            resolved = self.optimizer_cls_and_kwargs or self.get_optimizer_cls_and_kwargs(self.args, model)
+            self.optimizer = build_optimizer(groups, self.args, resolved)
         return self.optimizer
-
-    def _build_optimizer(self, model) -> torch.optim.Optimizer:
-        groups = build_param_groups(model, self.args.learning_rate, self.args.bias_lr_factor,
-                                    self.args.vision_tower_lr, self.args.weight_decay)
-        name = getattr(self.args.optim, "value", self.args.optim)
-        try:
-            optimizer_cls, kwargs = self.optimizer_cls_and_kwargs or self.get_optimizer_cls_and_kwargs(self.args, model)
-        except UsageError:
-            raise
-        except Exception as exc:  # a missing package (bitsandbytes, galore, ...), a bad --optim-args
-            raise UsageError(f"--optim {name}: {first_line(exc, 300)}") from None
-        if is_optimizer_factory(optimizer_cls) or {"params", "model", "optimizer_dict"} & set(kwargs):
-            raise UsageError(f"--optim {name} builds its own parameter groups; this trainer trains three (tower, head "
-                             f"weights, head biases) at their own lrs: use {AUTHORS_OPTIMIZER} (the default), "
-                             "adamw_torch, sgd, adagrad or rmsprop")
-        optimizer = optimizer_cls(groups, **kwargs)
-        check_optim_args_read(optimizer, name, self.args.optim_args)
-        return optimizer
 
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
         if self.lr_scheduler is None and self.args.lr_schedule in EPOCH_SCHEDULES:
