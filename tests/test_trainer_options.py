@@ -183,8 +183,11 @@ def test_optim_chooses_the_optimizer_of_the_three_groups(tiny_dataset, tmp_path)
     assert type(opt) is torch.optim.SGD
     groups = {g["name"]: g for g in opt.param_groups}
     assert list(groups) == list(PARAM_GROUPS)
-    assert groups["head"]["lr"] == 3.5e-4 and groups["head_bias"]["lr"] == 7e-4 and groups["vision_tower"]["lr"] == 5e-6
-    assert all(g["momentum"] == 0.9 and g["nesterov"] is True and g["weight_decay"] == 1e-4 for g in groups.values())
+    args = trainer.args
+    assert groups["head"]["lr"] == args.learning_rate and groups["vision_tower"]["lr"] == args.vision_tower_lr
+    assert groups["head_bias"]["lr"] == args.learning_rate * args.bias_lr_factor
+    assert all(g["momentum"] == 0.9 and g["nesterov"] is True and g["weight_decay"] == args.weight_decay
+               for g in groups.values())
     trainer.save_model(str(tmp_path / "saved"))
     args = json.loads((tmp_path / "saved" / "training_args.json").read_text())
     assert args["optim"] == "sgd" and args["optim_args"] == "momentum=0.9,nesterov=true"
@@ -224,12 +227,12 @@ def test_max_grad_norm_clips_the_update(tiny_dataset, tmp_path):
             "--optim", "sgd", "--weight-decay", "0", "--lr-schedule", "trainer", "--lr-scheduler-type", "constant",
             "--max-grad-norm", clip, "--max-steps", "1", "--hdm-dropout", "0"])
         before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
-        lrs = {id(p): g["lr"] for g in trainer.create_optimizer().param_groups for p in g["params"]}
         trainer.train()
+        lrs = {id(p): g["lr"] for g in trainer.optimizer.param_groups for p in g["params"]}  # constant
         total = sum((((p.detach() - before[n]) / lrs[id(p)]) ** 2).sum().item()
-                    for n, p in trainer.model.named_parameters())
+                    for n, p in trainer.model.named_parameters() if id(p) in lrs)
         norms[clip] = math.sqrt(total)
-    assert norms["1e-3"] == pytest.approx(1e-3, rel=1e-3)
+    assert norms["1e-3"] == pytest.approx(1e-3, rel=5e-3)  # clip_grad_norm_ scales by max / (norm + 1e-6)
     assert norms["0"] > 100 * norms["1e-3"]
 
 
@@ -243,7 +246,9 @@ def test_trainer_schedule_options_act_under_lr_schedule_trainer(tiny_dataset, tm
                                                 "--warmup-steps", "2", "--lr-scheduler-kwargs", '{"num_cycles": 1.0}'])
     opt = trainer.create_optimizer()
     sched = trainer.create_scheduler(num_training_steps=10, optimizer=opt)
-    bases = [g["lr"] for g in opt.param_groups]
+    bases = [g["initial_lr"] for g in opt.param_groups]
+    assert bases == [trainer.args.learning_rate, trainer.args.learning_rate * trainer.args.bias_lr_factor,
+                     trainer.args.vision_tower_lr]
     for step in range(10):
         if step < 2:
             factor = step / 2
@@ -353,8 +358,8 @@ def test_loader_seed_ddp_and_log_options_reach_where_they_act(tiny_dataset, tmp_
     def first_batch_and_weights(seed, data_seed):
         t = _trainer(tiny_dataset, tmp_path / f"{seed}-{data_seed}", ["--seed", str(seed), "--data-seed", str(data_seed)])
         labels = next(iter(t.get_batch_sampler()))
-        return labels, t.model.classifier_weights() if hasattr(t.model, "classifier_weights") else \
-            next(p for n, p in t.model.named_parameters() if not n.startswith("vision_tower")).detach().clone()
+        head = next(p for n, p in t.model.named_parameters() if p.ndim == 2 and not n.startswith("vision_tower"))
+        return labels, head.detach().clone()
 
     batch_a, weights_a = first_batch_and_weights(1, 7)
     batch_b, weights_b = first_batch_and_weights(2, 7)
@@ -394,8 +399,8 @@ def test_best_model_selection_is_labelled_as_selected_on_the_test_split(tiny_dat
     assert label in (out / "README.md").read_text()
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith(f"[{label}] ")
     state = json.loads((out / "trainer_state.json").read_text())
-    evals = {h["step"]: h["eval_Rank-1"] for h in state["log_history"] if "eval_Rank-1" in h and h["step"] < 4}
-    assert state["best_metric"] == max(evals.values())
+    *periodic, final = [h["eval_Rank-1"] for h in state["log_history"] if "eval_Rank-1" in h]  # steps 2, 4; the end
+    assert len(periodic) == 2 and state["best_metric"] == max(periodic) and final == pytest.approx(max(periodic))
 
 
 @pytest.mark.parametrize("argv, needle", [
