@@ -49,9 +49,10 @@ def launcher_shortfall(world_size: int, environ=None, parent_cmdline: list[str] 
         name, _, value = token.partition("=")
         if name in ("--num_processes", "--num-processes"):
             asked = value or (parent_cmdline[i + 1] if i + 1 < len(parent_cmdline) else asked)
-    return (f"accelerate launch asked for {asked} processes but started {world_size} (its --cpu runs one process): "
-            "this run trains in 1 process; for several CPU processes use accelerate launch --config_file "
-            "accelerate_configs/cpu_2proc.yaml train.py ... or torchrun --nproc_per_node N train.py ...")
+    count = asked if asked.isdigit() else "N"
+    return (f"accelerate launch asked for {asked} processes but started {world_size} (its --cpu flag runs a single "
+            f"process); for {count} CPU processes use accelerate launch --config_file accelerate_configs/cpu_2proc.yaml "
+            f"train.py ... (2 processes) or torchrun --nproc_per_node {count} train.py ...")
 
 
 def is_distributed() -> bool:
