@@ -15,17 +15,20 @@ What it changes, and why:
 - ``compute_loss``: tensor augmentation on the training device, then the loss module. The loss is the mean over one
   complete P x K batch, so the Trainer divides it by the accumulation steps (``loss_is_scaled_for_ga = False``):
   exact under accumulation since all micro-batches have the same size.
-- ``create_optimizer``: Adam with three named groups (tower, head weights, head biases x2); ``create_scheduler`` adds
-  the per-epoch ``demo_cosine`` / ``demo_cosine_plain`` schedules.
+- ``create_optimizer``: ``--optim`` (the authors' Adam by default, else the Trainer's own resolution, see
+  :mod:`demo_reid.training.optimizers`) over three named groups (tower, head weights, head biases x2);
+  ``create_scheduler`` adds the per-epoch ``demo_cosine`` / ``demo_cosine_plain`` schedules.
 - checkpoints are written under ``<output_dir>/.incomplete/`` and renamed into place once complete (complete or
-  invisible, see :mod:`demo_reid.training.checkpoints`); every saved model gets ``training_args.json`` instead of the
-  pickled ``training_args.bin``, and the checkpoint pipeline's code (:mod:`demo_reid.hub.checkpoint_files`).
+  invisible, see :mod:`demo_reid.training.checkpoints`); ``save_model`` gives every saved model
+  ``training_args.json`` instead of the pickled ``training_args.bin``, and the checkpoint pipeline's code
+  (:mod:`demo_reid.hub.checkpoint_files`).
 - the Hub: checkpoints are pushed once published, by :class:`~demo_reid.hub.push.HubPushCallback` (the Trainer's own
   checkpoint push would read the staging folder after it is renamed away); ``push_to_hub`` uploads the output folder
   without hidden folders, local checkpoints or pickles (:func:`~demo_reid.hub.push.push_output_dir`).
 - ``--torch-compile``: random ops fall back to PyTorch's generator under inductor, so a compiled run draws the eager
   run's dropout masks (the same training, step for step; tests/test_train_compile.py).
-- ``evaluate``: query/gallery retrieval (mAP, CMC, mINP) through :mod:`demo_reid.evaluation.protocol`.
+- ``evaluate``: query/gallery retrieval (mAP, CMC, mINP) through :mod:`demo_reid.evaluation.protocol`, with the
+  random streams restored afterwards (training does not depend on when or whether it is evaluated).
 """
 
 from __future__ import annotations
@@ -123,6 +126,15 @@ def build_param_groups(
 
 class ReIDTrainer(Trainer):
     """Trainer for any ReID model of this project's contract (see the module docstring for what is overridden).
+
+    Three private methods of the Trainer are overridden, because no public hook reaches what they do:
+    ``_get_output_dir`` (where the Trainer writes a checkpoint: the staging folder, so a checkpoint is complete or
+    invisible; the Trainer has no option for it), ``_save_checkpoint`` (the rename out of the staging folder once every
+    process has written its files, the best-checkpoint path fixed to the published folder, rotation of the published
+    ones, a full disk as one line; ``on_save`` callbacks run only after the Trainer's own rotation and push) and
+    ``_push_from_checkpoint`` (emptied: the Trainer would upload the staging folder in the background after it is renamed
+    away; :class:`~demo_reid.hub.push.HubPushCallback` pushes the published checkpoint from ``on_save``). What used to be
+    a fourth, ``_save``, is the public ``save_model`` now.
 
     Args:
         model, args, callbacks, processing_class, ...: as for ``transformers.Trainer``; ``args`` is a
