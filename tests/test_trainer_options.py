@@ -52,7 +52,7 @@ ACTING = {
     "fp16": "test_gpu_check.py::test_dry_run_runs_every_step_and_writes_the_report",
     "tf32": f"{HERE}::test_tf32_acts_on_a_gpu_and_is_refused_without_one",
     "use_cpu": "test_train.py::test_bad_input_is_one_line_exit_2_and_writes_nothing",
-    "gradient_checkpointing": "test_train.py::test_gradient_checkpointing_option_trains",
+    "activation_checkpointing": "test_train.py::test_gradient_checkpointing_option_trains",
     "torch_compile": "test_train_compile.py::test_compiled_losses_match_eager_at_every_logged_step",
     "torch_empty_cache_steps": f"{HERE}::test_logging_checkpoint_and_cache_options_act",
     "logging_strategy": f"{HERE}::test_evaluation_does_not_change_the_training",
