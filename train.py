@@ -23,7 +23,7 @@ from transformers.trainer_utils import enable_full_determinism  # noqa: E402
 
 from demo_reid.errors import UsageError, run_cli  # noqa: E402
 from demo_reid.evaluation.metrics import METRIC_KEYS  # noqa: E402
-from demo_reid.hub.model_card import BEST_ON_TEST, FINAL_EPOCH, ModelCardInfo, save_model_card  # noqa: E402
+from demo_reid.hub.model_card import ModelCardInfo, save_model_card  # noqa: E402
 from demo_reid.training.arguments import TrainRun, parse_args  # noqa: E402
 
 logger = logging.getLogger("train")
@@ -114,7 +114,7 @@ def build_trainer(run: TrainRun):
     from demo_reid.hub.checkpoint_files import attach_pipeline
     from demo_reid.hub.factory import ModelRecipe
     from demo_reid.hub.processors import build_processor
-    from demo_reid.training.checkpoints import resolve_resume
+    from demo_reid.training.checkpoints import check_resume_config, check_resume_weights, resolve_resume
     from demo_reid.training.losses import ReIDLoss
     from demo_reid.training.preemption import PreemptionCallback
     from demo_reid.training.options import parse_overrides
@@ -150,7 +150,12 @@ def build_trainer(run: TrainRun):
                          f"{dataset_path} has {num_identities} identities; use at most {num_identities}")
     tokenizer = recipe.tokenizer(dsdict["train"])
     num_cameras = 1 + max(max(dsdict[s]["camid"]) for s in ("train", "query", "gallery"))
-    model = recipe.build(recipe.config(num_identities, num_cameras, script.image_size, tokenizer))
+    config = recipe.config(num_identities, num_cameras, script.image_size, tokenizer)
+    if resume:
+        check_resume_config(resume, config)  # another model's run: one line, before any weights are loaded
+    model = recipe.build(config)
+    if resume:
+        check_resume_weights(resume, model)
     if script.fill_missing_modalities != "none":  # in config.json: eval.py and embed.py fill as the model trained
         setattr(model.config, FILL_CONFIG_KEY, script.fill_missing_modalities)
     attach_pipeline(model.config)  # pipeline("image-feature-extraction", model=<any checkpoint>, trust_remote_code=True)
@@ -175,7 +180,7 @@ def build_trainer(run: TrainRun):
     if training.push_to_hub:
         from demo_reid.hub.push import HubPushCallback
 
-        selection = BEST_ON_TEST if training.select_best_on_test else FINAL_EPOCH
+        selection = training.selection
 
         def write_card(folder: Path, state) -> None:  # the card of every checkpoint push
             save_model_card(card_info(run, model, dsdict["train"], {}, selection, state, in_progress=True), folder)
@@ -188,10 +193,15 @@ def main(argv: list[str] | None = None) -> dict:
     """Train, evaluate and save one run; the output directory is locked for it (one run per directory)."""
     from demo_reid.training.lock import OutputDirLock
 
+    from demo_reid.training.distributed import launcher_shortfall
+
     run = parse_args(argv)
     training = run.training
     logging.basicConfig(level=logging.INFO if training.should_log else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    shortfall = launcher_shortfall(training.world_size)
+    if shortfall:
+        logger.warning(shortfall)
     lock = OutputDirLock(training.output_dir) if training.process_index == 0 else contextlib.nullcontext()
     with lock:
         try:
@@ -234,7 +244,7 @@ def train_and_save(run: TrainRun) -> dict:
         raise Preempted(preemption.stopped_signal, preemption.stopped_step, str(checkpoint))
     metrics = {k.removeprefix("eval_"): v for k, v in trainer.evaluate().items()}
     trainer.close_event_writers()  # --report-to tensorboard: the final evaluation's point is on disk
-    selection = BEST_ON_TEST if training.select_best_on_test else FINAL_EPOCH
+    selection = training.selection  # a checkpoint chosen on the query/gallery split says so, wherever it is reported
     result = {**{k: metrics.get(k) for k in METRIC_KEYS}, "selection": selection,
               "train_loss": train_result.training_loss, "global_step": trainer.state.global_step,
               "world_size": training.world_size}

@@ -82,11 +82,18 @@ def test_training_caption_sentence_counts(captioned_dataset, tmp_path, option, e
         assert all(counts.count(c) >= len(counts) / 10 for c in expected)  # about 1/5 each
 
 
-def test_evaluation_uses_whole_captions(captioned_dataset, tmp_path):
+def test_evaluation_uses_whole_captions(captioned_dataset, tmp_path, monkeypatch):
+    from demo_reid.evaluation import protocol
+
     trainer = _trainer(captioned_dataset, tmp_path)
+    collators = []  # the collator of each split the trainer's evaluation reads
+    real_loader = protocol.DataLoader
+    monkeypatch.setattr(protocol, "DataLoader", lambda *a, **k: collators.append(k["collate_fn"]) or real_loader(*a, **k))
+    trainer.evaluate()
+    assert len(collators) == 2
     ds = load_reid_dataset(captioned_dataset)
     rows = [ds["query"][i] for i in range(3)]
-    batch = trainer.eval_collator(rows)
+    batch = collators[0](rows)
     assert batch["input_ids"].shape[:2] == (3, 3)
     tokenizer = trainer.processing_class
     for r, row in enumerate(rows):

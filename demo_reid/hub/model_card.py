@@ -19,11 +19,19 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from pipeline_reid import TASK as PIPELINE_TASK
 
 __all__ = ["MODEL_CARD_TEXT", "ModelCardInfo", "build_model_card", "licence_text", "save_model_card", "FINAL_EPOCH",
-           "BEST_ON_TEST", "LICENCE_FILE"]
+           "BEST_ON_TEST", "LICENCE_FILE", "best_on_test_label"]
 
 # How the reported epoch was chosen (train.py --select-best-on-test); shown in the card and in model-index.
 FINAL_EPOCH = "final epoch"
 BEST_ON_TEST = "best epoch selected on TEST split (optimistic)"
+
+
+def best_on_test_label(metric: str) -> str:
+    """The selection label of a checkpoint chosen by ``metric`` on the evaluation (query / gallery = TEST) split,
+    for any metric or save interval (``--load-best-model-at-end``); :data:`BEST_ON_TEST` is the per-epoch mAP one."""
+    return f"best checkpoint by {metric} selected on TEST split (optimistic)"
+
+
 TASK_TYPE = PIPELINE_TASK  # the Hub task of an embedding model (ReID has no task id of its own), as the pipeline's
 LICENCE_FILE = "LICENSE.md"  # the terms of a model trained on research-only data, linked from the card's metadata
 TASK_NAME = "Multi-modal object re-identification"

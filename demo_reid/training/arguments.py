@@ -28,27 +28,33 @@ import torch
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 from transformers.trainer_utils import IntervalStrategy, SaveStrategy
+from transformers.training_args import OptimizerNames
 
 from configuration_demo import DeMoConfig, ReIDConfig
 from configuration_next import NextConfig
 
 from ..data.augment import ReIDAugment
 from ..errors import UsageError
+from ..evaluation.metrics import METRIC_KEYS
+from ..hub.model_card import BEST_ON_TEST, FINAL_EPOCH, best_on_test_label
 from ..output_paths import check_output_dir
 from ..hub.backbones import PRETRAINED_BACKBONE
 from ..hub.factory import BUILTIN_MODELS, RUN_FIELDS
 from ..data.missing import FILL_HELP, FILL_MODES
 from .losses import ReIDLoss
+from .optimizers import AUTHORS_OPTIMIZER, check_optimizer_options
 from .options import options_dataclass
 from .preemption import CHECKPOINT_SIGNALS
 from .scheduler import EPOCH_SCHEDULES
 
-__all__ = ["PRESETS_DIR", "ReIDArguments", "ReIDTrainingArguments", "TrainRun", "build_parser", "parse_args"]
+__all__ = ["PRESETS_DIR", "REFUSED_TRAINER_OPTIONS", "ReIDArguments", "ReIDTrainingArguments",
+           "TrainRun", "build_parser", "parse_args"]
 
 # The recipe files behind --preset: one per dataset, as the authors ship them; read, copy and edit them.
 PRESETS_DIR = Path(__file__).resolve().parents[2] / "configs"
 DEFAULT_PRESET = "synthetic"
 DEFAULT_MODEL = "demo"
+OPTIMIZER_CHOICES = (AUTHORS_OPTIMIZER, *(name.value for name in OptimizerNames))
 
 
 @dataclass
@@ -147,6 +153,12 @@ class ReIDTrainingArguments(TrainingArguments):
         default=5e-6, metadata={"help": "Lr of the pretrained vision-tower parameters (biases too)."}
     )
     weight_decay: float = field(default=1e-4, metadata={"help": "Weight decay of every group (L2, as Adam's)."})
+    optim: str = field(
+        default=AUTHORS_OPTIMIZER,
+        metadata={"help": f"The optimizer over the three parameter groups: {AUTHORS_OPTIMIZER} (torch.optim.Adam, L2 "
+                  "weight decay: the authors' recipe) or a name of the Trainer's (adamw_torch, sgd, adagrad, rmsprop, "
+                  "...); options of its own go in --optim-args key=value,...", "choices": OPTIMIZER_CHOICES},
+    )
     lr_schedule: str = field(
         default="demo_cosine",
         metadata={"help": "demo_cosine (the original: per-epoch cosine with warm-up and seeded noise), "
@@ -189,15 +201,22 @@ class ReIDTrainingArguments(TrainingArguments):
             self.load_best_model_at_end = True
             self.metric_for_best_model = "mAP"
             self.greater_is_better = True
+        self._check_best_model_selection()
+        # The Trainer's own checks know its optimizer names only: the authors' Adam passes them as AdamW, then is
+        # recorded (training_args.json) and built (ReIDTrainer.get_optimizer_cls_and_kwargs) as what it is.
+        optim = self.optim
+        if optim == AUTHORS_OPTIMIZER:
+            self.optim = OptimizerNames.ADAMW_TORCH
         super().__post_init__()
+        if optim == AUTHORS_OPTIMIZER:
+            self.optim = AUTHORS_OPTIMIZER
         if self.lr_schedule in EPOCH_SCHEDULES:
-            for name in ("warmup_steps",):
+            # Values other than the Trainer's defaults (a recipe file, a script); parse_args refuses any typed flag.
+            for name in ("warmup_steps", "lr_scheduler_kwargs"):
                 if getattr(self, name):
-                    raise ValueError(f"--{name.replace('_', '-')} does nothing under --lr-schedule {self.lr_schedule} "
-                                     "(it warms up per epoch: set --warmup-epochs), or pass --lr-schedule trainer")
+                    raise ValueError(trainer_schedule_refusal(name, self.lr_schedule))
             if self.lr_scheduler_type != "linear":
-                raise ValueError(f"--lr-scheduler-type {self.lr_scheduler_type.value} does nothing under "
-                                 f"--lr-schedule {self.lr_schedule}: add --lr-schedule trainer to use it")
+                raise ValueError(trainer_schedule_refusal("lr_scheduler_type", self.lr_schedule))
         if self.fp16 and (self.use_cpu or not torch.cuda.is_available()):
             # Accelerate would train in float32 without a word: fp16 autocast + gradient scaling is a CUDA mode here.
             raise ValueError("--fp16 needs a CUDA GPU (float16 autocast with a gradient scaler); on CPU use --bf16")
@@ -221,21 +240,112 @@ class ReIDTrainingArguments(TrainingArguments):
                 raise ValueError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
         if self.max_steps <= 0 and not (math.isfinite(self.num_train_epochs) and self.num_train_epochs > 0):
             raise ValueError(f"--num-train-epochs must be > 0 (or give --max-steps), got {self.num_train_epochs}")
-        if self.select_best_on_test:
-            if self.eval_strategy == "no":
-                raise ValueError("--select-best-on-test needs periodic evaluation: pass --eval-strategy epoch")
-            if self.save_strategy != self.eval_strategy:
-                raise ValueError("--select-best-on-test: --save-strategy must equal --eval-strategy")
         # The batch sampler decides the batch (P / N identities x K images per process) and the collator the
         # columns: keep the Trainer's bookkeeping consistent with both.
         self.per_device_train_batch_size = self.num_identities // self.world_size * self.num_instances
         self.remove_unused_columns = False
 
+    def _check_best_model_selection(self) -> None:
+        """--load-best-model-at-end (and --select-best-on-test, which sets it) in one line each, before the Trainer's
+        own checks (whose message spans several lines): the metric is one evaluation gives, and the best checkpoint
+        is one that was saved."""
+        if not self.load_best_model_at_end:
+            return
+        flag = "--select-best-on-test" if self.select_best_on_test else "--load-best-model-at-end"
+        eval_strategy = IntervalStrategy(self.eval_strategy).value
+        save_strategy = SaveStrategy(self.save_strategy).value
+        if eval_strategy == "no":
+            raise ValueError(f"{flag} needs periodic evaluation: pass --eval-strategy epoch (or steps) and the same "
+                             "--save-strategy")
+        metric = (self.metric_for_best_model or "").removeprefix("eval_")
+        if metric not in METRIC_KEYS:
+            raise ValueError(f"{flag}: --metric-for-best-model must be one of {', '.join(METRIC_KEYS)} (what the "
+                             f"query/gallery evaluation gives), got {self.metric_for_best_model!r}")
+        if save_strategy not in (eval_strategy, "best"):
+            raise ValueError(f"{flag}: --save-strategy {save_strategy} must equal --eval-strategy {eval_strategy}, so "
+                             "that the best evaluated step is a saved checkpoint")
 
-# Trainer options that do nothing here: not offered, and refused with the reason when given.
+    @property
+    def selection(self) -> str:
+        """How the reported model was chosen, as final_metrics.json, the model card and the log say it: the last
+        step, or the checkpoint with the best metric on the evaluation split, which is the query / gallery (test)
+        split (optimistic)."""
+        if not self.load_best_model_at_end:
+            return FINAL_EPOCH
+        metric = (self.metric_for_best_model or "").removeprefix("eval_")
+        if metric == "mAP" and IntervalStrategy(self.eval_strategy) == IntervalStrategy.EPOCH:
+            return BEST_ON_TEST
+        return best_on_test_label(metric)
+
+
+def trainer_schedule_refusal(name: str, lr_schedule: str) -> str:
+    """The one line refusing a Trainer schedule option under a per-epoch --lr-schedule."""
+    flag = f"--{name.replace('_', '-')}"
+    instead = " (it warms up per epoch: set --warmup-epochs)" if name.startswith("warmup") else ""
+    return f"{flag} does nothing under --lr-schedule {lr_schedule}{instead}: add --lr-schedule trainer to use it"
+
+
+# Trainer options that cannot act in train.py: not offered, and refused in one line naming what to use instead when
+# given (on the command line or in a recipe file). Every other TrainingArguments field acts, and a test shows it
+# (tests/test_trainer_options.py walks every field: a new Trainer field fails it until it is put in one or the other).
+_PREDICTION_LOOP = "evaluation is the query/gallery retrieval protocol, not the Trainer's prediction loop"
+_NOT_DDP = "train.py trains with DDP (accelerate launch / torchrun; docs/training.md)"
 REFUSED_TRAINER_OPTIONS = {
     "per_device_train_batch_size": "the batch is P x K: set --num-identities and --num-instances",
+    "auto_find_batch_size": "the batch is P x K: set --num-identities and --num-instances",
+    "train_sampling_strategy": "batches are P identities x K images: set --num-identities and --num-instances",
+    "length_column_name": "batches are P identities x K images: set --num-identities and --num-instances",
+    "dataloader_drop_last": "every batch is a complete P x K batch: set --num-identities and --num-instances",
     "remove_unused_columns": "the trainer passes the collator exactly the columns the model needs",
+    "label_names": "the labels are the dataset's `label` column, read by the collator",
+    "label_smoothing_factor": "the ID loss smooths its own labels: use --label-smoothing",
+    "average_tokens_across_devices": "the loss is the mean over the global P x K batch, the same for any process count",
+    "include_num_input_tokens_seen": "images are not tokens: the log counts optimizer steps and epochs",
+    "neftune_noise_alpha": "it perturbs a language model's input embeddings; augmentation options are under --help",
+    "use_liger_kernel": "Liger kernels are for language models; --torch-compile fuses this model's kernels",
+    "liger_kernel_config": "Liger kernels are for language models; --torch-compile fuses this model's kernels",
+    "use_cache": "it is a generation cache; these models generate nothing",
+    "optim_target_modules": "GaLore / APOLLO replace the three parameter groups: choose another --optim",
+    "bf16_full_eval": "evaluation runs the model in the training precision (--bf16 autocast)",
+    "fp16_full_eval": "evaluation runs the model in the training precision (--fp16 autocast)",
+    "prediction_loss_only": _PREDICTION_LOOP,
+    "eval_do_concat_batches": _PREDICTION_LOOP,
+    "eval_use_gather_object": _PREDICTION_LOOP,
+    "eval_accumulation_steps": _PREDICTION_LOOP,
+    "include_for_metrics": _PREDICTION_LOOP,
+    "batch_eval_metrics": _PREDICTION_LOOP,
+    "do_train": "train.py always trains, then evaluates; eval.py evaluates a saved model",
+    "do_eval": "train.py evaluates at the end (and with --eval-strategy during training); eval.py evaluates a model",
+    "do_predict": "train.py always trains, then evaluates; eval.py evaluates a saved model",
+    "greater_is_better": "every metric of --metric-for-best-model (mAP, Rank-k, mINP) is better when greater",
+    "full_determinism": "use --deterministic (it also makes the attention kernels deterministic)",
+    "enable_jit_checkpoint": "use --checkpoint-on-signal (SIGTERM by default: a complete checkpoint, then exit)",
+    "ignore_data_skip": "--resume replays the batch stream of the stopped run, so it ends bit-identical",
+    "restore_callback_states_from_checkpoint": "no callback of train.py keeps state across a resume",
+    "accelerator_config": "the P x K loader shards itself and is not passed through accelerate",
+    "dataloader_in_order": "the P x K loader yields its batches in sampler order",
+    "parallelism_config": _NOT_DDP,
+    "ddp_backend": "the process group is the launcher's: gloo on CPU processes, nccl on GPUs",
+    "ddp_timeout": "the process group is the launcher's, with torch.distributed's timeout",
+    "hub_revision": "pushes and --resume use the repo's main branch: give each run its own --hub-model-id",
+    "run_name": "it names runs in W&B / MLflow / Trackio, which this project does not install: TensorBoard writes "
+                "under <output-dir>/runs",
+    "fsdp": _NOT_DDP,
+    "fsdp_config": _NOT_DDP,
+    "deepspeed": _NOT_DDP,
+    "gradient_checkpointing": "the Trainer's deprecated alias: use --activation-checkpointing",
+    "gradient_checkpointing_kwargs": "--activation-checkpointing checkpoints every tower layer; it takes no options",
+    "activation_checkpointing_kwargs": "--activation-checkpointing checkpoints every tower layer; it takes no options",
+    "debug": "use --deterministic and the logged loss components; see docs/training.md",
+    "log_on_each_node": "train.py logs from the main process only",
+    "log_level_replica": "train.py logs from the main process only",
+    "save_on_each_node": "checkpoints are written by the main process (to a file system all nodes share)",
+    "project": "Trackio is not installed here: --report-to tensorboard",
+    "trackio_space_id": "Trackio is not installed here: --report-to tensorboard",
+    "trackio_bucket_id": "Trackio is not installed here: --report-to tensorboard",
+    "trackio_static_space_id": "Trackio is not installed here: --report-to tensorboard",
+    "torch_compile_backend": "--torch-compile compiles with inductor (fallback_random keeps eager's dropout masks)",
+    "torch_compile_mode": "--torch-compile compiles with inductor's default mode",
 }
 # --help: the options a ReID user sets first, then the rest of the recipe, then the generated groups, then the
 # Trainer's own options.
@@ -366,6 +476,9 @@ def resolve_defaults(preset: str | None, config: str | None, model: str | None, 
     model_label = model if model in BUILTIN_MODELS else Path(model).name
     sections = {key: values.pop(key) for key in list(values) if key not in known}
     for key, section in sections.items():
+        if key in REFUSED_TRAINER_OPTIONS:
+            source = config or f"--preset {preset}"
+            raise UsageError(f"{source}: option {key} does nothing in train.py: {REFUSED_TRAINER_OPTIONS[key]}")
         if not isinstance(section, dict):
             source = config or f"--preset {preset}"
             raise UsageError(f"{source}: unknown option {key!r}; see python train.py --help")
@@ -386,6 +499,41 @@ def _unknown_options_error(remaining: list[str]) -> UsageError:
         if token.startswith("--") and name in REFUSED_TRAINER_OPTIONS:
             return UsageError(f"--{name.replace('_', '-')} does nothing in train.py: {REFUSED_TRAINER_OPTIONS[name]}")
     return UsageError(f"unknown option(s) {' '.join(remaining)}; see python train.py --help")
+
+
+def typed_options(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """The options ``argv`` gives (by dest name), whatever their values: an option a user typed is acted on or
+    refused even when its value is the default."""
+    typed = set()
+    for action in parser._actions:
+        for flag in action.option_strings:
+            if any(token == flag or token.startswith(flag + "=") for token in argv):
+                typed.add(action.dest)
+    return typed
+
+
+# Which schedule reads which option: the per-epoch schedules (demo_cosine*) and the Trainer's (--lr-schedule trainer).
+EPOCH_SCHEDULE_OPTIONS = ("warmup_epochs", "warmup_factor", "min_lr_factor", "lr_noise_seed")
+TRAINER_SCHEDULE_OPTIONS = ("lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps")
+
+
+def check_schedule_options(lr_schedule: str, typed: set[str], given: set[str]) -> None:
+    """Refuse, in one line, a schedule option the chosen --lr-schedule does not read: ``typed`` holds the options
+    of the command line, ``given`` those and the recipe file's (a preset sets the per-epoch options, which
+    --lr-schedule trainer then simply does not use)."""
+    if lr_schedule in EPOCH_SCHEDULES:
+        for name in TRAINER_SCHEDULE_OPTIONS:
+            if name in given:
+                raise UsageError(trainer_schedule_refusal(name, lr_schedule))
+        if lr_schedule == "demo_cosine_plain" and "lr_noise_seed" in typed:
+            raise UsageError("--lr-noise-seed does nothing under --lr-schedule demo_cosine_plain (no lr noise): use "
+                             "--lr-schedule demo_cosine")
+    else:
+        for name in EPOCH_SCHEDULE_OPTIONS:
+            if name in typed:
+                raise UsageError(f"--{name.replace('_', '-')} does nothing under --lr-schedule {lr_schedule}: the "
+                                 "Trainer's schedule reads --lr-scheduler-type, --lr-scheduler-kwargs and "
+                                 "--warmup-steps")
 
 
 def check_report_to(report_to: list[str]) -> None:
@@ -449,6 +597,7 @@ def parse_args(argv: list[str] | None = None) -> TrainRun:
         raise UsageError(str(exc)) from None
     if remaining:
         raise _unknown_options_error(remaining)
+    typed = typed_options(parser, argv)
     values = {name: value for obj in parsed for name, value in dataclasses.asdict(obj).items()}
 
     def names(*roles) -> list[str]:
@@ -461,8 +610,10 @@ def parse_args(argv: list[str] | None = None) -> TrainRun:
     training_names = {f.name for f in dataclasses.fields(ReIDTrainingArguments) if f.init}
     try:
         training = ReIDTrainingArguments(**{k: v for k, v in values.items() if k in training_names})
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    except ValueError as exc:  # the Trainer's own checks may span lines: one line here
+        raise UsageError(" ".join(str(exc).split())) from None
+    check_schedule_options(training.lr_schedule, typed, typed | set(defaults))
+    check_optimizer_options(training)
     check_report_to(training.report_to)
     bad_signals = [name for name in script.checkpoint_on_signal if name.upper() not in CHECKPOINT_SIGNALS]
     if bad_signals:

@@ -7,16 +7,19 @@ writes leaves at most an ``.incomplete`` folder, which ``--resume`` skips and na
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import shutil
 from pathlib import Path
 
-from ..errors import UsageError
+from ..errors import UsageError, first_line
 
 __all__ = [
     "CHECKPOINT_PATTERN",
     "STAGING_DIR",
+    "check_resume_config",
+    "check_resume_weights",
     "clear_previous_run",
     "find_resume_checkpoint",
     "incomplete_checkpoints",
@@ -121,3 +124,77 @@ def resolve_resume(output_dir: str | Path, resume: bool, resume_from_checkpoint:
         raise UsageError(f"--output-dir {output_dir} already holds a previous run ({', '.join(held[:4])}); pass "
                          "--resume to continue it, --overwrite-output-dir to replace it, or another --output-dir")
     return None
+
+
+# What makes a checkpoint's weights unusable for another run, read from the two configs (config.json): the model, the
+# tower's shape, the input size (position table) and the identities (classifier) and cameras (SIE table).
+TOWER_SHAPE_FIELDS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                      "patch_size")
+
+
+def _resume_fields(config: dict) -> dict:
+    tower = config.get("vision_config") or {}
+    fields = {"model": config.get("model_type")}
+    fields.update({f"tower {key}": tower.get(key) for key in TOWER_SHAPE_FIELDS if key in tower})
+    fields["image size"] = "x".join(str(v) for v in config["image_size"]) if config.get("image_size") else None
+    fields["identities"] = len(config["id2label"]) if config.get("id2label") else config.get("num_labels")
+    fields["cameras"] = config.get("num_cameras")
+    return fields
+
+
+def check_resume_config(checkpoint: str | Path, config) -> None:
+    """Refuse, before any weights are loaded, to resume a run whose checkpoint was written for another model: one
+    line naming what the checkpoint holds and what this run asks for (model type, tower shape, image size, number
+    of identities or cameras). ``config``: the run's model config (a ``PretrainedConfig``)."""
+    path = Path(checkpoint) / "config.json"
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"--resume: cannot read {path} ({first_line(exc)})") from None
+    held, asked = _resume_fields(saved), _resume_fields(config.to_dict())
+    differ = [key for key in asked if key in held and held[key] is not None and asked[key] is not None
+              and held[key] != asked[key]]
+    if differ:
+        pairs = ", ".join(f"{key} {held[key]} vs {asked[key]}" for key in differ)
+        raise UsageError(f"--resume: {checkpoint} was written by another run than the one asked for (checkpoint vs "
+                         f"this run: {pairs}); resume with the options it was trained with, or train into another "
+                         "--output-dir")
+
+
+def check_resume_weights(checkpoint: str | Path, model) -> None:
+    """Refuse to resume when the checkpoint's weights do not fit ``model`` (names and shapes, read from the
+    safetensors headers without loading a tensor): what the config fields of :func:`check_resume_config` leave
+    out (e.g. a head switched off). One line with the first differences."""
+    from safetensors import safe_open
+
+    folder = Path(checkpoint)
+    index = folder / "model.safetensors.index.json"
+    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else \
+        ["model.safetensors"]
+    held = {}
+    for name in files:
+        with safe_open(str(folder / name), framework="pt") as f:
+            held.update({key: tuple(f.get_slice(key).get_shape()) for key in f.keys()})
+    wanted = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    unexpected = sorted(set(held) - set(wanted))
+    missing = sorted(set(wanted) - set(held) - set(_shared_keys(model)))
+    reshaped = sorted(key for key in set(held) & set(wanted) if held[key] != wanted[key])
+    problems = [f"{key} {held[key]} vs {wanted[key]}" for key in reshaped[:3]]
+    problems += [f"not in this model: {', '.join(unexpected[:3])}"] if unexpected else []
+    problems += [f"not in the checkpoint: {', '.join(missing[:3])}"] if missing else []
+    if problems:
+        raise UsageError(f"--resume: the weights of {checkpoint} do not fit the model this run builds "
+                         f"({'; '.join(problems)}); resume with the options it was trained with, or train into "
+                         "another --output-dir")
+
+
+def _shared_keys(model) -> list[str]:
+    """Parameters stored once in a saved file (tied weights): absent from the checkpoint by design."""
+    seen, shared = {}, []
+    for key, value in model.state_dict().items():
+        pointer = (value.data_ptr(), value.shape, value.stride()) if value.numel() else None
+        if pointer is not None and pointer in seen:
+            shared.append(key)
+        elif pointer is not None:
+            seen[pointer] = key
+    return shared

@@ -20,7 +20,39 @@ import torch.distributed.nn.functional as dist_fn
 from torch import nn
 
 __all__ = ["GlobalBatchNorm1d", "all_gather_with_grad", "convert_to_global_batchnorm", "inference_accelerator",
-           "is_distributed"]
+           "is_distributed", "launcher_shortfall"]
+
+
+def launcher_shortfall(world_size: int, environ=None, parent_cmdline: list[str] | None = None) -> str | None:
+    """One line when the launcher was asked for more processes than the run has, else None.
+
+    ``accelerate launch --num_processes N --cpu`` (or a config with ``use_cpu`` and another distributed type than
+    MULTI_GPU) starts ONE process through its simple launcher: that launcher sets ``MASTER_ADDR`` / ``MASTER_PORT``
+    for N > 1 but no ``WORLD_SIZE``, and ``ACCELERATE_DYNAMO_BACKEND`` marks any accelerate launch. N is read from
+    the launcher's command line where it can be (``parent_cmdline``, default: the parent process's).
+    """
+    import os
+
+    environ = os.environ if environ is None else environ
+    launched_by_accelerate = "ACCELERATE_DYNAMO_BACKEND" in environ
+    asked_several = "MASTER_PORT" in environ and "WORLD_SIZE" not in environ
+    if world_size > 1 or not (launched_by_accelerate and asked_several):
+        return None
+    if parent_cmdline is None:
+        try:
+            with open(f"/proc/{os.getppid()}/cmdline", "rb") as f:
+                parent_cmdline = f.read().decode(errors="replace").split("\0")
+        except OSError:
+            parent_cmdline = []
+    asked = "several"
+    for i, token in enumerate(parent_cmdline):
+        name, _, value = token.partition("=")
+        if name in ("--num_processes", "--num-processes"):
+            asked = value or (parent_cmdline[i + 1] if i + 1 < len(parent_cmdline) else asked)
+    count = asked if asked.isdigit() else "N"
+    return (f"accelerate launch asked for {asked} processes but started {world_size} (its --cpu flag runs a single "
+            f"process); for {count} CPU processes use accelerate launch --config_file accelerate_configs/cpu_2proc.yaml "
+            f"train.py ... (2 processes) or torchrun --nproc_per_node {count} train.py ...")
 
 
 def is_distributed() -> bool:

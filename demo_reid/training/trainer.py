@@ -15,26 +15,32 @@ What it changes, and why:
 - ``compute_loss``: tensor augmentation on the training device, then the loss module. The loss is the mean over one
   complete P x K batch, so the Trainer divides it by the accumulation steps (``loss_is_scaled_for_ga = False``):
   exact under accumulation since all micro-batches have the same size.
-- ``create_optimizer``: Adam with three named groups (tower, head weights, head biases x2); ``create_scheduler`` adds
-  the per-epoch ``demo_cosine`` / ``demo_cosine_plain`` schedules.
+- ``create_optimizer``: ``--optim`` (the authors' Adam by default, else the Trainer's own resolution, see
+  :mod:`demo_reid.training.optimizers`) over three named groups (tower, head weights, head biases x2);
+  ``create_scheduler`` adds the per-epoch ``demo_cosine`` / ``demo_cosine_plain`` schedules.
 - checkpoints are written under ``<output_dir>/.incomplete/`` and renamed into place once complete (complete or
-  invisible, see :mod:`demo_reid.training.checkpoints`); every saved model gets ``training_args.json`` instead of the
-  pickled ``training_args.bin``, and the checkpoint pipeline's code (:mod:`demo_reid.hub.checkpoint_files`).
+  invisible, see :mod:`demo_reid.training.checkpoints`); ``save_model`` gives every saved model
+  ``training_args.json`` instead of the pickled ``training_args.bin``, and the checkpoint pipeline's code
+  (:mod:`demo_reid.hub.checkpoint_files`).
 - the Hub: checkpoints are pushed once published, by :class:`~demo_reid.hub.push.HubPushCallback` (the Trainer's own
   checkpoint push would read the staging folder after it is renamed away); ``push_to_hub`` uploads the output folder
   without hidden folders, local checkpoints or pickles (:func:`~demo_reid.hub.push.push_output_dir`).
 - ``--torch-compile``: random ops fall back to PyTorch's generator under inductor, so a compiled run draws the eager
   run's dropout masks (the same training, step for step; tests/test_train_compile.py).
-- ``evaluate``: query/gallery retrieval (mAP, CMC, mINP) through :mod:`demo_reid.evaluation.protocol`.
+- ``evaluate``: query/gallery retrieval (mAP, CMC, mINP) through :mod:`demo_reid.evaluation.protocol`, with the
+  random streams restored afterwards (training does not depend on when or whether it is evaluated).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import random
 import shutil
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from transformers import Trainer
@@ -48,12 +54,12 @@ from ..data.seeded import EpochDataLoader, SeededCollator, SeededDataset
 from ..errors import UsageError, first_line
 from ..evaluation.metrics import METRIC_KEYS
 from ..hub.checkpoint_files import complete_saved_model, share_weights
-from ..hub.model_card import BEST_ON_TEST
 from ..hub.processors import tokenizer_of
 from .checkpoints import STAGING_DIR, WEIGHT_FILES
 from .disk_space import disk_full_error
 from .distributed import convert_to_global_batchnorm
 from .losses import ReIDLoss
+from .optimizers import build_optimizer, optimizer_cls_and_kwargs
 from .scheduler import EPOCH_SCHEDULES, DeMoCosineLR
 
 __all__ = ["GROUP_LR_LOG", "PARAM_GROUPS", "ReIDTrainer", "build_param_groups"]
@@ -64,6 +70,23 @@ __all__ = ["GROUP_LR_LOG", "PARAM_GROUPS", "ReIDTrainer", "build_param_groups"]
 HEAD_GROUP, HEAD_BIAS_GROUP, TOWER_GROUP = "head", "head_bias", "vision_tower"
 PARAM_GROUPS = (HEAD_GROUP, HEAD_BIAS_GROUP, TOWER_GROUP)
 GROUP_LR_LOG = "learning_rate/{}"
+
+
+@contextlib.contextmanager
+def random_state_kept():
+    """Restore the random streams training draws from (Python, NumPy, torch's CPU generator and every CUDA
+    device's) after the block: evaluation draws from them (each DataLoader iterator takes a seed from torch's
+    generator), and the dropout masks of the steps after it must not depend on whether or when it ran."""
+    python_state, numpy_state, cpu_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    try:
+        yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+        torch.set_rng_state(cpu_state)
+        if cuda_states is not None:
+            torch.cuda.set_rng_state_all(cuda_states)
 
 
 def build_param_groups(
@@ -104,6 +127,15 @@ def build_param_groups(
 class ReIDTrainer(Trainer):
     """Trainer for any ReID model of this project's contract (see the module docstring for what is overridden).
 
+    Three private methods of the Trainer are overridden, because no public hook reaches what they do:
+    ``_get_output_dir`` (where the Trainer writes a checkpoint: the staging folder, so a checkpoint is complete or
+    invisible; the Trainer has no option for it), ``_save_checkpoint`` (the rename out of the staging folder once every
+    process has written its files, the best-checkpoint path fixed to the published folder, rotation of the published
+    ones, a full disk as one line; ``on_save`` callbacks run only after the Trainer's own rotation and push) and
+    ``_push_from_checkpoint`` (emptied: the Trainer would upload the staging folder in the background after it is renamed
+    away; :class:`~demo_reid.hub.push.HubPushCallback` pushes the published checkpoint from ``on_save``). What used to be
+    a fourth, ``_save``, is the public ``save_model`` now.
+
     Args:
         model, args, callbacks, processing_class, ...: as for ``transformers.Trainer``; ``args`` is a
             :class:`~demo_reid.training.arguments.ReIDTrainingArguments`. The ``processing_class`` (the
@@ -111,8 +143,8 @@ class ReIDTrainer(Trainer):
             saved with every checkpoint; its tokenizer encodes the captions of text-conditioned models.
         train_dataset: the ``train`` split (needs a ``label`` column).
         eval_dataset: a mapping with the ``query`` and ``gallery`` splits, for :meth:`evaluate`.
-        data_collator / eval_collator: row collators for training / evaluation (default:
-            :func:`~demo_reid.data.collate.collator_for` the model's config).
+        data_collator: the row collator of training (default: :func:`~demo_reid.data.collate.collator_for` the
+            model's config); evaluation builds its own (:func:`~demo_reid.evaluation.protocol.extract_features`).
         loss: the loss module, called as ``loss(outputs, labels)``, returning the total ``loss`` and its named
             ``components`` (default: :class:`ReIDLoss` with the authors' recipe).
         augment: the tensor augmentation, called as ``augment(pixel_values, seeds)`` (default: :class:`ReIDAugment`).
@@ -128,7 +160,6 @@ class ReIDTrainer(Trainer):
         train_dataset=None,
         eval_dataset=None,
         data_collator=None,
-        eval_collator=None,
         loss: torch.nn.Module | None = None,
         augment: torch.nn.Module | None = None,
         **kwargs,
@@ -142,8 +173,6 @@ class ReIDTrainer(Trainer):
             c in getattr(train_dataset, "column_names", CAPTION_COLUMNS) for c in CAPTION_COLUMNS)
         if data_collator is None:
             data_collator = collator_for(model.config, train=True, tokenizer=tokenizer, with_captions=with_captions)
-        self.eval_collator = eval_collator or collator_for(model.config, train=False, tokenizer=tokenizer,
-                                                           with_captions=with_captions)
         if train_dataset is not None and hasattr(train_dataset, "column_names"):
             columns = list(getattr(data_collator, "columns", train_dataset.column_names))
             missing = [c for c in columns if c not in train_dataset.column_names]
@@ -263,12 +292,13 @@ class ReIDTrainer(Trainer):
             )
         self.accelerator.wait_for_everyone()
 
-    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
-        """The Trainer's save, then the files every saved model carries beyond it (training_args.json, the pipeline
-        code; :func:`~demo_reid.hub.checkpoint_files.complete_saved_model`)."""
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """The Trainer's save (weights, config, processor), then the files every saved model carries beyond it
+        (training_args.json, the pipeline code; :func:`~demo_reid.hub.checkpoint_files.complete_saved_model`), then
+        -- for a save of the final model with ``--push-to-hub`` -- the push of the completed folder."""
         folder = Path(output_dir or self.args.output_dir)
         try:
-            super()._save(output_dir, state_dict)
+            super().save_model(str(folder), _internal_call=True)  # the push waits for the completed folder
             if self.args.should_save:
                 config = getattr(self.accelerator.unwrap_model(self.model), "config", None)
                 complete_saved_model(folder, self.args, config)
@@ -281,6 +311,8 @@ class ReIDTrainer(Trainer):
                 for name in WEIGHT_FILES:
                     (folder / name).unlink(missing_ok=True)
             raise full from None
+        if self.args.push_to_hub and not _internal_call:
+            self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
 
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
         """Nothing: the Trainer calls this on the staging folder, which is renamed away before a background upload
@@ -316,21 +348,22 @@ class ReIDTrainer(Trainer):
 
     # ---- optimisation -----------------------------------------------------------------------------------------
 
+    @staticmethod
+    def get_optimizer_cls_and_kwargs(args, model=None) -> tuple[type, dict]:
+        """``--optim`` resolved: the authors' Adam (the default), else the Trainer's own resolution of its names
+        (:func:`~demo_reid.training.optimizers.optimizer_cls_and_kwargs`)."""
+        return optimizer_cls_and_kwargs(args, model)
+
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
+        """``--optim`` (:meth:`get_optimizer_cls_and_kwargs`) over the three named parameter groups of
+        :func:`build_param_groups`; an ``--optim-args`` key it does not read is refused
+        (:func:`~demo_reid.training.optimizers.build_optimizer`)."""
         if self.optimizer is None:
-            groups = build_param_groups(
-                self.model if model is None else model,
-                self.args.learning_rate,
-                self.args.bias_lr_factor,
-                self.args.vision_tower_lr,
-                self.args.weight_decay,
-            )
-            self.optimizer = torch.optim.Adam(
-                groups,
-                lr=self.args.learning_rate,
-                betas=(self.args.adam_beta1, self.args.adam_beta2),
-                eps=self.args.adam_epsilon,
-            )
+            model = self.model if model is None else model
+            groups = build_param_groups(model, self.args.learning_rate, self.args.bias_lr_factor,
+                                        self.args.vision_tower_lr, self.args.weight_decay)
+            resolved = self.optimizer_cls_and_kwargs or self.get_optimizer_cls_and_kwargs(self.args, model)
+            self.optimizer = build_optimizer(groups, self.args, resolved)
         return self.optimizer
 
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
@@ -412,23 +445,24 @@ class ReIDTrainer(Trainer):
         splits = eval_dataset if eval_dataset is not None else self.eval_dataset
         if splits is None:
             raise ValueError("evaluation needs `eval_dataset` with the 'query' and 'gallery' splits")
-        results, main = evaluate_retrieval(
-            self.model,
-            splits["query"],
-            splits["gallery"],
-            batch_size=self.args.per_device_eval_batch_size,
-            accelerator=self.accelerator,
-            progress=False,
-            tokenizer=tokenizer_of(self.processing_class),
-        )
+        with random_state_kept():  # the training after an evaluation draws what it would have drawn without it
+            results, main = evaluate_retrieval(
+                self.model,
+                splits["query"],
+                splits["gallery"],
+                batch_size=self.args.per_device_eval_batch_size,
+                accelerator=self.accelerator,
+                progress=False,
+                tokenizer=tokenizer_of(self.processing_class),
+            )
         metrics = {f"{metric_key_prefix}_{k}": float(results[main][k]) for k in METRIC_KEYS if k in results[main]}
         for name, res in results.items():
             if name != main:
                 metrics[f"{metric_key_prefix}_{name}_mAP"] = float(res["mAP"])
                 metrics[f"{metric_key_prefix}_{name}_Rank-1"] = float(res["Rank-1"])
         self.log(dict(metrics))
-        if self.args.select_best_on_test:
-            metrics[f"{metric_key_prefix}_selection"] = BEST_ON_TEST
+        if self.args.load_best_model_at_end:
+            metrics[f"{metric_key_prefix}_selection"] = self.args.selection
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
 
