@@ -19,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run from a plain checkout too
 
 from demo_reid.errors import UsageError, run_cli  # noqa: E402
+from demo_reid.machine import describe_cpu  # noqa: E402
 from demo_reid.output_paths import check_output_dir  # noqa: E402
 
 # The rank-list picture has one row per query: 64 rows of 96 px cells stay a readable page (about 6,200 px high).
@@ -220,6 +221,7 @@ def run(args) -> dict:
         "model_type": model.config.model_type,
         "headline_features": query.headline,
         "num_processes": accelerator.num_processes,
+        "cpu": describe_cpu(),  # the instruction sets decide the float rounding, so the exact figures
         "results": results,
         "missing_sweep": sweep,
         "complexity": None if args.no_complexity else complexity_of(accelerator.unwrap_model(model)),
