@@ -72,26 +72,28 @@ def isa_label(flags: set[str] | None) -> str | None:
     return "+".join(present) or "none of " + ", ".join(ISA_FAMILIES)
 
 
-def _torch_capability() -> str | None:
+def _torch_view() -> tuple[str | None, int | None]:
     try:
         import torch
-
-        return torch.backends.cpu.get_cpu_capability()
-    except Exception:  # an old torch without the call: the flags still say it
-        return None
+    except ImportError:
+        return None, None
+    get_capability = getattr(torch.backends.cpu, "get_cpu_capability", None)  # torch >= 2.1
+    return (get_capability() if get_capability else None), torch.get_num_threads()
 
 
 def describe_cpu(cpuinfo: Path = CPUINFO) -> dict:
-    """CPU model, vendor, the ISA label, the relevant flags and torch's own view (the kernels ATen dispatches to:
-    ``DEFAULT``, ``AVX2``, ``AVX512``, ...), as one JSON-ready dict. ``cpuinfo``: Linux's file (another path in
+    """CPU model, vendor, the ISA label, the relevant flags, torch's own view (the kernels ATen dispatches to:
+    ``DEFAULT``, ``AVX2``, ``AVX512``, ...) and its thread count (it changes the rounding too), as one JSON-ready dict. ``cpuinfo``: Linux's file (another path in
     tests); where it cannot be read, macOS's ``sysctl``, else the flags are None."""
     model, vendor, flags = _read_cpu(cpuinfo)
+    capability, threads = _torch_view()
     return {
         "cpu": model or platform.processor() or platform.machine(),
         "vendor": vendor,
         "isa": isa_label(flags),
         "isa_flags": None if flags is None else sorted(flags),
-        "torch_cpu_capability": _torch_capability(),
+        "torch_cpu_capability": capability,
+        "torch_threads": threads,
     }
 
 
