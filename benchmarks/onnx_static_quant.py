@@ -62,6 +62,23 @@ def quantize_static_int8(graph, source: Path, target: Path, batches: int, image_
                     extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
 
 
+def markdown(result: dict) -> str:
+    """The table of one result: medians, speed-ups (median of per-round ratios) and the cosine to PyTorch."""
+    m, settings = result["machine"], result["settings"]
+    lines = [f"Machine: {m['cpu']} ({_isa(m)}), {result['threads']} thread(s), 1-minute load average at start "
+             f"{m['load_average_1min_at_start']:.1f}. Command: `{result['command']}` ({result['started']}). Batch 1, "
+             f"ViT-B/16 DeMo 256x128, random weights; interleaved, {settings['repeats']} rounds after "
+             f"{settings['warmup']} warm-up; static int8 calibrated on {result['calibration_batches']} triples.", "",
+             "| contender | median s / triple | speed-up vs PyTorch eager | cosine to PyTorch (min) | file (MiB) |",
+             "|---|---|---|---|---|"]
+    for name, seconds in result["median_s"].items():
+        ratio, cosine = result["ratio_median"].get(name), result["cosine_to_pytorch"].get(name)
+        size = result["file_mib"].get(name.removeprefix("ort_")) if name.startswith("ort_") else None
+        lines.append(f"| {name} | {seconds:.2f} | {'-' if ratio is None else f'{ratio:.2f}x'} | "
+                     f"{'-' if cosine is None else f'{cosine:.5f}'} | {'-' if size is None else f'{size:.0f}'} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=None, help="threads of every contender (default: torch's)")
@@ -104,18 +121,8 @@ def main(argv=None) -> int:
             cosines[f"ort_{name}"] = float(torch.nn.functional.cosine_similarity(got, reference, dim=-1).min())
         result.update(timing, cosine_to_pytorch=cosines,
                       file_mib={name: path.stat().st_size / 2**20 for name, path in paths.items()})
-    lines = [f"Machine: {result['machine']['cpu']} ({_isa(result['machine'])}), {threads} thread(s), 1-minute load "
-             f"average at start {result['machine']['load_average_1min_at_start']:.1f}. Command: `{result['command']}` "
-             f"({result['started']}). Batch 1, ViT-B/16 DeMo 256x128, random weights; interleaved, "
-             f"{args.repeats} rounds after {args.warmup} warm-up.", "",
-             "| contender | median s / triple | speed-up vs PyTorch eager | cosine to PyTorch (min) | file (MiB) |",
-             "|---|---|---|---|---|"]
-    for name, seconds in result["median_s"].items():
-        ratio = result["ratio_median"].get(name)
-        lines.append(f"| {name} | {seconds:.3f} | {'-' if ratio is None else f'{ratio:.2f}x'} | "
-                     f"{result['cosine_to_pytorch'].get(name, '-')} | "
-                     f"{result['file_mib'].get(name.removeprefix('ort_'), '-') if name != 'pytorch_eager_fp32' else '-'} |")
-    text = "\n".join(lines) + "\n"
+    result["settings"] = {"repeats": args.repeats, "warmup": args.warmup}
+    text = markdown(result)
     print(text, flush=True)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     stem = args.output_dir / "cpu-onnx-static-int8"
