@@ -323,7 +323,8 @@ def test_block_runs_as_written(block, prepared, tmp_path):
                 copy(earlier / output, folder / output)
         else:
             proc = run_command(text, folder)
-            assert proc.returncode == 0, f"{where}\nexit {proc.returncode}\n{proc.stderr[-3000:]}"
+            assert proc.returncode == 0, (f"{where}\nexit {proc.returncode} (fix the doc or the code; a command that "
+                                          f"cannot run here gets a NOT_RUN rule)\n{proc.stderr[-3000:]}")
             _RAN[key] = folder
         for output in outputs:
             assert (folder / output).exists(), f"{where}\nsays it writes {output}, which does not exist"
