@@ -55,6 +55,9 @@ NOT_RUN = [
      "tests/test_demo_page.py)"),
     (r"\b(DIR|PATH|CKPT)\b|\.\.\.", "placeholders for the reader's own paths"),
     (r"benchmarks/(run|bench_decode|bench_metrics)\.py", "a measurement taking minutes (docs/benchmarks.md)"),
+    (r"(cpu_2proc\.yaml|--nproc_per_node 2) train\.py", "two training processes, a minute of this test's 2-minute "
+     "budget: tests/test_train.py runs both launchers (test_two_process_accelerate_launch, "
+     "test_one_and_two_processes_compute_the_same_run)"),
     (r"--torch-compile", "inductor compiles for minutes on 2 cores (tests/test_train_compile.py)"),
     (r"DeMo_RGBNT201\.pth", "the authors' checkpoint (tests/test_convert_original.py converts one of its layout)"),
     (r"python -m pytest", "the test suite itself"),
