@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from demo_reid.errors import UsageError, run_cli  # noqa: E402
+from demo_reid.machine import describe_cpu  # noqa: E402
 from demo_reid.output_paths import check_output_dir  # noqa: E402
 
 # The rank-list picture has one row per query: 64 rows of 96 px cells stay a readable page (about 6,200 px high).
@@ -250,6 +251,7 @@ def run(args) -> dict:
         "headline_features": query.headline,
         "num_processes": accelerator.num_processes,
         "fill_missing_modalities": fill,
+        "cpu": describe_cpu(),  # the instruction sets decide the float rounding, so the exact figures depend on them
         "results": results,
         "missing_sweep": sweep,
         "complexity": None if args.no_complexity else complexity_of(accelerator.unwrap_model(model)),

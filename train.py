@@ -24,6 +24,7 @@ from transformers.trainer_utils import enable_full_determinism  # noqa: E402
 from demo_reid.errors import UsageError, run_cli  # noqa: E402
 from demo_reid.evaluation.metrics import METRIC_KEYS  # noqa: E402
 from demo_reid.hub.model_card import ModelCardInfo, save_model_card  # noqa: E402
+from demo_reid.machine import describe_cpu  # noqa: E402
 from demo_reid.training.arguments import TrainRun, parse_args  # noqa: E402
 
 logger = logging.getLogger("train")
@@ -252,7 +253,7 @@ def train_and_save(run: TrainRun) -> dict:
     if trainer.is_world_process_zero():
         out = Path(training.output_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "final_metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+        (out / "final_metrics.json").write_text(json.dumps({**result, "cpu": describe_cpu()}, indent=2) + "\n")
         save_model_card(card_info(run, trainer.model, trainer.train_dataset, result, selection, trainer.state), out)
     # save_pretrained: safetensors + remote code + processor + pipeline; with --push-to-hub the Trainer then pushes
     # the folder (ReIDTrainer.push_to_hub), its card and metrics included

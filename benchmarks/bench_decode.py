@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 from demo_reid.data.collate import ReIDCollator
 from demo_reid.data.builder import build_dataset
 from demo_reid.data.synthetic import make_synthetic
+from demo_reid.machine import describe_cpu_line
 
 
 def measure(dataset, size, workers: int, batch_size: int, repeats: int) -> float:
@@ -57,7 +58,7 @@ def main(argv=None) -> int:
         root = make_synthetic("RGBNT201", Path(tmp) / "raw", num_train_ids=args.ids, num_test_ids=2,
                               images_per_id=args.images_per_id, image_size=src)
         train = build_dataset("RGBNT201", root, cache_dir=Path(tmp) / "arrow")["train"]
-        print(f"\n{len(train)} triples of 3 x {src[0]}x{src[1]} JPEG, batch {args.batch_size}, "
+        print(f"\n{describe_cpu_line()}: {len(train)} triples of 3 x {src[0]}x{src[1]} JPEG, batch {args.batch_size}, "
               f"median of {args.repeats} passes, torch threads 1\n")
         print("| output H x W | workers | triples/s |\n|---|---|---|")
         for size_text in args.sizes:

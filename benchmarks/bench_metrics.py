@@ -18,6 +18,7 @@ import torch
 
 from demo_reid.evaluation.metrics import reid_metrics_from_features
 from demo_reid.evaluation.reranking import re_ranking
+from demo_reid.machine import describe_cpu_line
 
 
 def parse_sizes(text):
@@ -43,7 +44,7 @@ def main():
     parser.add_argument("--rerank", action="store_true", help="time k-reciprocal re-ranking (k1=50, k2=15) too")
     args = parser.parse_args()
     torch.set_num_threads(torch.get_num_threads())
-    print(f"torch threads: {torch.get_num_threads()}, dim={args.dim}, repeats={args.repeats}")
+    print(f"{describe_cpu_line()}, torch threads: {torch.get_num_threads()}, dim={args.dim}, repeats={args.repeats}")
     for num_q, num_g in parse_sizes(args.sizes):
         q, g, qp, gp, qc, gc = make_case(num_q, num_g, args.dim, max(2, num_g // 10))
         times = []

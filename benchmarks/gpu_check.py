@@ -148,7 +148,7 @@ def check_decode(setup: Setup, demand: float, max_workers: int, log) -> dict:
 def markdown(result: dict) -> str:
     m = result["machine"]
     lines = [f"# GPU check (issue 20){' - DRY RUN on CPU, toy sizes: not a measurement' if result['dry_run'] else ''}",
-             "", f"Machine: {m.get('gpu', 'no GPU')}, CUDA {m.get('cuda')}, {m['cpu']} ({m['usable_cores']} cores), "
+             "", f"Machine: {m.get('gpu', 'no GPU')}, CUDA {m.get('cuda')}, {m['cpu']} ({m.get('isa')}, {m['usable_cores']} cores), "
              f"torch {m['torch']}. Command: `{result['command']}` ({result['started']}).", "",
              f"**Steps** (DeMo, {result['model']}, batch {result['steps'][0]['batch']}; median of repeats after "
              "warm-up)", "", "| autocast | compile | mode | triples/s | loss finite | grad scale |",

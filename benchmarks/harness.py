@@ -79,15 +79,12 @@ def count_operator_calls(fn: Callable[[], object]) -> int:
 
 
 def describe_machine(device: str) -> dict:
-    """CPU model, cores, memory, library versions and (on CUDA) the GPU: recorded beside every figure."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        match = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
-        cpu = match.group(1).strip() if match else cpu
-    except OSError:
-        pass
+    """CPU model and its vector instruction sets (they decide matmul rounding and int8 speed), cores, memory,
+    library versions and (on CUDA) the GPU: recorded beside every figure."""
+    from demo_reid.machine import describe_cpu
+
     info = {
-        "cpu": cpu,
+        **describe_cpu(),
         "logical_cores": os.cpu_count(),
         "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "torch_threads": torch.get_num_threads(),

@@ -12,10 +12,18 @@ def _fmt(value, digits=2):
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _isa(machine: dict) -> str:
+    """The instruction sets the figures were measured with; results written before they were recorded say so."""
+    if "isa" not in machine:
+        return "instruction sets not recorded"
+    isa = machine["isa"] or "instruction sets unknown"
+    return f"{isa}; torch CPU kernels {machine.get('torch_cpu_capability') or 'unknown'}"
+
+
 def markdown(result: dict) -> str:
     m = result["machine"]
     lines = [
-        f"Machine: {m['cpu']}, {m['usable_cores']} usable cores ({m['logical_cores']} logical), "
+        f"Machine: {m['cpu']} ({_isa(m)}), {m['usable_cores']} usable cores ({m['logical_cores']} logical), "
         f"{m['memory_gib']} GiB, torch {m['torch']} ({m['torch_threads']} threads), numpy {m['numpy']}"
         + (f", GPU {m['gpu']}" if m.get("gpu") else "")
         + f"; 1-minute load average at start {_fmt(m['load_average_1min_at_start'], 1)}.",

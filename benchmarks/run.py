@@ -84,7 +84,7 @@ def main(argv=None) -> int:
               "settings": {"quick": quick, "repeats": repeats, "warmup": args.warmup, "amp": amp,
                            "compile": args.compile, "attention": args.attention,
                            "deterministic": args.deterministic}}
-    print(f"{result['machine']['cpu']} ({result['machine']['usable_cores']} cores), torch "
+    print(f"{result['machine']['cpu']} ({result['machine']['isa']}, {result['machine']['usable_cores']} cores), torch "
           f"{torch.__version__}, {torch.get_num_threads()} threads, device {args.device}", flush=True)
     log = lambda line: print(line, flush=True)  # noqa: E731
 

@@ -16,6 +16,8 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from demo_reid.machine import describe_cpu
+
 __all__ = ["RUN_INFO_NAME", "RunInfoCallback", "collect_run_info"]
 
 RUN_INFO_NAME = "run_info.json"
@@ -48,6 +50,7 @@ def collect_run_info(config: Mapping[str, Any] | None = None, **extra) -> dict:
         },
         "git_revision": _git_revision(),
         "platform": platform.platform(),
+        "cpu": describe_cpu(),  # the instruction sets decide the matmul rounding, so the run's exact mAP
     }
     info.update(extra)
     return info
