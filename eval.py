@@ -16,9 +16,9 @@ import json
 import sys
 from pathlib import Path
 
-from demo_reid.errors import UsageError, run_cli  # noqa: E402
-from demo_reid.machine import describe_cpu  # noqa: E402
-from demo_reid.output_paths import check_output_dir  # noqa: E402
+from demo_reid.errors import UsageError, run_cli
+from demo_reid.machine import describe_cpu
+from demo_reid.output_paths import check_output_dir
 
 # The rank-list picture has one row per query: 64 rows of 96 px cells stay a readable page (about 6,200 px high).
 MAX_VISUALIZED_QUERIES = 64

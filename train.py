@@ -18,14 +18,14 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from transformers import set_seed  # noqa: E402
-from transformers.trainer_utils import enable_full_determinism  # noqa: E402
+from transformers import set_seed
+from transformers.trainer_utils import enable_full_determinism
 
-from demo_reid.errors import UsageError, run_cli  # noqa: E402
-from demo_reid.evaluation.metrics import METRIC_KEYS  # noqa: E402
-from demo_reid.hub.model_card import ModelCardInfo, save_model_card  # noqa: E402
-from demo_reid.machine import describe_cpu  # noqa: E402
-from demo_reid.training.arguments import TrainRun, parse_args  # noqa: E402
+from demo_reid.errors import UsageError, run_cli
+from demo_reid.evaluation.metrics import METRIC_KEYS
+from demo_reid.hub.model_card import ModelCardInfo, save_model_card
+from demo_reid.machine import describe_cpu
+from demo_reid.training.arguments import TrainRun, parse_args
 
 logger = logging.getLogger("train")
 

@@ -19,8 +19,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from demo_reid.errors import UsageError, first_line, run_cli  # noqa: E402
-from demo_reid.retrieval.index import INDEX_KINDS, NPROBE_SHARE, IndexSpec  # noqa: E402
+from demo_reid.errors import UsageError, first_line, run_cli
+from demo_reid.retrieval.index import INDEX_KINDS, NPROBE_SHARE, IndexSpec
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from demo_reid.errors import UsageError, first_line, run_cli  # noqa: E402
+from demo_reid.errors import UsageError, first_line, run_cli
 
 
 def parse_args(argv=None) -> argparse.Namespace:

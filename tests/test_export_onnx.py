@@ -14,15 +14,15 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxscript")
 onnxruntime = pytest.importorskip("onnxruntime")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from conftest import REPO_ROOT, load_data_script, random_triples  # noqa: E402
+import numpy as np
+import torch
+from conftest import REPO_ROOT, load_data_script, random_triples
 
-import demo_reid.export.checkpoint as export_checkpoint  # noqa: E402
-from demo_reid.hub.backbones import tiny_demo_config, tiny_next_config  # noqa: E402
-from demo_reid.data.text import build_caption_tokenizer, tokenize_captions  # noqa: E402
-from modeling_demo import DeMoModel  # noqa: E402
-from modeling_next import NextModel  # noqa: E402
+import demo_reid.export.checkpoint as export_checkpoint
+from demo_reid.hub.backbones import tiny_demo_config, tiny_next_config
+from demo_reid.data.text import build_caption_tokenizer, tokenize_captions
+from modeling_demo import DeMoModel
+from modeling_next import NextModel
 
 SCRIPT = REPO_ROOT / "data_scripts" / "export_onnx.py"
 TOLERANCE = 1e-4

@@ -12,10 +12,10 @@ import torch
 onnx = pytest.importorskip("onnx")
 onnxruntime = pytest.importorskip("onnxruntime")
 
-from demo_reid.hub.backbones import tiny_demo_config  # noqa: E402
-from modeling_demo import DeMoModel  # noqa: E402
-import demo_reid.export.checkpoint as export_checkpoint  # noqa: E402
-from tests.conftest import load_data_script, random_triples  # noqa: E402
+from demo_reid.hub.backbones import tiny_demo_config
+from modeling_demo import DeMoModel
+import demo_reid.export.checkpoint as export_checkpoint
+from tests.conftest import load_data_script, random_triples
 
 SCRIPT = Path(__file__).resolve().parents[1] / "data_scripts" / "export_onnx.py"
 
