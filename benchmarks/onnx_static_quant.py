@@ -23,16 +23,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-sys.path.insert(0, str(HERE))
+import torch
 
-import torch  # noqa: E402
-
-from harness import describe_machine, interleaved_seconds  # noqa: E402
-from model_suite import build_model, make_batch  # noqa: E402
-from onnx_suite import _export_script, _inputs, export_both, ort_session  # noqa: E402
-from report import _isa  # noqa: E402
+from demo_reid.export.writer import linear_layer_nodes
+from harness import describe_machine, interleaved_seconds
+from model_suite import build_model, make_batch
+from onnx_suite import _inputs, export_both, ort_session
+from report import _isa
 
 
 class _CalibrationReader:
@@ -58,7 +55,7 @@ def quantize_static_int8(graph, source: Path, target: Path, batches: int, image_
     quantize_static(str(source), str(target), reader, quant_format=QuantFormat.QDQ, per_channel=True,
                     weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
                     calibrate_method=CalibrationMethod.MinMax,
-                    nodes_to_quantize=_export_script().linear_layer_nodes(source),
+                    nodes_to_quantize=linear_layer_nodes(source),
                     extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
 
 
@@ -85,7 +82,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--calibration-batches", type=int, default=8)
-    p.add_argument("--output-dir", type=Path, default=HERE / "results")
+    p.add_argument("--output-dir", type=Path, default=Path(__file__).resolve().parent / "results")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
