@@ -14,8 +14,8 @@ the expert tokens reach MGFA, Soft-MoE slots, the "no text" embedding, ...) is o
 and collected in docs/next.md; the earlier choices stay reachable as config switches.
 
 The image tower, its SIE, the position-table resize, the BN-neck heads, the image input checks and the new-layer
-init are those every ReID model here shares (`ReIDPreTrainedModel` in modeling_demo.py, which `save_pretrained`
-ships with every NEXT checkpoint).
+init are those every ReID model here shares (`ReIDPreTrainedModel` in the family's modeling_reid.py, which
+`save_pretrained` ships with every NEXT checkpoint).
 """
 
 from dataclasses import dataclass
@@ -28,9 +28,9 @@ from transformers.modeling_outputs import ModelOutput
 from transformers.models.clip.modeling_clip import CLIPTextModelWithProjection
 
 try:
-    from .configuration_demo import MODALITIES
     from .configuration_next import NextConfig
-    from .modeling_demo import (
+    from .configuration_reid import MODALITIES
+    from .modeling_reid import (
         TOWER_SHAPE_FIELDS,
         QuickGELU,
         ReIDLinear,
@@ -39,9 +39,9 @@ try:
         is_tracing,
     )
 except ImportError:  # imported as top-level modules from a checkout
-    from configuration_demo import MODALITIES
     from configuration_next import NextConfig
-    from modeling_demo import (
+    from configuration_reid import MODALITIES
+    from modeling_reid import (
         TOWER_SHAPE_FIELDS,
         QuickGELU,
         ReIDLinear,

@@ -19,7 +19,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from configuration_demo import MODALITIES, DeMoConfig  # noqa: E402
+from configuration_demo import DeMoConfig  # noqa: E402
+from configuration_reid import MODALITIES  # noqa: E402
 from modeling_demo import EXPERT_NAMES, DeMoModel  # noqa: E402
 from demo_reid.hub.checkpoint_files import share_weights  # noqa: E402
 

@@ -23,7 +23,7 @@ from PIL import Image
 
 from .pixels import to_8bit
 
-from configuration_demo import MODALITIES
+from configuration_reid import MODALITIES
 
 MODALITY_COLUMNS = MODALITIES  # batch modality order: RGB, NIR, TIR
 # Batch key -> dataset column (names match the model's forward / the trainer).

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
-from processing_next import encode_captions  # the checkpoint's processor tokenizes captions the same way
+from processing_reid import encode_captions  # the checkpoint's processor tokenizes captions the same way
 
 PAD_TOKEN, UNK_TOKEN, BOS_TOKEN, EOS_TOKEN = "<pad>", "<unk>", "<bos>", "<eos>"
 # A sentence ends at ".", "!" or "?" followed by white space (so "0.8" or "t-shirt." at the end stay whole).

@@ -1,6 +1,6 @@
 """The model factory of ``train.py``: a model name, a backbone and options -> a config sized for the dataset -> a model.
 
-``--model`` names a built-in model (:data:`BUILTIN_MODELS`) or a directory / Hub id holding a ``config.json`` with an
+``--model`` names a built-in model (the registry, :data:`demo_reid.models.BUILTIN_MODELS`) or a directory / Hub id holding a ``config.json`` with an
 ``auto_map`` (remote code), so any model that honours docs/interfaces.md trains without an edit to this project.
 What the factory relies on, and nothing more:
 
@@ -19,20 +19,14 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from configuration_demo import DeMoConfig
-from configuration_next import NextConfig
-from modeling_demo import DeMoModel
-from modeling_next import NextModel
-
 from ..errors import UsageError, first_line
+from ..models import BUILTIN_MODELS
 from .backbones import BACKBONE_HINT, RANDOM_BACKBONES, backbone_config, local_or_hub, tokenizer_ids
 
 __all__ = ["BUILTIN_MODELS", "ModelRecipe", "accepted_options"]
 
 logger = logging.getLogger(__name__)
 
-# Built-in models by their --model name: (config class, model class).
-BUILTIN_MODELS = {"demo": (DeMoConfig, DeMoModel), "next": (NextConfig, NextModel)}
 # Config fields every run sets from the dataset and the recipe (see ModelRecipe.config), so they are no options.
 RUN_FIELDS = ("num_labels", "num_cameras", "image_size")
 CAPTION_TOKENIZER_MAX_LENGTH = 64  # captions of the released sets fit (tokens); random text towers only
@@ -75,7 +69,8 @@ class ModelRecipe:
         """Look ``model`` up (built-in, or remote code from a directory / Hub id) and read ``backbone``'s config."""
         base = None
         if model in BUILTIN_MODELS:
-            config_class, model_class = BUILTIN_MODELS[model]
+            entry = BUILTIN_MODELS[model]
+            config_class, model_class = entry.config_class, entry.model_class
         else:
             config_class, model_class, base = _remote_classes(model)
         recipe = cls(model, config_class, model_class, dict(options), base)
@@ -184,8 +179,8 @@ def _remote_classes(model: str):
 
     source = local_or_hub(model)
     if Path(model).expanduser().exists() and not (Path(source) / "config.json").is_file():
-        raise UsageError(f"--model {model}: no config.json in that directory; pass demo, next, or a folder holding "
-                         "a config.json with an auto_map (remote code)")
+        raise UsageError(f"--model {model}: no config.json in that directory; pass {' or '.join(BUILTIN_MODELS)}, "
+                         "or a folder holding a config.json with an auto_map (remote code)")
     try:
         config = AutoConfig.from_pretrained(source, trust_remote_code=True)
     except (OSError, ValueError) as exc:

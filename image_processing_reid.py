@@ -1,4 +1,5 @@
-"""Image processor of the DeMo / NEXT re-identification checkpoints: image triples -> ``pixel_values``.
+"""Image processor of the ReID family's checkpoints (DeMo, NEXT, any model on the family base): image triples ->
+``pixel_values``.
 
 Ships with every checkpoint (``AutoImageProcessor.from_pretrained(checkpoint, trust_remote_code=True)``), so turning
 three pictures of one object into model inputs needs nothing from this repository. It applies the evaluation
@@ -17,12 +18,12 @@ from transformers.image_processing_base import BatchFeature
 from transformers.image_utils import PILImageResampling
 
 try:  # loaded as a checkpoint's remote code (a package) or from a checkout of the repository
-    from .configuration_demo import MODALITIES
+    from .configuration_reid import MODALITIES
 except ImportError:
-    from configuration_demo import MODALITIES
+    from configuration_reid import MODALITIES
 
 
-class DeMoImageProcessor(PilBackend):
+class ReIDImageProcessor(PilBackend):
     r"""
     Turns one triple of images (RGB, near-infrared, thermal-infrared) or a batch of triples into the model's
     `pixel_values` of shape `(batch_size, 3, 3, height, width)` and `modality_mask` of shape `(batch_size, 3)`.
@@ -151,6 +152,9 @@ def _as_triples(images: Any) -> list[Sequence[Any]]:
     return list(batch)
 
 
-__all__ = ["DeMoImageProcessor"]
+# The name of the class in checkpoints and code written before the family files (kept so that they load).
+DeMoImageProcessor = ReIDImageProcessor
 
-DeMoImageProcessor.register_for_auto_class("AutoImageProcessor")
+__all__ = ["ReIDImageProcessor", "DeMoImageProcessor"]
+
+ReIDImageProcessor.register_for_auto_class("AutoImageProcessor")

@@ -1,7 +1,8 @@
-"""Processor of the NEXT re-identification checkpoints: image triples and their captions -> model inputs.
+"""Processor of the ReID family's checkpoints whose model reads captions (``config.uses_text``, e.g. NEXT): image
+triples and their captions -> model inputs.
 
-Ships with every NEXT checkpoint (``AutoProcessor.from_pretrained(checkpoint, trust_remote_code=True)``). Images go
-through the checkpoint's :class:`DeMoImageProcessor`; the captions (one per modality image) through its tokenizer,
+Ships with every such checkpoint (``AutoProcessor.from_pretrained(checkpoint, trust_remote_code=True)``). Images go
+through the checkpoint's :class:`ReIDImageProcessor`; the captions (one per modality image) through its tokenizer,
 padded on the right to the longest caption of the call. An empty or missing caption gets an all-zero attention mask,
 which the model reads as "no caption" and replaces by its learned no-text embedding.
 """
@@ -16,14 +17,14 @@ from transformers.image_processing_base import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
 try:  # loaded as a checkpoint's remote code (a package) or from a checkout of the repository
-    from .configuration_demo import MODALITIES
+    from .configuration_reid import MODALITIES
 except ImportError:
-    from configuration_demo import MODALITIES
+    from configuration_reid import MODALITIES
 
 
-class NextProcessor(ProcessorMixin):
+class ReIDProcessor(ProcessorMixin):
     r"""
-    Combines a [`DeMoImageProcessor`] and the model's tokenizer.
+    Combines a [`ReIDImageProcessor`] and the model's tokenizer.
 
     Args:
         image_processor: turns `[rgb, nir, tir]` triples into `pixel_values` and `modality_mask`.
@@ -55,9 +56,9 @@ class NextProcessor(ProcessorMixin):
             kwargs: image-processor overrides (`size`, `resample`, ...).
         """
         if images is None:
-            raise ValueError("images: NEXT embeds image triples; pass one [rgb, nir, tir] triple or a list of them")
+            raise ValueError("images: the model embeds image triples; pass one [rgb, nir, tir] triple or a list of them")
         if return_tensors != "pt":
-            raise ValueError(f"return_tensors={return_tensors!r}: NextProcessor returns torch tensors ('pt') only")
+            raise ValueError(f"return_tensors={return_tensors!r}: ReIDProcessor returns torch tensors ('pt') only")
         inputs = self.image_processor(images, camera_ids=camera_ids, return_tensors="pt", **kwargs)
         if text is not None:
             captions = _caption_triples(text)
@@ -114,6 +115,9 @@ def _caption_triples(text: Any) -> list[list[str]]:
     return triples
 
 
-NextProcessor.register_for_auto_class("AutoProcessor")
+# The name of the class in checkpoints and code written before the family files (kept so that they load).
+NextProcessor = ReIDProcessor
 
-__all__ = ["NextProcessor", "encode_captions"]
+ReIDProcessor.register_for_auto_class("AutoProcessor")
+
+__all__ = ["ReIDProcessor", "NextProcessor", "encode_captions"]
