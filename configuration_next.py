@@ -158,6 +158,16 @@ class NextConfig(ReIDConfig):
         return ("cls", *branches, *(("final",) if len(branches) == 2 else ()))
 
     @property
+    def caption_groups(self) -> int:
+        """Caption sets per training sample (the family's collator reads it): one per semantic expert."""
+        return self.num_semantic_experts
+
+    @property
+    def caption_sentences_per_group(self) -> int | None:
+        """Sentences each set draws from each modality's caption (the family's collator reads it)."""
+        return self.caption_sentences_per_expert
+
+    @property
     def uses_text(self) -> bool:
         """Whether captions reach the model: only the semantic experts read text."""
         return self.use_text and self.use_tmse

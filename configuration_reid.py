@@ -110,6 +110,11 @@ class ReIDConfig(PretrainedConfig):
     # Whether the model reads captions (class attribute or property): the run then loads a tokenizer, batches carry
     # captions, and checkpoints ship the caption processor (processing_reid.py) with the tokenizer.
     uses_text = False
+    # Captions of a training sample: `caption_groups` sets (e.g. one per expert) of `caption_sentences_per_group`
+    # sentences of each modality's caption (None: a count uniform in [1, n], seeded per sample); evaluation reads
+    # the whole caption once. Read by the data collator of a model with `uses_text`.
+    caption_groups = 1
+    caption_sentences_per_group = None
 
     def __init__(
         self,
