@@ -191,4 +191,8 @@ def _remote_classes(model: str):
         raise UsageError(f"--model {model}: its config.json has no auto_map for AutoModel: the model code must "
                          "travel with it (register_for_auto_class('AutoModel') before save_pretrained)")
     model_class = get_class_from_dynamic_module(reference, source)
+    if getattr(model_class, "_auto_class", None) is None:
+        # Registered in the user's script rather than its module: register it here, as AutoModel.from_pretrained
+        # does, so that every save_pretrained of the run copies its code (checkpoint_files.copy_model_code too).
+        model_class.register_for_auto_class("AutoModel")
     return type(config), model_class, config
