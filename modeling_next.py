@@ -32,22 +32,26 @@ try:
     from .configuration_reid import MODALITIES
     from .modeling_reid import (
         TOWER_SHAPE_FIELDS,
+        UNUSED_CLIP_TEXT_KEYS,
         QuickGELU,
         ReIDLinear,
         ReIDPreTrainedModel,
         check_tower_shapes,
         is_tracing,
+        quiet_about,
     )
 except ImportError:  # imported as top-level modules from a checkout
     from configuration_next import NextConfig
     from configuration_reid import MODALITIES
     from modeling_reid import (
         TOWER_SHAPE_FIELDS,
+        UNUSED_CLIP_TEXT_KEYS,
         QuickGELU,
         ReIDLinear,
         ReIDPreTrainedModel,
         check_tower_shapes,
         is_tracing,
+        quiet_about,
     )
 
 
@@ -557,7 +561,8 @@ class NextModel(ReIDPreTrainedModel):
             check_tower_shapes(key, getattr(config, key), {"projection_dim": source_config.projection_dim}, path)
         model = super().from_pretrained_towers(path, config=config)
         if hasattr(model, "text_tower"):
-            source = CLIPTextModelWithProjection.from_pretrained(path, projection_dim=source_config.projection_dim)
+            text_class = quiet_about(CLIPTextModelWithProjection, UNUSED_CLIP_TEXT_KEYS)
+            source = text_class.from_pretrained(path, projection_dim=source_config.projection_dim)
             missing, unexpected = model.text_tower.load_state_dict(source.state_dict(), strict=False)
             if unexpected or [k for k in missing if not k.endswith("position_ids")]:
                 raise ValueError(f"text tower weights do not fit: missing {missing}, unexpected {unexpected}")

@@ -376,12 +376,13 @@ class ReIDPreTrainedModel(PreTrainedModel):
         if config is None:
             config = cls.config_class.from_backbone_config(source_config, **config_kwargs)
         if tower_type == "vit":
-            source = ViTModel.from_pretrained(path, add_pooling_layer=False)
+            source = quiet_about(ViTModel, UNUSED_VIT_KEYS).from_pretrained(path, add_pooling_layer=False)
             backbone_type = "vit"
         else:
             # A full CLIPModel projects with its own projection_dim, whatever its vision half says.
             projection = dict(projection_dim=source_config.projection_dim) if source_config.model_type == "clip" else {}
-            source = CLIPVisionModelWithProjection.from_pretrained(path, **projection)
+            tower_class = quiet_about(CLIPVisionModelWithProjection, UNUSED_CLIP_VISION_KEYS)
+            source = tower_class.from_pretrained(path, **projection)
             backbone_type = "clip"
         if config.backbone_type != backbone_type:
             raise ValueError(f"config.backbone_type={config.backbone_type!r} but the checkpoint is {backbone_type!r}")
@@ -393,6 +394,24 @@ class ReIDPreTrainedModel(PreTrainedModel):
         if unexpected or set(missing) - set(model.vision_tower.new_parameter_names):
             raise ValueError(f"image tower weights do not fit: missing {missing}, unexpected {unexpected}")
         return model
+
+
+# Keys of a pretrained checkpoint that loading one tower leaves unused by design (a full CLIP checkpoint's other
+# tower and logit scale, a ViT's pooler or classifier): loaded quietly; any other unexpected key is still reported.
+UNUSED_CLIP_VISION_KEYS = (r"^text_model\.", r"^text_projection\.", r"^logit_scale$")
+UNUSED_CLIP_TEXT_KEYS = (r"^vision_model\.", r"^visual_projection\.", r"^logit_scale$")
+UNUSED_VIT_KEYS = (r"^(vit\.)?pooler\.", r"^classifier\.")
+
+
+def quiet_about(model_class: type, unused_keys: tuple[str, ...]) -> type:
+    """`model_class` whose `from_pretrained` does not list `unused_keys` (regexes) as UNEXPECTED in its load report
+    (transformers' `_keys_to_ignore_on_load_unexpected`), so that the report shows only what is really wrong."""
+    ignored = [*(getattr(model_class, "_keys_to_ignore_on_load_unexpected", None) or []), *unused_keys]
+    # The subclass keeps the class's module and name: transformers finds a model's checkpoint-key conversions
+    # (e.g. ViT's legacy `encoder.layer.N` names) by them, and would otherwise load none of the weights.
+    return type(model_class.__name__, (model_class,), {"_keys_to_ignore_on_load_unexpected": ignored,
+                                                       "__module__": model_class.__module__,
+                                                       "__qualname__": model_class.__qualname__})
 
 
 def check_tower_shapes(key: str, config: PretrainedConfig, expected: dict, source) -> None:

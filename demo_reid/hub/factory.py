@@ -30,6 +30,11 @@ logger = logging.getLogger(__name__)
 # Config fields every run sets from the dataset and the recipe (see ModelRecipe.config), so they are no options.
 RUN_FIELDS = ("num_labels", "num_cameras", "image_size")
 CAPTION_TOKENIZER_MAX_LENGTH = 64  # captions of the released sets fit (tokens); random text towers only
+# A loaded caption tokenizer is refused below this vocabulary or above this share of unknown tokens in the captions.
+MIN_TOKENIZER_VOCABULARY = 32
+MAX_UNKNOWN_TOKEN_SHARE = 0.5
+CAPTION_SAMPLE = 256  # training rows whose captions are checked
+PROBE_CAPTION = "A person in a dark coat walks to the left, carrying a bag."
 
 
 def accepted_options(config_class: type) -> set[str]:
@@ -150,10 +155,20 @@ class ModelRecipe:
             return build_caption_tokenizer(texts, model_max_length=CAPTION_TOKENIZER_MAX_LENGTH)
         source = self.backbone if self.backbone is not None else self.name
         try:
-            return AutoTokenizer.from_pretrained(local_or_hub(source), trust_remote_code=self.base_config is not None)
+            tokenizer = AutoTokenizer.from_pretrained(local_or_hub(source),
+                                                      trust_remote_code=self.base_config is not None)
         except (OSError, ValueError) as exc:
             raise UsageError(f"{source}: no tokenizer loads from it ({first_line(exc)}); --model {self.name} reads "
                              "captions and needs the tokenizer saved beside the weights") from None
+        sample = train_split.select(range(min(len(train_split), CAPTION_SAMPLE)))
+        texts = [t for c in CAPTION_COLUMNS if c in sample.column_names for t in sample[c] if t]
+        problem = tokenizer_problem(tokenizer, texts)
+        if problem:
+            option = "--backbone" if self.backbone is not None else "--model"
+            raise UsageError(f"{option} {source}: its tokenizer cannot encode the captions ({problem}); the folder "
+                             "lacks its tokenizer files (tokenizer.json, or vocab.json + merges.txt): save the "
+                             "checkpoint's tokenizer beside its weights") from None
+        return tokenizer
 
     def build(self, config):
         """The model: pretrained towers from ``--backbone`` when the model can load them, else random init."""
@@ -170,6 +185,24 @@ class ModelRecipe:
         except (OSError, ValueError) as exc:
             raise UsageError(f"--backbone {self.backbone}: could not load the tower(s) ({first_line(exc)}); "
                              f"{BACKBONE_HINT}") from None
+
+
+def tokenizer_problem(tokenizer, captions: list[str]) -> str | None:
+    """Why ``tokenizer`` cannot encode ``captions`` (or, without captions, a probe sentence), or None.
+
+    Why: a CLIP folder without tokenizer files still gives a tokenizer (a 2-entry one whose every word is its
+    unknown token), so the text branch would train on one repeated id and the checkpoint ship that tokenizer."""
+    vocabulary = len(tokenizer)
+    if vocabulary < MIN_TOKENIZER_VOCABULARY:
+        return f"a vocabulary of {vocabulary} tokens"
+    unknown = tokenizer.unk_token_id
+    if unknown is None:
+        return None  # byte-level tokenizers have no unknown token: every text encodes
+    ids = [i for text in (captions or [PROBE_CAPTION]) for i in tokenizer(text, add_special_tokens=False)["input_ids"]]
+    share = sum(i == unknown for i in ids) / max(len(ids), 1)
+    if share > MAX_UNKNOWN_TOKEN_SHARE:
+        return f"{share:.0%} of the caption tokens are its unknown token {tokenizer.unk_token!r}"
+    return None
 
 
 def _remote_classes(model: str):
