@@ -303,3 +303,35 @@ def test_a_remote_code_model_trains_evaluates_and_reloads(template, tmp_path):
     with torch.no_grad():
         expected = model(pixels).embeddings
     torch.testing.assert_close(load_file(fresh)["embeddings"], expected, rtol=0, atol=0)
+
+
+def test_every_hub_push_holds_the_models_code(third_party_dataset, tmp_path):
+    """--push-to-hub of a package model registered in the user's script: each pushed revision (its root and its
+    checkpoint folder) holds all of the model's code."""
+    from fake_hub import FakeHub
+
+    shape = "package_registered_in_script"
+    template = write_template(tmp_path / "outside", shape)
+    with FakeHub() as fake:
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        env.update(HF_ENDPOINT=fake.url, HF_HUB_OFFLINE="0", HF_TOKEN="hf_dummy", HF_HOME=str(tmp_path / "hf_home"),
+                   HF_HUB_DISABLE_XET="1", HF_HUB_DISABLE_TELEMETRY="1", OMP_NUM_THREADS="1",
+                   HF_MODULES_CACHE=str(tmp_path / "modules"))
+        proc = subprocess.run(
+            [sys.executable, str(REPO / "train.py"), "--model", str(template), "--dataset", third_party_dataset,
+             "--image-size", "32", "16", "--num-identities", "3", "--num-instances", "2", "--disable-tqdm", "true",
+             "--report-to", "none", "--output-dir", str(tmp_path / "out"), "--max-steps", "2", "--save-strategy",
+             "steps", "--save-steps", "2", "--push-to-hub", "--hub-model-id", "tester/baseline",
+             "--hub-strategy", "all_checkpoints"],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        commits = [c for c in fake.commits if c["repo"] == "tester/baseline"]
+        assert len(commits) >= 2, [c["summary"] for c in commits]
+        for commit in commits:
+            folders: dict[str, set[str]] = {}
+            for path in fake.files("model", "tester/baseline", commit["sha"]):
+                folder, _, name = path.rpartition("/")
+                folders.setdefault(folder, set()).add(name)
+            for folder, names in folders.items():
+                if "model.safetensors" in names:
+                    assert code_files(shape) <= names, (commit["summary"], folder, sorted(names))
