@@ -292,8 +292,11 @@ def run(args) -> dict[int, tuple[float, str]]:
     model = load_checkpoint(args.model)
     # The switch that skips value checks while traced: is_tracing (torch.compile and torch.export), or the
     # export-only is_exporting of checkpoints saved before compile support (they export as well).
-    # (Looked up in the modules of the model class and its bases: the family's checks live in modeling_reid.py.)
-    modules = [sys.modules[cls.__module__] for cls in type(model).__mro__ if cls.__module__ in sys.modules]
+    # (Looked up in the checkpoint's own modules of the model class and its bases: the family's checks live in
+    # modeling_reid.py; transformers' modules are not the checkpoint's.)
+    package = type(model).__module__.rpartition(".")[0]
+    modules = [sys.modules[cls.__module__] for cls in type(model).__mro__
+               if cls.__module__.rpartition(".")[0] == package and cls.__module__ in sys.modules]
     if not any(hasattr(module, name) for module in modules for name in ("is_tracing", "is_exporting")):
         raise UsageError(
             f"--model {args.model}: the modeling code saved with it predates ONNX export support; re-save it from "
