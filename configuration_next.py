@@ -3,21 +3,10 @@
 from transformers import AutoConfig, PretrainedConfig
 
 try:
-    from .configuration_demo import ReIDConfig, check_choice, parse_tower_config, positive_int
+    from .configuration_reid import CLIP_B16_TEXT_SHAPES, ReIDConfig, check_choice, parse_tower_config, positive_int
 except ImportError:  # imported as a top-level module from a checkout
-    from configuration_demo import ReIDConfig, check_choice, parse_tower_config, positive_int
+    from configuration_reid import CLIP_B16_TEXT_SHAPES, ReIDConfig, check_choice, parse_tower_config, positive_int
 
-# Shapes of OpenAI CLIP ViT-B/16's text tower (CLIPTextConfig's defaults, written out so they do not drift).
-CLIP_B16_TEXT_SHAPES = dict(
-    vocab_size=49408,
-    hidden_size=512,
-    intermediate_size=2048,
-    num_hidden_layers=12,
-    num_attention_heads=8,
-    max_position_embeddings=77,
-    projection_dim=512,
-    hidden_act="quick_gelu",
-)
 # Choices of NEXT's switches; the first of each is the default (docs/next.md says where each comes from).
 SEMANTIC_EXPERT_FORMS = ("token_mlp", "attention_pool")
 SALIENCY_TYPES = ("router", "cls_dot")
@@ -167,6 +156,16 @@ class NextConfig(ReIDConfig):
             return ("final",)
         branches = self.branch_names
         return ("cls", *branches, *(("final",) if len(branches) == 2 else ()))
+
+    @property
+    def caption_groups(self) -> int:
+        """Caption sets per training sample (the family's collator reads it): one per semantic expert."""
+        return self.num_semantic_experts
+
+    @property
+    def caption_sentences_per_group(self) -> int | None:
+        """Sentences each set draws from each modality's caption (the family's collator reads it)."""
+        return self.caption_sentences_per_expert
 
     @property
     def uses_text(self) -> bool:

@@ -213,6 +213,11 @@ def run(args) -> dict:
         check_split(dsdict[split], split, model.config.num_cameras)
     fill = use_fill_mode(args, model, dsdict)
     tokenizer = load_checkpoint_tokenizer(args.model, model)
+    captions = caption_use(tokenizer, dsdict)
+    if captions == CAPTIONS_ABSENT and accelerator.is_main_process:
+        print(f"eval.py: note: {args.dataset} has no captions; the {model.config.model_type} model reads captions, so "
+              "it is evaluated without text (its no-caption embeddings); build the dataset with --captions to use "
+              "them", file=sys.stderr)
     model.to(accelerator.device).eval()
     feature_names = (args.features,) if args.features else None  # None: every row the model names
     rerank_params = dict(k1=args.rerank_k1, k2=args.rerank_k2, lambda_value=args.rerank_lambda)
@@ -249,6 +254,7 @@ def run(args) -> dict:
         "rerank": rerank_params if args.rerank else False,
         "model_type": model.config.model_type,
         "headline_features": query.headline,
+        "captions": captions,
         "num_processes": accelerator.num_processes,
         "fill_missing_modalities": fill,
         "cpu": describe_cpu(),  # the instruction sets decide the float rounding, so the exact figures depend on them
@@ -263,6 +269,22 @@ def run(args) -> dict:
     print(format_markdown(report))
     print(f"wrote {json_path} and {md_path}")
     return report
+
+
+# What the report's "captions" says: the model read the dataset's captions, the model reads captions but the dataset
+# has none (evaluated without text), or the model reads no captions.
+CAPTIONS_USED, CAPTIONS_ABSENT, CAPTIONS_NOT_READ = "used", "absent from the dataset: evaluated without text", None
+
+
+def caption_use(tokenizer, dsdict) -> str | None:
+    """Whether the evaluation reads captions: a model that reads them (it has a tokenizer) and a dataset whose query
+    and gallery splits hold the caption columns (the rule of ``extract_features``)."""
+    from demo_reid.data.collate import CAPTION_COLUMNS
+
+    if tokenizer is None:
+        return CAPTIONS_NOT_READ
+    present = all(c in dsdict[split].column_names for split in ("query", "gallery") for c in CAPTION_COLUMNS)
+    return CAPTIONS_USED if present else CAPTIONS_ABSENT
 
 
 def main(argv=None) -> int:

@@ -14,8 +14,8 @@ the expert tokens reach MGFA, Soft-MoE slots, the "no text" embedding, ...) is o
 and collected in docs/next.md; the earlier choices stay reachable as config switches.
 
 The image tower, its SIE, the position-table resize, the BN-neck heads, the image input checks and the new-layer
-init are those every ReID model here shares (`ReIDPreTrainedModel` in modeling_demo.py, which `save_pretrained`
-ships with every NEXT checkpoint).
+init are those every ReID model here shares (`ReIDPreTrainedModel` in the family's modeling_reid.py, which
+`save_pretrained` ships with every NEXT checkpoint).
 """
 
 from dataclasses import dataclass
@@ -28,26 +28,30 @@ from transformers.modeling_outputs import ModelOutput
 from transformers.models.clip.modeling_clip import CLIPTextModelWithProjection
 
 try:
-    from .configuration_demo import MODALITIES
     from .configuration_next import NextConfig
-    from .modeling_demo import (
+    from .configuration_reid import MODALITIES
+    from .modeling_reid import (
         TOWER_SHAPE_FIELDS,
+        UNUSED_CLIP_TEXT_KEYS,
         QuickGELU,
         ReIDLinear,
         ReIDPreTrainedModel,
         check_tower_shapes,
         is_tracing,
+        quiet_about,
     )
 except ImportError:  # imported as top-level modules from a checkout
-    from configuration_demo import MODALITIES
     from configuration_next import NextConfig
-    from modeling_demo import (
+    from configuration_reid import MODALITIES
+    from modeling_reid import (
         TOWER_SHAPE_FIELDS,
+        UNUSED_CLIP_TEXT_KEYS,
         QuickGELU,
         ReIDLinear,
         ReIDPreTrainedModel,
         check_tower_shapes,
         is_tracing,
+        quiet_about,
     )
 
 
@@ -557,7 +561,8 @@ class NextModel(ReIDPreTrainedModel):
             check_tower_shapes(key, getattr(config, key), {"projection_dim": source_config.projection_dim}, path)
         model = super().from_pretrained_towers(path, config=config)
         if hasattr(model, "text_tower"):
-            source = CLIPTextModelWithProjection.from_pretrained(path, projection_dim=source_config.projection_dim)
+            text_class = quiet_about(CLIPTextModelWithProjection, UNUSED_CLIP_TEXT_KEYS)
+            source = text_class.from_pretrained(path, projection_dim=source_config.projection_dim)
             missing, unexpected = model.text_tower.load_state_dict(source.state_dict(), strict=False)
             if unexpected or [k for k in missing if not k.endswith("position_ids")]:
                 raise ValueError(f"text tower weights do not fit: missing {missing}, unexpected {unexpected}")

@@ -63,7 +63,7 @@ class ReIDFeatureExtractionPipeline(Pipeline):
     R, N, T, RN, RT, NT, RNT).
     """
 
-    _load_processor = None  # NEXT: the processor with its tokenizer; DeMo has an image processor only
+    _load_processor = None  # models that read captions: the processor with its tokenizer; else an image processor
     _load_image_processor = True
     _load_feature_extractor = False
     _load_tokenizer = False  # the processor carries it

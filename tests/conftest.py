@@ -97,8 +97,8 @@ def tiny_train_args(model: str = "demo") -> list[str]:
 
 
 # The project's own modules: blocked in a fresh process, so only a checkpoint's own files can be used.
-PROJECT_MODULES = ("demo_reid", "configuration_demo", "modeling_demo", "configuration_next", "modeling_next",
-                   "image_processing_demo", "processing_next", "pipeline_reid")
+PROJECT_MODULES = ("demo_reid", "configuration_reid", "modeling_reid", "configuration_demo", "modeling_demo",
+                   "configuration_next", "modeling_next", "image_processing_reid", "processing_reid", "pipeline_reid")
 
 
 def run_in_fresh_process(script: str, spec: dict, tmp_path: Path, env: dict | None = None) -> dict:

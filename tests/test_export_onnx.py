@@ -326,8 +326,9 @@ def test_bad_input_is_one_line_and_exit_2(demo, tmp_path, capsys, case, argument
     elif case == "old_code":  # modeling code saved before export support: without the is_exporting switch
         old = tmp_path / "renamed_flag"  # a name of its own: transformers caches remote code by folder name
         shutil.copytree(model_dir, old)
-        code = (old / "modeling_demo.py").read_text()
-        (old / "modeling_demo.py").write_text(code.replace("is_exporting", "traced_flag").replace("is_tracing", "flag"))
+        for name in ("modeling_reid.py", "modeling_demo.py"):
+            code = (old / name).read_text()
+            (old / name).write_text(code.replace("is_exporting", "traced_flag").replace("is_tracing", "flag"))
         model_dir = old
     elif case == "missing_dir":
         output = tmp_path / "no" / "model.onnx"
@@ -368,9 +369,9 @@ def test_exporter_failure_is_one_line_exit_1_and_leaves_nothing(demo, tmp_path, 
     """Modeling code whose value check still runs while traced: torch.export fails; its pages become one line."""
     old = tmp_path / "checked_while_traced"
     shutil.copytree(demo[1].parents[1] / "model", old)
-    code = (old / "modeling_demo.py").read_text()
+    code = (old / "modeling_reid.py").read_text()  # the family's input checks
     assert code.count("if not is_tracing() and") == 1
-    (old / "modeling_demo.py").write_text(code.replace("if not is_tracing() and", "if"))
+    (old / "modeling_reid.py").write_text(code.replace("if not is_tracing() and", "if"))
     (tmp_path / "out").mkdir()
     capsys.readouterr()
     assert load_script().main(["--model", str(old), "--output", str(tmp_path / "out" / "m.onnx")]) == 1

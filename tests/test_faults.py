@@ -517,7 +517,7 @@ def test_16bit_thermal_png_is_scaled_by_its_range_in_builder_collator_and_proces
 
     from demo_reid.data.builder import build_dataset
     from demo_reid.data.collate import ReIDTransform
-    from image_processing_demo import DeMoImageProcessor
+    from image_processing_reid import DeMoImageProcessor
 
     root, png, counts = thermal_release
     expected = _expected_8bit(counts)
@@ -544,7 +544,7 @@ def test_16bit_thermal_png_is_scaled_by_its_range_in_builder_collator_and_proces
 
 
 def test_processor_refuses_non_integer_camera_ids():
-    from image_processing_demo import DeMoImageProcessor
+    from image_processing_reid import DeMoImageProcessor
 
     processor = DeMoImageProcessor(size={"height": 32, "width": 16})
     image = np.zeros((32, 16, 3), dtype=np.uint8)

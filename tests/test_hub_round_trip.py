@@ -29,8 +29,9 @@ STEPS = ["--max-steps", "6", "--save-strategy", "steps", "--save-steps", "3"]
 TRAIN = [*tiny_train_args(), "--num-identities", "2", "--num-instances", "2", "--per-device-eval-batch-size", "16",
          *STEPS, "--dataset", DATASET_ID, "--report-to", "none"]
 # What a revision needs to load with remote code and the pipeline, at the root and in every checkpoint folder.
-MODEL_FILES = {"config.json", "model.safetensors", "configuration_demo.py", "modeling_demo.py",
-               "preprocessor_config.json", "image_processing_demo.py", "pipeline_reid.py", "training_args.json"}
+MODEL_FILES = {"config.json", "model.safetensors", "configuration_demo.py", "modeling_demo.py", "configuration_reid.py",
+               "modeling_reid.py", "preprocessor_config.json", "image_processing_reid.py", "pipeline_reid.py",
+               "training_args.json"}
 CARD_FILES = {"README.md", "LICENSE.md"}
 RESUME_STATE = {"optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json"}
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl")

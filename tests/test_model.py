@@ -15,7 +15,8 @@ from safetensors.torch import load_file, save_file
 from torch.nn import functional as F
 from transformers import CLIPConfig, CLIPModel, CLIPVisionModelWithProjection, ViTModel
 
-from configuration_demo import DeMoConfig, ReIDConfig
+from configuration_demo import DeMoConfig
+from configuration_reid import ReIDConfig
 from configuration_next import NextConfig
 from demo_reid.hub.backbones import clip_vit_b16_vision_config, tiny_demo_config, tiny_vision_config
 from demo_reid.evaluation.complexity import count_macs, count_trainable_parameters
@@ -207,7 +208,10 @@ def test_save_pretrained_loads_in_fresh_process_with_remote_code(tmp_path, tiny_
     work_dir.mkdir()
     tiny_model.save_pretrained(model_dir)
     files = {p.name for p in model_dir.iterdir()}
-    assert {"model.safetensors", "config.json", "modeling_demo.py", "configuration_demo.py"} <= files
+    # The family's files and DeMo's own, nothing else (no other model's code).
+    assert {name for name in files if name.endswith(".py")} == {
+        "modeling_demo.py", "configuration_demo.py", "modeling_reid.py", "configuration_reid.py"}
+    assert {"model.safetensors", "config.json"} <= files
     assert not any(name.endswith((".bin", ".pt", ".pth")) for name in files)
     auto_map = json.loads((model_dir / "config.json").read_text())["auto_map"]
     assert auto_map == {"AutoConfig": "configuration_demo.DeMoConfig", "AutoModel": "modeling_demo.DeMoModel"}

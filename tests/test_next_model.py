@@ -435,8 +435,10 @@ def test_remote_code_load_in_fresh_process_with_tokenizer(tmp_path, model, token
     tokenizer.save_pretrained(model_dir)
     files = {p.name for p in model_dir.iterdir()}
     expected_files = {"model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json"}
-    expected_files |= {"modeling_next.py", "configuration_next.py", "modeling_demo.py", "configuration_demo.py"}
     assert expected_files <= files
+    # The family's files and NEXT's own, nothing else: a NEXT checkpoint no longer ships DeMo's code.
+    assert {name for name in files if name.endswith(".py")} == {
+        "modeling_next.py", "configuration_next.py", "modeling_reid.py", "configuration_reid.py"}
     auto_map = json.loads((model_dir / "config.json").read_text())["auto_map"]
     assert auto_map == {"AutoConfig": "configuration_next.NextConfig", "AutoModel": "modeling_next.NextModel"}
 

@@ -134,8 +134,9 @@ def test_train_and_eval_scripts_serve_next(captioned_dataset, tmp_path):
     assert result["global_step"] == 4
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "next_reid" and config["auto_map"]["AutoModel"] == "modeling_next.NextModel"
-    assert {"modeling_next.py", "modeling_demo.py", "configuration_next.py", "tokenizer.json"} <= {
-        p.name for p in out.iterdir()}
+    files = {p.name for p in out.iterdir()}
+    assert {"modeling_next.py", "configuration_next.py", "modeling_reid.py", "tokenizer.json"} <= files
+    assert "modeling_demo.py" not in files and "configuration_demo.py" not in files  # the family's code, not DeMo's
     card = (out / "README.md").read_text()
     assert "NEXT" in card and "Our reading of the paper" in card and "not the authors'" in card
     assert "IEEE Transactions on Information Forensics and Security" in card and "pages   = {8371--8384}" in card

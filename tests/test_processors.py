@@ -22,7 +22,7 @@ import train  # noqa: E402
 from demo_reid.data.collate import CAPTION_COLUMNS, MODALITY_COLUMNS, ReIDTransform  # noqa: E402
 from demo_reid.data.loading import load_reid_dataset  # noqa: E402
 from demo_reid.evaluation.protocol import extract_features  # noqa: E402
-from image_processing_demo import DeMoImageProcessor  # noqa: E402
+from image_processing_reid import ReIDImageProcessor  # noqa: E402
 from transformers import AutoProcessor  # noqa: E402
 
 TINY = ["--num-identities", "4", "--num-instances", "2", "--per-device-eval-batch-size", "8", "--num-train-epochs", "1",
@@ -78,7 +78,7 @@ FRESH_PROCESS = textwrap.dedent(
     processor = AutoProcessor.from_pretrained(spec["checkpoint"], trust_remote_code=True)
     image_processor = AutoImageProcessor.from_pretrained(spec["checkpoint"], trust_remote_code=True)
     assert type(processor).__module__.startswith("transformers_modules"), type(processor)
-    assert type(image_processor).__name__ == "DeMoImageProcessor", type(image_processor)
+    assert type(image_processor).__name__ == "ReIDImageProcessor", type(image_processor)
     images = [[Image.open(path) for path in triple] for triple in spec["files"]]
     text = {{"text": spec["captions"]}} if spec["captions"] else {{}}
     missing_tir = [[rgb, nir, None] for rgb, nir, _ in images]
@@ -100,7 +100,8 @@ def test_processor_embeddings_equal_eval_in_a_fresh_process(checkpoint, dataset,
     """AutoProcessor + AutoModel on JPEG files give eval.py's embeddings (full and TIR missing), for both models."""
     kind, ckpt = checkpoint
     files = {p.name for p in ckpt.iterdir()}
-    assert {"image_processing_demo.py", "model.safetensors"} <= files
+    assert {"image_processing_reid.py", "model.safetensors"} <= files
+    assert ("processing_reid.py" in files) == (kind == "next")  # the caption processor, for models that read text
     assert ("processor_config.json" if kind == "next" else "preprocessor_config.json") in files
     query, paths, camids, captions = _query_files(dataset, tmp_path / "jpegs", rows=5)
 
@@ -217,7 +218,7 @@ def test_image_processor_matches_the_evaluation_transform_for_every_input_type()
     """PIL, HWC uint8 arrays, CHW tensors and grey images all give the eval transform's values."""
     rgb, nir, tir = _jpeg_images()
     grey = nir.convert("L")
-    processor = DeMoImageProcessor(size={"height": 32, "width": 16})
+    processor = ReIDImageProcessor(size={"height": 32, "width": 16})
     reference = ReIDTransform(image_size=(32, 16))({"rgb": [rgb, rgb], "nir": [grey, grey], "tir": [tir, tir]})
     as_array = np.asarray(rgb)
     as_tensor = torch.from_numpy(np.asarray(tir).copy()).permute(2, 0, 1)
@@ -229,7 +230,7 @@ def test_image_processor_matches_the_evaluation_transform_for_every_input_type()
 
 def test_missing_modalities_are_zero_and_masked():
     rgb, nir, tir = _jpeg_images(seed=1)
-    out = DeMoImageProcessor(size={"height": 32, "width": 16})([[None, nir, tir], [rgb, None, None]],
+    out = ReIDImageProcessor(size={"height": 32, "width": 16})([[None, nir, tir], [rgb, None, None]],
                                                               camera_ids=[3, 0])
     assert out["modality_mask"].tolist() == [[False, True, True], [True, False, False]]
     assert torch.count_nonzero(out["pixel_values"][0, 0]) == 0 and torch.count_nonzero(out["pixel_values"][1, 1:]) == 0
@@ -245,22 +246,22 @@ def test_missing_modalities_are_zero_and_masked():
 ])
 def test_bad_images_raise_one_line_errors(images, match):
     with pytest.raises(ValueError, match=match):
-        DeMoImageProcessor()(images)
+        ReIDImageProcessor()(images)
 
 
 def test_camera_ids_must_be_one_per_sample():
     with pytest.raises(ValueError, match="camera_ids: expected one id per sample \\(1\\)"):
-        DeMoImageProcessor(size={"height": 32, "width": 16})(list(_jpeg_images()), camera_ids=[0, 1])
+        ReIDImageProcessor(size={"height": 32, "width": 16})(list(_jpeg_images()), camera_ids=[0, 1])
 
 
 def test_next_processor_captions_match_the_evaluation_encoding_and_check_their_count():
     """Each caption is the tokenizer's own encoding (truncated), right-padded to the longest; None and "" mean
     "no caption" (pad ids, all-zero mask)."""
     from demo_reid.data.text import build_caption_tokenizer
-    from processing_next import NextProcessor
+    from processing_reid import ReIDProcessor
 
     tokenizer = build_caption_tokenizer(["a man in a red coat.", "a warm shape.", "he walks fast."])
-    processor = NextProcessor(DeMoImageProcessor(size={"height": 32, "width": 16}), tokenizer, caption_max_length=6)
+    processor = ReIDProcessor(ReIDImageProcessor(size={"height": 32, "width": 16}), tokenizer, caption_max_length=6)
     images = [list(_jpeg_images(seed=2)), list(_jpeg_images(seed=3))]
     text = [["A man in a red coat. He walks fast.", None, "a warm shape."], ["", "he walks.", None]]
     out = processor(images=images, text=text)
@@ -299,7 +300,7 @@ def test_custom_pipelines_entry_is_what_pipeline_registry_writes(tiny_model, tmp
 
     attach_pipeline(tiny_model.config)
     tiny_model.save_pretrained(tmp_path / "model")
-    DeMoImageProcessor(size={"height": 32, "width": 16}).save_pretrained(tmp_path / "model")
+    ReIDImageProcessor(size={"height": 32, "width": 16}).save_pretrained(tmp_path / "model")
     env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
                HF_MODULES_CACHE=str(tmp_path / "modules"))
     proc = subprocess.run([sys.executable, "-c", REGISTERED_PIPELINE, str(tmp_path / "model"), str(tmp_path / "saved")],

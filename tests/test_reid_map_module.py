@@ -146,7 +146,8 @@ def test_module_imports_only_hub_safe_packages():
 # modules made unimportable (an editable install could otherwise still provide them).
 _ISOLATED = r"""
 import importlib.abc, json, sys
-BLOCKED = {"demo_reid", "modeling_demo", "configuration_demo", "modeling_next", "configuration_next", "train", "eval"}
+BLOCKED = {"demo_reid", "modeling_reid", "configuration_reid", "modeling_demo", "configuration_demo", "modeling_next",
+           "configuration_next", "train", "eval"}
 class Block(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] in BLOCKED:

@@ -459,8 +459,9 @@ def test_model_options_come_from_the_config_classes(tmp_path):
     model's section of a preset applies to that model only; another model's option is refused by name."""
     import inspect
 
-    from configuration_demo import DeMoConfig, ReIDConfig
+    from configuration_demo import DeMoConfig
     from configuration_next import NextConfig
+    from configuration_reid import ReIDConfig
     from demo_reid.hub.factory import ModelRecipe
     from demo_reid.training.arguments import build_parser
 

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 import datasets
 from datasets.arrow_writer import ArrowWriter
-from configuration_demo import MODALITIES
+from configuration_reid import MODALITIES
 
 from .columns import CAPTION_COLUMNS
 from .pixels import HIGH_BIT_MODES, to_8bit

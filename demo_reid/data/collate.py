@@ -240,13 +240,15 @@ class ReIDCollator:
 def collator_for(config, train: bool, tokenizer=None, with_captions: bool = True) -> ReIDCollator:
     """The collator a model config asks for: its image size, camera ids when it has cameras, and captions when it
     reads text (``config.uses_text``), a ``tokenizer`` is given and the dataset has captions (``with_captions``).
-    Training captions are sampled per ``config.num_semantic_experts`` x ``config.caption_sentences_per_expert`` (a
-    fixed count, or None: uniform in [1, n])."""
+    Training captions are drawn as ``config.caption_groups`` sets of ``config.caption_sentences_per_group``
+    sentences (a fixed count, or None: uniform in [1, n]); without them (a remote-code model's config may leave them
+    out): one set, a uniform count."""
     from .text import caption_max_length
 
     text = None
     if getattr(config, "uses_text", False) and tokenizer is not None and with_captions:
-        text = CaptionEncoder(tokenizer, config.num_semantic_experts, config.caption_sentences_per_expert,
+        text = CaptionEncoder(tokenizer, getattr(config, "caption_groups", 1),
+                              getattr(config, "caption_sentences_per_group", None),
                               max_length=caption_max_length(config, tokenizer),
                               train=train)
     return ReIDCollator(image_size=tuple(config.image_size), train=train, with_camera_ids=config.num_cameras > 0,

@@ -1,5 +1,5 @@
 """16-bit and 32-bit images (thermal cameras write 16-bit PNG / TIFF) to 8 bits, one rule for the dataset builder,
-the collator and the checkpoint's processor (``image_processing_demo.py`` holds the same rule: a checkpoint's code
+the collator and the checkpoint's processor (``image_processing_reid.py`` holds the same rule: a checkpoint's code
 imports nothing from here).
 
 The rule is **min-max per image**: the image's lowest value becomes 0 and its highest 255, linearly, as thermal

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
-from processing_next import encode_captions  # the checkpoint's processor tokenizes captions the same way
+from processing_reid import encode_captions  # the checkpoint's processor tokenizes captions the same way
 
 PAD_TOKEN, UNK_TOKEN, BOS_TOKEN, EOS_TOKEN = "<pad>", "<unk>", "<bos>", "<eos>"
 # A sentence ends at ".", "!" or "?" followed by white space (so "0.8" or "t-shirt." at the end stay whole).
@@ -93,8 +93,10 @@ def build_caption_tokenizer(
 
 
 def caption_max_length(config, tokenizer) -> int:
-    """Captions are truncated to what both the tokenizer and the model's text tower accept."""
-    return min(tokenizer.model_max_length, config.text_config.max_position_embeddings)
+    """Captions are truncated to what both the tokenizer and the model's text tower (if it has a `text_config`)
+    accept."""
+    text_config = getattr(config, "text_config", None)
+    return min(tokenizer.model_max_length, getattr(text_config, "max_position_embeddings", tokenizer.model_max_length))
 
 
 def tokenize_captions(tokenizer, captions: Sequence, max_length: int | None = None) -> dict[str, torch.Tensor]:

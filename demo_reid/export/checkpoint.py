@@ -56,9 +56,12 @@ def load_exportable(model_dir: str):
     hf_logging.disable_progress_bar()
     model = load_checkpoint(model_dir)
     # The switch that skips value checks while traced: is_tracing (torch.compile and torch.export), or the
-    # export-only is_exporting of checkpoints saved before compile support (they export as well).
-    modeling = sys.modules[type(model).__module__]
-    if not any(hasattr(modeling, name) for name in ("is_tracing", "is_exporting")):
+    # export-only is_exporting of checkpoints saved before compile support (they export as well). Looked up in the
+    # checkpoint's own modules of the model class and its bases: the family's checks live in modeling_reid.py.
+    package = type(model).__module__.rpartition(".")[0]
+    modules = [sys.modules[cls.__module__] for cls in type(model).__mro__
+               if cls.__module__.rpartition(".")[0] == package and cls.__module__ in sys.modules]
+    if not any(hasattr(module, name) for module in modules for name in ("is_tracing", "is_exporting")):
         raise UsageError(
             f"--model {model_dir}: the modeling code saved with it predates ONNX export support; re-save it from "
             "this checkout (DeMoModel or NextModel .from_pretrained(old).save_pretrained(new), tokenizer beside it)"

@@ -15,8 +15,9 @@ from pathlib import Path
 
 from transformers import AutoConfig, CLIPConfig, CLIPTextConfig, CLIPVisionConfig, PretrainedConfig, ViTConfig
 
-from configuration_demo import VIT_B16_SHAPES, DeMoConfig
-from configuration_next import CLIP_B16_TEXT_SHAPES, NextConfig
+from configuration_demo import DeMoConfig
+from configuration_next import NextConfig
+from configuration_reid import CLIP_B16_TEXT_SHAPES, VIT_B16_SHAPES
 
 from ..errors import UsageError, first_line
 

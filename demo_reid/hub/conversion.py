@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from configuration_demo import MODALITIES, DeMoConfig
+from configuration_demo import DeMoConfig
+from configuration_reid import MODALITIES
 from modeling_demo import EXPERT_NAMES, DeMoModel
 
 from ..publish import atomic_output

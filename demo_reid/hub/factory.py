@@ -1,6 +1,6 @@
 """The model factory of ``train.py``: a model name, a backbone and options -> a config sized for the dataset -> a model.
 
-``--model`` names a built-in model (:data:`BUILTIN_MODELS`) or a directory / Hub id holding a ``config.json`` with an
+``--model`` names a built-in model (the registry, :data:`demo_reid.models.BUILTIN_MODELS`) or a directory / Hub id holding a ``config.json`` with an
 ``auto_map`` (remote code), so any model that honours docs/interfaces.md trains without an edit to this project.
 What the factory relies on, and nothing more:
 
@@ -19,23 +19,22 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from configuration_demo import DeMoConfig
-from configuration_next import NextConfig
-from modeling_demo import DeMoModel
-from modeling_next import NextModel
-
 from ..errors import UsageError, first_line
+from ..models import BUILTIN_MODELS
 from .backbones import BACKBONE_HINT, RANDOM_BACKBONES, backbone_config, local_or_hub, tokenizer_ids
 
 __all__ = ["BUILTIN_MODELS", "ModelRecipe", "accepted_options"]
 
 logger = logging.getLogger(__name__)
 
-# Built-in models by their --model name: (config class, model class).
-BUILTIN_MODELS = {"demo": (DeMoConfig, DeMoModel), "next": (NextConfig, NextModel)}
 # Config fields every run sets from the dataset and the recipe (see ModelRecipe.config), so they are no options.
 RUN_FIELDS = ("num_labels", "num_cameras", "image_size")
 CAPTION_TOKENIZER_MAX_LENGTH = 64  # captions of the released sets fit (tokens); random text towers only
+# A loaded caption tokenizer is refused below this vocabulary or above this share of unknown tokens in the captions.
+MIN_TOKENIZER_VOCABULARY = 32
+MAX_UNKNOWN_TOKEN_SHARE = 0.5
+CAPTION_SAMPLE = 256  # training rows whose captions are checked
+PROBE_CAPTION = "A person in a dark coat walks to the left, carrying a bag."
 
 
 def accepted_options(config_class: type) -> set[str]:
@@ -75,7 +74,8 @@ class ModelRecipe:
         """Look ``model`` up (built-in, or remote code from a directory / Hub id) and read ``backbone``'s config."""
         base = None
         if model in BUILTIN_MODELS:
-            config_class, model_class = BUILTIN_MODELS[model]
+            entry = BUILTIN_MODELS[model]
+            config_class, model_class = entry.config_class, entry.model_class
         else:
             config_class, model_class, base = _remote_classes(model)
         recipe = cls(model, config_class, model_class, dict(options), base)
@@ -155,10 +155,20 @@ class ModelRecipe:
             return build_caption_tokenizer(texts, model_max_length=CAPTION_TOKENIZER_MAX_LENGTH)
         source = self.backbone if self.backbone is not None else self.name
         try:
-            return AutoTokenizer.from_pretrained(local_or_hub(source), trust_remote_code=self.base_config is not None)
+            tokenizer = AutoTokenizer.from_pretrained(local_or_hub(source),
+                                                      trust_remote_code=self.base_config is not None)
         except (OSError, ValueError) as exc:
             raise UsageError(f"{source}: no tokenizer loads from it ({first_line(exc)}); --model {self.name} reads "
                              "captions and needs the tokenizer saved beside the weights") from None
+        sample = train_split.select(range(min(len(train_split), CAPTION_SAMPLE)))
+        texts = [t for c in CAPTION_COLUMNS if c in sample.column_names for t in sample[c] if t]
+        problem = tokenizer_problem(tokenizer, texts)
+        if problem:
+            option = "--backbone" if self.backbone is not None else "--model"
+            raise UsageError(f"{option} {source}: its tokenizer cannot encode the captions ({problem}); the folder "
+                             "lacks its tokenizer files (tokenizer.json, or vocab.json + merges.txt): save the "
+                             "checkpoint's tokenizer beside its weights") from None
+        return tokenizer
 
     def build(self, config):
         """The model: pretrained towers from ``--backbone`` when the model can load them, else random init."""
@@ -177,6 +187,24 @@ class ModelRecipe:
                              f"{BACKBONE_HINT}") from None
 
 
+def tokenizer_problem(tokenizer, captions: list[str]) -> str | None:
+    """Why ``tokenizer`` cannot encode ``captions`` (or, without captions, a probe sentence), or None.
+
+    Why: a CLIP folder without tokenizer files still gives a tokenizer (a 2-entry one whose every word is its
+    unknown token), so the text branch would train on one repeated id and the checkpoint ship that tokenizer."""
+    vocabulary = len(tokenizer)
+    if vocabulary < MIN_TOKENIZER_VOCABULARY:
+        return f"a vocabulary of {vocabulary} tokens"
+    unknown = tokenizer.unk_token_id
+    if unknown is None:
+        return None  # byte-level tokenizers have no unknown token: every text encodes
+    ids = [i for text in (captions or [PROBE_CAPTION]) for i in tokenizer(text, add_special_tokens=False)["input_ids"]]
+    share = sum(i == unknown for i in ids) / max(len(ids), 1)
+    if share > MAX_UNKNOWN_TOKEN_SHARE:
+        return f"{share:.0%} of the caption tokens are its unknown token {tokenizer.unk_token!r}"
+    return None
+
+
 def _remote_classes(model: str):
     """(config class, model class, config) of a remote-code model folder or Hub repo."""
     from transformers import AutoConfig
@@ -184,8 +212,8 @@ def _remote_classes(model: str):
 
     source = local_or_hub(model)
     if Path(model).expanduser().exists() and not (Path(source) / "config.json").is_file():
-        raise UsageError(f"--model {model}: no config.json in that directory; pass demo, next, or a folder holding "
-                         "a config.json with an auto_map (remote code)")
+        raise UsageError(f"--model {model}: no config.json in that directory; pass {' or '.join(BUILTIN_MODELS)}, "
+                         "or a folder holding a config.json with an auto_map (remote code)")
     try:
         config = AutoConfig.from_pretrained(source, trust_remote_code=True)
     except (OSError, ValueError) as exc:
@@ -196,4 +224,8 @@ def _remote_classes(model: str):
         raise UsageError(f"--model {model}: its config.json has no auto_map for AutoModel: the model code must "
                          "travel with it (register_for_auto_class('AutoModel') before save_pretrained)")
     model_class = get_class_from_dynamic_module(reference, source)
+    if getattr(model_class, "_auto_class", None) is None:
+        # Registered in the user's script rather than its module: register it here, as AutoModel.from_pretrained
+        # does, so that every save_pretrained of the run copies its code (checkpoint_files.copy_model_code too).
+        model_class.register_for_auto_class("AutoModel")
     return type(config), model_class, config

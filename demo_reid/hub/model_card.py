@@ -18,7 +18,9 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from pipeline_reid import TASK as PIPELINE_TASK
 
-__all__ = ["MODEL_CARD_TEXT", "ModelCardInfo", "build_model_card", "licence_text", "save_model_card", "FINAL_EPOCH",
+from ..models import card_text
+
+__all__ = ["ModelCardInfo", "build_model_card", "licence_text", "save_model_card", "FINAL_EPOCH",
            "BEST_ON_TEST", "LICENCE_FILE", "best_on_test_label"]
 
 # How the reported epoch was chosen (train.py --select-best-on-test); shown in the card and in model-index.
@@ -36,64 +38,6 @@ TASK_TYPE = PIPELINE_TASK  # the Hub task of an embedding model (ReID has no tas
 LICENCE_FILE = "LICENSE.md"  # the terms of a model trained on research-only data, linked from the card's metadata
 TASK_NAME = "Multi-modal object re-identification"
 HEADLINE_METRICS = ("mAP", "Rank-1")  # the two numbers every ReID paper reports; in model-index
-
-# model_type -> description (first sentence of the card), tags, and extra sections (title -> Markdown lines).
-MODEL_CARD_TEXT = {
-    "demo_reid": {
-        "description": "DeMo (Decoupled Feature-Based Mixture of Experts, AAAI 2025) multi-modal (RGB / NIR / TIR) "
-        "object re-identification model",
-        "tags": ("demo",),
-        "sections": {},
-    },
-    "next_reid": {
-        "description": "NEXT (text-modulated multi-grained experts; IEEE TIFS 2026, arXiv 2505.20001) multi-modal "
-        "(RGB / NIR / TIR) object re-identification model, in this repository's own implementation",
-        "tags": ("next", "text-modulated"),
-        "sections": {
-            "Our reading of the paper": [
-                "The NEXT authors have not released code. This model implements their framework figure (TMSE, "
-                "CSSE, MGFA) and the few further facts secondary sources report (a review of arXiv v3; readers' "
-                "notes on arXiv v5); every other choice is ours, not the authors' (docs/next.md of the repository "
-                "marks each one):",
-                "",
-                "- saliency: a learned sampling router per modality (LayerNorm + Linear to one score, softmax over "
-                "the patches; reported);",
-                "- the text modulation: one FC -> QuickGELU -> FC network per expert on the three concatenated "
-                "caption-to-patch cosine maps, added to the saliency; each expert keeps the top-k patches of each "
-                "modality, weighted by k x softmax of their scores (ours);",
-                "- each semantic expert is Dropout(MLP(LN(F))) + F on its sampled tokens (reported), reduced to one "
-                "feature by the selection-weighted mean (ours); the selection weights act after every "
-                "normalisation, so the captions shape the trained model;",
-                "- CSSE: Soft-MoE routing with several slots per structure expert; each expert's feature is the "
-                "combine-weighted mean of its slot outputs; no balance loss (ours);",
-                "- MGFA: one multi-head cross-attention per branch with the three class tokens as queries; the final "
-                "feature concat(semantic, structure) is the retrieval feature and the one supervised with ID + "
-                "triplet loss (figure);",
-                "- captions: in training each semantic expert reads, of each modality's caption, a seeded random "
-                "count of sentences uniform in [1, n] (figure: different counts; the distribution is ours); at test "
-                "time the whole caption (reported: the text encoder runs at inference); a learned no-text embedding "
-                "per expert and modality replaces missing captions (ours);",
-                "- expert counts and k: chosen by a small sweep on the synthetic set (ours).",
-            ],
-            "Citation": [
-                "```bibtex",
-                "@article{li2026next,",
-                "  title   = {NEXT: Multi-Grained Mixture of Experts via Text-Modulation for Multi-Modal Object "
-                "Re-Identification},",
-                "  author  = {Li, Shihao and Huang, Huaibo and Duan, Junxian and Zheng, Aihua and Tang, Jin and Ma, "
-                "Jixin},",
-                "  journal = {IEEE Transactions on Information Forensics and Security},",
-                "  volume  = {21},",
-                "  pages   = {8371--8384},",
-                "  year    = {2026},",
-                "  note    = {arXiv:2505.20001}",
-                "}",
-                "```",
-            ],
-        },
-    },
-}
-
 
 @dataclass
 class ModelCardInfo:
@@ -175,9 +119,7 @@ def usage_snippet(info: ModelCardInfo) -> list[str]:
 
 def build_model_card(info: ModelCardInfo) -> ModelCard:
     """The checkpoint's card: Hub metadata (model-index, base_model, license, ...) and the text below it."""
-    text = MODEL_CARD_TEXT.get(info.model_type) or {
-        "description": f"A multi-modal (RGB / NIR / TIR) object re-identification model ({info.model_type})",
-        "tags": (), "sections": {}}
+    text = card_text(info.model_type)  # the registry's text of a built-in model, a generic one otherwise
     if info.research_only_data:  # the terms are in LICENSE.md (save_model_card), summarised in the Licence section
         license_fields = dict(license="other", license_name="research-only", license_link=LICENCE_FILE)
     else:
@@ -187,7 +129,7 @@ def build_model_card(info: ModelCardInfo) -> ModelCard:
         base_model=info.base_model,
         library_name="transformers",
         pipeline_tag=PIPELINE_TASK,
-        tags=["re-identification", "multi-modal", "rgb-nir-tir", *text["tags"]],
+        tags=["re-identification", "multi-modal", "rgb-nir-tir", *text.tags],
         datasets=[info.dataset_id] if info.dataset_id else None,
         eval_results=eval_results(info) or None,
         **license_fields,
@@ -195,7 +137,7 @@ def build_model_card(info: ModelCardInfo) -> ModelCard:
     lines = [
         f"# {info.name}",
         "",
-        f"{text['description']}, trained with `train.py` of the demo-reid repository on {info.dataset_description}. "
+        f"{text.description}, trained with `train.py` of the demo-reid repository on {info.dataset_description}. "
         "The pipeline, the processor and the model load with `trust_remote_code=True`: their code is in this "
         "repository.",
         "",
@@ -233,7 +175,7 @@ def build_model_card(info: ModelCardInfo) -> ModelCard:
     ]
     if info.recipe:
         lines += ["| option | value |", "|---|---|", *[f"| {key} | {value} |" for key, value in info.recipe.items()], ""]
-    for title, body in text["sections"].items():
+    for title, body in text.sections.items():
         lines += [f"## {title}", "", *body, ""]
     lines += ["## Licence", "", _licence_note(info), ""]
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from image_processing_demo import DeMoImageProcessor
-from processing_next import NextProcessor
+from image_processing_reid import ReIDImageProcessor
+from processing_reid import ReIDProcessor
 
 from ..data.text import caption_max_length
 
@@ -11,17 +11,18 @@ __all__ = ["build_processor", "tokenizer_of"]
 
 
 def build_processor(config, tokenizer=None):
-    """A :class:`DeMoImageProcessor` at the model's input size, combined with ``tokenizer`` into a
-    :class:`NextProcessor` for a text-conditioned model (captions truncated to the text tower's position limit)."""
+    """The family's :class:`ReIDImageProcessor` at the model's input size, combined with ``tokenizer`` into a
+    :class:`ReIDProcessor` for a model that reads captions (``config.uses_text``; captions truncated to the text
+    tower's position limit). Any model of the family, built-in or remote code, gets its processor this way."""
     height, width = config.image_size
-    image_processor = DeMoImageProcessor(size={"height": int(height), "width": int(width)})
-    if tokenizer is None:
+    image_processor = ReIDImageProcessor(size={"height": int(height), "width": int(width)})
+    if tokenizer is None or not getattr(config, "uses_text", False):
         return image_processor
-    return NextProcessor(image_processor, tokenizer, caption_max_length=caption_max_length(config, tokenizer))
+    return ReIDProcessor(image_processor, tokenizer, caption_max_length=caption_max_length(config, tokenizer))
 
 
 def tokenizer_of(processing_class):
     """The caption tokenizer inside a trainer's ``processing_class`` (a processor or a bare tokenizer), or None."""
-    if processing_class is None or isinstance(processing_class, DeMoImageProcessor):
+    if processing_class is None or isinstance(processing_class, ReIDImageProcessor):
         return None
     return getattr(processing_class, "tokenizer", processing_class)

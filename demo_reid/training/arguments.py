@@ -4,9 +4,9 @@ augmentation options, each defined once where it is used.
 - :class:`ReIDArguments`: what to train on and which model to build.
 - :class:`ReIDTrainingArguments`: ``transformers.TrainingArguments`` with the P x K batch, the learning-rate groups
   and the per-epoch schedule of the authors' recipe as defaults.
-- Model options come from the config classes (:class:`configuration_demo.ReIDConfig`, ``DeMoConfig``,
-  ``NextConfig``), loss options from :class:`~demo_reid.training.losses.ReIDLoss`, augmentation options from
-  :class:`~demo_reid.data.augment.ReIDAugment` (see :mod:`demo_reid.training.options`).
+- Model options come from the config classes (:class:`configuration_reid.ReIDConfig` and each registered model's,
+  :mod:`demo_reid.models`), loss options from :class:`~demo_reid.training.losses.ReIDLoss`, augmentation options
+  from :class:`~demo_reid.data.augment.ReIDAugment` (see :mod:`demo_reid.training.options`).
 
 Precedence (lowest first): defaults in code < the recipe file (``--preset NAME`` = ``configs/NAME.yaml``, or the
 file given with ``--config``) < command-line flags. A recipe file holds ``option: value`` pairs; a section named
@@ -30,16 +30,14 @@ from transformers import HfArgumentParser, TrainingArguments
 from transformers.trainer_utils import IntervalStrategy, SaveStrategy
 from transformers.training_args import OptimizerNames
 
-from configuration_demo import DeMoConfig, ReIDConfig
-from configuration_next import NextConfig
-
 from ..data.augment import ReIDAugment
 from ..errors import UsageError
 from ..evaluation.metrics import METRIC_KEYS
 from ..hub.model_card import BEST_ON_TEST, FINAL_EPOCH, best_on_test_label
 from ..output_paths import check_output_dir
 from ..hub.backbones import PRETRAINED_BACKBONE
-from ..hub.factory import BUILTIN_MODELS, RUN_FIELDS
+from ..hub.factory import RUN_FIELDS
+from ..models import BUILTIN_MODELS, FAMILY_OPTIONS_GROUP
 from ..data.missing import FILL_HELP, FILL_MODES
 from .losses import ReIDLoss
 from .optimizers import AUTHORS_OPTIMIZER, check_optimizer_options
@@ -357,10 +355,10 @@ RECIPE_OPTIONS = ("image_size", "config_overrides", "synthetic_dir", "bias_lr_fa
                   "deterministic", "profile", "dataset_revision", "checkpoint_on_signal", "fill_missing_modalities")
 # Model options: the towers' sub-configs (from --backbone) and the fields set from the run are no flags.
 SET_BY_THE_RUN = ("vision_config", "text_config", *RUN_FIELDS)
+# One group for the family's shared options, then one per built-in model (the registry, demo_reid/models.py).
 MODEL_OPTION_GROUPS = (
-    (ReIDConfig, "model options of DeMo and NEXT (ReIDConfig)"),
-    (DeMoConfig, "DeMo options (--model demo, DeMoConfig)"),
-    (NextConfig, "NEXT options (--model next, NextConfig)"),
+    FAMILY_OPTIONS_GROUP,
+    *((entry.config_class, entry.options_group) for entry in BUILTIN_MODELS.values()),
 )
 
 USAGE_EXAMPLES = """\
