@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from demo_reid.hub.backbones import tiny_demo_config
-from image_processing_demo import DeMoImageProcessor
+from image_processing_reid import ReIDImageProcessor as DeMoImageProcessor
 from modeling_demo import DeMoModel
 from pipeline_reid import ReIDFeatureExtractionPipeline
 
@@ -107,7 +107,7 @@ def next_pipe():
     from demo_reid.data.text import build_caption_tokenizer
     from demo_reid.hub.backbones import tiny_next_config
     from modeling_next import NextModel
-    from processing_next import NextProcessor
+    from processing_reid import ReIDProcessor as NextProcessor
 
     tokenizer = build_caption_tokenizer(["a man in a red coat.", "a warm shape."], model_max_length=40)
     torch.manual_seed(0)
