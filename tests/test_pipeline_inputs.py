@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from demo_reid.hub.backbones import tiny_demo_config
-from image_processing_reid import ReIDImageProcessor as DeMoImageProcessor
+from image_processing_reid import ReIDImageProcessor
 from modeling_demo import DeMoModel
 from pipeline_reid import ReIDFeatureExtractionPipeline
 
@@ -21,7 +21,7 @@ def pipe():
     torch.manual_seed(0)
     model = DeMoModel(tiny_demo_config(num_labels=6, num_cameras=3, image_size=(32, 16))).eval()
     return ReIDFeatureExtractionPipeline(model=model,
-                                         image_processor=DeMoImageProcessor(size={"height": 32, "width": 16}))
+                                         image_processor=ReIDImageProcessor(size={"height": 32, "width": 16}))
 
 
 @pytest.fixture(scope="module")
@@ -107,12 +107,12 @@ def next_pipe():
     from demo_reid.data.text import build_caption_tokenizer
     from demo_reid.hub.backbones import tiny_next_config
     from modeling_next import NextModel
-    from processing_reid import ReIDProcessor as NextProcessor
+    from processing_reid import ReIDProcessor
 
     tokenizer = build_caption_tokenizer(["a man in a red coat.", "a warm shape."], model_max_length=40)
     torch.manual_seed(0)
     model = NextModel(tiny_next_config(tokenizer, num_labels=6, num_cameras=3, image_size=(32, 16))).eval()
-    processor = NextProcessor(DeMoImageProcessor(size={"height": 32, "width": 16}), tokenizer)
+    processor = ReIDProcessor(ReIDImageProcessor(size={"height": 32, "width": 16}), tokenizer)
     return ReIDFeatureExtractionPipeline(model=model, processor=processor, image_processor=processor.image_processor)
 
 
