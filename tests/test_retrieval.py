@@ -95,7 +95,7 @@ def test_exact_index_gives_eval_ranking_and_map(checkpoint, data_dir, galleries,
 def test_embeddings_columns_and_manifest(galleries, data_dir):
     gallery = galleries["gallery"]
     source = datasets.load_from_disk(str(data_dir))["gallery"]
-    assert gallery.column_names == ["pid", "camid", "sceneid", "name", "embedding"]
+    assert gallery.column_names == ["pid", "camid", "sceneid", "name", "time", "source", "embedding"]
     assert gallery["name"] == source["name"] and gallery["pid"] == source["pid"] and gallery["camid"] == source["camid"]
     emb = gallery.with_format("numpy")[:]["embedding"]
     assert gallery.features["embedding"].feature.dtype == "float32"
