@@ -101,6 +101,16 @@ def connect(location: str, what: str, create: bool):
         raise UsageError(f"{what} {location}: cannot connect to Milvus ({_milvus_message(exc)})") from None
 
 
+def close_client(client, location: str) -> None:
+    """Close the connection; for a Milvus Lite file also stop its embedded server, which releases the file's lock
+    (pymilvus keeps it for the life of the process otherwise) so that another process can open it."""
+    client.close()
+    if not location.startswith(("http://", "https://", "tcp://", "grpc://")):
+        from milvus_lite.server_manager import server_manager_instance
+
+        server_manager_instance.release_server(str(Path(location).expanduser().absolute()))
+
+
 def _milvus_message(exc) -> str:
     return first_line(getattr(exc, "message", None) or exc, 200)
 
@@ -156,7 +166,7 @@ class MilvusStore(GalleryStore):
         return cls(client, location, collection, json.loads(text))
 
     def close(self) -> None:
-        self.client.close()
+        close_client(self.client, self.location)
 
     # -- reading ------------------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -259,7 +269,7 @@ def open_milvus(location: str, collection: Optional[str] = None, create_info: Op
             return MilvusStore.create(client, location, collection, create_info, index_kind, expected_rows)
         return MilvusStore.open(client, location, collection, what)
     except BaseException:
-        client.close()
+        close_client(client, location)
         raise
 
 
@@ -274,4 +284,4 @@ def check_new_collection(location: str, collection: Optional[str], overwrite: bo
             raise UsageError(f"--output {location}: collection {collection!r} already exists (pass --overwrite to "
                              "replace it, --append to add to it)")
     finally:
-        client.close()
+        close_client(client, location)
