@@ -98,6 +98,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "add to it)")
         if args.append and not Path(args.output).exists():
             raise UsageError(f"--append: --output {args.output} does not exist; embed without --append first")
+    elif args.retrain:
+        raise UsageError("--retrain is for FAISS ivf / ivfpq folders: Milvus builds the index of each sealed segment "
+                         "itself as rows arrive")
     elif args.push_to_hub:
         raise UsageError("--push-to-hub pushes a FAISS folder's embeddings Dataset; a Milvus gallery stays in Milvus")
     elif args.index == "none":

@@ -40,7 +40,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    return Path(build_tiny_dataset(tmp_path_factory.mktemp("stores-data"), seed=5, num_train_ids=8,
+    return Path(build_tiny_dataset(tmp_path_factory.mktemp("stores-data"), seed=3, num_train_ids=8,
                                    num_test_ids=6, images_per_id=6))
 
 

@@ -125,7 +125,11 @@ def embed_into_gallery(model_path: str, source: str, output, split: str = "galle
                   "layout": layout, "dataset_revision": revision, "num_processes": accelerator.num_processes}
         if append:
             store = open_gallery(output, collection, what="--output")
-            store.check_model(fingerprint, store.dim, f"--model {model_path}")
+            try:
+                store.check_model(fingerprint, store.dim, f"--model {model_path}")
+            except BaseException:
+                store.close()
+                raise
         else:
             check_new_gallery(output, collection, overwrite, index_spec, index_kind)
             checkpoint = Path(model_path).expanduser()
@@ -150,8 +154,12 @@ def embed_into_gallery(model_path: str, source: str, output, split: str = "galle
             store = open_gallery(output, collection, create_info=dict(info, dim=dim), what="--output",
                                  index_spec=index_spec, index_kind=index_kind or "exact", expected_rows=len(todo),
                                  overwrite=overwrite)
-        store.check_model(None, dim, f"--model {model_path}")
-        return store, store.append(gallery_rows(todo, embeddings), source=origin, retrain=retrain)
+        try:
+            store.check_model(None, dim, f"--model {model_path}")
+            return store, store.append(gallery_rows(todo, embeddings), source=origin, retrain=retrain)
+        except BaseException:
+            store.close()
+            raise
     finally:
         accelerator.wait_for_everyone()
 

@@ -60,12 +60,17 @@ def _import_pymilvus():
     return pymilvus
 
 
+# Milvus Lite files this process has open -> number of open clients: their embedded server (and the file's lock)
+# is stopped when the last one closes.
+_OPEN_HERE: dict = {}
+
+
 def _lite_locked(path: Path) -> bool:
     """Whether another process holds the Milvus Lite file's lock (tried without waiting, released at once)."""
     import fcntl
 
     lock = path / "LOCK"
-    if not lock.is_file():
+    if str(path) in _OPEN_HERE or not lock.is_file():
         return False
     with open(lock, "a") as handle:
         try:
@@ -93,7 +98,10 @@ def connect(location: str, what: str, create: bool):
         path.parent.mkdir(parents=True, exist_ok=True)
         location = str(path)
     try:
-        return pymilvus.MilvusClient(uri=location, token=os.environ.get(TOKEN_VARIABLE, ""), timeout=10)
+        client = pymilvus.MilvusClient(uri=location, token=os.environ.get(TOKEN_VARIABLE, ""), timeout=10)
+        if lite:
+            _OPEN_HERE[location] = _OPEN_HERE.get(location, 0) + 1
+        return client
     except Exception as exc:  # pymilvus raises its own exception types (and grpc's) for every failure
         if lite and _lite_locked(Path(location)):
             raise UsageError(f"{what} {location}: the Milvus Lite file is open in another process (Milvus Lite "
@@ -108,7 +116,11 @@ def close_client(client, location: str) -> None:
     if not location.startswith(("http://", "https://", "tcp://", "grpc://")):
         from milvus_lite.server_manager import server_manager_instance
 
-        server_manager_instance.release_server(str(Path(location).expanduser().absolute()))
+        path = str(Path(location).expanduser().absolute())
+        _OPEN_HERE[path] = _OPEN_HERE.get(path, 1) - 1
+        if _OPEN_HERE[path] <= 0:
+            del _OPEN_HERE[path]
+            server_manager_instance.release_server(path)
 
 
 def _milvus_message(exc) -> str:
