@@ -69,7 +69,7 @@ def run(args) -> int:
 
     with open_gallery(args.index, args.collection) as gallery:
         if args.command == "info":
-            print(json.dumps({"store": gallery.kind, "index": gallery.location, "rows": len(gallery),
+            print(json.dumps({"store": gallery.kind, "location": gallery.location, "rows": len(gallery),
                               **{k: v for k, v in gallery.info.items() if k != "num_rows"}}))
             return 0
         removed = gallery.delete(args.rule)
