@@ -384,3 +384,22 @@ def test_a_milvus_server_takes_the_same_calls(tmp_path):
         client = MilvusClient(uri=uri, token=os.environ.get("MILVUS_TOKEN", ""))
         client.drop_collection(collection)
         client.close()
+
+
+def test_the_demo_service_searches_a_milvus_gallery(data_dir, splits):
+    """The demo page's back end on a Milvus Lite gallery: a gallery row's own triple is found first, and the result
+    pictures are that row's images (found by name in the dataset the gallery was embedded from)."""
+    from demo_reid.retrieval.service import RetrievalService, side_by_side
+
+    service = RetrievalService(None, str(splits / "gallery.db"))
+    assert service.problem is None, service.problem
+    try:
+        row = datasets.load_from_disk(str(data_dir))["gallery"][9]
+        test = data_dir.parent / "raw" / "RGBNT201" / "test"
+        paths = [str(test / tag / row["name"]) for tag in ("RGB", "NI", "TI")]
+        result = service.search(paths, k=5, camera=row["camid"])
+        assert len(result.gallery) == 5 and result.gallery[0][1].startswith(f"#1 · id {row['pid']} ")
+        expected = np.asarray(side_by_side([row["rgb"], row["nir"], row["tir"]]), dtype=np.float32)
+        assert np.abs(np.asarray(result.gallery[0][0], dtype=np.float32) - expected).max() == 0
+    finally:
+        service.gallery.close()
