@@ -16,6 +16,7 @@ several nprobe values. The exact figures beside them: a flat index at 100k (buil
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 
@@ -116,6 +117,7 @@ def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
 
 def _latency(faiss, index, queries: np.ndarray, k: int) -> tuple[float, np.ndarray]:
     """Median seconds of one query at a time on one thread, and the rows found."""
+    threads = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)
     index.search(queries[:5], k)  # warm-up
     times, rows = [], []
@@ -124,7 +126,7 @@ def _latency(faiss, index, queries: np.ndarray, k: int) -> tuple[float, np.ndarr
         _, r = index.search(q[None], k)
         times.append(time.perf_counter() - start)
         rows.append(r[0])
-    faiss.omp_set_num_threads(2)
+    faiss.omp_set_num_threads(threads)
     return statistics.median(times), np.stack(rows)
 
 
@@ -324,6 +326,9 @@ def run_store_comparison(sizes=(100_000,), stores=("faiss", "milvus"), models=("
     import faiss
 
     workdir = Path(workdir or tempfile.mkdtemp(prefix="store-bench-"))
+    # builds on 2 threads, as the suite above; OMP_NUM_THREADS=1 on a machine whose cores are busy (spinning
+    # OpenMP threads that wait for a core slow a build down many times)
+    threads = int(os.environ.get("OMP_NUM_THREADS", 2))
     out = []
     for name, dim in retrieval_dims().items():
         if name not in models:
@@ -333,7 +338,7 @@ def run_store_comparison(sizes=(100_000,), stores=("faiss", "milvus"), models=("
             queries = data.queries(num_queries)
             extra = ClusteredEmbeddings(dim, APPEND_ROWS, seed=1)._rows(
                 np.random.default_rng([0, 3]).integers(0, data.num_ids, APPEND_ROWS), np.random.default_rng([0, 4]))
-            faiss.omp_set_num_threads(2)
+            faiss.omp_set_num_threads(threads)
             exact = ExactTopK(queries, k, timed_queries=0)
             for i in range(data.num_chunks()):
                 exact.update(faiss, data.chunk(i), i * CHUNK)
@@ -346,7 +351,7 @@ def run_store_comparison(sizes=(100_000,), stores=("faiss", "milvus"), models=("
                 faiss.omp_set_num_threads(1)
                 cases += [_milvus_case(label, data, queries, exact.rows, extra, k, workdir / "bench.db", log)
                           for label in MILVUS_CASES]
-                faiss.omp_set_num_threads(2)
+                faiss.omp_set_num_threads(threads)
             out.append({"model": name, "dim": dim, "rows": num_rows, "appended": APPEND_ROWS, "k": k,
                         "queries": num_queries, "stores": cases})
     return out

@@ -122,13 +122,12 @@ def run(args) -> list:
 
     quiet_progress()
     with open_gallery(args.index, args.collection) as gallery:
-        if args.nprobe is not None or args.refine is not None:
-            if gallery.kind == "faiss":
-                gallery.index.set_search(nprobe=args.nprobe, refine=args.refine) if gallery.index else None
-            elif args.refine is not None:
+        if gallery.kind == "faiss" and gallery.index is not None:
+            gallery.index.set_search(nprobe=args.nprobe, refine=args.refine)
+        elif gallery.kind == "milvus":
+            if args.refine is not None:
                 raise UsageError("--refine is for a FAISS ivfpq index; a Milvus gallery takes --nprobe")
-            else:
-                gallery.set_search(nprobe=args.nprobe)
+            gallery.set_search(nprobe=args.nprobe)
         vector = query_embedding(args, gallery)
         rerank = (Rerank(args.rerank_top, args.rerank_k1, args.rerank_k2, args.rerank_lambda) if args.rerank
                   else None)
