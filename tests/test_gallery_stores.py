@@ -24,7 +24,6 @@ import datasets  # noqa: E402
 from demo_reid.evaluation.metrics import compute_distance_matrix, reid_metrics  # noqa: E402
 from demo_reid.retrieval.filters import RowFilter  # noqa: E402
 from demo_reid.retrieval.index import IndexSpec  # noqa: E402
-from demo_reid.retrieval.search import search_gallery  # noqa: E402
 from demo_reid.retrieval.store import GalleryRows, new_info, open_gallery  # noqa: E402
 
 sys.path.insert(0, str(REPO_ROOT))

@@ -12,7 +12,6 @@ every append and query, so that vectors of two models are never mixed or compare
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from dataclasses import asdict, dataclass
 from typing import Optional
@@ -20,7 +19,7 @@ from typing import Optional
 import numpy as np
 
 from ..errors import UsageError
-from .filters import FILTER_FIELDS, RowFilter
+from .filters import RowFilter
 
 __all__ = ["EMBEDDING_COLUMN", "GalleryRows", "GalleryStore", "Hit", "STORES", "model_fingerprint", "open_gallery",
            "register_store", "store_kind"]
@@ -148,15 +147,6 @@ class GalleryStore:
         return f"{self.kind} gallery {self.location}: {len(self)} rows of {self.dim}-d ({self.info.get('model')})"
 
 
-def check_where(where: Optional[RowFilter]) -> RowFilter:
-    """A filter over the known fields (the dataclass refuses others; here for filters built by hand)."""
-    where = where or RowFilter()
-    for name in (*where.include, *where.exclude):
-        if name not in FILTER_FIELDS:
-            raise UsageError(f"filter field {name!r} is unknown; fields: {', '.join(FILTER_FIELDS)}")
-    return where
-
-
 def new_info(model: str, model_id: Optional[str], dim: int, index: Optional[str]) -> dict:
     """The manifest of a new gallery (sources are added by each append)."""
     return {"model": model, "model_id": model_id, "dim": int(dim), "distance": DISTANCE, "index": index,
@@ -207,6 +197,3 @@ def open_gallery(location, collection: Optional[str] = None, create_info: Option
                          "(a .db file or a server URI)")
     return STORES[kind](str(location), collection, create_info=create_info, what=what, **options)
 
-
-def dumps(info: dict) -> str:
-    return json.dumps(info, sort_keys=True)
