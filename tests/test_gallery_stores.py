@@ -402,3 +402,14 @@ def test_the_demo_service_searches_a_milvus_gallery(data_dir, splits):
         assert np.abs(np.asarray(result.gallery[0][0], dtype=np.float32) - expected).max() == 0
     finally:
         service.gallery.close()
+
+
+def test_row_times_are_capture_times_where_the_source_has_them():
+    """``time``: the source's ``captured_at`` column (unix seconds) where it has one, else the time of the append."""
+    from demo_reid.retrieval.embed import gallery_rows
+
+    split = datasets.Dataset.from_dict({"pid": [1, 2], "camid": [0, 1], "sceneid": [-1, -1], "name": ["a", "b"],
+                                        "captured_at": [1_700_000_000, 1_700_000_060]})
+    vectors = np.eye(2, dtype=np.float32)
+    assert gallery_rows(split, vectors, now=5).times.tolist() == [1_700_000_000, 1_700_000_060]
+    assert gallery_rows(split.remove_columns("captured_at"), vectors, now=5).times.tolist() == [5, 5]
