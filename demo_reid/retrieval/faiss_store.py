@@ -177,6 +177,8 @@ class FaissStore(GalleryStore):
         if not self.fresh:
             present = self.existing_names(rows.names)
             rows = rows.select([n not in present for n in rows.names])
+            if not len(rows) and not retrain:
+                return 0  # nothing new: the folder stays as it is
         new = rows_dataset(rows)
         raw = None if self.fresh else self._detach()
         old = None if self.fresh or self.dataset is None else self.dataset
