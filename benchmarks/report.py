@@ -75,6 +75,8 @@ def markdown(result: dict) -> str:
         lines.append("")
     if result.get("retrieval"):
         lines += _retrieval_table(result["retrieval"])
+    if result.get("retrieval_stores"):
+        lines += _store_table(result["retrieval_stores"])
     c = result.get("compile")
     if c:
         lines += [f"**torch.compile (inductor) vs eager**, DeMo ViT-B/16 shapes, {c['image_size']}, batch {c['batch']} "
@@ -155,4 +157,20 @@ def _retrieval_table(rows: list[dict]) -> list[str]:
     lines += ["", "Bold: the smallest nprobe meeting recall@10 >= 0.95 within 20 ms. Peak process memory per case: "
               + ", ".join(f"{r.get('model', '?')} {r['rows']:,}: {_fmt(r.get('peak_rss_gib'), 1)} GiB" for r in rows)
               + ".", ""]
+    return lines
+
+
+def _store_table(rows: list[dict]) -> list[str]:
+    lines = ["**Gallery stores side by side** (`benchmarks/run.py --only retrieval --store faiss milvus`; the same "
+             "synthetic clustered rows; append = 10k more rows into the built gallery; latency = median of one query "
+             "at a time on 1 thread, Milvus through its client; recall@10 against exact search over all rows)", "",
+             "| model (dim) | rows | store | index | build / insert (s) | appended rows/s | median latency (ms) | "
+             "recall@10 | memory (GiB) | peak RSS (GiB) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        for s in r["stores"]:
+            lines.append(f"| {r['model']} ({r['dim']}) | {r['rows']:,} | {s['store']} | {s['index']} | "
+                         f"{s['build_s']:.0f} | {s['append_rows_per_s']:,.0f} | {s['median_latency_ms']:.2f} | "
+                         f"{s['recall_at_10']:.3f} | {s['memory_gib']:.2f} ({s['memory_is']}) | "
+                         f"{_fmt(s.get('peak_rss_gib'), 1)} |")
+    lines.append("")
     return lines

@@ -16,6 +16,7 @@ several nprobe values. The exact figures beside them: a flat index at 100k (buil
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 
@@ -116,6 +117,7 @@ def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
 
 def _latency(faiss, index, queries: np.ndarray, k: int) -> tuple[float, np.ndarray]:
     """Median seconds of one query at a time on one thread, and the rows found."""
+    threads = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)
     index.search(queries[:5], k)  # warm-up
     times, rows = [], []
@@ -124,7 +126,7 @@ def _latency(faiss, index, queries: np.ndarray, k: int) -> tuple[float, np.ndarr
         _, r = index.search(q[None], k)
         times.append(time.perf_counter() - start)
         rows.append(r[0])
-    faiss.omp_set_num_threads(2)
+    faiss.omp_set_num_threads(threads)
     return statistics.median(times), np.stack(rows)
 
 
@@ -216,3 +218,140 @@ def run_retrieval_suite(sizes=(100_000, 1_000_000), nprobes=(128, 256, 512, 768,
             row["model"] = name
             rows.append(row)
     return rows
+
+
+# ------------------------------------------------------------------------------------- FAISS beside Milvus
+# Milvus Lite 3.2 builds FLAT, IVF_FLAT, IVF_SQ8, HNSW and HNSW_SQ (not IVF_PQ): the graph and the 8-bit IVF are
+# its answers to FAISS ivfpq. Each entry: store label -> (Milvus index type, build params, search params).
+MILVUS_CASES = {
+    "milvus FLAT": ("FLAT", {}, {}),
+    "milvus HNSW": ("HNSW", {"M": 16, "efConstruction": 100}, {"ef": 64}),
+    "milvus IVF_SQ8": ("IVF_SQ8", None, None),  # nlist 4 sqrt(N), nprobe 40 % of it: the FAISS ivfpq defaults
+}
+APPEND_ROWS = 10_000
+
+
+def _rows(data: ClusteredEmbeddings, x: np.ndarray, offset: int):
+    from demo_reid.retrieval.store import GalleryRows
+
+    n = len(x)
+    ids = np.arange(offset, offset + n)
+    return GalleryRows([f"r{i}" for i in ids], ids // IMAGES_PER_ID, ids % 6, np.zeros(n, dtype=np.int64), ids,
+                       [""] * n, x)
+
+
+def _milvus_case(label, data, queries, exact_rows, extra, k, path, log) -> dict:
+    """Insert every row into a Milvus Lite collection (its index built as segments seal), append ``extra``, and time
+    single queries through the store (the client's gRPC round trip included)."""
+    import math
+    import shutil
+
+    from demo_reid.retrieval import milvus_store
+    from demo_reid.retrieval.store import new_info, open_gallery
+
+    index_type, build, search = MILVUS_CASES[label]
+    nlist = max(1, int(4 * math.sqrt(data.num_rows)))
+    build = {"nlist": nlist} if build is None else build
+    search = {"nprobe": math.ceil(0.4 * nlist)} if search is None else search
+    shutil.rmtree(path, ignore_errors=True)
+    milvus_store.MILVUS_INDEX_KINDS["bench"] = lambda n: (index_type, build)
+    info = new_info("synthetic", "synthetic", data.dim, None)
+    with PeakMemory("cpu") as peak:
+        store = open_gallery(str(path), create_info=info, index_kind="bench")
+        start = time.perf_counter()
+        for i in range(data.num_chunks()):
+            store.append(_rows(data, data.chunk(i), i * CHUNK))
+        store.client.flush(store.collection)
+        build_s = time.perf_counter() - start
+        start = time.perf_counter()
+        store.append(_rows(data, extra, data.num_rows))
+        store.client.flush(store.collection)
+        append_s = time.perf_counter() - start
+        store.search_params = dict(search)
+        store.search(queries[:5], k)  # warm-up
+        times, found = [], []
+        for q in queries:
+            start = time.perf_counter()
+            hits = store.search(q[None], k)[0]
+            times.append(time.perf_counter() - start)
+            found.append([int(h.name[1:]) for h in hits])
+    disk = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**30
+    store.close()
+    shutil.rmtree(path, ignore_errors=True)
+    row = {"store": label, "index": f"{index_type} {build}".strip(), "search": search, "build_s": build_s,
+           "append_rows_per_s": len(extra) / append_s, "median_latency_ms": 1e3 * statistics.median(times),
+           "recall_at_10": recall_at_k(np.asarray([f + [-1] * (k - len(f)) for f in found]), exact_rows),
+           "memory_gib": disk, "memory_is": "on disk (.db folder)", "peak_rss_gib": peak.gib}
+    log(f"  {label} {data.dim}-d x {data.num_rows}: build {build_s:.0f} s, {row['append_rows_per_s']:.0f} rows/s "
+        f"appended, {row['median_latency_ms']:.2f} ms, recall@10 {row['recall_at_10']:.3f}")
+    return row
+
+
+def _faiss_case(faiss, label, data, queries, exact_rows, extra, k, log) -> dict:
+    """The project's FAISS chain of ``label`` (exact or the default ivfpq), trained, filled, appended to (no
+    retraining) and timed one query at a time."""
+    kind = label.split()[-1]
+    spec = IndexSpec(kind=kind, train_size=100_000).resolved(data.num_rows, data.dim)
+    index = new_faiss_index(spec, data.dim)
+    with PeakMemory("cpu") as peak:
+        start = time.perf_counter()
+        if not index.is_trained:
+            _train(faiss, index, spec, data)
+        for i in range(data.num_chunks()):
+            index.add(data.chunk(i))
+        build_s = time.perf_counter() - start
+        start = time.perf_counter()
+        index.add(extra)
+        append_s = time.perf_counter() - start
+        set_search_params(index, spec.nprobe, spec.refine)
+        latency, found = _latency(faiss, index, queries, k)
+    row = {"store": label, "index": spec.describe(data.dim), "search": {"nprobe": spec.nprobe}, "build_s": build_s,
+           "append_rows_per_s": len(extra) / append_s, "median_latency_ms": 1e3 * latency,
+           "recall_at_10": recall_at_k(found, exact_rows), "memory_gib": len(faiss.serialize_index(index)) / 2**30,
+           "memory_is": "index (serialized)", "peak_rss_gib": peak.gib}
+    log(f"  {label} {data.dim}-d x {data.num_rows}: build {build_s:.0f} s, {row['append_rows_per_s']:.0f} rows/s "
+        f"appended, {row['median_latency_ms']:.2f} ms, recall@10 {row['recall_at_10']:.3f}")
+    return row
+
+
+def run_store_comparison(sizes=(100_000,), stores=("faiss", "milvus"), models=("DeMo", "NEXT"), k: int = 10,
+                         num_queries: int = 100, workdir=None, log=print) -> list[dict]:
+    """FAISS (exact, ivfpq) beside Milvus Lite (FLAT, HNSW, IVF_SQ8) on the same rows, in one run: build / insert
+    time, rows per second of a 10k-row append, median single-query latency (one FAISS thread; Milvus Lite serves
+    in-process, its FAISS limited to one thread too), recall@10 against exact search, memory. The exact top-10 is
+    over the gallery after the append."""
+    import tempfile
+    from pathlib import Path
+
+    import faiss
+
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="store-bench-"))
+    # builds on 2 threads, as the suite above; OMP_NUM_THREADS=1 on a machine whose cores are busy (spinning
+    # OpenMP threads that wait for a core slow a build down many times)
+    threads = int(os.environ.get("OMP_NUM_THREADS", 2))
+    out = []
+    for name, dim in retrieval_dims().items():
+        if name not in models:
+            continue
+        for num_rows in sizes:
+            data = ClusteredEmbeddings(dim, num_rows)
+            queries = data.queries(num_queries)
+            extra = ClusteredEmbeddings(dim, APPEND_ROWS, seed=1)._rows(
+                np.random.default_rng([0, 3]).integers(0, data.num_ids, APPEND_ROWS), np.random.default_rng([0, 4]))
+            faiss.omp_set_num_threads(threads)
+            exact = ExactTopK(queries, k, timed_queries=0)
+            for i in range(data.num_chunks()):
+                exact.update(faiss, data.chunk(i), i * CHUNK)
+            exact.update(faiss, extra, num_rows)
+            cases = []
+            if "faiss" in stores:
+                cases += [_faiss_case(faiss, label, data, queries, exact.rows, extra, k, log)
+                          for label in ("faiss exact", "faiss ivfpq")]
+            if "milvus" in stores:
+                faiss.omp_set_num_threads(1)
+                cases += [_milvus_case(label, data, queries, exact.rows, extra, k, workdir / "bench.db", log)
+                          for label in MILVUS_CASES]
+                faiss.omp_set_num_threads(threads)
+            out.append({"model": name, "dim": dim, "rows": num_rows, "appended": APPEND_ROWS, "k": k,
+                        "queries": num_queries, "stores": cases})
+    return out

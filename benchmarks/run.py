@@ -60,6 +60,9 @@ def parse_args(argv=None):
                    help="gallery sizes of the retrieval suite (--quick: 100k only)")
     p.add_argument("--retrieval-models", nargs="+", choices=("DeMo", "NEXT"), default=["DeMo", "NEXT"],
                    help="whose retrieval dimension the retrieval suite uses (DeMo 5120, NEXT 3072)")
+    p.add_argument("--store", nargs="+", choices=("faiss", "milvus"), default=None,
+                   help="retrieval suite: compare these gallery stores side by side on the same rows (FAISS exact "
+                        "and ivfpq, Milvus Lite FLAT / HNSW / IVF_SQ8) instead of the FAISS ivfpq nprobe sweep")
     return p.parse_args(argv)
 
 
@@ -110,7 +113,12 @@ def main(argv=None) -> int:
 
         print("retrieval", flush=True)
         sizes = [n for n in args.retrieval_rows if n <= 100_000] if quick else args.retrieval_rows
-        result["retrieval"] = run_retrieval_suite(sizes, models=args.retrieval_models, log=log)
+        if args.store:
+            from retrieval_suite import run_store_comparison
+
+            result["retrieval_stores"] = run_store_comparison(sizes, args.store, args.retrieval_models, log=log)
+        else:
+            result["retrieval"] = run_retrieval_suite(sizes, models=args.retrieval_models, log=log)
     if "model" in args.only:
         from model_suite import cpu_matmul_gflops, run_model_suite
 

@@ -1,16 +1,21 @@
 #!/usr/bin/env python
-"""Embed a collection with a trained checkpoint into a datasets.Dataset (metadata + L2-normalised embedding), and
-optionally build its FAISS gallery index beside it.
+"""Embed a collection with a trained checkpoint into a gallery: a FAISS folder (datasets Arrow files + a FAISS
+index; the default, one machine) or a Milvus collection (a Milvus Lite .db file, or a Milvus server by URI).
 
     python data_scripts/embed.py --model outputs/demo-synthetic --dataset outputs/synthetic-rgbnt201 \
         --split gallery --output outputs/gallery-synthetic --index exact
     python data_scripts/embed.py --model CKPT --dataset /data/RGBNT201 --split gallery --output DIR   # image folder
+    python data_scripts/embed.py --model CKPT --dataset DATA --output gallery.db --index hnsw   # Milvus Lite
+    MILVUS_TOKEN=... python data_scripts/embed.py --model CKPT --dataset DATA --output http://host:19530 \
+        --collection city --index ivfpq   # a Milvus server (token from $MILVUS_TOKEN)
+    python data_scripts/embed.py --model CKPT --dataset NEW_TRIPLES --output DIR_OR_DB --append   # add new rows
     torchrun --nproc_per_node 2 data_scripts/embed.py --model CKPT --dataset DATA --output DIR   # N processes
 
 --dataset is a folder saved by build_dataset.py, a Hub dataset id, or a folder of image triples in a release layout
-(a release root or one split folder; file names that do not parse get pid/camid -1). Every process embeds its
-shard; rank 0 writes everything into a hidden folder renamed to --output at the end, so a killed run leaves
-nothing at --output. Bad input is one line naming the argument, exit status 2.
+(a release root or one split folder; file names that do not parse get pid/camid -1). --append embeds only rows
+whose name the gallery lacks (a rerun after a killed append completes it). Every process embeds its shard; rank 0
+writes: a FAISS folder is replaced as a whole (a killed run leaves it as it was), Milvus takes whole rows per
+insert. Bad input is one line naming the argument, exit status 2.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from pathlib import Path
 
 from demo_reid.errors import UsageError, first_line, run_cli
 from demo_reid.retrieval.index import INDEX_KINDS, NPROBE_SHARE, IndexSpec
+from demo_reid.retrieval.milvus_store import MILVUS_INDEX_KINDS
+from demo_reid.retrieval.store import store_kind
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -34,11 +41,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--layout", default=None, help="release layout of an image folder (RGBNT201, RGBNT100, MSVR310, "
                                                  "WMVEID863) when it cannot be told from the sub-folders")
     p.add_argument("--dataset-revision", default=None, help="branch, tag or commit of a Hub --dataset")
-    p.add_argument("--output", required=True, type=Path, help="folder to write (save_to_disk + retrieval.json)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
-    p.add_argument("--index", choices=("none", *INDEX_KINDS), default="none",
-                   help="also build this FAISS index into --output: exact (flat, eval.py's ranking), ivf, or ivfpq "
-                        "(PCA + IVF + PQ + re-scoring, for large galleries)")
+    p.add_argument("--output", required=True,
+                   help="the gallery: a folder (FAISS), a Milvus Lite file ending in .db, or a Milvus server URI "
+                        "(http://host:19530; token from $MILVUS_TOKEN)")
+    p.add_argument("--store", choices=("faiss", "milvus"), default=None,
+                   help="the gallery store (default: told by --output's form; given, it must match it)")
+    p.add_argument("--collection", default=None, help="Milvus: the collection (default: gallery)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output (or collection)")
+    p.add_argument("--append", action="store_true",
+                   help="add the rows the existing gallery lacks (by name), with the model that embedded it")
+    p.add_argument("--retrain", action="store_true",
+                   help="with --append to a FAISS ivf / ivfpq folder: train the index again on all rows (pays once "
+                        "the gallery has grown several times past the rows it was trained on; docs/retrieval.md)")
+    p.add_argument("--index", choices=("none", *dict.fromkeys((*INDEX_KINDS, *MILVUS_INDEX_KINDS))), default=None,
+                   help="the index: exact (eval.py's ranking), ivf, ivfpq (FAISS: PCA + IVF + PQ + re-scoring; "
+                        "Milvus: IVF_PQ, servers only), hnsw (Milvus only); FAISS default none (embeddings only), "
+                        "Milvus default exact (FLAT)")
     p.add_argument("--nlist", type=int, default=None, help="ivf / ivfpq: k-means cells (default about 4 sqrt(rows))")
     p.add_argument("--nprobe", type=int, default=None, help=f"ivf / ivfpq: cells visited per query (default "
                    f"{NPROBE_SHARE:.0%}% of --nlist; saved as the default, search.py --nprobe overrides)")
@@ -61,14 +79,41 @@ def parse_args(argv=None) -> argparse.Namespace:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     if args.refine < 0:
         raise UsageError(f"--refine must be >= 0, got {args.refine}")
-    args.output = args.output.expanduser().absolute()
-    if args.output.exists() and not args.overwrite:
-        raise UsageError(f"--output {args.output} already exists (pass --overwrite to replace it)")
+    kind = store_kind(args.output)
+    if args.store is not None and args.store != kind:
+        raise UsageError(f"--store {args.store}: --output {args.output} is a {kind} gallery (a Milvus gallery is a "
+                         ".db file or an http(s):// URI, a FAISS gallery a folder)")
+    args.store = kind
+    if kind == "faiss":
+        args.output = str(Path(args.output).expanduser().absolute())
+        if args.index == "hnsw":
+            raise UsageError("--index hnsw is a Milvus index; a FAISS folder takes exact, ivf or ivfpq")
+        if args.collection is not None:
+            raise UsageError(f"--collection {args.collection}: a FAISS folder holds one gallery; --collection is for "
+                             "Milvus (a .db file or a server URI)")
+        if Path(args.output).exists() and not (args.overwrite or args.append):
+            raise UsageError(f"--output {args.output} already exists (pass --overwrite to replace it, --append to "
+                             "add to it)")
+        if args.append and not Path(args.output).exists():
+            raise UsageError(f"--append: --output {args.output} does not exist; embed without --append first")
+    elif args.retrain:
+        raise UsageError("--retrain is for FAISS ivf / ivfpq folders: Milvus builds the index of each sealed segment "
+                         "itself as rows arrive")
+    elif args.push_to_hub:
+        raise UsageError("--push-to-hub pushes a FAISS folder's embeddings Dataset; a Milvus gallery stays in Milvus")
+    elif args.index == "none":
+        raise UsageError("--index none: a Milvus collection always has an index (exact, ivf, hnsw or ivfpq)")
+    if args.append and args.overwrite:
+        raise UsageError("--append adds to the gallery, --overwrite replaces it: give one")
+    if args.append and args.index is not None:
+        raise UsageError(f"--index {args.index}: an append keeps the gallery's index (--retrain trains it again)")
+    if args.retrain and not args.append:
+        raise UsageError("--retrain retrains the index of an existing gallery: use it with --append")
     return args
 
 
-def run(args) -> Path | None:
-    from demo_reid.retrieval.embed import embed_to_folder
+def run(args):
+    from demo_reid.retrieval.embed import embed_into_gallery
 
     if args.no_progress:
         import datasets
@@ -77,24 +122,30 @@ def run(args) -> Path | None:
         hf_logging.disable_progress_bar()
         datasets.disable_progress_bars()
     spec = None
-    if args.index != "none":
+    if args.store == "faiss" and args.index not in (None, "none"):
         spec = IndexSpec(kind=args.index, nlist=args.nlist, nprobe=args.nprobe, pca_dim=args.pca_dim, pq_m=args.pq_m,
                          refine=args.refine)
-    result = embed_to_folder(args.model, args.dataset, args.output, split=args.split, layout=args.layout,
-                             revision=args.dataset_revision, index_spec=spec, batch_size=args.batch_size,
-                             overwrite=args.overwrite, progress=not args.no_progress)
+    result = embed_into_gallery(args.model, args.dataset, args.output, split=args.split, layout=args.layout,
+                                revision=args.dataset_revision, index_spec=spec,
+                                index_kind=args.index if args.store == "milvus" else None,
+                                collection=args.collection, append=args.append, retrain=args.retrain,
+                                overwrite=args.overwrite, batch_size=args.batch_size, progress=not args.no_progress)
     if result is None:  # not rank 0
         return None
-    output, dataset, manifest = result
-    chain = f", {manifest['index_chain']} index" if spec is not None else ""
-    print(f"wrote {len(dataset)} embeddings ({manifest['dim']}-d{chain}) to {output}")
-    if args.push_to_hub:
-        try:
-            dataset.push_to_hub(args.push_to_hub, split=args.split, private=args.private)
-        except (OSError, ValueError) as exc:
-            raise UsageError(f"--push-to-hub {args.push_to_hub}: {first_line(exc, 200)} (the embeddings are saved "
-                             f"in {output})") from None
-    return output
+    store, added = result
+    with store:
+        chain = store.info.get("index_chain") or store.info.get("index_type") or store.info.get("index") or "no"
+        print(f"{'added' if args.append else 'wrote'} {added} embeddings ({store.dim}-d, {chain} index) to "
+              f"{store.location}: {len(store)} rows")
+        if args.push_to_hub:
+            import datasets
+
+            try:
+                datasets.load_from_disk(str(store.folder)).push_to_hub(args.push_to_hub, split=args.split, private=args.private)
+            except (OSError, ValueError) as exc:
+                raise UsageError(f"--push-to-hub {args.push_to_hub}: {first_line(exc, 200)} (the embeddings are "
+                                 f"saved in {store.location})") from None
+    return store.location
 
 
 def main(argv=None) -> int:

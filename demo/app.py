@@ -4,6 +4,7 @@ see the nearest gallery triples with their identities and distances, and the que
 
     python demo/app.py                                   # outputs/demo-synthetic + the synthetic test gallery
     python demo/app.py --model CKPT --index DIR --port 7861
+    python demo/app.py --index gallery.db            # a Milvus Lite gallery (or --index http://host:19530)
 
 With no --index it serves outputs/gallery-synthetic, built on first start from the synthetic test split
 (the set `python train.py` trains on) with the checkpoint. Runs offline on 127.0.0.1. Whatever goes wrong (no
@@ -32,8 +33,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=None,
                    help=f"checkpoint that embeds the queries (default: the index's own, or {DEFAULT_MODEL})")
-    p.add_argument("--index", default=None, help=f"gallery index folder from data_scripts/embed.py --index "
-                                                f"(default: {DEFAULT_INDEX}, built on first start)")
+    p.add_argument("--index", default=None, help=f"the gallery from data_scripts/embed.py: a FAISS folder, a Milvus "
+                                                f"Lite .db file or a Milvus server URI (default: {DEFAULT_INDEX}, "
+                                                "built on first start)")
+    p.add_argument("--collection", default=None, help="Milvus: the collection (default: gallery)")
     p.add_argument("--port", type=int, default=7860, help="port on 127.0.0.1")
     return p.parse_args(argv)
 
@@ -61,12 +64,14 @@ def example_triples(service, folder: Path) -> list[list[str]]:
 
     if service.problem:
         return []
-    manifest = service.manifest
+    sources = service.images.sources
+    if not sources:
+        return []
+    first = sources[0]
     try:
-        rows = open_collection(manifest["dataset"], "query", manifest.get("layout"), manifest.get("dataset_revision"))
+        rows = open_collection(first["dataset"], "query", first.get("layout"), first.get("dataset_revision"))
     except UsageError:  # no query split: take the gallery's own rows
-        ids = service.index.dataset.select_columns(["pid", "name"])[:]
-        rows = service.images.add_column("pid", ids["pid"]).add_column("name", ids["name"])
+        rows = service.images.first()
     chosen, seen = [], set()
     pids = rows["pid"][:]
     for i, pid in enumerate(pids):
@@ -98,8 +103,8 @@ def build_page(service, examples):
                     "identity and distance." + (" Captions help this NEXT model; leave them empty if you have "
                                                 "none." if uses_text else ""))
         if not service.problem:
-            gr.Markdown(f"Model `{service.encoder.checkpoint}` · gallery of {len(service.index)} triples "
-                        f"({service.index.spec.kind} index)")
+            gr.Markdown(f"Model `{service.encoder.checkpoint}` · gallery of {len(service.gallery)} triples "
+                        f"({service.gallery.kind}, {service.gallery.info.get('index')} index)")
         with gr.Row():
             files = [gr.File(label=f"{name} image", file_types=["image"], type="filepath", elem_id=f"query-{key}",
                              height=120)
@@ -137,7 +142,7 @@ def main(argv=None) -> int:
     from demo_reid.retrieval.service import RetrievalService
 
     index = args.index or default_index(args.model or DEFAULT_MODEL)
-    service = RetrievalService(args.model or (None if args.index else DEFAULT_MODEL), index)
+    service = RetrievalService(args.model or (None if args.index else DEFAULT_MODEL), index, args.collection)
     if service.problem:
         print(f"app.py: {service.problem} (shown in the page)", flush=True)
     folder = Path(tempfile.mkdtemp(prefix="reid-demo-examples-"))

@@ -95,7 +95,7 @@ def test_exact_index_gives_eval_ranking_and_map(checkpoint, data_dir, galleries,
 def test_embeddings_columns_and_manifest(galleries, data_dir):
     gallery = galleries["gallery"]
     source = datasets.load_from_disk(str(data_dir))["gallery"]
-    assert gallery.column_names == ["pid", "camid", "sceneid", "name", "embedding"]
+    assert gallery.column_names == ["pid", "camid", "sceneid", "name", "time", "source", "embedding"]
     assert gallery["name"] == source["name"] and gallery["pid"] == source["pid"] and gallery["camid"] == source["camid"]
     emb = gallery.with_format("numpy")[:]["embedding"]
     assert gallery.features["embedding"].feature.dtype == "float32"
@@ -127,10 +127,12 @@ def test_one_and_two_processes_agree(checkpoint, data_dir, galleries, tmp_path):
 
 @pytest.fixture(scope="module")
 def large_dataset(data_dir, tmp_path_factory):
-    """The gallery split 8 times over (288 rows), so that embedding one row at a time takes seconds."""
+    """The gallery split 8 times over (288 rows, each copy's names prefixed: names are a gallery's keys), so that
+    embedding one row at a time takes seconds."""
     gallery = datasets.load_from_disk(str(data_dir))["gallery"]
     path = tmp_path_factory.mktemp("retrieval-large") / "ds"
-    datasets.DatasetDict({"gallery": datasets.concatenate_datasets([gallery] * 8)}).save_to_disk(str(path))
+    copies = [gallery.map(lambda row, c=c: {"name": f"copy{c}_{row['name']}"}) for c in range(8)]
+    datasets.DatasetDict({"gallery": datasets.concatenate_datasets(copies)}).save_to_disk(str(path))
     return path
 
 

@@ -15,10 +15,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
-
-from ..data.collate import CAPTION_COLUMNS, METADATA_KEYS, MODALITY_COLUMNS, collator_for
+from ..data.collate import MODALITY_COLUMNS
+from ..inference import NoImageLeftError, run_over_split
 from .metrics import DISTANCE_METRICS, METRIC_KEYS, reid_metrics, reid_metrics_from_features, summarize
 from .reranking import re_ranking
 
@@ -156,46 +154,25 @@ def extract_features(
     so every process returns the whole split.
     """
     base = _unwrap(model, accelerator)
-    config = base.config
-    check_split(dataset_split, desc, getattr(config, "num_cameras", 0))
-    mask = modality_mask_for(modality_mask)
-    if collator is None:
-        with_captions = all(c in dataset_split.column_names for c in CAPTION_COLUMNS)
-        collator = collator_for(config, train=False, tokenizer=tokenizer, with_captions=with_captions)
-    columns = [c for c in collator.columns if c in dataset_split.column_names]
-    loader = DataLoader(dataset_split.select_columns(columns), batch_size=batch_size, shuffle=False,
-                        collate_fn=collator, num_workers=num_workers)
-    device = accelerator.device if accelerator is not None else next(base.parameters()).device
-    if accelerator is not None:
-        loader = accelerator.prepare_data_loader(loader)
-    main = accelerator is None or accelerator.is_local_main_process
-    was_training = model.training
-    model.eval()
-    parts: dict[str, list] = {}
+    check_split(dataset_split, desc, getattr(base.config, "num_cameras", 0))
     headline = None
+
+    def keep(out) -> dict[str, torch.Tensor]:
+        nonlocal headline
+        rows, headline = _named_rows(out)
+        item = {f"row:{name}": value.float() for name, value in rows.items()}
+        if getattr(out, "expert_weights", None) is not None:
+            item["expert_weights"] = out.expert_weights.float()
+        return item
+
     try:
-        for batch in tqdm(loader, desc=desc, disable=not (progress and main), unit="batch"):
-            ids = {key: batch.pop(key).to(device) for key in METADATA_KEYS}
-            inputs = {key: value.to(device) for key, value in batch.items()}
-            if mask is not None:  # the setting's modalities are missing on top of the images the rows lack
-                setting = mask.to(device).expand(inputs["pixel_values"].shape[0], 3)
-                inputs["modality_mask"] = setting & inputs["modality_mask"] if "modality_mask" in inputs else setting
-                if not bool(inputs["modality_mask"].any(dim=1).all()):
-                    raise EvaluationInputError(
-                        f"{desc}: with modality setting {modality_mask!r} some rows have no image left (they lack "
-                        "the others); choose a setting that keeps a modality these rows have")
-            out = model(**inputs)
-            rows, headline = _named_rows(out)
-            item = {f"row:{name}": value.float() for name, value in rows.items()} | ids
-            if getattr(out, "expert_weights", None) is not None:
-                item["expert_weights"] = out.expert_weights.float()
-            if accelerator is not None:
-                item = accelerator.gather_for_metrics(item)
-            for key, value in item.items():
-                parts.setdefault(key, []).append(value.cpu())
-    finally:
-        model.train(was_training)
-    cat = {k: torch.cat(v) for k, v in parts.items()}
+        cat = run_over_split(model, dataset_split, keep, batch_size, accelerator, collator=collator,
+                             tokenizer=tokenizer, modality_mask=modality_mask_for(modality_mask),
+                             num_workers=num_workers, progress=progress, desc=desc)
+    except NoImageLeftError:
+        raise EvaluationInputError(
+            f"{desc}: with modality setting {modality_mask!r} some rows have no image left (they lack the others); "
+            "choose a setting that keeps a modality these rows have") from None
     return ExtractedFeatures(
         feature_sets={k[len("row:"):]: v for k, v in cat.items() if k.startswith("row:")},
         headline=headline,

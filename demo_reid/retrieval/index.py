@@ -16,7 +16,10 @@ ranking are ``eval.py``'s):
   ``benchmarks/run.py --only retrieval``).
 
 Trained indexes are trained on a seeded random sample of the rows (a gallery sorted by identity would give a
-biased "first rows" sample), then every row is added.
+biased "first rows" sample), then every row is added. Appended rows are added to the trained index as they come
+(no retraining: ``ivf`` / ``ivfpq`` assign them to the cells and codes learnt from the first rows); deleted rows
+leave by re-adding the kept rows to the emptied trained index. Filters reach the index as a FAISS id selector in
+the search parameters (``faiss.IDSelectorBitmap``), so an inverted-list scan skips rows that are not allowed.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from typing import Optional
 
 import numpy as np
 
-from .embed import EMBEDDING_COLUMN
+from .store import EMBEDDING_COLUMN
 
 __all__ = ["INDEX_FILE", "INDEX_INFO", "INDEX_KINDS", "NPROBE_SHARE", "GalleryIndex", "IndexSpec", "import_faiss"]
 
@@ -188,11 +191,37 @@ class GalleryIndex:
     def dim(self) -> int:
         return self.faiss_index.d
 
-    def nearest(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(Q, k) squared distances and gallery rows, best first; rows -1 where the index has fewer than k."""
+    def nearest(self, queries: np.ndarray, k: int, allowed: Optional[np.ndarray] = None,
+                nprobe: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
+        """(Q, k) squared distances and gallery rows, best first; rows -1 where fewer than k (allowed) rows are
+        found. ``allowed``: a boolean mask over the rows (a filter pushed into the index's scan); ``nprobe``
+        overrides the cells visited for this call."""
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         if queries.shape[1] != self.dim:
             raise ValueError(f"queries have {queries.shape[1]} dimensions, the gallery {self.dim}")
         k = max(1, min(int(k), len(self)))
-        found = self.dataset.search_batch(EMBEDDING_COLUMN, queries, k)
-        return np.asarray(found.total_scores, dtype=np.float32), np.asarray(found.total_indices, dtype=np.int64)
+        if allowed is None and nprobe is None:
+            found = self.dataset.search_batch(EMBEDDING_COLUMN, queries, k)
+            return np.asarray(found.total_scores, dtype=np.float32), np.asarray(found.total_indices, dtype=np.int64)
+        faiss = import_faiss()
+        selector = None if allowed is None else faiss.IDSelectorBitmap(np.packbits(allowed, bitorder="little"))
+        params = search_parameters(self.faiss_index, nprobe or self.spec.nprobe, self.spec.refine, selector)
+        distances, rows = self.faiss_index.search(queries, k, params=params)
+        return distances.astype(np.float32), rows.astype(np.int64)
+
+
+def search_parameters(index, nprobe: Optional[int], refine: int, selector):
+    """Per-call search parameters for ``index``'s chain (refine -> PCA -> IVF, or flat), carrying ``nprobe``, the
+    refine factor and the id selector down to the part that scans rows."""
+    faiss = import_faiss()
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexRefine):
+        return faiss.IndexRefineSearchParameters(
+            k_factor=float(max(1, refine)), base_index_params=search_parameters(index.base_index, nprobe, refine,
+                                                                                selector))
+    if isinstance(index, faiss.IndexPreTransform):
+        return faiss.SearchParametersPreTransform(index_params=search_parameters(index.index, nprobe, refine,
+                                                                                 selector))
+    if isinstance(index, faiss.IndexIVF):
+        return faiss.SearchParametersIVF(nprobe=int(nprobe or index.nprobe), sel=selector)
+    return faiss.SearchParameters(sel=selector)

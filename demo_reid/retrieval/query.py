@@ -51,11 +51,27 @@ class QueryEncoder:
             raise UsageError(f"--model {checkpoint}: no processor loads from it ({first_line(exc, 120)}); "
                              "train.py saves one beside the weights") from None
         self.uses_text = bool(getattr(self.model.config, "uses_text", False))
+        self._fingerprint = None
 
     @property
-    def expert_names(self) -> tuple[str, ...]:
-        module = __import__(type(self.model).__module__, fromlist=["EXPERT_NAMES"])
-        return tuple(getattr(self.model, "expert_names", None) or getattr(module, "EXPERT_NAMES", ()))
+    def fingerprint(self) -> str:
+        """The model's weights fingerprint (compared with the gallery's: the same model must embed both)."""
+        if self._fingerprint is None:
+            from .store import model_fingerprint
+
+            self._fingerprint = model_fingerprint(self.model)
+        return self._fingerprint
+
+    def expert_names(self, num_experts: int) -> tuple[str, ...]:
+        """Names of the ``num_experts`` expert weights: the model's own (``model.expert_names`` or
+        ``config.expert_names``), else DeMo's seven modality combinations when there are seven, else E1..En."""
+        from ..evaluation.visualize import DEFAULT_EXPERT_NAMES
+
+        for names in (getattr(self.model, "expert_names", None), getattr(self.model.config, "expert_names", None),
+                      DEFAULT_EXPERT_NAMES):
+            if names and len(names) == num_experts:
+                return tuple(names)
+        return tuple(f"E{i + 1}" for i in range(num_experts))
 
     @torch.no_grad()
     def embed(self, images: Sequence, captions: Optional[Sequence[Optional[str]]] = None,
@@ -79,5 +95,6 @@ class QueryEncoder:
         out = self.model(**inputs)
         embedding = torch.nn.functional.normalize(out.embeddings.float(), dim=1)[0].numpy()
         weights = getattr(out, "expert_weights", None)
-        return QueryEmbedding(embedding.astype(np.float32), None if weights is None else weights[0].float().numpy(),
-                              self.expert_names)
+        weights = None if weights is None else weights[0].float().numpy()
+        return QueryEmbedding(embedding.astype(np.float32), weights,
+                              () if weights is None else self.expert_names(weights.shape[-1]))

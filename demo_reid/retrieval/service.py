@@ -1,5 +1,6 @@
-"""What the demo page does behind its buttons, without any UI: load a checkpoint and a gallery index, embed a
-query triple, search, and draw the results (gallery triples side by side, the expert weights as a bar chart).
+"""What the demo page does behind its buttons, without any UI: load a checkpoint and a gallery (a FAISS folder or a
+Milvus collection), embed a query triple, search, and draw the results (gallery triples side by side, the expert
+weights as a bar chart).
 
 Every failure a person can cause (no image, a file that is not an image, a checkpoint or index that does not load)
 becomes a one-line message for the page (:class:`DemoResult.message`), never an exception.
@@ -14,28 +15,43 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..errors import UsageError, first_line
-from .embed import read_manifest
-from .index import INDEX_FILE, GalleryIndex, IndexSpec
+from .index import INDEX_FILE, IndexSpec
 from .query import QueryEncoder, open_image
 from .search import search_gallery
+from .store import GalleryStore, open_gallery
 
-__all__ = ["DemoResult", "RetrievalService", "ensure_index", "open_index_folder", "side_by_side"]
+__all__ = ["DemoResult", "GalleryImages", "RetrievalService", "ensure_index", "side_by_side"]
 
 MODALITY_NAMES = ("RGB", "NIR", "TIR")
 
 
-def open_index_folder(folder) -> tuple[GalleryIndex, dict]:
-    """The gallery index saved in ``folder`` (by data_scripts/embed.py) and its manifest; a folder that is not one,
-    or an index that does not load, is a one-line UsageError naming ``--index``."""
-    folder = Path(folder) if folder else None
-    manifest = read_manifest(folder) if folder and folder.is_dir() else None
-    if manifest is None or not (folder / INDEX_FILE).is_file():
-        raise UsageError(f"--index {folder}: no retrieval.json and {INDEX_FILE} there; write the folder with "
-                         "data_scripts/embed.py --index exact (or ivf / ivfpq)")
-    try:
-        return GalleryIndex.load(folder), manifest
-    except (OSError, RuntimeError, ValueError) as exc:
-        raise UsageError(f"--index {folder}: the index does not load ({first_line(exc, 160)})") from None
+class GalleryImages:
+    """A gallery row's images by its ``name``, from the datasets its rows were embedded from (the manifest's
+    sources), opened on first use."""
+
+    def __init__(self, info: dict):
+        self.sources = [s for s in info.get("sources", []) if s.get("dataset")]
+        self._opened: list = []  # (collection, {name: row})
+
+    def _collections(self):
+        from .sources import open_collection
+
+        if not self._opened:
+            for s in self.sources:
+                rows = open_collection(s["dataset"], s["split"], s.get("layout"), s.get("dataset_revision"))
+                self._opened.append((rows, {n: i for i, n in enumerate(rows["name"])}))
+        return self._opened
+
+    def first(self):
+        """The first source's rows (images and ids), or None."""
+        return self._collections()[0][0] if self.sources else None
+
+    def __call__(self, name: str) -> list:
+        for rows, by_name in self._collections():
+            if name in by_name:
+                row = rows[by_name[name]]
+                return [row["rgb"], row["nir"], row["tir"]]
+        return [None, None, None]
 
 
 def side_by_side(images: Sequence, height: int = 160):
@@ -88,36 +104,30 @@ class DemoResult:
 
 def ensure_index(model: str, dataset: str, output: Path, split: str = "gallery") -> Path:
     """``output`` if it already holds an index, else the exact index of ``split`` of ``dataset`` built there."""
-    from .embed import embed_to_folder
+    from .embed import embed_into_gallery
 
     output = Path(output)
     if (output / INDEX_FILE).is_file():
         return output
-    embed_to_folder(model, dataset, output, split=split, index_spec=IndexSpec(kind="exact"), progress=False)
+    embed_into_gallery(model, dataset, output, split=split, index_spec=IndexSpec(kind="exact"), progress=False)
     return output
 
 
 class RetrievalService:
-    """A checkpoint and a gallery index loaded once; :meth:`search` answers the page's Search button."""
+    """A checkpoint and a gallery loaded once; :meth:`search` answers the page's Search button."""
 
-    def __init__(self, model: Optional[str], index_dir: Optional[str]):
+    def __init__(self, model: Optional[str], index: Optional[str], collection: Optional[str] = None):
         self.problem = None  # why searching cannot work (shown in the page), or None
-        self.encoder = self.index = self.images = self.manifest = None
+        self.encoder = self.gallery = self.images = None
         try:
-            self.index, manifest = open_index_folder(index_dir)
-            self.manifest = manifest
-            self.encoder = QueryEncoder(model or manifest["model"])
-            self.images = self._gallery_images(manifest)
+            if not index:
+                raise UsageError("--index: no gallery given; write one with data_scripts/embed.py")
+            self.gallery: GalleryStore = open_gallery(index, collection)
+            self.encoder = QueryEncoder(model or self.gallery.info["model"])
+            self.gallery.check_model(self.encoder.fingerprint, None, f"--model {self.encoder.checkpoint}")
+            self.images = GalleryImages(self.gallery.info)
         except UsageError as exc:
             self.problem = first_line(exc, 400)
-
-    @staticmethod
-    def _gallery_images(manifest):
-        """The gallery's images, from the dataset that was embedded (rows in the same order)."""
-        from .sources import open_collection
-
-        return open_collection(manifest["dataset"], manifest["split"], manifest.get("layout"),
-                               manifest.get("dataset_revision")).select_columns(["rgb", "nir", "tir"])
 
     @property
     def uses_text(self) -> bool:
@@ -134,18 +144,18 @@ class RetrievalService:
             if drop_same_camera and camera is None:
                 return DemoResult("Dropping same-camera results needs the query's camera id.")
             query = self.encoder.embed(images, captions if self.uses_text else None, camera_id=camera)
-            hits = search_gallery(self.index, query.embedding, int(k), camera_id=camera,
+            self.gallery.check_model(None, len(query.embedding), f"--model {self.encoder.checkpoint}")
+            hits = search_gallery(self.gallery, query.embedding, int(k), camera_id=camera,
                                   drop_same_camera=drop_same_camera)
         except UsageError as exc:
             return DemoResult(first_line(exc, 400))
         gallery = []
         for hit in hits:
-            row = self.images[hit.row]
-            picture = side_by_side([row["rgb"], row["nir"], row["tir"]])
+            picture = side_by_side(self.images(hit.name))
             gallery.append((picture, f"#{hit.rank} · id {hit.pid} · cam {hit.camid} · distance {hit.distance:.3f}"))
         missing = [n for n, i in zip(MODALITY_NAMES, images) if i is None]
         note = f" ({', '.join(missing)} missing)" if missing else ""
         experts = None if query.expert_weights is None else expert_chart(query.expert_weights, query.expert_names)
-        return DemoResult(f"Top {len(hits)} of {len(self.index)} gallery triples for your query{note}; distance = "
+        return DemoResult(f"Top {len(hits)} of {len(self.gallery)} gallery triples for your query{note}; distance = "
                           "squared euclidean on normalised embeddings (0 = identical, smaller = more alike).",
                           side_by_side(images), gallery, experts)

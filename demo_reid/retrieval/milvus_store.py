@@ -1,0 +1,300 @@
+"""The Milvus gallery store: one collection (default ``gallery``) in a Milvus Lite file (``gallery.db``, embedded,
+one process at a time) or on a Milvus server / cluster (``http(s)://host:19530``; the token, when the server needs
+one, comes from ``$MILVUS_TOKEN`` and is never printed), through ``pymilvus.MilvusClient``.
+
+Rows are keyed by ``name`` (the primary key: an append skips names already there, so a rerun after a killed
+append completes it); each insert call adds whole rows. The gallery's manifest (model fingerprint, dimension,
+sources) is a collection property, checked on every append and query. Filters are Milvus boolean expressions
+evaluated before ranking. Index kinds: ``exact`` = FLAT (eval.py's ranking), ``ivf`` = IVF_FLAT, ``hnsw`` = HNSW,
+``ivfpq`` = IVF_PQ (a Milvus server only: Milvus Lite 3.2 builds FLAT, IVF_FLAT, IVF_SQ8, HNSW and HNSW_SQ).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from ..errors import UsageError, first_line
+from .filters import RowFilter
+from .store import EMBEDDING_COLUMN, GalleryRows, GalleryStore, Hit, add_source, register_store
+
+__all__ = ["DEFAULT_COLLECTION", "MILVUS_INDEX_KINDS", "MilvusStore", "TOKEN_VARIABLE"]
+
+DEFAULT_COLLECTION = "gallery"
+TOKEN_VARIABLE = "MILVUS_TOKEN"
+INFO_PROPERTY = "reid.gallery"  # the collection property holding the manifest (JSON)
+# --index kind -> Milvus index type and its build parameters for a gallery of n rows
+MILVUS_INDEX_KINDS = {
+    "exact": lambda n: ("FLAT", {}),
+    "ivf": lambda n: ("IVF_FLAT", {"nlist": _nlist(n)}),
+    "hnsw": lambda n: ("HNSW", {"M": 16, "efConstruction": 200}),
+    "ivfpq": lambda n: ("IVF_PQ", {"nlist": _nlist(n), "m": 64, "nbits": 8}),
+}
+INSERT_BATCH = 1000  # rows per insert call (each call is whole rows)
+MAX_TOPK = 16384  # Milvus's largest limit per search
+OUTPUT_FIELDS = ["name", "pid", "camid", "sceneid", "time"]
+
+
+def _nlist(n: int) -> int:
+    return max(1, min(65536, int(4 * math.sqrt(max(n, 1)))))
+
+
+def _quiet_client_logs() -> None:
+    """pymilvus and Milvus Lite log each failed call as a traceback; this store reports them in one line itself."""
+    for name in ("pymilvus", "milvus_lite"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+def _import_pymilvus():
+    try:
+        import pymilvus
+    except ImportError:
+        raise UsageError("a Milvus gallery needs pymilvus (and milvus-lite for a .db file): "
+                         "pip install -e \".[retrieval]\"") from None
+    return pymilvus
+
+
+# Milvus Lite files this process has open -> number of open clients: their embedded server (and the file's lock)
+# is stopped when the last one closes.
+_OPEN_HERE: dict = {}
+
+
+def _lite_locked(path: Path) -> bool:
+    """Whether another process holds the Milvus Lite file's lock (tried without waiting, released at once)."""
+    import fcntl
+
+    lock = path / "LOCK"
+    if str(path) in _OPEN_HERE or not lock.is_file():
+        return False
+    with open(lock, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return False
+
+
+def connect(location: str, what: str, create: bool):
+    """A ``MilvusClient`` for a Lite file or a server URI, or one line saying why not."""
+    pymilvus = _import_pymilvus()
+    _quiet_client_logs()
+    lite = not location.startswith(("http://", "https://", "tcp://", "grpc://"))
+    if lite:
+        path = Path(location).expanduser().absolute()
+        if not path.exists() and not create:
+            raise UsageError(f"{what} {location}: no such Milvus Lite file; write it with data_scripts/embed.py "
+                             "--output gallery.db")
+        if _lite_locked(path):
+            raise UsageError(f"{what} {location}: the Milvus Lite file is open in another process (Milvus Lite "
+                             "serves one process per file); close that process, or serve the gallery from a "
+                             "Milvus server")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        location = str(path)
+    try:
+        client = pymilvus.MilvusClient(uri=location, token=os.environ.get(TOKEN_VARIABLE, ""), timeout=10)
+        if lite:
+            _OPEN_HERE[location] = _OPEN_HERE.get(location, 0) + 1
+        return client
+    except Exception as exc:  # pymilvus raises its own exception types (and grpc's) for every failure
+        if lite and _lite_locked(Path(location)):
+            raise UsageError(f"{what} {location}: the Milvus Lite file is open in another process (Milvus Lite "
+                             "serves one process per file)") from None
+        raise UsageError(f"{what} {location}: cannot connect to Milvus ({_milvus_message(exc)})") from None
+
+
+def close_client(client, location: str) -> None:
+    """Close the connection; for a Milvus Lite file also stop its embedded server, which releases the file's lock
+    (pymilvus keeps it for the life of the process otherwise) so that another process can open it."""
+    client.close()
+    if not location.startswith(("http://", "https://", "tcp://", "grpc://")):
+        from milvus_lite.server_manager import server_manager_instance
+
+        path = str(Path(location).expanduser().absolute())
+        _OPEN_HERE[path] = _OPEN_HERE.get(path, 1) - 1
+        if _OPEN_HERE[path] <= 0:
+            del _OPEN_HERE[path]
+            server_manager_instance.release_server(path)
+
+
+def _milvus_message(exc) -> str:
+    return first_line(getattr(exc, "message", None) or exc, 200)
+
+
+class MilvusStore(GalleryStore):
+    """One collection: ``client`` (a ``MilvusClient``), ``collection`` (its name), ``info`` (the manifest)."""
+
+    kind = "milvus"
+
+    def __init__(self, client, location: str, collection: str, info: dict):
+        self.client, self.location, self.collection, self.info = client, location, collection, info
+        self.search_params: dict = {}  # index search parameters (nprobe for ivf / ivfpq, ef for hnsw)
+
+    # -- creating / opening -------------------------------------------------------------------------------------
+    @classmethod
+    def create(cls, client, location: str, collection: str, info: dict, index_kind: str, expected_rows: int):
+        from pymilvus import DataType, MilvusClient
+
+        if index_kind not in MILVUS_INDEX_KINDS:
+            raise UsageError(f"--index {index_kind}: a Milvus gallery takes {', '.join(MILVUS_INDEX_KINDS)}")
+        index_type, params = MILVUS_INDEX_KINDS[index_kind](expected_rows)
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("name", DataType.VARCHAR, is_primary=True, max_length=1024)
+        for name in ("pid", "camid", "sceneid", "time"):
+            schema.add_field(name, DataType.INT64)
+        schema.add_field("source", DataType.VARCHAR, max_length=4096)
+        schema.add_field(EMBEDDING_COLUMN, DataType.FLOAT_VECTOR, dim=int(info["dim"]))
+        index_params = client.prepare_index_params()
+        index_params.add_index(field_name=EMBEDDING_COLUMN, index_type=index_type, metric_type="L2", params=params)
+        info = dict(info, index=index_kind, index_type=index_type, index_params=params)
+        try:
+            client.create_collection(collection, schema=schema, index_params=index_params,
+                                     consistency_level="Strong", properties={INFO_PROPERTY: json.dumps(info)})
+            client.load_collection(collection)
+        except Exception as exc:
+            client.drop_collection(collection) if client.has_collection(collection) else None
+            raise UsageError(f"--index {index_kind}: {location} cannot build {index_type} "
+                             f"({_milvus_message(exc)}); Milvus Lite builds exact, ivf and hnsw") from None
+        return cls(client, location, collection, info)
+
+    @classmethod
+    def open(cls, client, location: str, collection: str, what: str):
+        if not client.has_collection(collection):
+            names = client.list_collections()
+            raise UsageError(f"{what} {location}: no collection {collection!r} (it has {', '.join(names) or 'none'}); "
+                             "pass --collection")
+        described = client.describe_collection(collection)
+        text = (described.get("properties") or {}).get(INFO_PROPERTY)
+        if text is None:
+            raise UsageError(f"{what} {location}: collection {collection!r} was not written by data_scripts/embed.py "
+                             f"(no {INFO_PROPERTY} property)")
+        client.load_collection(collection)
+        return cls(client, location, collection, json.loads(text))
+
+    def close(self) -> None:
+        close_client(self.client, self.location)
+
+    # -- reading ------------------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        found = self.client.query(self.collection, filter="", output_fields=["count(*)"])
+        return int(found[0]["count(*)"])
+
+    def existing_names(self, names) -> set:
+        names, found = list(names), set()
+        for start in range(0, len(names), INSERT_BATCH):
+            chunk = names[start:start + INSERT_BATCH]
+            rows = self.client.query(self.collection, filter=f"name in {json.dumps(chunk)}", output_fields=["name"])
+            found.update(r["name"] for r in rows)
+        return found
+
+    def set_search(self, nprobe: Optional[int] = None, ef: Optional[int] = None) -> None:
+        if nprobe is not None:
+            self.search_params["nprobe"] = int(nprobe)
+        if ef is not None:
+            self.search_params["ef"] = int(ef)
+
+    def _search_params(self, k: int) -> dict:
+        """The index's search parameters: ``set_search``'s, else nprobe 40 % of the cells (FAISS ivfpq's default
+        share) for IVF kinds, ef = max(64, k) for HNSW."""
+        params = dict(self.search_params)
+        nlist = (self.info.get("index_params") or {}).get("nlist")
+        if nlist:
+            params.setdefault("nprobe", max(1, math.ceil(0.4 * nlist)))
+        if str(self.info.get("index_type", "")).startswith("HNSW"):
+            params["ef"] = max(params.get("ef", 64), k)
+        return params
+
+    def search(self, queries: np.ndarray, k: int, where: Optional[RowFilter] = None) -> list[list[Hit]]:
+        queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+        limit = max(1, min(int(k), MAX_TOPK))
+        expression = "" if where is None else where.expression()
+        try:
+            found = self.client.search(self.collection, data=queries.tolist(), limit=limit, filter=expression,
+                                       output_fields=OUTPUT_FIELDS, anns_field=EMBEDDING_COLUMN,
+                                       search_params={"metric_type": "L2",
+                                                      "params": self._search_params(limit)})
+        except Exception as exc:
+            raise UsageError(f"filter {expression!r} on {self.location}: {_milvus_message(exc)}") from None
+        return [[Hit(rank=i + 1, row=-1, name=h["entity"]["name"], pid=int(h["entity"]["pid"]),
+                     camid=int(h["entity"]["camid"]), sceneid=int(h["entity"]["sceneid"]),
+                     time=int(h["entity"]["time"]), distance=float(h["distance"]))
+                 for i, h in enumerate(hits)] for hits in found]
+
+    def embeddings_of(self, hits) -> np.ndarray:
+        names = [h.name for h in hits]
+        rows = self.client.query(self.collection, filter=f"name in {json.dumps(names)}",
+                                 output_fields=["name", EMBEDDING_COLUMN])
+        by_name = {r["name"]: r[EMBEDDING_COLUMN] for r in rows}
+        return np.asarray([by_name[n] for n in names], dtype=np.float32)
+
+    # -- changing -----------------------------------------------------------------------------------------------
+    def append(self, rows: GalleryRows, source: Optional[dict] = None, retrain: bool = False) -> int:
+        if retrain:
+            raise UsageError("--retrain is for FAISS ivf / ivfpq folders: Milvus builds the index of each sealed "
+                             "segment itself as rows arrive")
+        if len(rows) and rows.embeddings.shape[1] != self.dim:
+            raise UsageError(f"--output {self.location}: {rows.embeddings.shape[1]}-d embeddings, the collection "
+                             f"{self.collection!r} holds {self.dim}-d ones")
+        present = self.existing_names(rows.names)
+        rows = rows.select([n not in present for n in rows.names])
+        for start in range(0, len(rows), INSERT_BATCH):
+            stop = min(start + INSERT_BATCH, len(rows))
+            self.client.insert(self.collection, [
+                {"name": rows.names[i], "pid": int(rows.pids[i]), "camid": int(rows.camids[i]),
+                 "sceneid": int(rows.sceneids[i]), "time": int(rows.times[i]), "source": rows.sources[i],
+                 EMBEDDING_COLUMN: rows.embeddings[i].tolist()} for i in range(start, stop)])
+        add_source(self.info, source, len(rows))
+        self._save_info()
+        return len(rows)
+
+    def delete(self, where: RowFilter) -> int:
+        if where is None or where.empty:
+            raise UsageError("a delete needs a rule (--name, --pid or --older-than); nothing was deleted")
+        expression = where.expression()
+        count = self.client.query(self.collection, filter=expression, output_fields=["count(*)"])[0]["count(*)"]
+        if count:
+            self.client.delete(self.collection, filter=expression)
+        return int(count)
+
+    def _save_info(self) -> None:
+        self.client.alter_collection_properties(self.collection, properties={INFO_PROPERTY: json.dumps(self.info)})
+
+
+@register_store("milvus")
+def open_milvus(location: str, collection: Optional[str] = None, create_info: Optional[dict] = None,
+                what: str = "--index", index_kind: str = "exact", expected_rows: int = 0, overwrite: bool = False,
+                **_) -> MilvusStore:
+    """The collection at ``location``; created (``create_info`` given) when it does not exist, or replaced with
+    ``overwrite``."""
+    collection = collection or DEFAULT_COLLECTION
+    client = connect(location, what, create=create_info is not None)
+    try:
+        exists = client.has_collection(collection)
+        if create_info is not None and (overwrite or not exists):
+            if exists:
+                client.drop_collection(collection)
+            return MilvusStore.create(client, location, collection, create_info, index_kind, expected_rows)
+        return MilvusStore.open(client, location, collection, what)
+    except BaseException:
+        close_client(client, location)
+        raise
+
+
+def check_new_collection(location: str, collection: Optional[str], overwrite: bool, index_kind: str) -> None:
+    """Before any embedding: the server answers (or the Lite file opens) and the collection may be written."""
+    if index_kind not in MILVUS_INDEX_KINDS:
+        raise UsageError(f"--index {index_kind}: a Milvus gallery takes {', '.join(MILVUS_INDEX_KINDS)}")
+    collection = collection or DEFAULT_COLLECTION
+    client = connect(location, "--output", create=True)
+    try:
+        if client.has_collection(collection) and not overwrite:
+            raise UsageError(f"--output {location}: collection {collection!r} already exists (pass --overwrite to "
+                             "replace it, --append to add to it)")
+    finally:
+        close_client(client, location)

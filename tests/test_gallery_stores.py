@@ -1,0 +1,415 @@
+"""Gallery stores side by side: a Milvus (Lite) collection beside the FAISS folder. Same answers as exact FAISS and
+eval.py, appends (in parts = at once, no duplicates, a killed append), deletes and retention, filters applied
+before ranking, and one-line errors for bad input (an unreachable server, another model or dimension, a Lite file
+held by a second process, an unknown filter field)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REPO_ROOT, build_tiny_dataset, load_data_script, tiny_train_args
+
+pytest.importorskip("faiss")
+pytest.importorskip("pymilvus")
+pytest.importorskip("milvus_lite")
+
+import datasets  # noqa: E402
+
+from demo_reid.evaluation.metrics import compute_distance_matrix, reid_metrics  # noqa: E402
+from demo_reid.retrieval.filters import RowFilter  # noqa: E402
+from demo_reid.retrieval.index import IndexSpec  # noqa: E402
+from demo_reid.retrieval.store import GalleryRows, new_info, open_gallery  # noqa: E402
+
+sys.path.insert(0, str(REPO_ROOT))
+import eval as eval_script  # noqa: E402
+import train  # noqa: E402
+
+embed_script, search_script = load_data_script("embed"), load_data_script("search")
+gallery_script = load_data_script("gallery")
+ONE_THREAD = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return Path(build_tiny_dataset(tmp_path_factory.mktemp("stores-data"), seed=3, num_train_ids=8,
+                                   num_test_ids=6, images_per_id=6))
+
+
+def _train(data_dir, out, seed):
+    train.main([*tiny_train_args(), "--dataset", str(data_dir), "--output-dir", str(out), "--num-identities", "4",
+                "--num-instances", "2", "--max-steps", "40", "--save-strategy", "no", "--seed", str(seed)])
+    return out
+
+
+@pytest.fixture(scope="module")
+def checkpoint(data_dir, tmp_path_factory):
+    return _train(data_dir, tmp_path_factory.mktemp("stores-model") / "demo", seed=0)
+
+
+def embed(*args):
+    assert embed_script.main([*map(str, args), "--no-progress"]) == 0
+
+
+def search_json(capsys, *args):
+    capsys.readouterr()
+    assert search_script.main([*map(str, args), "--json"]) == 0
+    return json.loads(capsys.readouterr().out)["results"]
+
+
+def one_line_error(capsys, prog):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"{prog}: error: "), err
+    return err[0]
+
+
+@pytest.fixture(scope="module")
+def splits(checkpoint, data_dir, tmp_path_factory):
+    """The query split (FAISS folder), the gallery split in a FAISS exact folder and a Milvus FLAT collection."""
+    base = tmp_path_factory.mktemp("stores")
+    embed("--model", checkpoint, "--dataset", data_dir, "--split", "query", "--output", base / "query")
+    embed("--model", checkpoint, "--dataset", data_dir, "--output", base / "faiss", "--index", "exact")
+    embed("--model", checkpoint, "--dataset", data_dir, "--output", base / "gallery.db", "--index", "exact")
+    return base
+
+
+def test_milvus_flat_ranks_like_exact_faiss_and_eval(checkpoint, data_dir, splits, tmp_path):
+    """Every query of the test split, ranked over the whole gallery by the Milvus FLAT collection: the exact FAISS
+    index's order, and eval.py's mAP from that ranking."""
+    assert eval_script.main(["--model", str(checkpoint), "--dataset", str(data_dir), "--output", str(tmp_path),
+                             "--no-progress", "--no-complexity"]) == 0
+    report = json.loads((tmp_path / "eval_results.json").read_text())
+    headline = report["results"][report["headline_features"]]
+    query = datasets.load_from_disk(str(splits / "query"))
+    qf = np.asarray(query["embedding"], dtype=np.float32)
+    with open_gallery(splits / "faiss") as faiss_store, open_gallery(str(splits / "gallery.db")) as milvus:
+        n = len(faiss_store)
+        assert len(milvus) == n and milvus.info["index_type"] == "FLAT"
+        from_faiss = faiss_store.search(qf, n)
+        from_milvus = milvus.search(qf, n)
+        names = list(faiss_store.columns["name"])
+    for a, b in zip(from_faiss, from_milvus):
+        assert [h.name for h in a] == [h.name for h in b]
+        np.testing.assert_allclose([h.distance for h in a], [h.distance for h in b], atol=1e-5)
+    # mAP from Milvus's ranking = eval.py's
+    row_of = {name: i for i, name in enumerate(names)}
+    distmat = np.empty((len(query), n), dtype=np.float32)
+    for q, hits in enumerate(from_milvus):
+        distmat[q, [row_of[h.name] for h in hits]] = [h.distance for h in hits]
+    gallery = datasets.load_from_disk(str(splits / "faiss"))
+    metrics = reid_metrics(distmat, q_pids=query["pid"], g_pids=gallery["pid"], q_camids=query["camid"],
+                           g_camids=gallery["camid"])
+    assert 100 * metrics["mAP"] == pytest.approx(headline["mAP"], abs=1e-9)
+    assert headline["mAP"] > 30  # trained features: a ranking with signal
+
+
+def _parts(data_dir, tmp_path):
+    """The gallery split cut into three saved datasets (rows 0-9, 10-24, 25-end)."""
+    gallery = datasets.load_from_disk(str(data_dir))["gallery"]
+    bounds = [0, 10, 25, len(gallery)]
+    paths = []
+    for i, (a, b) in enumerate(zip(bounds, bounds[1:])):
+        path = tmp_path / f"part{i}"
+        datasets.DatasetDict({"gallery": gallery.select(range(a, b))}).save_to_disk(str(path))
+        paths.append(path)
+    return paths
+
+
+@pytest.mark.parametrize("output", ["faiss", "gallery.db"])
+def test_appending_in_three_parts_equals_building_at_once(checkpoint, data_dir, splits, tmp_path, capsys, output):
+    """A gallery appended in three parts answers every query as the one built at once; appending a part again adds
+    nothing (names are keys)."""
+    parts = _parts(data_dir, tmp_path)
+    target = tmp_path / output
+    embed("--model", checkpoint, "--dataset", parts[0], "--output", target, "--index", "exact")
+    for part in (parts[1], parts[2], parts[1]):
+        embed("--model", checkpoint, "--dataset", part, "--output", target, "--append")
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("added 0 embeddings")
+    query = np.asarray(datasets.load_from_disk(str(splits / "query"))["embedding"], dtype=np.float32)
+    with open_gallery(splits / output if output == "faiss" else str(splits / output)) as at_once, \
+            open_gallery(str(target)) as appended:
+        assert len(appended) == len(at_once) == 36
+        assert [s["num_rows"] for s in appended.info["sources"]] == [10, 15, 11]
+        for a, b in zip(at_once.search(query, 36), appended.search(query, 36)):
+            assert [h.name for h in a] == [h.name for h in b]
+            np.testing.assert_allclose([h.distance for h in a], [h.distance for h in b], atol=1e-6)
+
+
+def test_faiss_ivf_takes_appends_without_retraining(checkpoint, data_dir, tmp_path):
+    """ivf: appended rows join the trained cells (nlist kept); --retrain sizes and trains the index again."""
+    parts = _parts(data_dir, tmp_path)
+    target = tmp_path / "ivf"
+    embed("--model", checkpoint, "--dataset", parts[0], "--output", target, "--index", "ivf")
+    trained = json.loads((target / "index.json").read_text())
+    embed("--model", checkpoint, "--dataset", parts[2], "--output", target, "--append")
+    kept = json.loads((target / "index.json").read_text())
+    with open_gallery(target) as store:
+        assert len(store) == 21 and store.index.faiss_index.ntotal == 21 and kept["nlist"] == trained["nlist"] == 1
+    embed("--model", checkpoint, "--dataset", parts[1], "--output", target, "--append", "--retrain")
+    with open_gallery(target) as store:
+        assert len(store) == 36 and store.index.faiss_index.ntotal == 36 and store.index.spec.kind == "ivf"
+
+
+@pytest.mark.parametrize("output", ["faiss", "gallery.db"])
+def test_a_killed_append_leaves_the_gallery_and_a_rerun_completes_it(checkpoint, data_dir, tmp_path, output):
+    """SIGKILL during an append's embedding: the gallery holds what it held (whole rows); the rerun adds the rest
+    once."""
+    gallery = datasets.load_from_disk(str(data_dir))["gallery"]
+    big = tmp_path / "big"
+    copies = [gallery.map(lambda row, c=c: {"name": f"copy{c}_{row['name']}"}) for c in range(6)]
+    datasets.DatasetDict({"gallery": datasets.concatenate_datasets(copies)}).save_to_disk(str(big))
+    first = tmp_path / "first"
+    datasets.DatasetDict({"gallery": copies[0]}).save_to_disk(str(first))
+    target = tmp_path / output
+    script = str(REPO_ROOT / "data_scripts" / "embed.py")
+    subprocess.run([sys.executable, script, "--model", str(checkpoint), "--dataset", str(first), "--output",
+                    str(target), "--index", "exact", "--no-progress"], env=ONE_THREAD, check=True, cwd=REPO_ROOT,
+                   capture_output=True, timeout=300)
+    proc = subprocess.Popen([sys.executable, script, "--model", str(checkpoint), "--dataset", str(big), "--output",
+                             str(target), "--append", "--batch-size", "1"], cwd=REPO_ROOT, env=ONE_THREAD,
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    seen, deadline = b"", time.monotonic() + 240
+    while b"embedding gallery" not in seen and proc.poll() is None and time.monotonic() < deadline:
+        seen += os.read(proc.stderr.fileno(), 4096)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, seen.decode(errors="replace")[-2000:]
+    with open_gallery(str(target)) as store:
+        assert len(store) == 36
+    embed("--model", checkpoint, "--dataset", big, "--output", target, "--append")
+    with open_gallery(str(target)) as store:
+        assert len(store) == 216 and len(store.existing_names([f"copy5_{n}" for n in gallery["name"]])) == 36
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["big", "first", output])  # no hidden leftovers
+
+
+# ------------------------------------------------------------------------------------------ synthetic galleries
+def synthetic_rows(n=600, dim=32, seed=0):
+    """Clustered L2-normalised vectors with ids: 20 identities, 6 cameras, 3 scenes, times 1000..1000+n."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((20, dim))
+    pids = rng.integers(0, 20, n)
+    x = (centres[pids] + 0.6 * rng.standard_normal((n, dim))).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return GalleryRows([f"row{i:04d}" for i in range(n)], pids.astype(np.int64), rng.integers(0, 6, n),
+                       rng.integers(0, 3, n), 1000 + np.arange(n, dtype=np.int64), [""] * n, x)
+
+
+def synthetic_store(kind, tmp_path, rows, spec=IndexSpec(kind="exact")):
+    info = new_info("synthetic", "synthetic-1", rows.embeddings.shape[1], None)
+    if kind == "faiss":
+        store = open_gallery(tmp_path / "faiss", create_info=info, index_spec=spec)
+    else:
+        store = open_gallery(str(tmp_path / "g.db"), create_info=info, index_kind="exact")
+    store.append(rows)
+    return store
+
+
+FILTERS = [
+    RowFilter(include={"camid": (1, 2)}),
+    RowFilter(exclude={"camid": (0, 3, 4)}),
+    RowFilter(include={"sceneid": (2,)}, since=1100, until=1400),
+    RowFilter(same_camera=(2, None)),
+    RowFilter(same_camera=(2, 7), include={"pid": (7, 8, 9)}),
+    RowFilter(include={"name": ("row0003", "row0100", "row0599")}),
+]
+
+
+@pytest.mark.parametrize("kind", ["faiss", "milvus"])
+def test_filtered_top_k_is_the_exact_top_k_of_the_allowed_rows(kind, tmp_path):
+    rows = synthetic_rows()
+    queries = synthetic_rows(8, seed=1).embeddings
+    columns = {"name": np.asarray(rows.names, dtype=object), "pid": rows.pids, "camid": rows.camids,
+               "sceneid": rows.sceneids, "time": rows.times}
+    with synthetic_store(kind, tmp_path, rows) as store:
+        for where in FILTERS:
+            allowed = np.flatnonzero(where.mask(columns))
+            reference = compute_distance_matrix(queries, rows.embeddings[allowed], normalize=False)
+            for q, hits in enumerate(store.search(queries, 10, where)):
+                order = allowed[np.argsort(reference[q], kind="stable")[:10]]
+                assert [h.name for h in hits] == [rows.names[i] for i in order], where
+                assert all(where.mask({k: v[[int(h.name[3:]) for h in hits]] for k, v in columns.items()}))
+
+
+def test_an_ivf_filter_still_returns_k_rows(tmp_path):
+    """ivf / ivfpq probing a few cells: a filter that leaves few rows in them still gives the k allowed rows (the
+    search visits every cell when the probed ones run short)."""
+    rows = synthetic_rows(2000)
+    queries = synthetic_rows(5, seed=1).embeddings
+    for spec in (IndexSpec(kind="ivf", nlist=32, nprobe=1), IndexSpec(kind="ivfpq", nlist=16, nprobe=1, pca_dim=16,
+                                                                        pq_m=4)):
+        with synthetic_store("faiss", tmp_path / spec.kind, rows, spec) as store:
+            where = RowFilter(include={"name": tuple(rows.names[::97])})  # 21 rows spread over the cells
+            for hits in store.search(queries, 10, where):
+                assert len(hits) == 10 and {h.name for h in hits} <= set(rows.names[::97])
+
+
+@pytest.mark.parametrize("kind", ["faiss", "milvus"])
+def test_drop_same_camera_returns_k_rows_from_other_cameras(kind, tmp_path, capsys):
+    """The gallery holds 10 rows from other cameras than the query's (and 50 nearer ones from its camera):
+    --k 10 --camera C --drop-same-camera returns exactly those 10."""
+    rows = synthetic_rows(60)
+    rows.camids[:] = 3
+    others = np.arange(50, 60)
+    rows.camids[others] = [0, 1, 2, 4, 5, 0, 1, 2, 4, 5]
+    query = rows.embeddings[0]
+    with synthetic_store(kind, tmp_path, rows) as store:
+        location = store.location
+    np.save(tmp_path / "q.npy", query)
+    hits = search_json(capsys, "--index", location, "--embedding", tmp_path / "q.npy", "--k", 10, "--camera", 3,
+                       "--drop-same-camera")
+    assert sorted(h["name"] for h in hits) == [rows.names[i] for i in others]
+    assert [h["rank"] for h in hits] == list(range(1, 11)) and all(h["camid"] != 3 for h in hits)
+    by_time = search_json(capsys, "--index", location, "--embedding", tmp_path / "q.npy", "--k", 5, "--since",
+                          "1010", "--until", "1020", "--where", "camid!=0")
+    assert len(by_time) == 5 and all(1010 <= h["time"] < 1020 and h["camid"] == 3 for h in by_time)
+
+
+@pytest.mark.parametrize("kind", ["faiss", "milvus"])
+def test_deletes_by_name_identity_and_age(kind, tmp_path, capsys):
+    """gallery.py delete: by name, by identity, older than a time; a search never returns a deleted row, and the
+    rows left are searched exactly as before."""
+    rows = synthetic_rows(300)
+    with synthetic_store(kind, tmp_path, rows) as store:
+        location = store.location
+    query = rows.embeddings[5]
+    np.save(tmp_path / "q.npy", query)
+    assert gallery_script.main(["delete", "--index", location, "--name", "row0005", "row0006"]) == 0
+    assert capsys.readouterr().out.startswith("deleted 2 rows")
+    assert gallery_script.main(["delete", "--index", location, "--pid", str(rows.pids[7])]) == 0
+    assert gallery_script.main(["delete", "--index", location, "--older-than", "1970-01-01T00:20:00"]) == 0  # 1200
+    gone = {"row0005", "row0006"} | {n for n, p in zip(rows.names, rows.pids) if p == rows.pids[7]}
+    gone |= {n for n, t in zip(rows.names, rows.times) if t < 1200}
+    left = [i for i, n in enumerate(rows.names) if n not in gone]
+    hits = search_json(capsys, "--index", location, "--embedding", tmp_path / "q.npy", "--k", 300)
+    assert len(hits) == len(left) and not {h["name"] for h in hits} & gone
+    order = np.argsort(compute_distance_matrix(query[None], rows.embeddings[left], normalize=False)[0], kind="stable")
+    assert [h["name"] for h in hits] == [rows.names[left[i]] for i in order]
+    assert gallery_script.main(["info", "--index", location]) == 0
+    assert json.loads(capsys.readouterr().out)["rows"] == len(left)
+
+
+# ------------------------------------------------------------------------------------------------- bad input
+def test_bad_input_is_one_line_and_changes_nothing(checkpoint, data_dir, splits, tmp_path, capsys):
+    db, folder = str(splits / "gallery.db"), str(splits / "faiss")
+    np.save(tmp_path / "short.npy", np.ones(3, dtype=np.float32))
+    with open_gallery(db) as store:
+        rows_before, dim = len(store), store.dim
+    np.save(tmp_path / "q.npy", np.ones(dim, dtype=np.float32))
+    cases = [
+        (search_script, ["--index", "http://127.0.0.1:9", "--embedding", tmp_path / "q.npy"], "cannot connect"),
+        (search_script, ["--index", db, "--embedding", tmp_path / "short.npy"], "3 values"),
+        (search_script, ["--index", db, "--embedding", tmp_path / "q.npy", "--where", "colour=red"],
+         "unknown field 'colour'"),
+        (search_script, ["--index", db, "--collection", "nope", "--embedding", tmp_path / "q.npy"], "'nope'"),
+        (search_script, ["--index", folder, "--collection", "x", "--embedding", tmp_path / "q.npy"], "--collection"),
+        (search_script, ["--index", str(tmp_path / "missing.db"), "--embedding", tmp_path / "q.npy"],
+         "no such Milvus Lite file"),
+        (embed_script, ["--model", checkpoint, "--dataset", data_dir, "--output", db], "already exists"),
+        (embed_script, ["--model", checkpoint, "--dataset", data_dir, "--output", db, "--index", "none"],
+         "--index none"),
+        (embed_script, ["--model", checkpoint, "--dataset", data_dir, "--output", folder, "--store", "milvus",
+                        "--append"], "--store milvus"),
+        (embed_script, ["--model", checkpoint, "--dataset", data_dir, "--output", db, "--append", "--retrain"],
+         "--retrain"),
+        (gallery_script, ["delete", "--index", db], "one rule"),
+    ]
+    for script, args, needle in cases:
+        capsys.readouterr()
+        assert script.main([*map(str, args)]) == 2, args
+        assert needle in one_line_error(capsys, Path(script.__file__).name), args
+    with open_gallery(db) as store:
+        assert len(store) == rows_before
+
+
+def test_another_model_is_refused_on_append_and_query(checkpoint, data_dir, splits, tmp_path, capsys):
+    """A gallery embedded by one checkpoint refuses rows or queries from another (same size, other weights)."""
+    other = _train(data_dir, tmp_path / "other", seed=1)
+    capsys.readouterr()
+    triple = [data_dir.parent / "raw" / "RGBNT201" / "test" / tag for tag in ("RGB", "NI", "TI")]
+    name = sorted(p.name for p in triple[0].iterdir())[0]
+    for output in (splits / "faiss", splits / "gallery.db"):
+        assert embed_script.main(["--model", str(other), "--dataset", str(data_dir), "--output", str(output),
+                                  "--append", "--no-progress"]) == 2
+        assert "another model" in one_line_error(capsys, "embed.py")
+        assert search_script.main(["--index", str(output), "--model", str(other), "--rgb",
+                                   str(triple[0] / name)]) == 2
+        assert "another model" in one_line_error(capsys, "search.py")
+
+
+def test_a_lite_file_held_by_another_process_is_one_line(splits, tmp_path, capsys):
+    """A second process holds the Milvus Lite file open: search.py says so in one line (and works once it is
+    gone)."""
+    db = str(splits / "gallery.db")
+    with open_gallery(splits / "faiss") as store:
+        dim = store.dim
+    np.save(tmp_path / "q.npy", np.ones(dim, dtype=np.float32))
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pymilvus import MilvusClient; "
+                               f"c = MilvusClient({db!r}); print('open', flush=True); time.sleep(120)"],
+                              stdout=subprocess.PIPE, env=ONE_THREAD)
+    try:
+        assert holder.stdout.readline().strip() == b"open"
+        capsys.readouterr()
+        assert search_script.main(["--index", db, "--embedding", str(tmp_path / "q.npy")]) == 2
+        assert "open in another process" in one_line_error(capsys, "search.py")
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    assert search_script.main(["--index", db, "--embedding", str(tmp_path / "q.npy")]) == 0
+
+
+@pytest.mark.skipif(not os.environ.get("MILVUS_URI"), reason="MILVUS_URI is not set: no Milvus server to test")
+def test_a_milvus_server_takes_the_same_calls(tmp_path):
+    """Against a real server ($MILVUS_URI, token in $MILVUS_TOKEN): create, append, filter, delete, drop."""
+    from pymilvus import MilvusClient
+
+    uri, collection = os.environ["MILVUS_URI"], f"reid_test_{os.getpid()}"
+    rows = synthetic_rows(200)
+    info = new_info("synthetic", "synthetic-1", rows.embeddings.shape[1], None)
+    try:
+        with open_gallery(uri, collection, create_info=info, index_kind="exact") as store:
+            assert store.append(rows) == 200 and store.append(rows) == 0
+            hits = store.search(rows.embeddings[:1], 10, RowFilter(same_camera=(int(rows.camids[0]), None)))[0]
+            assert len(hits) == 10 and all(h.camid != rows.camids[0] for h in hits)
+            assert store.delete(RowFilter(include={"name": ("row0000",)})) == 1
+            assert "row0000" not in {h.name for h in store.search(rows.embeddings[:1], 10)[0]}
+    finally:
+        client = MilvusClient(uri=uri, token=os.environ.get("MILVUS_TOKEN", ""))
+        client.drop_collection(collection)
+        client.close()
+
+
+def test_the_demo_service_searches_a_milvus_gallery(data_dir, splits):
+    """The demo page's back end on a Milvus Lite gallery: a gallery row's own triple is found first, and the result
+    pictures are that row's images (found by name in the dataset the gallery was embedded from)."""
+    from demo_reid.retrieval.service import RetrievalService, side_by_side
+
+    service = RetrievalService(None, str(splits / "gallery.db"))
+    assert service.problem is None, service.problem
+    try:
+        row = datasets.load_from_disk(str(data_dir))["gallery"][9]
+        test = data_dir.parent / "raw" / "RGBNT201" / "test"
+        paths = [str(test / tag / row["name"]) for tag in ("RGB", "NI", "TI")]
+        result = service.search(paths, k=5, camera=row["camid"])
+        assert len(result.gallery) == 5 and result.gallery[0][1].startswith(f"#1 · id {row['pid']} ")
+        expected = np.asarray(side_by_side([row["rgb"], row["nir"], row["tir"]]), dtype=np.float32)
+        assert np.abs(np.asarray(result.gallery[0][0], dtype=np.float32) - expected).max() == 0
+    finally:
+        service.gallery.close()
+
+
+def test_row_times_are_capture_times_where_the_source_has_them():
+    """``time``: the source's ``captured_at`` column (unix seconds) where it has one, else the time of the append."""
+    from demo_reid.retrieval.embed import gallery_rows
+
+    split = datasets.Dataset.from_dict({"pid": [1, 2], "camid": [0, 1], "sceneid": [-1, -1], "name": ["a", "b"],
+                                        "captured_at": [1_700_000_000, 1_700_000_060]})
+    vectors = np.eye(2, dtype=np.float32)
+    assert gallery_rows(split, vectors, now=5).times.tolist() == [1_700_000_000, 1_700_000_060]
+    assert gallery_rows(split.remove_columns("captured_at"), vectors, now=5).times.tolist() == [5, 5]
