@@ -16,16 +16,16 @@ import json
 import sys
 from pathlib import Path
 
-from demo_reid.errors import UsageError, run_cli
-from demo_reid.machine import describe_cpu
-from demo_reid.output_paths import check_output_dir
+from mmreid.errors import UsageError, run_cli
+from mmreid.machine import describe_cpu
+from mmreid.output_paths import check_output_dir
 
 # The rank-list picture has one row per query: 64 rows of 96 px cells stay a readable page (about 6,200 px high).
 MAX_VISUALIZED_QUERIES = 64
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from demo_reid.data.missing import FILL_HELP, FILL_MODES
-    from demo_reid.evaluation.protocol import MISSING_SETTINGS
+    from mmreid.data.missing import FILL_HELP, FILL_MODES
+    from mmreid.evaluation.protocol import MISSING_SETTINGS
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="directory written by save_pretrained (train.py --output-dir)")
@@ -82,7 +82,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def load_dataset(path: str, revision: str | None = None):
     """The query and gallery splits of ``--dataset``: a local folder, or a Hub dataset id at ``revision``."""
-    from demo_reid.data.loading import open_reid_dataset
+    from mmreid.data.loading import open_reid_dataset
 
     try:
         return open_reid_dataset(path, splits=("query", "gallery"), revision=revision)
@@ -104,7 +104,7 @@ def _has_no_data_files(split_dir: Path) -> bool:
 
 def expert_names_of(model) -> tuple[str, ...]:
     """The model's names for its expert weights (`model.expert_names`, else its module's EXPERT_NAMES)."""
-    from demo_reid.evaluation.visualize import DEFAULT_EXPERT_NAMES
+    from mmreid.evaluation.visualize import DEFAULT_EXPERT_NAMES
 
     names = getattr(model, "expert_names", None)
     if names is None:
@@ -113,7 +113,7 @@ def expert_names_of(model) -> tuple[str, ...]:
 
 
 def complexity_of(model) -> dict:
-    from demo_reid.evaluation.complexity import count_macs, count_trainable_parameters
+    from mmreid.evaluation.complexity import count_macs, count_trainable_parameters
 
     return {"params": int(count_trainable_parameters(model)), "macs": int(count_macs(model)),
             "image_size": list(model.config.image_size)}
@@ -124,8 +124,8 @@ def write_figures(args, model, dsdict, query, gallery, sweep, out_dir: Path, fea
     """Rank lists, expert weights (per query and per missing setting) and the t-SNE (or PCA) feature map."""
     import torch
 
-    from demo_reid.evaluation.protocol import MISSING_LABELS, MISSING_SETTINGS, choose_protocol, extract_features
-    from demo_reid.evaluation.visualize import (choose_embedding_method, plot_expert_weights, plot_expert_weights_by_setting,
+    from mmreid.evaluation.protocol import MISSING_LABELS, MISSING_SETTINGS, choose_protocol, extract_features
+    from mmreid.evaluation.visualize import (choose_embedding_method, plot_expert_weights, plot_expert_weights_by_setting,
                                      plot_feature_scatter, rank_list_for_queries, write_rank_lists)
 
     scene = choose_protocol(query.sceneids, gallery.sceneids) == "scene"
@@ -147,7 +147,7 @@ def write_figures(args, model, dsdict, query, gallery, sweep, out_dir: Path, fea
                                          xlabel="query (index:pid)"))
         by_setting = {"Full": query.expert_weights.mean(dim=(0, 1)).tolist()}
         done = (sweep or {}).get("expert_weights", {})
-        from demo_reid.data.missing import FILL_CONFIG_KEY, rows_left_without_image
+        from mmreid.data.missing import FILL_CONFIG_KEY, rows_left_without_image
 
         fill = getattr(model.config, FILL_CONFIG_KEY, None)
         for s in MISSING_SETTINGS:
@@ -177,8 +177,8 @@ def use_fill_mode(args, model, dsdict) -> str:
     """What missing images become (--fill-missing-modalities, else the checkpoint's setting), set on the model's
     config for the collator; the data's missing modalities are said once, and a --missing setting that would leave
     a row without any image is refused before any feature is extracted."""
-    from demo_reid.data.missing import FILL_CONFIG_KEY, announce_missing, handling_note, rows_left_without_image
-    from demo_reid.evaluation.protocol import MISSING_SETTINGS
+    from mmreid.data.missing import FILL_CONFIG_KEY, announce_missing, handling_note, rows_left_without_image
+    from mmreid.evaluation.protocol import MISSING_SETTINGS
 
     fill = args.fill_missing_modalities or getattr(model.config, FILL_CONFIG_KEY, None) or "none"
     setattr(model.config, FILL_CONFIG_KEY, fill)
@@ -196,15 +196,15 @@ def use_fill_mode(args, model, dsdict) -> str:
 
 
 def run(args) -> dict:
-    from demo_reid.training.distributed import inference_accelerator
-    from demo_reid.evaluation.protocol import (EvaluationInputError, check_split, choose_protocol, compute_retrieval_metrics,
+    from mmreid.training.distributed import inference_accelerator
+    from mmreid.evaluation.protocol import (EvaluationInputError, check_split, choose_protocol, compute_retrieval_metrics,
                                       extract_features, format_markdown, missing_modality_sweep, write_report)
 
     if args.no_progress:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-    from demo_reid.hub.loading import load_checkpoint, load_checkpoint_tokenizer
+    from mmreid.hub.loading import load_checkpoint, load_checkpoint_tokenizer
 
     accelerator = inference_accelerator()
     dsdict = load_dataset(args.dataset, args.dataset_revision)  # cheap checks first
@@ -279,7 +279,7 @@ CAPTIONS_USED, CAPTIONS_ABSENT, CAPTIONS_NOT_READ = "used", "absent from the dat
 def caption_use(tokenizer, dsdict) -> str | None:
     """Whether the evaluation reads captions: a model that reads them (it has a tokenizer) and a dataset whose query
     and gallery splits hold the caption columns (the rule of ``extract_features``)."""
-    from demo_reid.data.collate import CAPTION_COLUMNS
+    from mmreid.data.collate import CAPTION_COLUMNS
 
     if tokenizer is None:
         return CAPTIONS_NOT_READ
@@ -288,7 +288,7 @@ def caption_use(tokenizer, dsdict) -> str | None:
 
 
 def main(argv=None) -> int:
-    from demo_reid.evaluation.protocol import EvaluationInputError
+    from mmreid.evaluation.protocol import EvaluationInputError
 
     return run_cli(lambda: run(parse_args(argv)), "eval.py", errors=(EvaluationInputError,))
 

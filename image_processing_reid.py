@@ -101,7 +101,7 @@ HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 
 
 def _to_8bit(image: Any) -> Any:
-    """A 16 / 32-bit image -> 8 bits by its own min and max (the rule of the training data, demo_reid/data/pixels.py:
+    """A 16 / 32-bit image -> 8 bits by its own min and max (the rule of the training data, mmreid/data/pixels.py:
     linear like a thermal viewer's automatic gain; clipping at 255 would turn a thermal frame white). PIL images of
     a high-bit mode and integer arrays / tensors wider than 8 bits are scaled; 8-bit and float inputs pass."""
     from PIL import Image

@@ -21,11 +21,11 @@ from pathlib import Path
 from transformers import set_seed
 from transformers.trainer_utils import enable_full_determinism
 
-from demo_reid.errors import UsageError, run_cli
-from demo_reid.evaluation.metrics import METRIC_KEYS
-from demo_reid.hub.model_card import ModelCardInfo, save_model_card
-from demo_reid.machine import describe_cpu
-from demo_reid.training.arguments import TrainRun, parse_args
+from mmreid.errors import UsageError, run_cli
+from mmreid.evaluation.metrics import METRIC_KEYS
+from mmreid.hub.model_card import ModelCardInfo, save_model_card
+from mmreid.machine import describe_cpu
+from mmreid.training.arguments import TrainRun, parse_args
 
 logger = logging.getLogger("train")
 
@@ -38,8 +38,8 @@ def dataset_hub_id(script) -> str | None:
 def load_data(run: TrainRun):
     """The run's DatasetDict and its path or Hub id: ``--dataset`` (a local folder, or a Hub dataset id at
     ``--dataset-revision``), or the default synthetic set (built once)."""
-    from demo_reid.data.loading import open_reid_dataset
-    from demo_reid.data.synthetic import prepare_default_set
+    from mmreid.data.loading import open_reid_dataset
+    from mmreid.data.synthetic import prepare_default_set
 
     script = run.script
     if script.dataset:
@@ -60,8 +60,8 @@ def card_info(run: TrainRun, model, train_split, metrics: dict, selection: str, 
               in_progress: bool = False) -> ModelCardInfo:
     """What the model card says about this run (``state``: the trainer state, for the steps and epochs trained;
     ``in_progress``: the card of an intermediate checkpoint)."""
-    from demo_reid.data.synthetic import DEFAULT_SET, describe_default_set
-    from demo_reid.hub.backbones import hub_id_of
+    from mmreid.data.synthetic import DEFAULT_SET, describe_default_set
+    from mmreid.hub.backbones import hub_id_of
 
     script, training = run.script, run.training
     out = Path(training.output_dir)
@@ -110,22 +110,22 @@ def card_info(run: TrainRun, model, train_split, metrics: dict, selection: str, 
 def build_trainer(run: TrainRun):
     """Everything before training: checks, seed, data, tokenizer, model, loss, augmentation -> (trainer, the
     checkpoint to resume from or None). Bad input raises :class:`UsageError` before anything is written."""
-    from demo_reid.data.augment import ReIDAugment
-    from demo_reid.data.missing import FILL_CONFIG_KEY, announce_missing, handling_note
-    from demo_reid.hub.checkpoint_files import attach_pipeline
-    from demo_reid.hub.factory import ModelRecipe
-    from demo_reid.hub.processors import build_processor
-    from demo_reid.training.checkpoints import check_resume_config, check_resume_weights, resolve_resume
-    from demo_reid.training.losses import ReIDLoss
-    from demo_reid.training.preemption import PreemptionCallback
-    from demo_reid.training.options import parse_overrides
-    from demo_reid.training.profiling import ProfilerCallback, make_deterministic
-    from demo_reid.training.run_info import RunInfoCallback, collect_run_info
-    from demo_reid.training.trainer import ReIDTrainer
+    from mmreid.data.augment import ReIDAugment
+    from mmreid.data.missing import FILL_CONFIG_KEY, announce_missing, handling_note
+    from mmreid.hub.checkpoint_files import attach_pipeline
+    from mmreid.hub.factory import ModelRecipe
+    from mmreid.hub.processors import build_processor
+    from mmreid.training.checkpoints import check_resume_config, check_resume_weights, resolve_resume
+    from mmreid.training.losses import ReIDLoss
+    from mmreid.training.preemption import PreemptionCallback
+    from mmreid.training.options import parse_overrides
+    from mmreid.training.profiling import ProfilerCallback, make_deterministic
+    from mmreid.training.run_info import RunInfoCallback, collect_run_info
+    from mmreid.training.trainer import ReIDTrainer
 
     script, training = run.script, run.training
     if script.resume and training.hub_model_id and not training.resume_from_checkpoint:
-        from demo_reid.hub.resume import fetch_hub_checkpoint
+        from mmreid.hub.resume import fetch_hub_checkpoint
 
         with training.main_process_first(desc="checkpoint from the Hub"):  # the others then find it on disk
             fetch_hub_checkpoint(training.output_dir, training.hub_model_id, training.hub_revision, training.hub_token)
@@ -179,7 +179,7 @@ def build_trainer(run: TrainRun):
         processing_class=build_processor(model.config, tokenizer),  # saved with every checkpoint and the final model
     )
     if training.push_to_hub:
-        from demo_reid.hub.push import HubPushCallback
+        from mmreid.hub.push import HubPushCallback
 
         selection = training.selection
 
@@ -192,9 +192,9 @@ def build_trainer(run: TrainRun):
 
 def main(argv: list[str] | None = None) -> dict:
     """Train, evaluate and save one run; the output directory is locked for it (one run per directory)."""
-    from demo_reid.training.lock import OutputDirLock
+    from mmreid.training.lock import OutputDirLock
 
-    from demo_reid.training.distributed import launcher_shortfall
+    from mmreid.training.distributed import launcher_shortfall
 
     run = parse_args(argv)
     training = run.training
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> dict:
         try:
             return train_and_save(run)
         except Exception as exc:  # a full disk anywhere (checkpoint, final model, metrics): one line
-            from demo_reid.training.disk_space import disk_full_error
+            from mmreid.training.disk_space import disk_full_error
 
             full = disk_full_error(exc, training.output_dir)
             if full is None:
@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> dict:
 def replace_previous_run(trainer, output_dir: str) -> None:
     """--overwrite-output-dir: delete the previous run's checkpoints now, after every check and just before the new
     run writes (its final model files are replaced when the new model is saved), and say what was deleted."""
-    from demo_reid.training.checkpoints import clear_previous_run
+    from mmreid.training.checkpoints import clear_previous_run
 
     if trainer.is_world_process_zero():
         deleted = clear_previous_run(output_dir)
@@ -229,7 +229,7 @@ def replace_previous_run(trainer, output_dir: str) -> None:
 
 
 def train_and_save(run: TrainRun) -> dict:
-    from demo_reid.training.preemption import Preempted, PreemptionCallback
+    from mmreid.training.preemption import Preempted, PreemptionCallback
 
     training = run.training
     trainer, resume = build_trainer(run)
@@ -267,7 +267,7 @@ def train_and_save(run: TrainRun) -> dict:
 def cli(argv: list[str] | None = None) -> int:
     """``main`` with bad input reported as ``train.py: error: ...`` (one line) and exit status 2; a checkpoint
     signal (SIGTERM) as one line and status 128 + its number, after the checkpoint; Ctrl-C as one line, 130."""
-    from demo_reid.training.preemption import Preempted
+    from mmreid.training.preemption import Preempted
 
     try:
         return run_cli(lambda: main(argv), "train.py",

@@ -22,7 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-from demo_reid.data.synthetic import make_synthetic
+from mmreid.data.synthetic import make_synthetic
 
 ANSWER = "\n".join([
     "1. Age: adult, confidence: 0.8", "2. Gender: female, confidence: 0.7", "3. Viewpoint: side, confidence: 0.9",

@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from demo_reid.data.collate import ReIDCollator
-from demo_reid.data.builder import build_dataset
-from demo_reid.data.synthetic import make_synthetic
-from demo_reid.machine import describe_cpu_line
+from mmreid.data.collate import ReIDCollator
+from mmreid.data.builder import build_dataset
+from mmreid.data.synthetic import make_synthetic
+from mmreid.machine import describe_cpu_line
 
 
 def measure(dataset, size, workers: int, batch_size: int, repeats: int) -> float:

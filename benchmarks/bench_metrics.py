@@ -16,9 +16,9 @@ import time
 import numpy as np
 import torch
 
-from demo_reid.evaluation.metrics import reid_metrics_from_features
-from demo_reid.evaluation.reranking import re_ranking
-from demo_reid.machine import describe_cpu_line
+from mmreid.evaluation.metrics import reid_metrics_from_features
+from mmreid.evaluation.reranking import re_ranking
+from mmreid.machine import describe_cpu_line
 
 
 def parse_sizes(text):

@@ -11,8 +11,8 @@ import tempfile
 from pathlib import Path
 
 from bench_decode import measure
-from demo_reid.data.builder import build_dataset
-from demo_reid.data.synthetic import make_synthetic
+from mmreid.data.builder import build_dataset
+from mmreid.data.synthetic import make_synthetic
 
 
 def run_decode_suite(workers, sizes, repeats: int, batch_size: int = 32, ids: int = 20, images_per_id: int = 20,

@@ -56,7 +56,7 @@ class Setup:
 
     def model(self):
         if self.dry_run:
-            from demo_reid.hub.backbones import tiny_demo_config
+            from mmreid.hub.backbones import tiny_demo_config
             from modeling_demo import DeMoModel
 
             torch.manual_seed(0)
@@ -119,7 +119,7 @@ def check_ranking(setup: Setup, log) -> dict:
     """reid_metrics on the GPU and on the CPU, same matrix: the results must be equal."""
     import numpy as np
 
-    from demo_reid.evaluation.metrics import reid_metrics
+    from mmreid.evaluation.metrics import reid_metrics
     from ranking_suite import make_case
 
     size = (200, 1000) if setup.dry_run else (1715, 8675)

@@ -81,7 +81,7 @@ def count_operator_calls(fn: Callable[[], object]) -> int:
 def describe_machine(device: str) -> dict:
     """CPU model and its vector instruction sets (they decide matmul rounding and int8 speed), cores, memory,
     library versions and (on CUDA) the GPU: recorded beside every figure."""
-    from demo_reid.machine import describe_cpu
+    from mmreid.machine import describe_cpu
 
     info = {
         **describe_cpu(),

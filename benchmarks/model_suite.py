@@ -17,8 +17,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from configuration_demo import DeMoConfig
-from demo_reid.hub.backbones import clip_vit_b16_vision_config
-from demo_reid.training.losses import ReIDLoss
+from mmreid.hub.backbones import clip_vit_b16_vision_config
+from mmreid.training.losses import ReIDLoss
 from modeling_demo import DeMoModel
 
 from harness import PeakMemory, median_seconds

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from demo_reid.export.writer import linear_layer_nodes
+from mmreid.export.writer import linear_layer_nodes
 from harness import describe_machine, interleaved_seconds
 from model_suite import build_model, make_batch
 from onnx_suite import _inputs, export_both, ort_session

@@ -3,7 +3,7 @@
 Why: `export_onnx.py [--quantize int8]` is the fast CPU path (issue goals: ORT fp32 >= 1.3x PyTorch eager at batch
 1; int8 >= 2x with mAP within 1 point). Two parts:
 - speed at the deployment shape: the ViT-B/16 DeMo at 256x128 (random weights; model_suite's model) exported by
-  export_onnx.py's own functions (demo_reid.export), triples/s at batch 1 and 32, the three contenders interleaved
+  export_onnx.py's own functions (mmreid.export), triples/s at batch 1 and 32, the three contenders interleaved
   in one process;
 - the effect on retrieval: a trained checkpoint (e.g. `python train.py`'s synthetic default) exported the same way,
   its query / gallery embedded by each contender: cosine of every embedding to PyTorch's (mean, min) and the mAP.
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from demo_reid.export.graph import OnnxGraph
-from demo_reid.export.writer import export, quantize_int8
+from mmreid.export.graph import OnnxGraph
+from mmreid.export.writer import export, quantize_int8
 from harness import interleaved_seconds
 from model_suite import build_model, make_batch
 
@@ -101,9 +101,9 @@ def run_speed(image_size, batches, repeats: int, warmup: int, threads: int, log=
 
 def run_retrieval(checkpoint: str, dataset: str, threads: int, batch_size: int = 64, log=print) -> dict:
     """mAP / Rank-1 and the embeddings' cosine to PyTorch's, for PyTorch eager, ORT fp32 and ORT int8."""
-    from demo_reid.data.loading import open_reid_dataset
-    from demo_reid.evaluation.protocol import compute_retrieval_metrics, extract_features
-    from demo_reid.hub.loading import load_checkpoint
+    from mmreid.data.loading import open_reid_dataset
+    from mmreid.evaluation.protocol import compute_retrieval_metrics, extract_features
+    from mmreid.hub.loading import load_checkpoint
 
     model = load_checkpoint(checkpoint).float().eval()
     splits = open_reid_dataset(dataset)

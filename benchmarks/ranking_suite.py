@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from demo_reid.evaluation.metrics import compute_distance_matrix, reid_metrics
+from mmreid.evaluation.metrics import compute_distance_matrix, reid_metrics
 from harness import interleaved_seconds, median_seconds
 from reference_ranking import reference_reid_metrics
 

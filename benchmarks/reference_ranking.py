@@ -1,6 +1,6 @@
 """The ranking algorithm of the authors' evaluation, as the benchmark's reference (written here, not copied).
 
-Why it exists: `demo_reid.metrics.reid_metrics` claims to be faster than the Re-ID protocol loop
+Why it exists: `mmreid.metrics.reid_metrics` claims to be faster than the Re-ID protocol loop
 the authors evaluate with; this is that algorithm, so the claim is measured on the same matrix in
 the same process. For every query: rank the whole gallery row with numpy's default ``argsort``,
 drop the junk entries (same identity and same camera / scene), and read CMC, AP and INP off the

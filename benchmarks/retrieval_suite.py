@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from demo_reid.retrieval.index import IndexSpec, new_faiss_index, set_search_params
+from mmreid.retrieval.index import IndexSpec, new_faiss_index, set_search_params
 from harness import PeakMemory
 
 CHUNK = 50_000
@@ -232,7 +232,7 @@ APPEND_ROWS = 10_000
 
 
 def _rows(data: ClusteredEmbeddings, x: np.ndarray, offset: int):
-    from demo_reid.retrieval.store import GalleryRows
+    from mmreid.retrieval.store import GalleryRows
 
     n = len(x)
     ids = np.arange(offset, offset + n)
@@ -246,8 +246,8 @@ def _milvus_case(label, data, queries, exact_rows, extra, k, path, log) -> dict:
     import math
     import shutil
 
-    from demo_reid.retrieval import milvus_store
-    from demo_reid.retrieval.store import new_info, open_gallery
+    from mmreid.retrieval import milvus_store
+    from mmreid.retrieval.store import new_info, open_gallery
 
     index_type, build, search = MILVUS_CASES[label]
     nlist = max(1, int(4 * math.sqrt(data.num_rows)))

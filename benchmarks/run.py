@@ -75,7 +75,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.deterministic:
-        from demo_reid.training.profiling import make_deterministic
+        from mmreid.training.profiling import make_deterministic
 
         make_deterministic()
     quick = args.quick

@@ -20,17 +20,17 @@ import sys
 import tempfile
 from pathlib import Path
 
-from demo_reid.data.builder import DatasetLayoutError, build_dataset, save_dataset
-from demo_reid.data.releases import release_names
-from demo_reid.hub.dataset_card import make_dataset_card, push_dataset_with_card
-from demo_reid.errors import RunFailed, UsageError, first_line, run_cli
-from demo_reid.output_paths import check_output_dir
+from mmreid.data.builder import DatasetLayoutError, build_dataset, save_dataset
+from mmreid.data.releases import release_names
+from mmreid.hub.dataset_card import make_dataset_card, push_dataset_with_card
+from mmreid.errors import RunFailed, UsageError, first_line, run_cli
+from mmreid.output_paths import check_output_dir
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--name", required=True, choices=release_names(),
-                   help="the release (demo_reid/data/releases/)")
+                   help="the release (mmreid/data/releases/)")
     p.add_argument("--root", required=True, type=Path, help="the dataset folder, or the folder containing it")
     p.add_argument("--output", required=True, type=Path, help="where to save_to_disk the DatasetDict")
     p.add_argument("--captions", type=Path, default=None,

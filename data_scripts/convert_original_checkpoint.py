@@ -6,15 +6,15 @@
 Everything the configuration needs (identities, cameras, ATMoE heads, direct or per-modality classifiers, tower
 width and depth) is read from tensor shapes. The checkpoint is read with `torch.load(weights_only=True)`: tensors
 only, no pickled code is executed. The output is written to a hidden folder and moved into place at the end
-(demo_reid/hub/conversion.py does the work).
+(mmreid/hub/conversion.py does the work).
 """
 
 import argparse
 import sys
 from pathlib import Path
 
-from demo_reid.errors import UsageError, run_cli
-from demo_reid.hub.conversion import CheckpointFormatError, convert_checkpoint
+from mmreid.errors import UsageError, run_cli
+from mmreid.hub.conversion import CheckpointFormatError, convert_checkpoint
 
 
 def parse_args(argv=None) -> argparse.Namespace:

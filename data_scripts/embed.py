@@ -24,10 +24,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from demo_reid.errors import UsageError, first_line, run_cli
-from demo_reid.retrieval.index import INDEX_KINDS, NPROBE_SHARE, IndexSpec
-from demo_reid.retrieval.milvus_store import MILVUS_INDEX_KINDS
-from demo_reid.retrieval.store import store_kind
+from mmreid.errors import UsageError, first_line, run_cli
+from mmreid.retrieval.index import INDEX_KINDS, NPROBE_SHARE, IndexSpec
+from mmreid.retrieval.milvus_store import MILVUS_INDEX_KINDS
+from mmreid.retrieval.store import store_kind
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -113,7 +113,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def run(args):
-    from demo_reid.retrieval.embed import embed_into_gallery
+    from mmreid.retrieval.embed import embed_into_gallery
 
     if args.no_progress:
         import datasets

@@ -21,9 +21,9 @@ import argparse
 import os
 import sys
 
-from demo_reid.errors import run_cli
-from demo_reid.export.check import ExportCheckError
-from demo_reid.export.checkpoint import QUANTIZE_CHOICES, export_checkpoint
+from mmreid.errors import run_cli
+from mmreid.export.check import ExportCheckError
+from mmreid.export.checkpoint import QUANTIZE_CHOICES, export_checkpoint
 
 
 def parse_args(argv=None) -> argparse.Namespace:

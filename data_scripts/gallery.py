@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a plain checkout too
 
-from demo_reid.errors import UsageError, run_cli  # noqa: E402
+from mmreid.errors import UsageError, run_cli  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -40,7 +40,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                            help="rows whose time is before this: ISO 8601, unix seconds, or an age such as 30d / 12h")
     args = p.parse_args(argv)
     if args.command == "delete":
-        from demo_reid.retrieval.filters import RowFilter
+        from mmreid.retrieval.filters import RowFilter
 
         rules = [r for r in (args.name, args.pid, args.older_than) if r is not None]
         if len(rules) != 1:
@@ -53,7 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def cutoff(text: str, now: float | None = None) -> int:
     """Unix seconds from an age (``30d``, ``12h``, ``90m``: that long before now) or a time."""
-    from demo_reid.retrieval.filters import parse_time
+    from mmreid.retrieval.filters import parse_time
 
     age = re.fullmatch(r"(\d+(?:\.\d+)?)([dhm])", text.strip())
     if age:
@@ -65,7 +65,7 @@ def cutoff(text: str, now: float | None = None) -> int:
 def run(args) -> int:
     import json
 
-    from demo_reid.retrieval.store import open_gallery
+    from mmreid.retrieval.store import open_gallery
 
     with open_gallery(args.index, args.collection) as gallery:
         if args.command == "info":

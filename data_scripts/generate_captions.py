@@ -21,17 +21,17 @@ import logging
 import sys
 from pathlib import Path
 
-from demo_reid.captioning.backends import BACKENDS, BackendError, make_backend
-from demo_reid.captioning.items import find_layout, list_items
-from demo_reid.captioning.merge import DEFAULT_MIN_CONFIDENCE
-from demo_reid.captioning.pipeline import CaptionRun, RunSummary
-from demo_reid.captioning.render import TEMPLATE_VERSION
-from demo_reid.captioning.schema import KINDS
-from demo_reid.captioning.stats import CAPTION_SPLITS, folder_stats, format_stats, stats_to_json
-from demo_reid.captioning.store import check_manifest
-from demo_reid.data.builder import LAYOUTS, DatasetLayoutError
-from demo_reid.errors import RunFailed, UsageError, run_cli
-from demo_reid.output_paths import check_output_dir
+from mmreid.captioning.backends import BACKENDS, BackendError, make_backend
+from mmreid.captioning.items import find_layout, list_items
+from mmreid.captioning.merge import DEFAULT_MIN_CONFIDENCE
+from mmreid.captioning.pipeline import CaptionRun, RunSummary
+from mmreid.captioning.render import TEMPLATE_VERSION
+from mmreid.captioning.schema import KINDS
+from mmreid.captioning.stats import CAPTION_SPLITS, folder_stats, format_stats, stats_to_json
+from mmreid.captioning.store import check_manifest
+from mmreid.data.builder import LAYOUTS, DatasetLayoutError
+from mmreid.errors import RunFailed, UsageError, run_cli
+from mmreid.output_paths import check_output_dir
 
 KEPT = "the captions saved so far are kept; rerun the same command to continue"
 

@@ -14,9 +14,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from demo_reid.data.synthetic import CAPTIONS_DIR, SYNTHETIC_LAYOUTS, make_synthetic
-from demo_reid.errors import run_cli
-from demo_reid.output_paths import check_output_dir
+from mmreid.data.synthetic import CAPTIONS_DIR, SYNTHETIC_LAYOUTS, make_synthetic
+from mmreid.errors import run_cli
+from mmreid.output_paths import check_output_dir
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -14,9 +14,9 @@ import json
 import os
 import sys
 
-from demo_reid.errors import UsageError, run_cli
-from demo_reid.output_paths import check_output_file
-from demo_reid.publish import atomic_output
+from mmreid.errors import UsageError, run_cli
+from mmreid.output_paths import check_output_file
+from mmreid.publish import atomic_output
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -29,10 +29,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def run(args) -> dict:
-    from demo_reid.data.collate import collator_for
-    from demo_reid.data.loading import open_reid_dataset
-    from demo_reid.evaluation.caption_effect import caption_effect, modulation_size
-    from demo_reid.hub.loading import load_checkpoint, load_checkpoint_tokenizer
+    from mmreid.data.collate import collator_for
+    from mmreid.data.loading import open_reid_dataset
+    from mmreid.evaluation.caption_effect import caption_effect, modulation_size
+    from mmreid.hub.loading import load_checkpoint, load_checkpoint_tokenizer
 
     from transformers.utils import logging as hf_logging
 

@@ -20,11 +20,11 @@ import json
 import sys
 from pathlib import Path
 
-from demo_reid.errors import UsageError, first_line, run_cli
+from mmreid.errors import UsageError, first_line, run_cli
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from demo_reid.retrieval.search import Rerank
+    from mmreid.retrieval.search import Rerank
 
     rerank = Rerank()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -73,7 +73,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def row_filter(args):
     """The --where / --since / --until rule (checked before anything loads)."""
-    from demo_reid.retrieval.filters import RowFilter, parse_time, parse_where
+    from mmreid.retrieval.filters import RowFilter, parse_time, parse_where
 
     include, exclude = parse_where(args.where)
     since = None if args.since is None else parse_time(args.since, "--since")
@@ -84,7 +84,7 @@ def row_filter(args):
 def query_embedding(args, gallery):
     import numpy as np
 
-    from demo_reid.retrieval.query import QueryEncoder, open_image
+    from mmreid.retrieval.query import QueryEncoder, open_image
 
     if args.embedding is not None:
         try:
@@ -115,8 +115,8 @@ def quiet_progress() -> None:
 
 
 def run(args) -> list:
-    from demo_reid.retrieval.search import Rerank, search_gallery
-    from demo_reid.retrieval.store import open_gallery
+    from mmreid.retrieval.search import Rerank, search_gallery
+    from mmreid.retrieval.store import open_gallery
 
     quiet_progress()
     with open_gallery(args.index, args.collection) as gallery:

@@ -39,7 +39,7 @@ def one_torch_thread():
 
 @pytest.fixture
 def tiny_config():
-    from demo_reid.hub.backbones import tiny_demo_config
+    from mmreid.hub.backbones import tiny_demo_config
 
     return tiny_demo_config(num_labels=6, num_cameras=3, image_size=(32, 16))
 
@@ -70,8 +70,8 @@ def free_port() -> int:
 def build_tiny_dataset(base: Path, seed: int, num_train_ids: int, num_test_ids: int, images_per_id: int,
                        image_size=(32, 16), captions: bool = False, name: str = "ds") -> str:
     """A synthetic RGBNT201-layout release (real JPEGs) under ``base``, converted to Arrow; returns its path."""
-    from demo_reid.data.builder import build_dataset, save_dataset
-    from demo_reid.data.synthetic import make_synthetic
+    from mmreid.data.builder import build_dataset, save_dataset
+    from mmreid.data.synthetic import make_synthetic
 
     root = make_synthetic("RGBNT201", base / "raw", seed=seed, num_train_ids=num_train_ids,
                           num_test_ids=num_test_ids, images_per_id=images_per_id, image_size=image_size)
@@ -97,7 +97,7 @@ def tiny_train_args(model: str = "demo") -> list[str]:
 
 
 # The project's own modules: blocked in a fresh process, so only a checkpoint's own files can be used.
-PROJECT_MODULES = ("demo_reid", "configuration_reid", "modeling_reid", "configuration_demo", "modeling_demo",
+PROJECT_MODULES = ("mmreid", "configuration_reid", "modeling_reid", "configuration_demo", "modeling_demo",
                    "configuration_next", "modeling_next", "image_processing_reid", "processing_reid", "pipeline_reid")
 
 

@@ -11,7 +11,7 @@ they take a `DeMoConfig`; `heads_config` makes one for given head sizes.
 import torch
 from torch import nn
 
-from demo_reid.hub.backbones import tiny_demo_config
+from mmreid.hub.backbones import tiny_demo_config
 from modeling_demo import EXPERT_COMBINATIONS, DeMoAttentionGate, DeMoSimpleGate
 
 

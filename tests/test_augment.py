@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from demo_reid.data.augment import ReIDAugment
+from mmreid.data.augment import ReIDAugment
 
 
 def _triples(b=16, h=32, w=16, same_modalities=True):

@@ -23,11 +23,11 @@ from pathlib import Path
 
 import pytest
 
-from demo_reid.captioning.backend_openai import OpenAIBackend
-from demo_reid.captioning.backends import BackendError, Request
-from demo_reid.captioning.store import read_attributes
-from demo_reid.data.builder import DatasetBuildWarning, build_dataset
-from demo_reid.data.synthetic import make_synthetic
+from mmreid.captioning.backend_openai import OpenAIBackend
+from mmreid.captioning.backends import BackendError, Request
+from mmreid.captioning.store import read_attributes
+from mmreid.data.builder import DatasetBuildWarning, build_dataset
+from mmreid.data.synthetic import make_synthetic
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "data_scripts" / "generate_captions.py"

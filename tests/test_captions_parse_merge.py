@@ -2,10 +2,10 @@
 
 import pytest
 
-from demo_reid.captioning.merge import Answer, merge_answers
-from demo_reid.captioning.parser import DEFAULT_CONFIDENCE, Observation, parse_answer
-from demo_reid.captioning.prompts import attribute_prompt
-from demo_reid.captioning.schema import PERSON, VEHICLE
+from mmreid.captioning.merge import Answer, merge_answers
+from mmreid.captioning.parser import DEFAULT_CONFIDENCE, Observation, parse_answer
+from mmreid.captioning.prompts import attribute_prompt
+from mmreid.captioning.schema import PERSON, VEHICLE
 
 
 def _values(parsed):

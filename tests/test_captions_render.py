@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from demo_reid.captioning.render import render_caption
-from demo_reid.captioning.rewrite import check_rewrite, clean_rewrite
-from demo_reid.captioning.schema import PERSON, VEHICLE
-from demo_reid.captioning.stats import folder_stats, format_stats
-from demo_reid.data.builder import DatasetLayoutError
+from mmreid.captioning.render import render_caption
+from mmreid.captioning.rewrite import check_rewrite, clean_rewrite
+from mmreid.captioning.schema import PERSON, VEHICLE
+from mmreid.captioning.stats import folder_stats, format_stats
+from mmreid.data.builder import DatasetLayoutError
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_CAPTIONS = REPO.parent / "shared" / "data" / "next_captions"

@@ -16,9 +16,9 @@ import pytest
 import torch
 from PIL import Image
 
-from demo_reid.captioning.store import read_attributes
-from demo_reid.data.builder import DatasetBuildWarning, build_dataset
-from demo_reid.data.synthetic import make_synthetic
+from mmreid.captioning.store import read_attributes
+from mmreid.data.builder import DatasetBuildWarning, build_dataset
+from mmreid.data.synthetic import make_synthetic
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -138,8 +138,8 @@ def test_gibberish_from_a_tiny_random_model_ends_as_all_unknown(tiny_vlm, tmp_pa
 
 
 def test_transformers_backend_batches_and_text_only_requests(tiny_vlm):
-    from demo_reid.captioning.backend_transformers import TransformersBackend
-    from demo_reid.captioning.backends import Request
+    from mmreid.captioning.backend_transformers import TransformersBackend
+    from mmreid.captioning.backends import Request
 
     buf = io.BytesIO()
     Image.new("RGB", (16, 32), (200, 30, 30)).save(buf, format="JPEG")
@@ -175,8 +175,8 @@ def test_rewrite_model_is_not_asked_when_nothing_is_known(tiny_vlm, tiny_text_ll
 
 
 def test_text_generation_backend_for_a_text_only_rewrite_model(tiny_text_llm):
-    from demo_reid.captioning.backend_transformers import TransformersBackend
-    from demo_reid.captioning.backends import Request
+    from mmreid.captioning.backend_transformers import TransformersBackend
+    from mmreid.captioning.backends import Request
 
     backend = TransformersBackend(batch_size=2, max_new_tokens=5, device="cpu")
     alone = backend.generate(str(tiny_text_llm), [Request("hello")])

@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch._dynamo.testing import CompileCounterWithBackend
 
-from demo_reid.data.text import build_caption_tokenizer, tokenize_captions
-from demo_reid.hub.backbones import tiny_demo_config, tiny_next_config
+from mmreid.data.text import build_caption_tokenizer, tokenize_captions
+from mmreid.hub.backbones import tiny_demo_config, tiny_next_config
 from modeling_demo import DeMoModel
 from modeling_next import NextModel
 from tests.conftest import random_triples

@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import load_data_script, random_triples
 
-from demo_reid.hub.backbones import tiny_demo_config
+from mmreid.hub.backbones import tiny_demo_config
 from modeling_demo import DeMoModel
 
 SCRIPT = Path(__file__).resolve().parents[1] / "data_scripts" / "convert_original_checkpoint.py"
@@ -153,7 +153,7 @@ def test_output_that_is_not_an_empty_folder_is_refused_and_left_as_it_was(tmp_pa
 def test_empty_output_folder_is_replaced_and_a_failed_save_leaves_it_empty(tmp_path, monkeypatch):
     """The library call: an empty --output folder (e.g. made by a job scheduler) is filled; a save that fails
     midway leaves the folder empty and no hidden folder beside it."""
-    from demo_reid.hub import conversion
+    from mmreid.hub import conversion
 
     model = trained_looking_model()
     torch.save(to_original_layout(model, ddp_prefix=False), tmp_path / "model.pth")

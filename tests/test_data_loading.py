@@ -7,10 +7,10 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 import datasets
-from demo_reid.data.collate import ReIDCollator, ReIDTransform
-from demo_reid.data.loading import load_reid_dataset
-from demo_reid.data.builder import build_dataset, save_dataset
-from demo_reid.data.synthetic import make_synthetic
+from mmreid.data.collate import ReIDCollator, ReIDTransform
+from mmreid.data.loading import load_reid_dataset
+from mmreid.data.builder import build_dataset, save_dataset
+from mmreid.data.synthetic import make_synthetic
 
 
 def _solid(value):

@@ -11,10 +11,10 @@ import pytest
 from huggingface_hub import DatasetCard
 
 import datasets
-from demo_reid.data.builder import build_dataset
-from demo_reid.data.releases import RELEASES
-from demo_reid.hub.dataset_card import make_dataset_card
-from demo_reid.data.synthetic import make_synthetic
+from mmreid.data.builder import build_dataset
+from mmreid.data.releases import RELEASES
+from mmreid.hub.dataset_card import make_dataset_card
+from mmreid.data.synthetic import make_synthetic
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "data_scripts"))

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 import datasets
-from demo_reid.data.builder import (
+from mmreid.data.builder import (
     DatasetBuildWarning,
     DatasetLayoutError,
     build_dataset,
@@ -21,7 +21,7 @@ from demo_reid.data.builder import (
     resolve_root,
     save_dataset,
 )
-from demo_reid.data.synthetic import make_synthetic
+from mmreid.data.synthetic import make_synthetic
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_CAPTIONS = REPO.parent / "shared" / "data" / "next_captions"

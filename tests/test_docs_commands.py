@@ -51,8 +51,8 @@ NOT_RUN = [
     (r"--push-to-hub|--dataset user/", "the Hugging Face Hub (tests/test_hub_round_trip.py runs it against "
      "tests/fake_hub.py)"),
     (r"--backend (openai|transformers)|vllm serve", "a vision-language model (tests/test_captions_*.py use fakes)"),
-    (r"tensorboard --logdir|demo/app\.py", "a server that runs until stopped (tests/test_tensorboard.py, "
-     "tests/test_demo_page.py)"),
+    (r"tensorboard --logdir|space/app\.py", "a server that runs until stopped (tests/test_tensorboard.py, "
+     "tests/test_space_page.py)"),
     (r"\b(DIR|PATH|CKPT)\b|\.\.\.", "placeholders for the reader's own paths"),
     (r"benchmarks/(run|bench_decode|bench_metrics)\.py", "a measurement taking minutes (docs/benchmarks.md)"),
     (r"(cpu_2proc\.yaml|--nproc_per_node 2) train\.py", "two training processes, a minute of this test's 2-minute "
@@ -270,7 +270,7 @@ def run_command(text: str, folder: Path) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     """The synthetic default set, built once, and README command 1's model trained on it with the tiny settings."""
-    from demo_reid.data.synthetic import prepare_default_set
+    from mmreid.data.synthetic import prepare_default_set
 
     base = tmp_path_factory.mktemp("docs-commands")
     synthetic_set = prepare_default_set(base / "synthetic-rgbnt201")

@@ -1,5 +1,5 @@
 """Every entry point, started by its path from another working directory: it imports the installed package (no
-``sys.path`` edits) and reports bad input through ``demo_reid.errors.run_cli``: one line ``<script>: error: ...``,
+``sys.path`` edits) and reports bad input through ``mmreid.errors.run_cli``: one line ``<script>: error: ...``,
 exit status 2, nothing written."""
 
 import os
@@ -39,7 +39,7 @@ CASES = {  # script -> (arguments, the start of its one error line); {tmp} is th
 
 
 def entry_files() -> list[Path]:
-    return sorted([REPO / "train.py", REPO / "eval.py", REPO / "demo" / "app.py",
+    return sorted([REPO / "train.py", REPO / "eval.py", REPO / "space" / "app.py",
                    *(REPO / "data_scripts").glob("*.py"), *(REPO / "benchmarks").glob("*.py")])
 
 

@@ -15,17 +15,17 @@ import torch
 from conftest import free_port
 
 import datasets
-from demo_reid.evaluation import visualize as vis
-from demo_reid.data.collate import ReIDTransform
-from demo_reid.data.loading import load_reid_dataset
-from demo_reid.evaluation.protocol import (
+from mmreid.evaluation import visualize as vis
+from mmreid.data.collate import ReIDTransform
+from mmreid.data.loading import load_reid_dataset
+from mmreid.evaluation.protocol import (
     EvaluationInputError,
     choose_protocol,
     evaluate_retrieval,
     modality_mask_for,
 )
-from demo_reid.evaluation.metrics import reid_metrics, reid_metrics_from_features
-from demo_reid.evaluation.reranking import re_ranking
+from mmreid.evaluation.metrics import reid_metrics, reid_metrics_from_features
+from mmreid.evaluation.reranking import re_ranking
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -37,8 +37,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def dataset_dir(tmp_path_factory):
-    from demo_reid.data.builder import build_dataset, save_dataset
-    from demo_reid.data.synthetic import make_synthetic
+    from mmreid.data.builder import build_dataset, save_dataset
+    from mmreid.data.synthetic import make_synthetic
 
     base = tmp_path_factory.mktemp("data")
     root = make_synthetic("RGBNT201", base / "raw", num_train_ids=4, num_test_ids=6, images_per_id=4,
@@ -47,7 +47,7 @@ def dataset_dir(tmp_path_factory):
 
 
 def _tiny_model(num_cameras=4):
-    from demo_reid.hub.backbones import tiny_demo_config
+    from mmreid.hub.backbones import tiny_demo_config
     from modeling_demo import DeMoModel
 
     torch.manual_seed(0)

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from conftest import REPO_ROOT, load_data_script, random_triples
 
-import demo_reid.export.checkpoint as export_checkpoint
-from demo_reid.hub.backbones import tiny_demo_config, tiny_next_config
-from demo_reid.data.text import build_caption_tokenizer, tokenize_captions
+import mmreid.export.checkpoint as export_checkpoint
+from mmreid.hub.backbones import tiny_demo_config, tiny_next_config
+from mmreid.data.text import build_caption_tokenizer, tokenize_captions
 from modeling_demo import DeMoModel
 from modeling_next import NextModel
 

@@ -12,9 +12,9 @@ import torch
 onnx = pytest.importorskip("onnx")
 onnxruntime = pytest.importorskip("onnxruntime")
 
-from demo_reid.hub.backbones import tiny_demo_config
+from mmreid.hub.backbones import tiny_demo_config
 from modeling_demo import DeMoModel
-import demo_reid.export.checkpoint as export_checkpoint
+import mmreid.export.checkpoint as export_checkpoint
 from tests.conftest import load_data_script, random_triples
 
 SCRIPT = Path(__file__).resolve().parents[1] / "data_scripts" / "export_onnx.py"

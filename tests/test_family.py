@@ -18,13 +18,13 @@ sys.path.insert(0, str(REPO))
 
 import eval as eval_script  # noqa: E402
 import train  # noqa: E402
-from demo_reid.hub.backbones import tiny_vision_config  # noqa: E402
-from demo_reid.models import BUILTIN_MODELS  # noqa: E402
+from mmreid.hub.backbones import tiny_vision_config  # noqa: E402
+from mmreid.models import BUILTIN_MODELS  # noqa: E402
 
 # The top-level modules of one model (not the family's): only the registry may import them.
 MODEL_MODULES = {"configuration_demo", "modeling_demo", "configuration_next", "modeling_next"}
 # Library modules still allowed to import them: the registry, and the tiny per-model configs that tests build.
-ALLOWED = {"demo_reid/models.py", "demo_reid/hub/backbones.py"}
+ALLOWED = {"mmreid/models.py", "mmreid/hub/backbones.py"}
 
 
 def _imported_modules(path: Path) -> set[str]:
@@ -39,10 +39,10 @@ def _imported_modules(path: Path) -> set[str]:
 
 
 def test_only_the_registry_imports_a_models_own_files():
-    """Factory, --help, collator, processor and model card read the registry (demo_reid/models.py), not a model's
+    """Factory, --help, collator, processor and model card read the registry (mmreid/models.py), not a model's
     files; the family files import no model's files either."""
     offenders = {}
-    for path in sorted((REPO / "demo_reid").rglob("*.py")):
+    for path in sorted((REPO / "mmreid").rglob("*.py")):
         relative = path.relative_to(REPO).as_posix()
         used = _imported_modules(path) & MODEL_MODULES
         if used and relative not in ALLOWED:
@@ -55,9 +55,9 @@ def test_only_the_registry_imports_a_models_own_files():
 
 
 def test_the_registry_feeds_help_factory_and_card():
-    from demo_reid.hub.factory import ModelRecipe
-    from demo_reid.hub.model_card import ModelCardInfo, build_model_card
-    from demo_reid.training.arguments import build_parser
+    from mmreid.hub.factory import ModelRecipe
+    from mmreid.hub.model_card import ModelCardInfo, build_model_card
+    from mmreid.training.arguments import build_parser
 
     help_text = build_parser().format_help()
     for name, entry in BUILTIN_MODELS.items():
@@ -78,8 +78,8 @@ def test_the_processor_follows_the_config_not_the_model_name():
     """A model that reads captions gets the family's caption processor, any other the image processor, whatever
     the model is called (a remote-code model declares `uses_text` on its config)."""
     from configuration_reid import ReIDConfig
-    from demo_reid.data.text import build_caption_tokenizer
-    from demo_reid.hub.processors import build_processor
+    from mmreid.data.text import build_caption_tokenizer
+    from mmreid.hub.processors import build_processor
     from image_processing_reid import DeMoImageProcessor, ReIDImageProcessor
     from processing_reid import NextProcessor, ReIDProcessor
 
@@ -167,8 +167,8 @@ def test_a_clip_folder_without_tokenizer_files_is_refused_before_any_work(captio
 
 
 def test_tokenizer_problem_accepts_a_tokenizer_that_reads_the_captions():
-    from demo_reid.data.text import build_caption_tokenizer
-    from demo_reid.hub.factory import tokenizer_problem
+    from mmreid.data.text import build_caption_tokenizer
+    from mmreid.hub.factory import tokenizer_problem
 
     captions = [f"a person number {i} in a red coat walks to the left ." for i in range(40)]
     assert tokenizer_problem(build_caption_tokenizer(captions, model_max_length=32), captions) is None
@@ -226,8 +226,8 @@ def test_checkpoints_saved_before_the_family_files_give_their_embeddings(kind, t
     from conftest import run_in_fresh_process
     from safetensors.torch import load_file
 
-    from demo_reid.hub.loading import load_checkpoint, load_checkpoint_tokenizer
-    from demo_reid.hub.processors import build_processor
+    from mmreid.hub.loading import load_checkpoint, load_checkpoint_tokenizer
+    from mmreid.hub.processors import build_processor
 
     expected = load_file(OLD / "expected.safetensors")
     paths, captions, images = _old_inputs(kind)

@@ -40,7 +40,7 @@ SIGNALLER = """
 import os, signal, sys
 sys.path.insert(0, {repo!r})
 import train
-from demo_reid.training.trainer import ReIDTrainer
+from mmreid.training.trainer import ReIDTrainer
 
 SIGNAL, SIGNAL_STEP, SIGNAL_RANK = signal.{signal}, {step}, {rank!r}
 training_step = ReIDTrainer.training_step
@@ -157,7 +157,7 @@ HOLDER = """
 import os, sys, time
 sys.path.insert(0, {repo!r})
 import train
-from demo_reid.training.trainer import ReIDTrainer
+from mmreid.training.trainer import ReIDTrainer
 
 training_step = ReIDTrainer.training_step
 
@@ -243,7 +243,7 @@ def test_a_full_disk_is_one_line_and_the_earlier_checkpoint_survives(tiny_datase
     import errno
     import shutil
 
-    from demo_reid.training.trainer import ReIDTrainer
+    from mmreid.training.trainer import ReIDTrainer
 
     save_checkpoint = ReIDTrainer._save_checkpoint
     filler = tmp_path / "disk" / "filler"
@@ -408,7 +408,7 @@ def test_captions_check_their_output_before_any_request(read_only_dir, tmp_path,
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    from demo_reid.data.synthetic import make_synthetic
+    from mmreid.data.synthetic import make_synthetic
 
     dataset = make_synthetic("RGBNT201", tmp_path / "raw", seed=0, num_train_ids=2, num_test_ids=2, images_per_id=4,
                              image_size=(32, 16))
@@ -494,7 +494,7 @@ def thermal_release(tmp_path_factory):
     counts fill a narrow band (7,000-9,040 of 65,535), as a thermal camera's do."""
     from PIL import Image
 
-    from demo_reid.data.synthetic import make_synthetic
+    from mmreid.data.synthetic import make_synthetic
 
     root = make_synthetic("RGBNT201", tmp_path_factory.mktemp("thermal") / "raw", seed=0, num_train_ids=2,
                           num_test_ids=2, images_per_id=4, image_size=(32, 16))
@@ -515,8 +515,8 @@ def thermal_release(tmp_path_factory):
 def test_16bit_thermal_png_is_scaled_by_its_range_in_builder_collator_and_processor(thermal_release, tmp_path):
     from PIL import Image
 
-    from demo_reid.data.builder import build_dataset
-    from demo_reid.data.collate import ReIDTransform
+    from mmreid.data.builder import build_dataset
+    from mmreid.data.collate import ReIDTransform
     from image_processing_reid import DeMoImageProcessor
 
     root, png, counts = thermal_release

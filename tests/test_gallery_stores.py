@@ -21,10 +21,10 @@ pytest.importorskip("milvus_lite")
 
 import datasets  # noqa: E402
 
-from demo_reid.evaluation.metrics import compute_distance_matrix, reid_metrics  # noqa: E402
-from demo_reid.retrieval.filters import RowFilter  # noqa: E402
-from demo_reid.retrieval.index import IndexSpec  # noqa: E402
-from demo_reid.retrieval.store import GalleryRows, new_info, open_gallery  # noqa: E402
+from mmreid.evaluation.metrics import compute_distance_matrix, reid_metrics  # noqa: E402
+from mmreid.retrieval.filters import RowFilter  # noqa: E402
+from mmreid.retrieval.index import IndexSpec  # noqa: E402
+from mmreid.retrieval.store import GalleryRows, new_info, open_gallery  # noqa: E402
 
 sys.path.insert(0, str(REPO_ROOT))
 import eval as eval_script  # noqa: E402
@@ -386,9 +386,9 @@ def test_a_milvus_server_takes_the_same_calls(tmp_path):
 
 
 def test_the_demo_service_searches_a_milvus_gallery(data_dir, splits):
-    """The demo page's back end on a Milvus Lite gallery: a gallery row's own triple is found first, and the result
+    """The search page's back end on a Milvus Lite gallery: a gallery row's own triple is found first, and the result
     pictures are that row's images (found by name in the dataset the gallery was embedded from)."""
-    from demo_reid.retrieval.service import RetrievalService, side_by_side
+    from mmreid.retrieval.service import RetrievalService, side_by_side
 
     service = RetrievalService(None, str(splits / "gallery.db"))
     assert service.problem is None, service.problem
@@ -406,7 +406,7 @@ def test_the_demo_service_searches_a_milvus_gallery(data_dir, splits):
 
 def test_row_times_are_capture_times_where_the_source_has_them():
     """``time``: the source's ``captured_at`` column (unix seconds) where it has one, else the time of the append."""
-    from demo_reid.retrieval.embed import gallery_rows
+    from mmreid.retrieval.embed import gallery_rows
 
     split = datasets.Dataset.from_dict({"pid": [1, 2], "camid": [0, 1], "sceneid": [-1, -1], "name": ["a", "b"],
                                         "captured_at": [1_700_000_000, 1_700_000_060]})

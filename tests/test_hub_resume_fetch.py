@@ -1,4 +1,4 @@
-"""--resume from the Hub (demo_reid.hub.resume.fetch_hub_checkpoint) against the in-memory Hub: the downloaded
+"""--resume from the Hub (mmreid.hub.resume.fetch_hub_checkpoint) against the in-memory Hub: the downloaded
 checkpoint is published whole as checkpoint-N, replacing an incomplete local checkpoint-N (a copy cut short), and
 nothing of the download is left beside it."""
 
@@ -12,7 +12,7 @@ from fake_hub import FakeHub, Repo
 REPO_ID = "tester/run"
 FETCH = """
 import sys
-from demo_reid.hub.resume import fetch_hub_checkpoint
+from mmreid.hub.resume import fetch_hub_checkpoint
 print(fetch_hub_checkpoint(sys.argv[1], sys.argv[2]))
 """
 

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from demo_reid.data.synthetic import make_synthetic  # noqa: E402
+from mmreid.data.synthetic import make_synthetic  # noqa: E402
 from fake_hub import FakeHub  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -266,7 +266,7 @@ def test_eval_reads_a_hub_dataset_and_a_missing_one_is_one_line(hub, strategy_ru
 
 
 def test_the_checkpoint_to_resume_from_is_last_checkpoint_else_the_highest_numbered():
-    from demo_reid.hub.resume import hub_checkpoint_folder
+    from mmreid.hub.resume import hub_checkpoint_folder
 
     assert hub_checkpoint_folder(["README.md", "last-checkpoint/config.json", "checkpoint-9/config.json"]) \
         == "last-checkpoint"

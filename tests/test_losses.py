@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from demo_reid.training.losses import (
+from mmreid.training.losses import (
     batch_hard_triplet_loss,
     euclidean_distance,
     label_smoothed_cross_entropy,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from demo_reid.machine import describe_cpu, isa_label
+from mmreid.machine import describe_cpu, isa_label
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -47,7 +47,7 @@ def test_without_cpuinfo_the_flags_are_unknown_not_empty(tmp_path):
 
 
 def test_run_info_and_benchmark_results_record_the_instruction_sets():
-    from demo_reid.training.run_info import collect_run_info
+    from mmreid.training.run_info import collect_run_info
 
     assert collect_run_info({})["cpu"] == describe_cpu()
     sys.path.insert(0, str(REPO / "benchmarks"))

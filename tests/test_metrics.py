@@ -5,14 +5,14 @@ import numpy as np
 import pytest
 import torch
 
-from demo_reid.evaluation.metrics import (
+from mmreid.evaluation.metrics import (
     compute_distance_matrix,
     iter_distance_blocks,
     reid_metrics,
     reid_metrics_from_features,
     summarize,
 )
-from demo_reid.evaluation.reranking import re_ranking
+from mmreid.evaluation.reranking import re_ranking
 
 
 # ----------------------------------------------------------------------------- oracle
@@ -260,7 +260,7 @@ def test_re_ranking_rejects_too_large_k1():
 
 @pytest.mark.parametrize("k", [1, 4, 9, 12])
 def test_smallest_k_equals_stable_argsort_with_ties(k):
-    from demo_reid.evaluation.reranking import smallest_k_stable
+    from mmreid.evaluation.reranking import smallest_k_stable
 
     d = np.random.default_rng(k).integers(0, 3, (20, 12)).astype(np.float32)  # many ties at the k-th value
     np.testing.assert_array_equal(smallest_k_stable(d, k), np.argsort(d, axis=1, kind="stable")[:, :k])
@@ -286,7 +286,7 @@ def grouped_entries(rng, num_rows, num_cols, per_row):
 @pytest.mark.parametrize("direct_tie_count", [0, 10**9])  # every tied row by argsort / every tie counted directly
 @pytest.mark.parametrize("kind", ["float32", "integers", "signed_zero_inf"])
 def test_stable_positions_equal_a_stable_sort(monkeypatch, kind, direct_tie_count):
-    import demo_reid.evaluation.metrics as metrics
+    import mmreid.evaluation.metrics as metrics
 
     monkeypatch.setattr(metrics, "_DIRECT_TIE_COUNT", direct_tie_count)
     rng = np.random.default_rng(7)
@@ -308,7 +308,7 @@ def test_stable_positions_equal_a_stable_sort(monkeypatch, kind, direct_tie_coun
 def test_mixed_tie_rows_match_oracle(monkeypatch, protocol, on_device_path):
     """One block with untied rows, rows with one tie, heavily tied rows, a query of an identity absent from the
     gallery and a query whose only matches are junk, through the numpy path and the device path."""
-    import demo_reid.evaluation.metrics as metrics
+    import mmreid.evaluation.metrics as metrics
 
     rng = np.random.default_rng(11)
     num_q, num_g = 30, 400

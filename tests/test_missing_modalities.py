@@ -20,8 +20,8 @@ from PIL import Image
 import datasets
 from conftest import REPO_ROOT, build_tiny_dataset, tiny_train_args
 
-from demo_reid.data.collate import ReIDCollator
-from demo_reid.data.loading import open_reid_dataset
+from mmreid.data.collate import ReIDCollator
+from mmreid.data.loading import open_reid_dataset
 
 ENV = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | dict(
     OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONPATH=str(REPO_ROOT))

@@ -16,8 +16,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import train  # noqa: E402
-from demo_reid.hub.backbones import tiny_demo_config  # noqa: E402
-from demo_reid.training.losses import ReIDLoss, euclidean_distance  # noqa: E402
+from mmreid.hub.backbones import tiny_demo_config  # noqa: E402
+from mmreid.training.losses import ReIDLoss, euclidean_distance  # noqa: E402
 from modeling_demo import DeMoModel  # noqa: E402
 
 LOW_PRECISION = [torch.bfloat16, torch.float16]

@@ -18,8 +18,8 @@ from transformers import CLIPConfig, CLIPModel, CLIPVisionModelWithProjection, V
 from configuration_demo import DeMoConfig
 from configuration_reid import ReIDConfig
 from configuration_next import NextConfig
-from demo_reid.hub.backbones import clip_vit_b16_vision_config, tiny_demo_config, tiny_vision_config
-from demo_reid.evaluation.complexity import count_macs, count_trainable_parameters
+from mmreid.hub.backbones import clip_vit_b16_vision_config, tiny_demo_config, tiny_vision_config
+from mmreid.evaluation.complexity import count_macs, count_trainable_parameters
 from modeling_demo import DeMoModel
 
 # Paper Table 5 (RGBNT201: 171 identities, 4 cameras, 256x128, ATMoE with 4 heads).
@@ -223,7 +223,7 @@ def test_save_pretrained_loads_in_fresh_process_with_remote_code(tmp_path, tiny_
         f"""
         import sys
         # The project must not be importable: only the files shipped in the checkpoint may be used.
-        for name in ("configuration_demo", "modeling_demo", "demo_reid"):
+        for name in ("configuration_demo", "modeling_demo", "mmreid"):
             sys.modules[name] = None
         import torch
         from safetensors.torch import load_file, save_file

@@ -14,8 +14,8 @@ sys.path.insert(0, str(REPO))
 
 import eval as eval_script  # noqa: E402
 import train  # noqa: E402
-from demo_reid.hub.backbones import hub_id_of  # noqa: E402
-from demo_reid.hub.model_card import BEST_ON_TEST, ModelCardInfo, build_model_card  # noqa: E402
+from mmreid.hub.backbones import hub_id_of  # noqa: E402
+from mmreid.hub.model_card import BEST_ON_TEST, ModelCardInfo, build_model_card  # noqa: E402
 
 TINY = [*tiny_train_args(), "--num-identities", "4", "--num-instances", "2", "--per-device-eval-batch-size", "16",
         "--num-train-epochs", "2"]

@@ -1,5 +1,5 @@
 """NextModel: outputs, captions (shared, per expert, empty, dropped), frozen text tower, ablations, bad input,
-remote-code loading with the tokenizer, CLIP towers, and the caption helpers of demo_reid.text."""
+remote-code loading with the tokenizer, CLIP towers, and the caption helpers of mmreid.text."""
 
 import json
 import os
@@ -15,8 +15,8 @@ from torch.nn import functional as F
 from transformers import CLIPConfig, CLIPModel, CLIPTextModelWithProjection, CLIPVisionModelWithProjection
 
 from configuration_next import NextConfig
-from demo_reid.hub.backbones import tiny_demo_config, tiny_next_config, tiny_text_config, tiny_vision_config
-from demo_reid.data.text import build_caption_tokenizer, sample_sentences, split_sentences, tokenize_captions
+from mmreid.hub.backbones import tiny_demo_config, tiny_next_config, tiny_text_config, tiny_vision_config
+from mmreid.data.text import build_caption_tokenizer, sample_sentences, split_sentences, tokenize_captions
 from modeling_demo import DeMoModel
 from modeling_next import NextModel
 
@@ -452,7 +452,7 @@ def test_remote_code_load_in_fresh_process_with_tokenizer(tmp_path, model, token
         f"""
         import json, sys
         # The project must not be importable: only the files shipped in the checkpoint may be used.
-        for name in ("configuration_demo", "modeling_demo", "configuration_next", "modeling_next", "demo_reid"):
+        for name in ("configuration_demo", "modeling_demo", "configuration_next", "modeling_next", "mmreid"):
             sys.modules[name] = None
         import torch
         from safetensors.torch import load_file, save_file

@@ -16,7 +16,7 @@ import torch
 from conftest import build_tiny_dataset, load_data_script, tiny_train_args
 
 import train
-from demo_reid.training.arguments import parse_args
+from mmreid.training.arguments import parse_args
 
 caption_effect_script = load_data_script("next_caption_effect")
 

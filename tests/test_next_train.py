@@ -13,8 +13,8 @@ sys.path.insert(0, str(REPO))
 
 import eval as eval_script  # noqa: E402
 import train  # noqa: E402
-from demo_reid.data.loading import load_reid_dataset  # noqa: E402
-from demo_reid.training.arguments import parse_args  # noqa: E402
+from mmreid.data.loading import load_reid_dataset  # noqa: E402
+from mmreid.training.arguments import parse_args  # noqa: E402
 
 TINY_NEXT = [
     *tiny_train_args("next"), "--num-identities", "4", "--num-instances", "2", "--per-device-eval-batch-size", "32",
@@ -24,8 +24,8 @@ TINY_NEXT = [
 
 @pytest.fixture(scope="module")
 def captioned_dataset(tmp_path_factory):
-    from demo_reid.data.builder import build_dataset, save_dataset
-    from demo_reid.data.synthetic import make_synthetic
+    from mmreid.data.builder import build_dataset, save_dataset
+    from mmreid.data.synthetic import make_synthetic
 
     base = tmp_path_factory.mktemp("next-synthetic")
     root = make_synthetic("RGBNT201", base / "raw", seed=3, num_train_ids=8, num_test_ids=4, images_per_id=5,
@@ -83,7 +83,7 @@ def test_training_caption_sentence_counts(captioned_dataset, tmp_path, option, e
 
 
 def test_evaluation_uses_whole_captions(captioned_dataset, tmp_path, monkeypatch):
-    from demo_reid.evaluation import protocol
+    from mmreid.evaluation import protocol
 
     trainer = _trainer(captioned_dataset, tmp_path)
     collators = []  # the collator of each split the trainer's evaluation reads

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from demo_reid.hub.backbones import tiny_demo_config
+from mmreid.hub.backbones import tiny_demo_config
 from image_processing_reid import ReIDImageProcessor
 from modeling_demo import DeMoModel
 from pipeline_reid import ReIDFeatureExtractionPipeline
@@ -104,8 +104,8 @@ def test_paths_base64_and_pil_images_embed_alike(pipe, files):
 
 @pytest.fixture(scope="module")
 def next_pipe():
-    from demo_reid.data.text import build_caption_tokenizer
-    from demo_reid.hub.backbones import tiny_next_config
+    from mmreid.data.text import build_caption_tokenizer
+    from mmreid.hub.backbones import tiny_next_config
     from modeling_next import NextModel
     from processing_reid import ReIDProcessor
 

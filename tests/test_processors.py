@@ -17,11 +17,11 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from demo_reid.hub.loading import load_checkpoint, load_checkpoint_tokenizer  # noqa: E402
+from mmreid.hub.loading import load_checkpoint, load_checkpoint_tokenizer  # noqa: E402
 import train  # noqa: E402
-from demo_reid.data.collate import CAPTION_COLUMNS, MODALITY_COLUMNS, ReIDTransform  # noqa: E402
-from demo_reid.data.loading import load_reid_dataset  # noqa: E402
-from demo_reid.evaluation.protocol import extract_features  # noqa: E402
+from mmreid.data.collate import CAPTION_COLUMNS, MODALITY_COLUMNS, ReIDTransform  # noqa: E402
+from mmreid.data.loading import load_reid_dataset  # noqa: E402
+from mmreid.evaluation.protocol import extract_features  # noqa: E402
 from image_processing_reid import ReIDImageProcessor  # noqa: E402
 from transformers import AutoProcessor  # noqa: E402
 
@@ -257,7 +257,7 @@ def test_camera_ids_must_be_one_per_sample():
 def test_next_processor_captions_match_the_evaluation_encoding_and_check_their_count():
     """Each caption is the tokenizer's own encoding (truncated), right-padded to the longest; None and "" mean
     "no caption" (pad ids, all-zero mask)."""
-    from demo_reid.data.text import build_caption_tokenizer
+    from mmreid.data.text import build_caption_tokenizer
     from processing_reid import ReIDProcessor
 
     tokenizer = build_caption_tokenizer(["a man in a red coat.", "a warm shape.", "he walks fast."])
@@ -296,7 +296,7 @@ REGISTERED_PIPELINE = textwrap.dedent(
 def test_custom_pipelines_entry_is_what_pipeline_registry_writes(tiny_model, tmp_path):
     """Registering the class with PIPELINE_REGISTRY and saving the pipeline writes the entry train.py records (in a
     subprocess: a registration under this task would replace the built-in pipeline for the rest of the process)."""
-    from demo_reid.hub.checkpoint_files import attach_pipeline
+    from mmreid.hub.checkpoint_files import attach_pipeline
 
     attach_pipeline(tiny_model.config)
     tiny_model.save_pretrained(tmp_path / "model")

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import Trainer, TrainingArguments
 
-from demo_reid.training.profiling import ProfilerCallback, make_deterministic, profile_dir
+from mmreid.training.profiling import ProfilerCallback, make_deterministic, profile_dir
 
 
 class _ToyModel(torch.nn.Module):

@@ -1,4 +1,4 @@
-"""demo_reid.publish.atomic_output: the one "write hidden, then rename" helper every writer uses."""
+"""mmreid.publish.atomic_output: the one "write hidden, then rename" helper every writer uses."""
 
 import os
 import signal
@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from demo_reid.publish import atomic_output, partial_path
+from mmreid.publish import atomic_output, partial_path
 
 
 def test_folder_appears_only_when_complete(tmp_path):
@@ -69,7 +69,7 @@ def test_a_killed_writer_leaves_only_a_hidden_leftover_that_the_next_run_removes
     out = tmp_path / "out"
     script = textwrap.dedent(f"""
         import os, signal, sys, time
-        from demo_reid.publish import atomic_output
+        from mmreid.publish import atomic_output
         with atomic_output({str(out)!r}) as work:
             work.mkdir()
             (work / "half.txt").write_text("half")

@@ -1,4 +1,4 @@
-"""The `evaluate` module: same numbers as `demo_reid.evaluation.metrics`, reported like eval.py, self-contained, and
+"""The `evaluate` module: same numbers as `mmreid.evaluation.metrics`, reported like eval.py, self-contained, and
 an `evaluate` Space as it is (card YAML, app.py with evaluate's widget, requirements.txt; pushed to the fake Hub and
 loaded back by id)."""
 
@@ -14,7 +14,7 @@ import evaluate
 import numpy as np
 import pytest
 
-from demo_reid.evaluation.metrics import METRIC_KEYS, reid_metrics
+from mmreid.evaluation.metrics import METRIC_KEYS, reid_metrics
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODULE = str(REPO_ROOT / "metrics" / "reid_map")
@@ -146,7 +146,7 @@ def test_module_imports_only_hub_safe_packages():
 # modules made unimportable (an editable install could otherwise still provide them).
 _ISOLATED = r"""
 import importlib.abc, json, sys
-BLOCKED = {"demo_reid", "modeling_reid", "configuration_reid", "modeling_demo", "configuration_demo", "modeling_next",
+BLOCKED = {"mmreid", "modeling_reid", "configuration_reid", "modeling_demo", "configuration_demo", "modeling_next",
            "configuration_next", "train", "eval"}
 class Block(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from demo_reid.data.builder import build_dataset
-from demo_reid.data.release import KINDS, PROTOCOLS, SPLITS, Release
-from demo_reid.data.releases import RELEASES, get_release, release_names
-from demo_reid.data.synthetic import SYNTHETIC_LAYOUTS, make_synthetic
-from demo_reid.evaluation.protocol import choose_protocol
-from demo_reid.hub.dataset_card import make_dataset_card
-from demo_reid.training.arguments import PRESETS_DIR, parse_args
+from mmreid.data.builder import build_dataset
+from mmreid.data.release import KINDS, PROTOCOLS, SPLITS, Release
+from mmreid.data.releases import RELEASES, get_release, release_names
+from mmreid.data.synthetic import SYNTHETIC_LAYOUTS, make_synthetic
+from mmreid.evaluation.protocol import choose_protocol
+from mmreid.hub.dataset_card import make_dataset_card
+from mmreid.training.arguments import PRESETS_DIR, parse_args
 
 SMALL = dict(num_train_ids=4, num_test_ids=4, images_per_id=4, image_size=(16, 8))
 
@@ -78,7 +78,7 @@ def test_the_wmveid863_preset_is_msvr310s_recipe_and_says_so(tmp_path):
 def test_a_new_release_is_one_module_found_without_other_edits(tmp_path, monkeypatch):
     """A module dropped into the package (here: a folder added to its search path) is registered as it is; a module
     without a RELEASE, or one reusing a registered name, is refused naming the module."""
-    import demo_reid.data.releases as package
+    import mmreid.data.releases as package
 
     (tmp_path / "toy100.py").write_text(
         (Path(package.__file__).parent / "rgbnt100.py").read_text()
@@ -89,11 +89,11 @@ def test_a_new_release_is_one_module_found_without_other_edits(tmp_path, monkeyp
 
     (tmp_path / "toy100.py").unlink()
     (tmp_path / "toy_none.py").write_text("RELEASE = None\n")
-    with pytest.raises(TypeError, match=r"demo_reid\.data\.releases\.toy_none defines no RELEASE"):
+    with pytest.raises(TypeError, match=r"mmreid\.data\.releases\.toy_none defines no RELEASE"):
         package._discover()
     (tmp_path / "toy_none.py").unlink()
-    (tmp_path / "toy_clash.py").write_text("from demo_reid.data.releases.rgbnt201 import RELEASE\n")
+    (tmp_path / "toy_clash.py").write_text("from mmreid.data.releases.rgbnt201 import RELEASE\n")
     with pytest.raises(ValueError, match=r"toy_clash: the name\(s\) \['RGBNT201'\] are already registered"):
         package._discover()
     for name in ("toy100", "toy_none", "toy_clash"):  # leave no test module registered behind
-        sys.modules.pop(f"demo_reid.data.releases.{name}", None)
+        sys.modules.pop(f"mmreid.data.releases.{name}", None)

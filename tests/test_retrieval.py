@@ -18,10 +18,10 @@ faiss = pytest.importorskip("faiss")
 
 import datasets  # noqa: E402
 
-from demo_reid.evaluation.metrics import compute_distance_matrix, reid_metrics  # noqa: E402
-from demo_reid.evaluation.reranking import re_ranking  # noqa: E402
-from demo_reid.retrieval.index import GalleryIndex, IndexSpec  # noqa: E402
-from demo_reid.retrieval.search import Rerank, search_gallery  # noqa: E402
+from mmreid.evaluation.metrics import compute_distance_matrix, reid_metrics  # noqa: E402
+from mmreid.evaluation.reranking import re_ranking  # noqa: E402
+from mmreid.retrieval.index import GalleryIndex, IndexSpec  # noqa: E402
+from mmreid.retrieval.search import Rerank, search_gallery  # noqa: E402
 
 sys.path.insert(0, str(REPO_ROOT))
 import eval as eval_script  # noqa: E402

@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import train  # noqa: E402
-from demo_reid.training.distributed import launcher_shortfall  # noqa: E402
+from mmreid.training.distributed import launcher_shortfall  # noqa: E402
 
 COMMON = ["--num-identities", "3", "--num-instances", "2", "--per-device-eval-batch-size", "32", "--max-steps", "2",
           "--save-strategy", "steps", "--save-steps", "2"]
@@ -39,7 +39,7 @@ def _snapshot(folder: Path) -> dict:
 
 
 @pytest.mark.parametrize("argv, needles", [
-    (tiny_train_args("next"), ["model demo_reid vs next_reid"]),
+    (tiny_train_args("next"), ["model mmreid vs next_reid"]),
     ([*tiny_train_args("demo"), "--image-size", "64", "32"], ["image size 32x16 vs 64x32"]),
     ([*tiny_train_args("demo"), "--use-atmoe", "false"], ["do not fit the model", "not in this model"]),
 ])

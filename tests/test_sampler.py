@@ -5,7 +5,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from demo_reid.data.sampler import PKBatchSampler, SeededBatchSampler, sample_seed
+from mmreid.data.sampler import PKBatchSampler, SeededBatchSampler, sample_seed
 
 
 def _labels(seed=0, num_ids=23):

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from demo_reid.training.scheduler import DeMoCosineLR, demo_cosine_lr
+from mmreid.training.scheduler import DeMoCosineLR, demo_cosine_lr
 
 BASES = (3.5e-4, 7e-4, 5e-6)  # head weights, head biases (x2), vision tower
 REFERENCE = {

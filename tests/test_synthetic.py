@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageColor
 
-from demo_reid.captioning.schema import COLORS
-from demo_reid.data.builder import DatasetBuildWarning, build_dataset, read_caption_file
-from demo_reid.data.synthetic import _PALETTE, COLOR_NAMES, SYNTHETIC_LAYOUTS, _identity_look, make_synthetic
+from mmreid.captioning.schema import COLORS
+from mmreid.data.builder import DatasetBuildWarning, build_dataset, read_caption_file
+from mmreid.data.synthetic import _PALETTE, COLOR_NAMES, SYNTHETIC_LAYOUTS, _identity_look, make_synthetic
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = dict(num_train_ids=3, num_test_ids=2, images_per_id=4, image_size=(16, 8))

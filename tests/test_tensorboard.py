@@ -13,8 +13,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import train  # noqa: E402
-from demo_reid.training.scheduler import demo_cosine_lr  # noqa: E402
-from demo_reid.training.trainer import PARAM_GROUPS  # noqa: E402
+from mmreid.training.scheduler import demo_cosine_lr  # noqa: E402
+from mmreid.training.trainer import PARAM_GROUPS  # noqa: E402
 
 EPOCHS, WARMUP = 3, 2  # epoch 1 in warm-up, epoch 2 on the cosine, epoch 3 at the floor
 LR, TOWER_LR, BIAS_FACTOR = 2e-3, 5e-4, 2.0  # three different group lrs: a mislabelled group cannot pass

@@ -132,7 +132,7 @@ class Block(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, Block())
 sys.path = [p for p in sys.path if p not in ("", {repo!r})]
 try:
-    import demo_reid
+    import mmreid
     raise SystemExit("the project is importable")
 except ImportError:
     pass
@@ -152,7 +152,7 @@ with torch.no_grad():
                "pipeline": torch.stack([torch.as_tensor(r["embedding"]) for r in rows])}}, {out!r})
 print(type(model).__name__, type(model).__module__)
 '''
-BLOCKED = ("demo_reid", "configuration_reid", "modeling_reid", "configuration_demo", "modeling_demo",
+BLOCKED = ("mmreid", "configuration_reid", "modeling_reid", "configuration_demo", "modeling_demo",
            "configuration_next", "modeling_next", "image_processing_reid", "processing_reid", "pipeline_reid",
            "baseline")
 
@@ -231,7 +231,7 @@ def test_every_saved_folder_holds_the_models_code_and_loads_without_the_project(
     from safetensors.torch import load_file
     from transformers import AutoModel
 
-    from demo_reid.hub.processors import build_processor
+    from mmreid.hub.processors import build_processor
 
     model = AutoModel.from_pretrained(out, trust_remote_code=True).eval()
     pixels = torch.rand(2, 3, 3, 32, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
@@ -266,7 +266,7 @@ def test_a_remote_code_model_trains_evaluates_and_reloads(template, tmp_path):
     assert train.returncode == 0, train.stderr[-3000:]
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "baseline_reid" and config["neck_momentum"] == 0.2
-    from demo_reid.data.loading import load_reid_dataset
+    from mmreid.data.loading import load_reid_dataset
 
     ds = load_reid_dataset(dataset)
     cameras = 1 + max(max(ds[s]["camid"]) for s in ("train", "query", "gallery"))

@@ -15,12 +15,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import train  # noqa: E402
-from demo_reid.data.loading import load_reid_dataset  # noqa: E402
-from demo_reid.training.losses import reid_loss  # noqa: E402
-from demo_reid.training.scheduler import demo_cosine_lr  # noqa: E402
-from demo_reid.training.trainer import ReIDTrainer  # noqa: E402
-from demo_reid.errors import UsageError  # noqa: E402
-from demo_reid.training.arguments import parse_args  # noqa: E402
+from mmreid.data.loading import load_reid_dataset  # noqa: E402
+from mmreid.training.losses import reid_loss  # noqa: E402
+from mmreid.training.scheduler import demo_cosine_lr  # noqa: E402
+from mmreid.training.trainer import ReIDTrainer  # noqa: E402
+from mmreid.errors import UsageError  # noqa: E402
+from mmreid.training.arguments import parse_args  # noqa: E402
 
 TINY = [
     *tiny_train_args(), "--num-identities", "3", "--num-instances", "2", "--per-device-eval-batch-size", "32",
@@ -58,7 +58,7 @@ def test_compute_loss_sums_supervised_pairs(tiny_dataset, tmp_path):
 
 def test_loss_module_is_passed_in(tiny_dataset, tmp_path):
     """The trainer applies the loss module it is given to every named head (here: ID loss only)."""
-    from demo_reid.training.losses import ReIDLoss
+    from mmreid.training.losses import ReIDLoss
 
     base = _trainer(tiny_dataset, tmp_path)
     model = base.model.eval()
@@ -125,7 +125,7 @@ import os, signal, sys
 sys.path.insert(0, {repo!r})
 import train
 from transformers import Trainer
-from demo_reid.training.trainer import ReIDTrainer
+from mmreid.training.trainer import ReIDTrainer
 
 KILL_STEP, WHEN = {kill_step}, {when!r}
 save_optimizer = Trainer._save_optimizer_and_scheduler
@@ -287,7 +287,7 @@ DEFAULT_RUN_MAP_BAR = 85.0
 # them, and 300 steps carry the rounding), the thread count and the library versions. Where all three are ones the
 # README quotes a figure for, the run must end at that figure (+- DEFAULT_RUN_MAP_TOLERANCE), so a change that moves
 # the headline shows here, not only one that breaks it. Key: (CPU vendor, instruction sets as
-# demo_reid.machine.isa_label names them, torch threads); with constraints.txt's versions of RESULT_LIBRARIES.
+# mmreid.machine.isa_label names them, torch threads); with constraints.txt's versions of RESULT_LIBRARIES.
 DEFAULT_RUN_MAP_BY_CPU = {
     ("AuthenticAMD", "AVX2", 2): 90.05,  # 2-core AMD EPYC (Zen 3): 90.049, measured at 11cf0ef
     ("GenuineIntel", "AVX2+AVX-512+VNNI+AMX", 2): 91.91,  # 2-core Intel Xeon (the README's figure since b013f91)
@@ -405,8 +405,8 @@ def test_two_process_accelerate_launch(tiny_dataset, tmp_path):
 def test_real_presets_follow_the_authors_recipe(tmp_path):
     """Pretrained CLIP tower, SIE at the head lr, per-modality augmentation, the original erasing range."""
     from configuration_demo import DeMoConfig
-    from demo_reid.data.augment import ReIDAugment
-    from demo_reid.hub.backbones import PRETRAINED_BACKBONE
+    from mmreid.data.augment import ReIDAugment
+    from mmreid.hub.backbones import PRETRAINED_BACKBONE
 
     for preset in ("rgbnt201", "rgbnt100", "msvr310"):
         run = parse_args(["--preset", preset, "--output-dir", str(tmp_path)])
@@ -441,7 +441,7 @@ def test_config_precedence_preset_yaml_flags(tmp_path):
 
 def test_a_copied_preset_is_the_same_recipe(tmp_path):
     """--config with an edited copy of a preset file replaces the default preset: the copy alone decides the run."""
-    from demo_reid.training.arguments import PRESETS_DIR
+    from mmreid.training.arguments import PRESETS_DIR
 
     copy = tmp_path / "mine.yaml"
     copy.write_text((PRESETS_DIR / "rgbnt100.yaml").read_text())
@@ -462,8 +462,8 @@ def test_model_options_come_from_the_config_classes(tmp_path):
     from configuration_demo import DeMoConfig
     from configuration_next import NextConfig
     from configuration_reid import ReIDConfig
-    from demo_reid.hub.factory import ModelRecipe
-    from demo_reid.training.arguments import build_parser
+    from mmreid.hub.factory import ModelRecipe
+    from mmreid.training.arguments import build_parser
 
     help_text = build_parser().format_help()
     for cls in (ReIDConfig, DeMoConfig, NextConfig):
@@ -488,7 +488,7 @@ def test_model_options_come_from_the_config_classes(tmp_path):
 def test_help_lists_every_option_in_reading_order():
     from dataclasses import fields
 
-    from demo_reid.training.arguments import REFUSED_TRAINER_OPTIONS, ReIDArguments, ReIDTrainingArguments, build_parser
+    from mmreid.training.arguments import REFUSED_TRAINER_OPTIONS, ReIDArguments, ReIDTrainingArguments, build_parser
 
     help_text = build_parser().format_help()
     for cls in (ReIDArguments, ReIDTrainingArguments):

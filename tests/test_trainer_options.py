@@ -22,8 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import train  # noqa: E402
-from demo_reid.training.arguments import REFUSED_TRAINER_OPTIONS, build_parser, parse_args  # noqa: E402
-from demo_reid.training.trainer import PARAM_GROUPS  # noqa: E402
+from mmreid.training.arguments import REFUSED_TRAINER_OPTIONS, build_parser, parse_args  # noqa: E402
+from mmreid.training.trainer import PARAM_GROUPS  # noqa: E402
 
 TESTS = Path(__file__).resolve().parent
 HERE = "test_trainer_options.py"
@@ -31,7 +31,7 @@ TINY = [*tiny_train_args(), "--num-identities", "3", "--num-instances", "2", "--
         "--logging-steps", "1", "--save-strategy", "no"]
 
 # Each TrainingArguments field that acts in train.py -> the test that shows it acting ("file::test"). A field is here
-# or in REFUSED_TRAINER_OPTIONS (demo_reid/training/arguments.py), never both, never neither.
+# or in REFUSED_TRAINER_OPTIONS (mmreid/training/arguments.py), never both, never neither.
 ACTING = {
     "output_dir": "test_train.py::test_default_run_reaches_its_headline_map",
     "num_train_epochs": "test_train.py::test_optimizer_groups_and_schedule",
@@ -332,7 +332,7 @@ def test_logging_checkpoint_and_cache_options_act(tiny_dataset, tmp_path, capfd,
 
 def test_loader_seed_ddp_and_log_options_reach_where_they_act(tiny_dataset, tmp_path, monkeypatch):
     import transformers
-    from demo_reid.evaluation import protocol
+    from mmreid.evaluation import protocol
 
     trainer = _trainer(tiny_dataset, tmp_path, [
         "--dataloader-num-workers", "1", "--dataloader-persistent-workers", "true", "--dataloader-prefetch-factor",

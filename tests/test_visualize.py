@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from demo_reid.evaluation import visualize as vis
-from demo_reid.evaluation.metrics import reid_metrics
+from mmreid.evaluation import visualize as vis
+from mmreid.evaluation.metrics import reid_metrics
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -130,7 +130,7 @@ def test_pca_fallback_without_sklearn(tmp_path, monkeypatch, caplog):
     monkeypatch.setitem(sys.modules, "sklearn", None)  # import sklearn now raises ImportError
     monkeypatch.setitem(sys.modules, "sklearn.manifold", None)
     feats, pids = clusters()
-    with caplog.at_level(logging.WARNING, logger="demo_reid.evaluation.visualize"):
+    with caplog.at_level(logging.WARNING, logger="mmreid.evaluation.visualize"):
         coords, method = vis.embed_2d(feats)
     assert method == "pca"
     np.testing.assert_array_equal(coords, vis.pca_2d(feats))
@@ -162,7 +162,7 @@ def test_rank_list_selection_agrees_with_metric():
         assert not ((g_pids[ranked[row]] == q_pids[q]) & (g_cams[ranked[row]] == q_cams[q])).any()
         np.testing.assert_array_equal(correct[row], g_pids[ranked[row]] == q_pids[q])
         # the first green frame sits where the metric puts the first true match
-        from demo_reid.evaluation.metrics import compute_distance_matrix
+        from mmreid.evaluation.metrics import compute_distance_matrix
 
         res = reid_metrics(compute_distance_matrix(qf[q : q + 1], gf), q_pids[q : q + 1], g_pids, q_cams[q : q + 1],
                            g_cams, max_rank=10)

@@ -1,7 +1,7 @@
 """ReID mAP / CMC / mINP as a self-contained Hugging Face `evaluate` module.
 
 Why self-contained: the folder can be pushed to the Hub on its own, so it imports only numpy,
-datasets, evaluate and the standard library. The numbers equal `demo_reid.evaluation.metrics` (the
+datasets, evaluate and the standard library. The numbers equal `mmreid.evaluation.metrics` (the
 repository's fast, blocked implementation) and are reported like `eval.py`: in percent, under
 the keys `mAP`, `Rank-1`, `Rank-5`, `Rank-10`, `mINP`. This version ranks one query at a time,
 which is slower but easy to check against the protocol.
