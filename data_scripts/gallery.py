@@ -18,11 +18,8 @@ import argparse
 import re
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a plain checkout too
-
-from mmreid.errors import UsageError, run_cli  # noqa: E402
+from mmreid.errors import UsageError, run_cli
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -34,7 +34,8 @@ CASES = {  # script -> (arguments, the start of its one error line); {tmp} is th
     "data_scripts/embed.py": (["--model", "{tmp}/none", "--dataset", "{tmp}/none", "--output", "{tmp}/out"],
                               "--dataset {tmp}/none: no such folder: dataset {tmp}/none does not exist"),
     "data_scripts/search.py": (["--index", "{tmp}/none", "--rgb", "{tmp}/a-file"],
-                               "--index {tmp}/none: no retrieval.json and index.faiss there"),
+                               "--index {tmp}/none: no retrieval.json there"),
+    "data_scripts/gallery.py": (["info", "--index", "{tmp}/none"], "--index {tmp}/none: no retrieval.json there"),
 }
 
 
