@@ -39,7 +39,7 @@ def _snapshot(folder: Path) -> dict:
 
 
 @pytest.mark.parametrize("argv, needles", [
-    (tiny_train_args("next"), ["model mmreid vs next_reid"]),
+    (tiny_train_args("next"), ["model demo_reid vs next_reid"]),
     ([*tiny_train_args("demo"), "--image-size", "64", "32"], ["image size 32x16 vs 64x32"]),
     ([*tiny_train_args("demo"), "--use-atmoe", "false"], ["do not fit the model", "not in this model"]),
 ])
