@@ -83,12 +83,12 @@ def test_training_caption_sentence_counts(captioned_dataset, tmp_path, option, e
 
 
 def test_evaluation_uses_whole_captions(captioned_dataset, tmp_path, monkeypatch):
-    from mmreid.evaluation import protocol
+    from mmreid import inference
 
     trainer = _trainer(captioned_dataset, tmp_path)
-    collators = []  # the collator of each split the trainer's evaluation reads
-    real_loader = protocol.DataLoader
-    monkeypatch.setattr(protocol, "DataLoader", lambda *a, **k: collators.append(k["collate_fn"]) or real_loader(*a, **k))
+    collators = []  # the collator of each split the trainer's evaluation reads (through the one inference loop)
+    real_loader = inference.DataLoader
+    monkeypatch.setattr(inference, "DataLoader", lambda *a, **k: collators.append(k["collate_fn"]) or real_loader(*a, **k))
     trainer.evaluate()
     assert len(collators) == 2
     ds = load_reid_dataset(captioned_dataset)
