@@ -235,8 +235,10 @@ def test_checkpoints_saved_before_the_family_files_give_their_embeddings(kind, t
     paths, captions, images = _old_inputs(kind)
     got = run_in_fresh_process(FRESH_PROCESS, {"checkpoint": str(OLD / kind), "captions": captions,
                                                "images": [[str(p) for p in t] for t in paths]}, tmp_path)
-    torch.testing.assert_close(got["embeddings"], expected[f"{kind}.embeddings"], rtol=0, atol=0)
-    torch.testing.assert_close(got["pipeline"], expected[f"{kind}.pipeline_embeddings"], rtol=0, atol=0)
+    # Embeddings within 1e-6: the thread count (1 when the fixture was made, 2 here by default) changes the order of
+    # the float sums; a change of the model's math moves them by orders of magnitude more.
+    torch.testing.assert_close(got["embeddings"], expected[f"{kind}.embeddings"], rtol=0, atol=1e-6)
+    torch.testing.assert_close(got["pipeline"], expected[f"{kind}.pipeline_embeddings"], rtol=0, atol=1e-6)
 
     model = load_checkpoint(str(OLD / kind)).eval()
     tokenizer = load_checkpoint_tokenizer(str(OLD / kind), model)
@@ -246,7 +248,7 @@ def test_checkpoints_saved_before_the_family_files_give_their_embeddings(kind, t
     for key, value in inputs.items():  # today's processors turn the images (and captions) into the same inputs
         torch.testing.assert_close(value, expected[f"{kind}.{key}"], rtol=0, atol=0, msg=key)
     with torch.no_grad():
-        torch.testing.assert_close(model(**inputs).embeddings, expected[f"{kind}.embeddings"], rtol=0, atol=0)
+        torch.testing.assert_close(model(**inputs).embeddings, expected[f"{kind}.embeddings"], rtol=0, atol=1e-6)
 
 
 @pytest.fixture(scope="module")
