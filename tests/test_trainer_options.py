@@ -332,7 +332,7 @@ def test_logging_checkpoint_and_cache_options_act(tiny_dataset, tmp_path, capfd,
 
 def test_loader_seed_ddp_and_log_options_reach_where_they_act(tiny_dataset, tmp_path, monkeypatch):
     import transformers
-    from mmreid.evaluation import protocol
+    from mmreid import inference
 
     trainer = _trainer(tiny_dataset, tmp_path, [
         "--dataloader-num-workers", "1", "--dataloader-persistent-workers", "true", "--dataloader-prefetch-factor",
@@ -350,8 +350,8 @@ def test_loader_seed_ddp_and_log_options_reach_where_they_act(tiny_dataset, tmp_
     transformers.utils.logging.set_verbosity_warning()
 
     sizes = []
-    real_loader = protocol.DataLoader
-    monkeypatch.setattr(protocol, "DataLoader", lambda *a, **k: sizes.append(k["batch_size"]) or real_loader(*a, **k))
+    real_loader = inference.DataLoader
+    monkeypatch.setattr(inference, "DataLoader", lambda *a, **k: sizes.append(k["batch_size"]) or real_loader(*a, **k))
     trainer.evaluate()
     assert sizes == [7, 7]  # query and gallery
 
