@@ -16,7 +16,6 @@ import json
 import logging
 import multiprocessing
 import shutil
-import tempfile
 import uuid
 import warnings
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ import datasets
 from datasets.arrow_writer import ArrowWriter
 from configuration_reid import MODALITIES
 
+from ..publish import atomic_output
 from .columns import CAPTION_COLUMNS
 from .pixels import HIGH_BIT_MODES, to_8bit
 from .release import SPLITS, DatasetLayoutError, Release
@@ -409,23 +409,16 @@ def _build_splits(layout, triples_of, labels, captions, allow_size_mismatch, num
 
 
 def save_dataset(dsdict: datasets.DatasetDict, output: str | Path, overwrite: bool = False, card=None) -> Path:
-    """``save_to_disk`` into a temporary sibling of ``output``, then rename it into place, so
-    an interrupted or failed save never leaves a partial dataset at ``output``.
+    """``save_to_disk`` through :func:`mmreid.publish.atomic_output`, so an interrupted or failed save never leaves
+    a partial dataset at ``output``.
 
     ``card`` (a ``huggingface_hub.DatasetCard`` or its text) is written as ``README.md`` inside the
     folder before the rename, so the data never appears without it (``load_from_disk`` ignores it)."""
     output = Path(output).expanduser().absolute()
     if output.exists() and not overwrite:
         raise FileExistsError(f"--output {output} already exists (pass --overwrite to replace it)")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
-    try:
-        dsdict.save_to_disk(str(tmp / "data"))
+    with atomic_output(output, overwrite=overwrite) as work:
+        dsdict.save_to_disk(str(work))
         if card is not None:
-            (tmp / "data" / "README.md").write_text(str(card), encoding="utf-8")
-        if output.exists():
-            output.rename(tmp / "old")
-        (tmp / "data").rename(output)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            (work / "README.md").write_text(str(card), encoding="utf-8")
     return output

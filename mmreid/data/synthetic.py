@@ -23,7 +23,6 @@ same arguments write byte-identical files.
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 
+from ..publish import atomic_output
 from ..captioning.render import noun_phrase, render_caption
 from ..captioning.schema import COLOR_SOURCES, get_schema
 from ..captioning.store import write_split
@@ -399,9 +399,8 @@ def make_synthetic(
         raise FileExistsError(f"{target} already exists (pass --overwrite to replace it)")
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{top}.tmp-", dir=out_dir))
-    try:
-        base = tmp / release.folders[0]
+    with atomic_output(target, overwrite=overwrite) as work:
+        base = work.joinpath(*Path(release.folders[0]).parts[1:])  # the release's folders below its top one
         ids = [(2 * i + 1, True) for i in range(num_train_ids)] + [(2 * i + 2, False) for i in range(num_test_ids)]
         drawn: list[_Drawn] = []
         for pid, train in ids:
@@ -421,13 +420,8 @@ def make_synthetic(
                     images_per_id=images_per_id, image_size=list(size), synthetic=True,
                     captions=CAPTIONS_DIR if captions else None)
         if captions:
-            _write_captions(tmp / top / CAPTIONS_DIR, layout, seed, drawn)
-        (tmp / top / "synthetic.json").write_text(json.dumps(meta, indent=2) + "\n")
-        if target.exists():
-            target.rename(tmp / ".old")
-        (tmp / top).rename(target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            _write_captions(work / CAPTIONS_DIR, layout, seed, drawn)
+        (work / "synthetic.json").write_text(json.dumps(meta, indent=2) + "\n")
     return target
 
 
