@@ -7,8 +7,33 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 # The modalities of a triple, in the order of every modality axis: images, masks, captions, dataset columns.
 MODALITIES = ("rgb", "nir", "tir")
-# backbone_type -> model_type of the image tower's config.
-BACKBONE_MODEL_TYPES = {"clip": "clip_vision_model", "vit": "vit"}
+# The image-tower families a ReID model here can be built on (their one list; modeling_reid.py's TOWER_ADAPTERS says
+# how each is built and loaded): backbone_type -> model_type of the image tower's config.
+BACKBONE_MODEL_TYPES = {
+    "clip": "clip_vision_model",
+    "metaclip_2": "metaclip_2_vision_model",
+    "siglip": "siglip_vision_model",
+    "siglip2": "siglip2_vision_model",
+    "dinov2": "dinov2",
+    "dinov2_with_registers": "dinov2_with_registers",
+    "dinov3_vit": "dinov3_vit",
+    "vit": "vit",
+}
+# Dual (image + text) checkpoints: model_type -> (model_type of its image half, of its text half).
+DUAL_MODEL_TYPES = {
+    "clip": ("clip_vision_model", "clip_text_model"),
+    "metaclip_2": ("metaclip_2_vision_model", "metaclip_2_text_model"),
+    "siglip": ("siglip_vision_model", "siglip_text_model"),
+    "siglip2": ("siglip2_vision_model", "siglip2_text_model"),
+}
+# Families whose image tower has a projection into the joint image-text space, applied to every token (CLIP's
+# ln_post + visual projection); the feature size C is then the projection's, else the tower's width.
+PROJECTED_FAMILIES = ("clip", "metaclip_2")
+# Families without a class token: the SigLIP towers (what stands in for it: modeling_reid.ReIDVisionTower).
+NO_CLASS_TOKEN_FAMILIES = ("siglip", "siglip2")
+# Pixel normalisation of the authors' CLIP recipe (and the default of every config): mean = std = 0.5 per channel.
+AUTHORS_IMAGE_MEAN = (0.5, 0.5, 0.5)
+AUTHORS_IMAGE_STD = (0.5, 0.5, 0.5)
 # Shapes of the ViT-B/16 image tower (OpenAI CLIP and ImageNet ViT alike); CLIP adds a 512-d projection.
 VIT_B16_SHAPES = dict(
     hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, patch_size=16, image_size=224
@@ -42,24 +67,25 @@ def positive_int(name: str, value) -> int:
 
 
 def parse_tower_config(value, key: str, model_types: tuple[str, ...], defaults: dict) -> PretrainedConfig:
-    """A tower's config from None (`defaults`, of `model_types[0]`), a config object, its dict, or a full CLIP config
-    (object or dict), of which the `key` half is kept with the parent's `projection_dim`: CLIPModel projects with
-    the parent's, whatever its halves say."""
+    """A tower's config from None (`defaults`, of `model_types[0]`), a config object, its dict, or a full dual
+    (image + text) config such as CLIP's or SigLIP's (object or dict), of which the `key` half is kept; a CLIP-like
+    half gets the parent's `projection_dim`: CLIPModel projects with the parent's, whatever its halves say."""
     if value is None:
         return CONFIG_MAPPING[model_types[0]](**defaults)
     if isinstance(value, PretrainedConfig):
-        if value.model_type != "clip":
+        if value.model_type not in DUAL_MODEL_TYPES:
             if value.model_type not in model_types:
                 raise ValueError(_wrong_type(key, model_types, value.model_type))
             return value
         value = value.to_dict()
     if not isinstance(value, dict):
         raise TypeError(f"{key} must be a config, its dict or None, got {type(value).__name__}")
-    if value.get("model_type") == "clip":
+    if value.get("model_type") in DUAL_MODEL_TYPES:
+        halves = DUAL_MODEL_TYPES[value["model_type"]]
         half = dict(value.get(key) or {})
         if "projection_dim" in value:
             half["projection_dim"] = value["projection_dim"]
-        value = {"model_type": model_types[0], **half}
+        value = {**half, "model_type": halves[0] if key == "vision_config" else halves[1]}
     model_type = value.get("model_type", model_types[0])
     if model_type not in model_types:
         raise ValueError(_wrong_type(key, model_types, model_type))
@@ -78,9 +104,10 @@ class ReIDConfig(PretrainedConfig):
 
     Args:
         vision_config (`dict | PretrainedConfig | None`, *optional*, defaults to `None`):
-            The image tower: a config of one of `tower_model_types` (`CLIPVisionConfig`, `ViTConfig`), its dict, or a
-            full `CLIPConfig` (its vision half, with the parent's `projection_dim`); None gives CLIP ViT-B/16's shapes.
-            Its `image_size` is the size the pretrained position table was trained at.
+            The image tower: a config of one of `tower_model_types` (CLIP, MetaCLIP 2, SigLIP, SigLIP 2, DINOv2 with
+            or without registers, DINOv3 ViT, ViT: `BACKBONE_MODEL_TYPES`), its dict, or a full dual config such as
+            `CLIPConfig` / `SiglipConfig` (its vision half; a CLIP-like one with the parent's `projection_dim`); None
+            gives CLIP ViT-B/16's shapes.
         image_size (`tuple[int, int]`, *optional*, defaults to `(256, 128)`):
             Input (height, width) of every modality image, both multiples of the patch size; the position table is
             resized to it once, when pretrained towers are loaded.
@@ -100,11 +127,17 @@ class ReIDConfig(PretrainedConfig):
             The retrieval feature `embeddings`, one of the model's `inference_feature_choices`; None gives the first
             (the model's default). DeMo: `"all"`, `"ori"`, `"moe"`; NEXT: `"final"`, `"all"` (each model's config
             says what they are).
+        image_mean (`tuple[float, float, float]`, *optional*, defaults to `(0.5, 0.5, 0.5)`):
+            Per-channel mean of the pixel normalisation the model was trained with (training, evaluation, the
+            checkpoint's image processor and pipeline all read it). The authors' CLIP recipe uses 0.5; a run on
+            another tower takes its processor config's (`mmreid.hub.backbones.tower_normalization`).
+        image_std (`tuple[float, float, float]`, *optional*, defaults to `(0.5, 0.5, 0.5)`):
+            Per-channel standard deviation of that normalisation.
     """
 
     sub_configs = {"vision_config": AutoConfig}
     # model_type of the image-tower configs this model family can run (class attribute, not an option).
-    tower_model_types = ("clip_vision_model", "vit")
+    tower_model_types = tuple(BACKBONE_MODEL_TYPES.values())
     # The retrieval features a model offers, its default first (class attribute; empty: any value is kept as is).
     inference_feature_choices: tuple[str, ...] = ()
     # Whether the model reads captions (class attribute or property): the run then loads a tokenizer, batches carry
@@ -127,6 +160,8 @@ class ReIDConfig(PretrainedConfig):
         head_init: str = "pytorch",
         initializer_range: float = 0.02,
         inference_features: str | None = None,
+        image_mean: tuple[float, float, float] = AUTHORS_IMAGE_MEAN,
+        image_std: tuple[float, float, float] = AUTHORS_IMAGE_STD,
         **kwargs,
     ):
         # Older config.json files stored backbone_type; it is derived from the tower now and only has to agree.
@@ -140,17 +175,22 @@ class ReIDConfig(PretrainedConfig):
                 f"{self.vision_config.model_type!r} (backbone_type {self.backbone_type!r})"
             )
         image_size = tuple(int(s) for s in image_size)
-        patch = self.vision_config.patch_size
+        patch = tower_patch_size(self.vision_config)
         if len(image_size) != 2 or any(s <= 0 or s % patch for s in image_size):
             raise ValueError(f"image_size must be (height, width), both multiples of patch_size={patch}; got {image_size}")
         if num_cameras < 0:
             raise ValueError(f"num_cameras must be >= 0, got {num_cameras}")
         check_choice("head_init", head_init, HEAD_INITS)
+        image_mean, image_std = channel_triple("image_mean", image_mean), channel_triple("image_std", image_std)
+        if min(image_std) <= 0:
+            raise ValueError(f"image_std must be positive per channel, got {image_std}")
 
         self.image_size = image_size
         self.num_cameras = int(num_cameras)
         self.sie_coefficient = float(sie_coefficient)
         self.head_init = head_init
+        self.image_mean = image_mean
+        self.image_std = image_std
         self.initializer_range = initializer_range
         if self.inference_feature_choices:
             if inference_features is None:
@@ -166,27 +206,58 @@ class ReIDConfig(PretrainedConfig):
     @classmethod
     def from_backbone_config(cls, backbone_config: PretrainedConfig, **kwargs) -> "ReIDConfig":
         """The config of a new model around a pretrained tower: `backbone_config` is the tower checkpoint's config
-        (`CLIPConfig`, `CLIPVisionConfig` or `ViTConfig`, e.g. `AutoConfig.from_pretrained(path)`), `kwargs` the
-        other options."""
+        (an image-tower config of `BACKBONE_MODEL_TYPES`, or a dual one such as `CLIPConfig`, e.g.
+        `AutoConfig.from_pretrained(path)`), `kwargs` the other options."""
         return cls(vision_config=backbone_config, **kwargs)
 
     @property
     def backbone_type(self) -> str:
-        """`"clip"` (ln_post and the visual projection applied to every token) or `"vit"`, from the tower's type."""
+        """The tower family (a key of `BACKBONE_MODEL_TYPES`: `"clip"`, `"siglip2"`, `"dinov3_vit"`, ...), from the
+        tower config's model_type."""
         return {v: k for k, v in BACKBONE_MODEL_TYPES.items()}[self.vision_config.model_type]
 
     @property
     def feature_dim(self) -> int:
-        """Size C of one token's feature: the CLIP projection (512 for ViT-B/16) or the ViT width (768)."""
-        if self.backbone_type == "clip":
+        """Size C of one token's feature: the projection of a CLIP-like tower (512 for CLIP ViT-B/16), else the
+        tower's width (768 for the base towers)."""
+        if self.backbone_type in PROJECTED_FAMILIES:
             return self.vision_config.projection_dim
         return self.vision_config.hidden_size
 
     @property
+    def has_class_token(self) -> bool:
+        """Whether the tower has a class token (the SigLIP towers have none; see `ReIDVisionTower`)."""
+        return self.backbone_type not in NO_CLASS_TOKEN_FAMILIES
+
+    @property
+    def num_register_tokens(self) -> int:
+        """Register tokens of the tower (DINOv2 with registers, DINOv3): in its sequence, never in its output."""
+        return int(getattr(self.vision_config, "num_register_tokens", 0) or 0)
+
+    @property
     def patch_grid(self) -> tuple[int, int]:
         """Patch grid (rows, cols) of `image_size`."""
-        patch = self.vision_config.patch_size
+        patch = tower_patch_size(self.vision_config)
         return self.image_size[0] // patch, self.image_size[1] // patch
 
 
-__all__ = ["MODALITIES", "ReIDConfig", "check_choice", "positive_int", "parse_tower_config"]
+def tower_patch_size(vision_config: PretrainedConfig) -> int:
+    """The tower's (square) patch size; DINOv3's config may give it as a pair."""
+    patch = vision_config.patch_size
+    if isinstance(patch, (list, tuple)):
+        if len(set(patch)) != 1:
+            raise ValueError(f"vision_config.patch_size={list(patch)}: only square patches are supported")
+        patch = patch[0]
+    return int(patch)
+
+
+def channel_triple(name: str, value) -> tuple[float, float, float]:
+    """Three per-channel floats from a float or a 3-sequence, or a one-line error naming the option."""
+    values = [value] * 3 if isinstance(value, (int, float)) and not isinstance(value, bool) else list(value)
+    if len(values) != 3 or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values):
+        raise ValueError(f"{name} must be three per-channel numbers (R, G, B), got {value!r}")
+    return tuple(float(v) for v in values)
+
+
+__all__ = ["MODALITIES", "BACKBONE_MODEL_TYPES", "DUAL_MODEL_TYPES", "ReIDConfig", "check_choice", "positive_int",
+           "parse_tower_config", "tower_patch_size", "channel_triple"]

@@ -8,19 +8,46 @@ conversion of HF CLIP / ViT tower weights (`tower_state_dict_from_hf`). Ships wi
 """
 
 import math
+import re
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 from transformers import PretrainedConfig, PreTrainedModel
 from transformers import initialization as init
-from transformers.models.clip.modeling_clip import CLIPEncoderLayer
-from transformers.models.vit.modeling_vit import ViTLayer
+from transformers.models.clip.modeling_clip import CLIPEncoderLayer, CLIPVisionModelWithProjection
+from transformers.models.dinov2.modeling_dinov2 import Dinov2Layer, Dinov2Model
+from transformers.models.dinov2_with_registers.modeling_dinov2_with_registers import (
+    Dinov2WithRegistersLayer,
+    Dinov2WithRegistersModel,
+)
+from transformers.models.dinov3_vit.modeling_dinov3_vit import (
+    DINOv3ViTLayer,
+    DINOv3ViTModel,
+    DINOv3ViTRopePositionEmbedding,
+)
+from transformers.models.metaclip_2.modeling_metaclip_2 import (
+    MetaClip2EncoderLayer,
+    MetaClip2VisionModelWithProjection,
+)
+from transformers.models.siglip.modeling_siglip import (
+    SiglipEncoderLayer,
+    SiglipMultiheadAttentionPoolingHead,
+    SiglipVisionModel,
+)
+from transformers.models.siglip2.modeling_siglip2 import (
+    Siglip2EncoderLayer,
+    Siglip2MultiheadAttentionPoolingHead,
+    Siglip2VisionEmbeddings,
+    Siglip2VisionModel,
+)
+from transformers.models.vit.modeling_vit import ViTLayer, ViTModel
 
 try:
-    from .configuration_reid import ReIDConfig
+    from .configuration_reid import BACKBONE_MODEL_TYPES, DUAL_MODEL_TYPES, ReIDConfig, tower_patch_size
 except ImportError:  # imported as a top-level module from a checkout
-    from configuration_reid import ReIDConfig
+    from configuration_reid import BACKBONE_MODEL_TYPES, DUAL_MODEL_TYPES, ReIDConfig, tower_patch_size
 
 def is_exporting() -> bool:
     """Whether torch.export (and so the ONNX exporter) is tracing. False in eager mode and on torch releases without
@@ -65,42 +92,159 @@ def resize_position_embedding(table: torch.Tensor, grid: tuple[int, int]) -> tor
     return torch.cat([cls_row, patches], dim=0)
 
 
+@dataclass(frozen=True)
+class TowerAdapter:
+    """How one image-tower family becomes a `ReIDVisionTower`: which of transformers' layer classes it is built
+    from, which transformers model loads its pretrained weights, how that model's state dict maps to the tower's
+    names, and what its embedding stage has (class token, position table or rotary positions, register tokens).
+
+    The tower keeps transformers' own module names below `layers.N` (q_proj / k_proj / v_proj, query / key / value),
+    so adapters (LoRA) target them by name as on the transformers model.
+    """
+
+    layer_class: type
+    source_class: type  # loads the pretrained tower (the image half of a dual checkpoint)
+    unused_keys: tuple[str, ...]  # checkpoint keys a ReID model has no use for: loaded quietly, dropped
+    patch_bias: bool = True
+    patch_linear: bool = False  # SigLIP 2 embeds flattened (row, col, channel) patches with a Linear layer
+    pre_layernorm: bool = False  # CLIP's pre_layrnorm
+    projection: bool = False  # CLIP's visual projection, applied to every token
+    position: str = "table"  # "table" (added once, after the class token is in) or "rope" (DINOv3, in each layer)
+    class_position_row: bool = True  # the position table has a row for the class token
+    layer_scale: bool = False  # DINOv2 / DINOv3 LayerScale (lambda1 per layer)
+
+
+# Keys of a pretrained checkpoint that loading one tower leaves unused by design (a dual checkpoint's other tower and
+# logit scale / bias, a ViT's pooler or classifier, DINO's mask token): loaded quietly; any other unexpected key is
+# still reported.
+UNUSED_CLIP_VISION_KEYS = (r"^text_model\.", r"^text_projection\.", r"^logit_scale$")
+UNUSED_CLIP_TEXT_KEYS = (r"^vision_model\.", r"^visual_projection\.", r"^logit_scale$")
+UNUSED_SIGLIP_VISION_KEYS = (r"^text_model\.", r"^logit_scale$", r"^logit_bias$")
+UNUSED_VIT_KEYS = (r"^(vit\.)?pooler\.", r"^classifier\.")
+UNUSED_DINO_KEYS = (r"mask_token$", r"^classifier\.")
+
+# backbone_type (configuration_reid.BACKBONE_MODEL_TYPES) -> its adapter: the tower registry.
+TOWER_ADAPTERS = {
+    "clip": TowerAdapter(CLIPEncoderLayer, CLIPVisionModelWithProjection, UNUSED_CLIP_VISION_KEYS,
+                         patch_bias=False, pre_layernorm=True, projection=True),
+    "metaclip_2": TowerAdapter(MetaClip2EncoderLayer, MetaClip2VisionModelWithProjection, UNUSED_CLIP_VISION_KEYS,
+                               patch_bias=False, pre_layernorm=True, projection=True),
+    "siglip": TowerAdapter(SiglipEncoderLayer, SiglipVisionModel, UNUSED_SIGLIP_VISION_KEYS, class_position_row=False),
+    "siglip2": TowerAdapter(Siglip2EncoderLayer, Siglip2VisionModel, UNUSED_SIGLIP_VISION_KEYS, patch_linear=True,
+                            class_position_row=False),
+    "dinov2": TowerAdapter(Dinov2Layer, Dinov2Model, UNUSED_DINO_KEYS, layer_scale=True),
+    "dinov2_with_registers": TowerAdapter(Dinov2WithRegistersLayer, Dinov2WithRegistersModel, UNUSED_DINO_KEYS,
+                                          layer_scale=True),
+    "dinov3_vit": TowerAdapter(DINOv3ViTLayer, DINOv3ViTModel, UNUSED_DINO_KEYS, position="rope", layer_scale=True),
+    "vit": TowerAdapter(ViTLayer, ViTModel, UNUSED_VIT_KEYS),
+}
+
+
 class ReIDVisionEmbeddings(nn.Module):
-    """Patch embedding + class token (with the camera's SIE vector) + position table sized for `image_size`."""
+    """The embedding stage of every tower family: patch embedding, class token with the camera's SIE vector, the
+    position table sized for `image_size` (or none: DINOv3's positions are rotary, applied in its layers), register
+    tokens.
+
+    Its output sequence is `[class token, registers, extra tokens, patches]` whatever the family: attention is
+    order-free apart from the positions, which are added here (DINOv3's rotary positions, applied inside each
+    layer, take the patches as the sequence's last tokens, as transformers' DINOv3 does). `ReIDVisionTower` puts
+    the tokens back in the order it returns.
+    """
 
     def __init__(self, config: ReIDConfig):
         super().__init__()
         vision = config.vision_config
+        adapter = TOWER_ADAPTERS[config.backbone_type]
+        patch = tower_patch_size(vision)
         self.hidden_size = vision.hidden_size
+        self.patch_size = patch
         self.sie_coefficient = config.sie_coefficient
-        self.patch_embedding = nn.Conv2d(
-            vision.num_channels,
-            vision.hidden_size,
-            kernel_size=vision.patch_size,
-            stride=vision.patch_size,
-            bias=config.backbone_type == "vit",
-        )
+        self.has_class_token = config.has_class_token
+        if adapter.patch_linear:
+            self.patch_embedding = nn.Linear(vision.num_channels * patch * patch, vision.hidden_size)
+        else:
+            self.patch_embedding = nn.Conv2d(vision.num_channels, vision.hidden_size, kernel_size=patch, stride=patch,
+                                             bias=adapter.patch_bias)
         rows, cols = config.patch_grid
-        self.class_embedding = nn.Parameter(torch.zeros(vision.hidden_size))
-        self.position_embedding = nn.Parameter(torch.zeros(1 + rows * cols, vision.hidden_size))
+        if self.has_class_token:
+            self.class_embedding = nn.Parameter(torch.zeros(vision.hidden_size))
+        else:
+            self.register_parameter("class_embedding", None)
+        if adapter.position == "table":
+            class_rows = 1 if adapter.class_position_row else 0
+            self.position_embedding = nn.Parameter(torch.zeros(class_rows + rows * cols, vision.hidden_size))
+        else:
+            self.register_parameter("position_embedding", None)
+        if config.num_register_tokens:
+            self.register_tokens = nn.Parameter(torch.zeros(config.num_register_tokens, vision.hidden_size))
+        else:
+            self.register_parameter("register_tokens", None)
         if config.num_cameras > 0:
             self.camera_embedding = nn.Parameter(torch.zeros(config.num_cameras, vision.hidden_size))
         else:
             self.register_parameter("camera_embedding", None)
 
-    def forward(self, pixel_values: torch.Tensor, camera_ids: torch.Tensor | None = None) -> torch.Tensor:
-        patches = self.patch_embedding(pixel_values.to(self.patch_embedding.weight.dtype))
-        patches = patches.flatten(2).transpose(1, 2)
-        cls = self.class_embedding.to(patches.dtype).expand(patches.shape[0], 1, -1)
+    def embed_patches(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) -> (N, n, D) patch embeddings, row-major over the patch grid."""
+        weight = self.patch_embedding.weight
+        pixel_values = pixel_values.to(weight.dtype)
+        if isinstance(self.patch_embedding, nn.Linear):
+            # SigLIP 2's patch vectors: each patch's pixels in (row, column, channel) order.
+            n, c, h, w = pixel_values.shape
+            p = self.patch_size
+            patches = pixel_values.reshape(n, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1)
+            return self.patch_embedding(patches.reshape(n, (h // p) * (w // p), p * p * c))
+        return self.patch_embedding(pixel_values).flatten(2).transpose(1, 2)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        camera_ids: torch.Tensor | None = None,
+        extra_tokens: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        patches = self.embed_patches(pixel_values)
+        batch = patches.shape[0]
+        camera = None
         if self.camera_embedding is not None and camera_ids is not None:
-            # SIE is added to the class token before the position embedding.
-            cls = cls + self.sie_coefficient * self.camera_embedding[camera_ids].unsqueeze(1).to(patches.dtype)
-        tokens = torch.cat([cls, patches], dim=1)
-        return tokens + self.position_embedding.to(patches.dtype)
+            camera = self.sie_coefficient * self.camera_embedding[camera_ids].unsqueeze(1).to(patches.dtype)
+        prefix = []
+        positions = self.position_embedding.to(patches.dtype) if self.position_embedding is not None else None
+        if self.has_class_token:
+            cls = self.class_embedding.to(patches.dtype).expand(batch, 1, -1)
+            if camera is not None:
+                cls = cls + camera  # SIE on the class token, before the position embedding (the authors' DeMo)
+            if positions is not None:
+                cls = cls + positions[:1]
+                positions = positions[1:]
+            prefix.append(cls)
+        elif camera is not None:
+            # No class token (SigLIP): the camera vector goes on every patch token (ours, after TransReID's SIE,
+            # which adds it to all tokens).
+            patches = patches + camera
+        if positions is not None:
+            patches = patches + positions
+        if self.register_tokens is not None:
+            prefix.append(self.register_tokens.to(patches.dtype).expand(batch, -1, -1))
+        if extra_tokens is not None:
+            prefix.append(extra_tokens.to(patches.dtype))
+        return torch.cat([*prefix, patches], dim=1) if prefix else patches
 
 
 class ReIDVisionTower(nn.Module):
-    """CLIP or ViT image encoder returning every token in the feature space (CLIP: after ln_post and projection).
+    """An image tower of any family of `TOWER_ADAPTERS`, returning every token in the feature space (CLIP-like
+    towers: after ln_post and the visual projection; the others: after their final LayerNorm).
+
+    `forward(pixel_values, camera_ids=None, extra_tokens=None)` returns `(N, 1 + n + k, C)`: the class token (or
+    its stand-in) first, then the n patch tokens of the config's grid (register tokens removed: they never reach
+    the heads), then the k `extra_tokens` `(N, k, hidden_size)` a caller passes in. Those join the sequence after
+    the embedding stage (class token, SIE, positions: a caller adds its own position / camera vectors to them),
+    before the first norm and layer, and come out after the final norm / projection.
+
+    SigLIP and SigLIP 2 have no class token. What stands in for it (ours): the output of SigLIP's own attention-
+    pooling head over the patch tokens (its pooled image embedding, pretrained with the tower), or, for a tower
+    built without the head (`vision_use_head=False`), the mean of the patch tokens. Why the head rather than the
+    mean: DeMo fuses the class token with the mean of the patches (PIFE), which a mean stand-in would only repeat,
+    and the head's output is the tower's pretrained global feature, as CLIP's class token is.
 
     Its weights come from a pretrained tower, except the camera embedding (SIE), which no tower checkpoint holds:
     `new_parameters()` lists those, so that a trainer can give the pretrained weights the tower's learning rate and
@@ -113,20 +257,56 @@ class ReIDVisionTower(nn.Module):
     def __init__(self, config: ReIDConfig):
         super().__init__()
         vision = config.vision_config
+        adapter = TOWER_ADAPTERS[config.backbone_type]
         eps = vision.layer_norm_eps
+        self.num_patches = config.patch_grid[0] * config.patch_grid[1]
+        self.num_prefix_tokens = int(config.has_class_token) + config.num_register_tokens
         self.embeddings = ReIDVisionEmbeddings(config)
-        is_clip = config.backbone_type == "clip"
-        layer_class = CLIPEncoderLayer if is_clip else ViTLayer
-        self.pre_layernorm = nn.LayerNorm(vision.hidden_size, eps=eps) if is_clip else nn.Identity()
-        self.layers = nn.ModuleList(layer_class(vision) for _ in range(vision.num_hidden_layers))
+        self.pre_layernorm = nn.LayerNorm(vision.hidden_size, eps=eps) if adapter.pre_layernorm else nn.Identity()
+        # DINOv3's rotary positions (no weights). Always as at evaluation (ours): the coordinate augmentation of its
+        # pretraining would draw from the global RNG in every training step, outside the run's seeded draws, at
+        # a fixed ReID input size.
+        self.rope_embeddings = DINOv3ViTRopePositionEmbedding(vision) if adapter.position == "rope" else None
+        self.layers = nn.ModuleList(adapter.layer_class(vision) for _ in range(vision.num_hidden_layers))
         self.post_layernorm = nn.LayerNorm(vision.hidden_size, eps=eps)
-        self.projection = nn.Linear(vision.hidden_size, vision.projection_dim, bias=False) if is_clip else nn.Identity()
+        projection_dim = getattr(vision, "projection_dim", None)
+        self.projection = nn.Linear(vision.hidden_size, projection_dim, bias=False) if adapter.projection else nn.Identity()
+        if config.has_class_token or not getattr(vision, "vision_use_head", False):
+            self.head = None
+        else:
+            head_class = Siglip2MultiheadAttentionPoolingHead if config.backbone_type == "siglip2" else SiglipMultiheadAttentionPoolingHead
+            self.head = head_class(vision)
 
-    def forward(self, pixel_values: torch.Tensor, camera_ids: torch.Tensor | None = None) -> torch.Tensor:
-        hidden_states = self.pre_layernorm(self.embeddings(pixel_values, camera_ids))
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.rope_embeddings is not None:
+            self.rope_embeddings.eval()  # see __init__: no rotary-coordinate augmentation
+        return self
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        camera_ids: torch.Tensor | None = None,
+        extra_tokens: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        hidden_states = self.pre_layernorm(self.embeddings(pixel_values, camera_ids, extra_tokens))
+        layer_kwargs = {}
+        if self.rope_embeddings is not None:
+            layer_kwargs["position_embeddings"] = self.rope_embeddings(pixel_values.to(hidden_states.dtype))
         for layer in self.layers:
-            hidden_states = layer(hidden_states, None)
-        return self.projection(self.post_layernorm(hidden_states))
+            hidden_states = layer(hidden_states, None, **layer_kwargs)
+        tokens = self.projection(self.post_layernorm(hidden_states))
+        extra = tokens.shape[1] - self.num_prefix_tokens - self.num_patches
+        start = self.num_prefix_tokens + extra
+        patches = tokens[:, start:]
+        added = tokens[:, self.num_prefix_tokens:start]
+        if self.embeddings.has_class_token:
+            first = tokens[:, :1]
+        elif self.head is not None:
+            first = self.head(patches).unsqueeze(1)
+        else:
+            first = patches.mean(dim=1, keepdim=True)
+        return torch.cat([first, patches, added], dim=1)
 
     def new_parameters(self) -> list[nn.Parameter]:
         """The tower's parameters that are not pretrained (the camera embedding when `num_cameras > 0`)."""
@@ -174,8 +354,11 @@ class ReIDIdentityClassifier(nn.Linear):
         super().__init__(dim, num_labels, bias=False)
 
 
-# Pretrained checkpoint model_type -> model_type of the image tower it holds (a full CLIP checkpoint: its vision half).
-PRETRAINED_TOWER_TYPES = {"clip": "clip_vision_model", "clip_vision_model": "clip_vision_model", "vit": "vit"}
+# Pretrained checkpoint model_type -> model_type of the image tower it holds (a dual checkpoint: its image half).
+PRETRAINED_TOWER_TYPES = {
+    **{tower: tower for tower in BACKBONE_MODEL_TYPES.values()},
+    **{dual: halves[0] for dual, halves in DUAL_MODEL_TYPES.items()},
+}
 # Tower shapes a pretrained checkpoint must share with the config it is loaded into.
 TOWER_SHAPE_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
 
@@ -327,16 +510,27 @@ class ReIDPreTrainedModel(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module):
         """Chosen per module class: the tower as HF initialises CLIP / ViT (class token normal(D^-0.5), position
-        table normal(initializer_range), camera embedding trunc-normal(0.02)); the new layers (`ReIDLinear`,
+        table normal(initializer_range), register tokens trunc-normal(initializer_range), LayerScale at the tower's
+        layerscale_value, camera embedding trunc-normal(0.02)); the new layers (`ReIDLinear`,
         `nn.MultiheadAttention`) per `config.head_init`, by default PyTorch's module defaults as in the DeMo authors'
         code; classifiers normal(0, 0.001); BN-necks (1, 0)."""
         std = self.config.initializer_range
         torch_defaults = self.config.head_init == "pytorch"
         if isinstance(module, ReIDVisionEmbeddings):
-            init.normal_(module.class_embedding, std=module.hidden_size**-0.5)
-            init.normal_(module.position_embedding, std=std)
+            if module.class_embedding is not None:
+                init.normal_(module.class_embedding, std=module.hidden_size**-0.5)
+            if module.position_embedding is not None:
+                init.normal_(module.position_embedding, std=std)
+            if module.register_tokens is not None:
+                init.trunc_normal_(module.register_tokens, std=std)
             if module.camera_embedding is not None:
                 init.trunc_normal_(module.camera_embedding, std=0.02)
+        elif isinstance(module, DINOv3ViTRopePositionEmbedding):
+            init.copy_(module.inv_freq, 1 / module.base ** torch.arange(0, 1, 4 / module.head_dim, dtype=torch.float32))
+        elif isinstance(getattr(module, "lambda1", None), nn.Parameter):  # DINOv2 / DINOv3 LayerScale
+            init.constant_(module.lambda1, self.config.vision_config.layerscale_value)
+        elif isinstance(getattr(module, "probe", None), nn.Parameter):  # SigLIP's attention-pooling head
+            init.normal_(module.probe, std=std)
         elif isinstance(module, ReIDIdentityClassifier):
             init.normal_(module.weight, std=0.001)
         elif isinstance(module, ReIDLinear):
@@ -357,12 +551,14 @@ class ReIDPreTrainedModel(PreTrainedModel):
     ) -> "ReIDPreTrainedModel":
         """A new model around a pretrained HF image tower; the rest is randomly initialised.
 
-        Accepts a `CLIPModel` / `CLIPVisionModel(WithProjection)` or `ViTModel` checkpoint (hub id or directory),
-        of a tower type the config class accepts (`tower_model_types`). The position table is resized once, here,
-        bilinearly, from the pretrained grid to `config.image_size`. Without `config`, one is built around the
-        checkpoint's config: `config_class.from_backbone_config(AutoConfig.from_pretrained(path), **config_kwargs)`.
+        Accepts a checkpoint (Hub id or directory) of any tower family of `TOWER_ADAPTERS` that the config class
+        accepts (`tower_model_types`): an image tower (`CLIPVisionModel`, `Dinov2Model`, `DINOv3ViTModel`,
+        `SiglipVisionModel`, `ViTModel`, ...) or a dual model whose image half is kept (`CLIPModel`, `SiglipModel`,
+        `MetaClip2Model`, ...). The position table is resized once, here, to `config.image_size`
+        (`resize_like_transformers`). Without `config`, one is built around the checkpoint's config:
+        `config_class.from_backbone_config(AutoConfig.from_pretrained(path), **config_kwargs)`.
         """
-        from transformers import AutoConfig, CLIPVisionModelWithProjection, ViTModel
+        from transformers import AutoConfig
 
         path = pretrained_model_name_or_path
         source_config = AutoConfig.from_pretrained(path)
@@ -371,36 +567,60 @@ class ReIDPreTrainedModel(PreTrainedModel):
             accepted = [k for k, v in PRETRAINED_TOWER_TYPES.items() if v in cls.config_class.tower_model_types]
             raise ValueError(
                 f"{path} is a {source_config.model_type!r} checkpoint; {cls.__name__} takes a "
-                f"{' or '.join(repr(t) for t in accepted)} checkpoint"
+                f"{', '.join(repr(t) for t in accepted)} checkpoint"
             )
         if config is None:
             config = cls.config_class.from_backbone_config(source_config, **config_kwargs)
-        if tower_type == "vit":
-            source = quiet_about(ViTModel, UNUSED_VIT_KEYS).from_pretrained(path, add_pooling_layer=False)
-            backbone_type = "vit"
-        else:
-            # A full CLIPModel projects with its own projection_dim, whatever its vision half says.
-            projection = dict(projection_dim=source_config.projection_dim) if source_config.model_type == "clip" else {}
-            tower_class = quiet_about(CLIPVisionModelWithProjection, UNUSED_CLIP_VISION_KEYS)
-            source = tower_class.from_pretrained(path, **projection)
-            backbone_type = "clip"
+        backbone_type = {v: k for k, v in BACKBONE_MODEL_TYPES.items()}[tower_type]
         if config.backbone_type != backbone_type:
             raise ValueError(f"config.backbone_type={config.backbone_type!r} but the checkpoint is {backbone_type!r}")
+        source = load_tower_source(path, source_config, backbone_type)
         shapes = {field: getattr(source.config, field) for field in (*TOWER_SHAPE_FIELDS, "patch_size")}
-        check_tower_shapes("vision_config", config.vision_config, shapes, path)
+        shapes["num_register_tokens"] = getattr(source.config, "num_register_tokens", 0) or 0
+        check_tower_shapes("vision_config", config.vision_config,
+                           {k: v for k, v in shapes.items() if hasattr(config.vision_config, k)}, path)
         model = cls(config)
-        state = tower_state_dict_from_hf(source.state_dict(), backbone_type, config.patch_grid)
+        state = tower_state_dict_from_hf(source.state_dict(), backbone_type, config.patch_grid,
+                                         resize_positions=lambda table: resize_like_transformers(source, table, config))
         missing, unexpected = model.vision_tower.load_state_dict(state, strict=False)
         if unexpected or set(missing) - set(model.vision_tower.new_parameter_names):
             raise ValueError(f"image tower weights do not fit: missing {missing}, unexpected {unexpected}")
         return model
 
 
-# Keys of a pretrained checkpoint that loading one tower leaves unused by design (a full CLIP checkpoint's other
-# tower and logit scale, a ViT's pooler or classifier): loaded quietly; any other unexpected key is still reported.
-UNUSED_CLIP_VISION_KEYS = (r"^text_model\.", r"^text_projection\.", r"^logit_scale$")
-UNUSED_CLIP_TEXT_KEYS = (r"^vision_model\.", r"^visual_projection\.", r"^logit_scale$")
-UNUSED_VIT_KEYS = (r"^(vit\.)?pooler\.", r"^classifier\.")
+def load_tower_source(path, source_config: PretrainedConfig, backbone_type: str) -> PreTrainedModel:
+    """The pretrained image tower at `path` as transformers builds it (the image half of a dual checkpoint; a full
+    CLIP-like checkpoint projects with the parent's projection_dim, whatever its image half says)."""
+    adapter = TOWER_ADAPTERS[backbone_type]
+    kwargs = {}
+    if backbone_type == "vit":
+        kwargs["add_pooling_layer"] = False
+    if adapter.projection and source_config.model_type in DUAL_MODEL_TYPES:
+        kwargs["projection_dim"] = source_config.projection_dim
+    return quiet_about(adapter.source_class, adapter.unused_keys).from_pretrained(path, **kwargs)
+
+
+def resize_like_transformers(source: PreTrainedModel, table: torch.Tensor, config: ReIDConfig) -> torch.Tensor:
+    """The pretrained position table of `source` (2-D, as stored) resized once to `config.image_size`.
+
+    CLIP and ViT: bilinearly, as the DeMo authors' code does (`resize_position_embedding`). Every other family: by
+    transformers' own interpolation of that family (DINOv2's bicubic, SigLIP's bicubic, SigLIP 2's antialiased
+    bilinear), so that the tower's tokens at the ReID size are those of the transformers model at that size."""
+    backbone_type = config.backbone_type
+    grid = config.patch_grid
+    height, width = config.image_size
+    if backbone_type in ("clip", "metaclip_2", "vit"):
+        return resize_position_embedding(table, grid)
+    with torch.no_grad():
+        if backbone_type == "siglip2":
+            side = int(round(math.sqrt(table.shape[0])))
+            shapes = torch.tensor([list(grid)])
+            return Siglip2VisionEmbeddings.resize_positional_embeddings(
+                table.reshape(side, side, -1), shapes, grid[0] * grid[1])[0]
+        embeddings = source.embeddings
+        class_rows = 0 if backbone_type == "siglip" else 1
+        probe = torch.zeros(1, class_rows + grid[0] * grid[1], table.shape[-1], dtype=table.dtype)
+        return embeddings.interpolate_pos_encoding(probe, height, width).reshape(-1, table.shape[-1]).clone()
 
 
 def quiet_about(model_class: type, unused_keys: tuple[str, ...]) -> type:
@@ -436,37 +656,57 @@ def init_new_linear(layer: nn.Linear, torch_defaults: bool, std: float) -> None:
             init.zeros_(layer.bias)
 
 
-def tower_state_dict_from_hf(state: dict, backbone_type: str, grid: tuple[int, int]) -> dict:
-    """Rename an HF `CLIPVisionModelWithProjection` / `ViTModel` state dict to `ReIDVisionTower` names."""
+# Prefixes of a transformers tower's state dict that the ReID tower does not keep.
+SOURCE_PREFIXES = ("vision_model.", "vit.", "dinov2.")
+# transformers' module names -> the ReID tower's, first match wins (the layers below `layers.N` keep theirs).
+SOURCE_RENAMES = (
+    ("pre_layrnorm.", "pre_layernorm."),
+    ("encoder.layers.", "layers."),
+    ("encoder.layer.", "layers."),
+    ("model.layer.", "layers."),
+    ("embeddings.patch_embeddings.projection.", "embeddings.patch_embedding."),
+    ("embeddings.patch_embeddings.", "embeddings.patch_embedding."),
+    ("layernorm.", "post_layernorm."),
+    ("norm.", "post_layernorm."),
+    ("visual_projection.", "projection."),
+)
+# Position tables as transformers stores them.
+SOURCE_POSITION_KEYS = ("embeddings.position_embedding.weight", "embeddings.position_embeddings")
+# Parts a ReID model has no use for: the mask token of masked-image pretraining, position ids, a ViT pooler.
+SOURCE_DROPPED = re.compile(r"^(embeddings\.mask_token|embeddings\.position_ids|pooler\.|classifier\.)")
+
+
+def tower_state_dict_from_hf(state: dict, backbone_type: str, grid: tuple[int, int], resize_positions=None) -> dict:
+    """Rename the state dict of a transformers image tower (`TOWER_ADAPTERS[backbone_type].source_class`) to
+    `ReIDVisionTower` names. The position table is resized to `grid` by `resize_positions(table)` (default: the
+    bilinear `resize_position_embedding`, the CLIP / ViT rule); class and register tokens lose their leading
+    singleton axes; nothing else changes."""
+    if resize_positions is None:
+        resize_positions = lambda table: resize_position_embedding(table, grid)  # noqa: E731
     out = {}
-    if backbone_type == "clip":
-        for key, value in state.items():
-            if key == "visual_projection.weight":
-                out["projection.weight"] = value
-            elif key.startswith("vision_model."):
-                name = key[len("vision_model.") :]
-                name = name.replace("pre_layrnorm.", "pre_layernorm.").replace("encoder.layers.", "layers.")
-                if name == "embeddings.position_embedding.weight":
-                    out["embeddings.position_embedding"] = resize_position_embedding(value, grid)
-                elif name != "embeddings.position_ids":
-                    out[name] = value
-    else:
-        for key, value in state.items():
-            name = key[len("vit.") :] if key.startswith("vit.") else key
-            if name == "embeddings.cls_token":
-                out["embeddings.class_embedding"] = value.reshape(-1)
-            elif name == "embeddings.position_embeddings":
-                out["embeddings.position_embedding"] = resize_position_embedding(value.reshape(value.shape[-2], -1), grid)
-            elif name.startswith("embeddings.patch_embeddings.projection."):
-                out[name.replace("patch_embeddings.projection", "patch_embedding")] = value
-            elif name.startswith("layernorm."):
-                out[name.replace("layernorm.", "post_layernorm.")] = value
-            elif name.startswith("layers."):
-                out[name] = value
+    for key, value in state.items():
+        name = next((key[len(p):] for p in SOURCE_PREFIXES if key.startswith(p)), key)
+        if SOURCE_DROPPED.match(name):
+            continue
+        if name in SOURCE_POSITION_KEYS:
+            out["embeddings.position_embedding"] = resize_positions(value.reshape(-1, value.shape[-1]))
+            continue
+        if name == "embeddings.cls_token":
+            out["embeddings.class_embedding"] = value.reshape(-1)
+            continue
+        if name == "embeddings.register_tokens":
+            out[name] = value.reshape(-1, value.shape[-1])
+            continue
+        for old, new in SOURCE_RENAMES:
+            if name.startswith(old):
+                name = new + name[len(old):]
+                break
+        out[name] = value
     return out
 
 
 __all__ = [
     "ReIDPreTrainedModel", "ReIDVisionTower", "ReIDVisionEmbeddings", "ReIDLinear", "ReIDBatchNorm1d", "ReIDBNNeck",
     "ReIDIdentityClassifier", "QuickGELU", "tower_state_dict_from_hf", "resize_position_embedding", "is_tracing",
+    "TOWER_ADAPTERS", "TowerAdapter",
 ]
