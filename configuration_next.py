@@ -3,21 +3,38 @@
 from transformers import AutoConfig, PretrainedConfig
 
 try:
-    from .configuration_reid import CLIP_B16_TEXT_SHAPES, ReIDConfig, check_choice, parse_tower_config, positive_int
+    from .configuration_reid import (
+        CLIP_B16_TEXT_SHAPES,
+        DUAL_MODEL_TYPES,
+        ReIDConfig,
+        check_choice,
+        parse_tower_config,
+        positive_int,
+    )
 except ImportError:  # imported as a top-level module from a checkout
-    from configuration_reid import CLIP_B16_TEXT_SHAPES, ReIDConfig, check_choice, parse_tower_config, positive_int
+    from configuration_reid import (
+        CLIP_B16_TEXT_SHAPES,
+        DUAL_MODEL_TYPES,
+        ReIDConfig,
+        check_choice,
+        parse_tower_config,
+        positive_int,
+    )
 
 # Choices of NEXT's switches; the first of each is the default (docs/next.md says where each comes from).
 SEMANTIC_EXPERT_FORMS = ("token_mlp", "attention_pool")
 SALIENCY_TYPES = ("router", "cls_dot")
 NEXT_INFERENCE_FEATURES = ("final", "all")
 SUPERVISED_HEADS = ("final", "all")
+# The text towers NEXT reads captions with: the text halves of the dual checkpoints (CLIP's default first).
+TEXT_TOWER_MODEL_TYPES = tuple(halves[1] for halves in DUAL_MODEL_TYPES.values())
 
 
 class NextConfig(ReIDConfig):
     r"""
-    Configuration of a [`NextModel`]: one CLIP image tower shared by the RGB, NIR and TIR images of a triple, a frozen
-    CLIP text tower for the captions, Text-Modulated Semantic Experts (TMSE), Context-Shared Structure Experts (CSSE)
+    Configuration of a [`NextModel`]: one image tower shared by the RGB, NIR and TIR images of a triple (CLIP in the
+    paper; any family of `BACKBONE_MODEL_TYPES`), a frozen text tower for the captions (CLIP's in the paper; a CLIP,
+    MetaCLIP 2, SigLIP or SigLIP 2 text tower), Text-Modulated Semantic Experts (TMSE), Context-Shared Structure Experts (CSSE)
     and Multi-Grained Feature Aggregation (MGFA). The image tower and head options are [`ReIDConfig`]'s (the tower
     must be CLIP's: text and patches are compared in its projection space), among them the retrieval feature
     `inference_features`: `"final"` (default; every abstract: MGFA yields "the final identity representations") =
@@ -26,9 +43,16 @@ class NextConfig(ReIDConfig):
 
     Args:
         text_config (`dict | PretrainedConfig | None`, *optional*, defaults to `None`):
-            The frozen text tower: a `CLIPTextConfig`, its dict, or a full `CLIPConfig` (its text half, with the
-            parent's `projection_dim`); None gives CLIP ViT-B/16's text shapes. Its vocabulary and special token ids
-            must be those of the tokenizer saved with the model, its `projection_dim` the image tower's.
+            The frozen text tower: a text config of `TEXT_TOWER_MODEL_TYPES` (`CLIPTextConfig`, `SiglipTextConfig`,
+            ...), its dict, or a full dual config (its text half; CLIP's with the parent's `projection_dim`); None
+            gives CLIP ViT-B/16's text shapes. Its vocabulary and special token ids must be those of the tokenizer
+            saved with the model; its sentence embedding the size of the image features unless `text_bridge`.
+        text_bridge (`bool`, *optional*, defaults to `False`):
+            A learned Linear layer from the text tower's sentence embedding to the image feature space (ours), for a
+            text tower that was not trained with the image tower (`train.py --text-backbone`, e.g. DINOv3 + CLIP
+            text): the cosine between caption and patch embeddings means nothing across two spaces never aligned,
+            whatever their sizes, so the bridge learns the alignment (it trains with the heads; the text tower stays
+            frozen). False: the text tower is the image tower's own dual half (CLIP's, as in the paper).
         num_semantic_experts (`int`, *optional*, defaults to `3`):
             N_s, the TMSE experts; each reads its own caption sentences and selects its own patches.
         num_structure_experts (`int`, *optional*, defaults to `3`):
@@ -73,12 +97,12 @@ class NextConfig(ReIDConfig):
     model_type = "next_reid"
     inference_feature_choices = NEXT_INFERENCE_FEATURES
     sub_configs = {"vision_config": AutoConfig, "text_config": AutoConfig}
-    tower_model_types = ("clip_vision_model",)
 
     def __init__(
         self,
         *,
         text_config: dict | PretrainedConfig | None = None,
+        text_bridge: bool = False,
         num_semantic_experts: int = 3,
         num_structure_experts: int = 3,
         structure_slots_per_expert: int = 4,
@@ -93,7 +117,8 @@ class NextConfig(ReIDConfig):
         use_text: bool = True,
         **kwargs,
     ):
-        self.text_config = parse_tower_config(text_config, "text_config", ("clip_text_model",), CLIP_B16_TEXT_SHAPES)
+        self.text_config = parse_tower_config(text_config, "text_config", TEXT_TOWER_MODEL_TYPES, CLIP_B16_TEXT_SHAPES)
+        self.text_bridge = bool(text_bridge)
         self.num_semantic_experts = positive_int("num_semantic_experts", num_semantic_experts)
         self.num_structure_experts = positive_int("num_structure_experts", num_structure_experts)
         self.structure_slots_per_expert = positive_int("structure_slots_per_expert", structure_slots_per_expert)
@@ -125,23 +150,36 @@ class NextConfig(ReIDConfig):
                 f"tokens_per_expert={self.tokens_per_expert} exceeds the {rows * cols} patches per modality of "
                 f"image_size={self.image_size} (patch grid {rows}x{cols})"
             )
-        text_dim = self.text_config.projection_dim
-        if self.feature_dim != text_dim:
+        text_dim = self.text_feature_dim
+        if self.feature_dim != text_dim and not self.text_bridge:
             raise ValueError(
-                f"vision_config.projection_dim={self.feature_dim} must equal text_config.projection_dim={text_dim}: "
-                "the text relevance is a cosine between text and patch embeddings"
+                f"the image features have {self.feature_dim} channels but the text tower's sentence embedding has "
+                f"{text_dim}: the text relevance is a cosine between text and patch embeddings; use a text tower of "
+                "the image tower's own checkpoint, or text_bridge=True (train.py --text-backbone sets it)"
             )
 
     @classmethod
-    def from_backbone_config(cls, backbone_config: PretrainedConfig, **kwargs) -> "NextConfig":
-        """As [`ReIDConfig.from_backbone_config`], for a full `CLIPConfig`: its vision half is the image tower and its
-        text half the text tower."""
-        if getattr(backbone_config, "model_type", None) != "clip":
-            raise ValueError(
-                "backbone_config must be a full CLIPConfig (image and text towers) for NEXT, got model_type="
-                f"{getattr(backbone_config, 'model_type', type(backbone_config).__name__)!r}"
-            )
-        return super().from_backbone_config(backbone_config, text_config=backbone_config, **kwargs)
+    def from_backbone_config(cls, backbone_config: PretrainedConfig, text_backbone_config: PretrainedConfig | None = None,
+                             **kwargs) -> "NextConfig":
+        """As [`ReIDConfig.from_backbone_config`]. The text tower is `text_backbone_config`'s (a dual config or a text
+        tower's; then `text_bridge` is on: the two towers were never trained together), else the text half of
+        `backbone_config` when it is a dual config (CLIP's, as in the paper). Neither: `text_config` keeps its
+        default shapes (random weights), which only a model without text (`use_text=False`) may use; `train.py`
+        refuses a text-reading run without a text tower before it builds one."""
+        if text_backbone_config is not None:
+            kwargs.setdefault("text_config", text_backbone_config)
+            kwargs.setdefault("text_bridge", True)
+        elif getattr(backbone_config, "model_type", None) in DUAL_MODEL_TYPES:
+            kwargs.setdefault("text_config", backbone_config)
+        return super().from_backbone_config(backbone_config, **kwargs)
+
+    @property
+    def text_feature_dim(self) -> int:
+        """Size of the text tower's sentence embedding: a CLIP-like tower's projection, SigLIP's head output."""
+        text = self.text_config
+        if text.model_type.startswith("siglip"):
+            return text.projection_size
+        return text.projection_dim
 
     @property
     def branch_names(self) -> tuple[str, ...]:
@@ -173,4 +211,4 @@ class NextConfig(ReIDConfig):
         return self.use_text and self.use_tmse
 
 
-__all__ = ["NextConfig", "SEMANTIC_EXPERT_FORMS", "SALIENCY_TYPES", "NEXT_INFERENCE_FEATURES", "SUPERVISED_HEADS"]
+__all__ = ["NextConfig", "TEXT_TOWER_MODEL_TYPES", "SEMANTIC_EXPERT_FORMS", "SALIENCY_TYPES", "NEXT_INFERENCE_FEATURES", "SUPERVISED_HEADS"]

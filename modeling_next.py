@@ -26,6 +26,9 @@ from torch.nn import functional as F
 from transformers import initialization as init
 from transformers.modeling_outputs import ModelOutput
 from transformers.models.clip.modeling_clip import CLIPTextModelWithProjection
+from transformers.models.metaclip_2.modeling_metaclip_2 import MetaClip2TextModelWithProjection
+from transformers.models.siglip.modeling_siglip import SiglipTextModel
+from transformers.models.siglip2.modeling_siglip2 import Siglip2TextModel
 
 try:
     from .configuration_next import NextConfig
@@ -33,6 +36,8 @@ try:
     from .modeling_reid import (
         TOWER_SHAPE_FIELDS,
         UNUSED_CLIP_TEXT_KEYS,
+        UNUSED_SIGLIP_TEXT_KEYS,
+        DUAL_MODEL_TYPES,
         QuickGELU,
         ReIDLinear,
         ReIDPreTrainedModel,
@@ -46,6 +51,8 @@ except ImportError:  # imported as top-level modules from a checkout
     from modeling_reid import (
         TOWER_SHAPE_FIELDS,
         UNUSED_CLIP_TEXT_KEYS,
+        UNUSED_SIGLIP_TEXT_KEYS,
+        DUAL_MODEL_TYPES,
         QuickGELU,
         ReIDLinear,
         ReIDPreTrainedModel,
@@ -53,6 +60,16 @@ except ImportError:  # imported as top-level modules from a checkout
         is_tracing,
         quiet_about,
     )
+
+
+# text_config.model_type -> (the transformers text tower NEXT runs, the keys of a dual checkpoint it leaves unused).
+# CLIP-like towers give their projected end-of-text token (`text_embeds`); SigLIP's, its head's `pooler_output`.
+TEXT_TOWERS = {
+    "clip_text_model": (CLIPTextModelWithProjection, UNUSED_CLIP_TEXT_KEYS),
+    "metaclip_2_text_model": (MetaClip2TextModelWithProjection, UNUSED_CLIP_TEXT_KEYS),
+    "siglip_text_model": (SiglipTextModel, UNUSED_SIGLIP_TEXT_KEYS),
+    "siglip2_text_model": (Siglip2TextModel, UNUSED_SIGLIP_TEXT_KEYS),
+}
 
 
 @dataclass
@@ -322,8 +339,8 @@ class NextModel(ReIDPreTrainedModel):
     """NEXT for multi-modal ReID: `pixel_values` (B, 3 modalities, 3, H, W) in the order RGB, NIR, TIR, and optional
     captions, one per modality (or one per semantic expert and modality).
 
-    Parameters: `vision_tower.*` (trainable CLIP image tower, `ReIDVisionTower`), `text_tower.*` (frozen CLIP text
-    tower, `CLIPTextModelWithProjection`; absent when the text is unused), `semantic_experts.*` +
+    Parameters: `vision_tower.*` (trainable image tower, `ReIDVisionTower`), `text_tower.*` (frozen text tower, e.g.
+    `CLIPTextModelWithProjection`; absent when the text is unused), `text_bridge.*` (with `config.text_bridge`), `semantic_experts.*` +
     `semantic_aggregation.*` (TMSE + its MGFA cross-attention), `structure_experts.*` + `structure_aggregation.*`
     (CSSE + its MGFA cross-attention), `bnnecks.<head>` / `classifiers.<head>`.
     """
@@ -339,7 +356,9 @@ class NextModel(ReIDPreTrainedModel):
         super().__init__(config)
         dim = config.feature_dim
         if config.uses_text:
-            self.text_tower = CLIPTextModelWithProjection(config.text_config)
+            self.text_tower = TEXT_TOWERS[config.text_config.model_type][0](config.text_config)
+            if config.text_bridge:
+                self.text_bridge = ReIDLinear(config.text_feature_dim, dim)
         heads = attention_heads(dim)
         if config.use_tmse:
             self.semantic_experts = NextSemanticExperts(config)
@@ -383,8 +402,19 @@ class NextModel(ReIDPreTrainedModel):
         if not hasattr(self, "text_tower"):
             raise ValueError("this model has no text tower (use_text=False or use_tmse=False)")
         length = input_ids.shape[-1]
+        flat_ids = input_ids.reshape(-1, length)
         flat_mask = attention_mask.reshape(-1, length) if attention_mask is not None else None
-        embeds = self.text_tower(input_ids=input_ids.reshape(-1, length), attention_mask=flat_mask).text_embeds
+        text = self.config.text_config
+        if text.model_type.startswith("siglip"):
+            # SigLIP was trained on captions padded to its full length and read without a mask, its sentence
+            # embedding taken at the last position: pad the same way here, whatever the batch's padding.
+            pad = text.pad_token_id if text.pad_token_id is not None else 0
+            if flat_mask is not None:
+                flat_ids = torch.where(flat_mask.bool(), flat_ids, pad)
+            flat_ids = F.pad(flat_ids, (0, text.max_position_embeddings - length), value=pad)
+            embeds = self.text_tower(input_ids=flat_ids).pooler_output
+        else:
+            embeds = self.text_tower(input_ids=flat_ids, attention_mask=flat_mask).text_embeds
         return embeds.view(*input_ids.shape[:-1], -1)
 
     def _check_inputs(self, pixel_values, camera_ids, modality_mask, input_ids=None, attention_mask=None):
@@ -438,7 +468,8 @@ class NextModel(ReIDPreTrainedModel):
                 f"input_ids must be token ids in [0, {text.vocab_size}) (text_config.vocab_size); got values up to "
                 f"{used.max().item()}: tokenize with the tokenizer saved with this model"
             )
-        if text.eos_token_id is not None and text.eos_token_id != 2 and used.numel():
+        clip_like = not text.model_type.startswith("siglip")  # SigLIP reads the last position, not the eos token
+        if clip_like and text.eos_token_id is not None and text.eos_token_id != 2 and used.numel():
             # HF's CLIP text model pools the first eos token (legacy eos_token_id=2 configs pool the highest id).
             if not bool((used == text.eos_token_id).any(-1).all()):
                 raise ValueError(
@@ -466,13 +497,17 @@ class NextModel(ReIDPreTrainedModel):
             # A traced graph cannot pick the present captions out (data-dependent shape): embed every caption and
             # zero the absent ones, which is what the eager path below leaves in them.
             embeds = self.get_text_features(input_ids, attention_mask).to(self.dtype)
-            return torch.where(has_text.unsqueeze(-1), embeds, 0), has_text
-        embeds = torch.zeros(
-            *has_text.shape, self.config.text_config.projection_dim, device=input_ids.device, dtype=self.dtype
-        )
+            return self._bridge(torch.where(has_text.unsqueeze(-1), embeds, 0)), has_text
+        embeds = torch.zeros(*has_text.shape, self.config.text_feature_dim, device=input_ids.device, dtype=self.dtype)
         if bool(has_text.any()):
             embeds[has_text] = self.get_text_features(input_ids[has_text], attention_mask[has_text]).to(embeds.dtype)
-        return embeds, has_text
+        return self._bridge(embeds), has_text
+
+    def _bridge(self, text_embeds: torch.Tensor) -> torch.Tensor:
+        """Caption embeddings in the image feature space: through `text_bridge` (trainable) when the text tower is
+        not the image tower's own (`config.text_bridge`), else as they are. Absent captions are replaced by the
+        experts' "no text" embedding downstream, whatever this gives them."""
+        return self.text_bridge(text_embeds) if self.config.text_bridge else text_embeds
 
     def forward(
         self,
@@ -534,38 +569,58 @@ class NextModel(ReIDPreTrainedModel):
 
     @classmethod
     def from_pretrained_towers(
-        cls, pretrained_model_name_or_path, config: NextConfig | None = None, **config_kwargs
+        cls,
+        pretrained_model_name_or_path,
+        config: NextConfig | None = None,
+        text_pretrained_model_name_or_path=None,
+        **config_kwargs,
     ) -> "NextModel":
-        """A new NEXT around both towers of one `CLIPModel` checkpoint (hub id or directory); the rest is random.
+        """A new NEXT around pretrained towers (Hub ids or directories); the rest is random.
 
-        The image tower as `ReIDPreTrainedModel.from_pretrained_towers` loads it (position table resized once to
-        `config.image_size`); the text tower copied as is, and frozen. Without `config`, one is built around the
-        checkpoint's config (`NextConfig.from_backbone_config`) and `config_kwargs`. Save the checkpoint's tokenizer
-        beside the model (`AutoTokenizer.from_pretrained(path).save_pretrained(output_dir)`).
+        The image tower as `ReIDPreTrainedModel.from_pretrained_towers` loads it (any family; position table resized
+        once to `config.image_size`); the text tower, copied as is and frozen, from
+        `text_pretrained_model_name_or_path` (a CLIP-like or SigLIP checkpoint, dual or text-only; the model then
+        has `text_bridge`) or else from the image checkpoint's own text half (a dual checkpoint: `CLIPModel`, as in
+        the paper). Without `config`, one is built around the checkpoints' configs (`NextConfig.from_backbone_config`)
+        and `config_kwargs`. Save the text checkpoint's tokenizer beside the model
+        (`AutoTokenizer.from_pretrained(path).save_pretrained(output_dir)`).
         """
         from transformers import AutoConfig
 
         path = pretrained_model_name_or_path
         source_config = AutoConfig.from_pretrained(path)
-        if source_config.model_type != "clip":
-            raise ValueError(
-                f"{path} is a {source_config.model_type!r} checkpoint; NEXT needs a full CLIPModel checkpoint "
-                "(image and text towers)"
-            )
+        text_path = text_pretrained_model_name_or_path
+        text_source_config = AutoConfig.from_pretrained(text_path) if text_path is not None else None
         if config is None:
-            config = cls.config_class.from_backbone_config(source_config, **config_kwargs)
-        text = source_config.text_config
-        shapes = {field: getattr(text, field) for field in (*TOWER_SHAPE_FIELDS, "vocab_size", "max_position_embeddings")}
-        check_tower_shapes("text_config", config.text_config, shapes, path)
-        for key in ("vision_config", "text_config"):
-            check_tower_shapes(key, getattr(config, key), {"projection_dim": source_config.projection_dim}, path)
+            config = cls.config_class.from_backbone_config(source_config, text_source_config, **config_kwargs)
+        if text_path is None:
+            text_path, text_source_config = path, source_config
         model = super().from_pretrained_towers(path, config=config)
-        if hasattr(model, "text_tower"):
-            text_class = quiet_about(CLIPTextModelWithProjection, UNUSED_CLIP_TEXT_KEYS)
-            source = text_class.from_pretrained(path, projection_dim=source_config.projection_dim)
-            missing, unexpected = model.text_tower.load_state_dict(source.state_dict(), strict=False)
-            if unexpected or [k for k in missing if not k.endswith("position_ids")]:
-                raise ValueError(f"text tower weights do not fit: missing {missing}, unexpected {unexpected}")
+        if not hasattr(model, "text_tower"):
+            return model
+        if text_source_config.model_type in DUAL_MODEL_TYPES:
+            text = text_source_config.text_config
+        elif text_source_config.model_type in TEXT_TOWERS:
+            text = text_source_config
+        else:
+            raise ValueError(
+                f"{text_path} is a {text_source_config.model_type!r} checkpoint without a text tower; NEXT reads the "
+                "captions with one: pass a CLIP or SigLIP checkpoint as text_pretrained_model_name_or_path "
+                "(train.py --text-backbone)"
+            )
+        shapes = {field: getattr(text, field) for field in (*TOWER_SHAPE_FIELDS, "vocab_size", "max_position_embeddings")}
+        check_tower_shapes("text_config", config.text_config, shapes, text_path)
+        text_class, unused = TEXT_TOWERS[config.text_config.model_type]
+        kwargs = {}
+        if hasattr(text_source_config, "projection_dim") and text_source_config.model_type in DUAL_MODEL_TYPES:
+            # A full CLIP-like checkpoint projects with the parent's projection_dim, whatever its halves say.
+            check_tower_shapes("text_config", config.text_config,
+                               {"projection_dim": text_source_config.projection_dim}, text_path)
+            kwargs["projection_dim"] = text_source_config.projection_dim
+        source = quiet_about(text_class, unused).from_pretrained(text_path, **kwargs)
+        missing, unexpected = model.text_tower.load_state_dict(source.state_dict(), strict=False)
+        if unexpected or [k for k in missing if not k.endswith("position_ids")]:
+            raise ValueError(f"text tower weights do not fit: missing {missing}, unexpected {unexpected}")
         return model
 
 

@@ -120,6 +120,7 @@ class TowerAdapter:
 UNUSED_CLIP_VISION_KEYS = (r"^text_model\.", r"^text_projection\.", r"^logit_scale$")
 UNUSED_CLIP_TEXT_KEYS = (r"^vision_model\.", r"^visual_projection\.", r"^logit_scale$")
 UNUSED_SIGLIP_VISION_KEYS = (r"^text_model\.", r"^logit_scale$", r"^logit_bias$")
+UNUSED_SIGLIP_TEXT_KEYS = (r"^vision_model\.", r"^logit_scale$", r"^logit_bias$")
 UNUSED_VIT_KEYS = (r"^(vit\.)?pooler\.", r"^classifier\.")
 UNUSED_DINO_KEYS = (r"mask_token$", r"^classifier\.")
 

@@ -52,7 +52,8 @@ class ReIDAugment(nn.Module):
             shared: the aligned RGB, NIR and TIR images of a triple share one draw.
         erasing_area: Range of the erased box's area, as a fraction of the image.
         erasing_aspect: Range of the erased box's aspect ratio, drawn log-uniformly.
-        pad_value: Value of the padding on normalized images (-1.0 is black).
+        pad_value: Value of the padding on normalized images: one value (-1.0 is black with mean = std = 0.5) or
+            one per channel (black under a tower's own normalisation: :meth:`set_black`).
     """
 
     def __init__(
@@ -63,7 +64,7 @@ class ReIDAugment(nn.Module):
         modality_augment: str = "independent",
         erasing_area: tuple[float, float] = (0.02, 1 / 3),
         erasing_aspect: tuple[float, float] = (0.3, 1 / 0.3),
-        pad_value: float = -1.0,
+        pad_value: float | tuple[float, ...] = -1.0,
     ):
         super().__init__()
         if modality_augment not in MODALITY_AUGMENT_MODES:
@@ -84,7 +85,7 @@ class ReIDAugment(nn.Module):
         self.erasing_prob = float(erasing_prob)
         self.erasing_area = (float(lo), float(hi))
         self.erasing_aspect = (float(erasing_aspect[0]), float(erasing_aspect[1]))
-        self.pad_value = float(pad_value)
+        self.pad_value = tuple(float(v) for v in pad_value) if isinstance(pad_value, (tuple, list)) else float(pad_value)
         self.independent_modalities = modality_augment == "independent"
 
     def extra_repr(self) -> str:
@@ -93,6 +94,22 @@ class ReIDAugment(nn.Module):
             f"erasing_area={self.erasing_area}, erasing_aspect={self.erasing_aspect}, "
             f"independent_modalities={self.independent_modalities}"
         )
+
+    def set_black(self, image_mean, image_std) -> None:
+        """Pad with black as the model's pixel normalisation writes it, (0 - mean) / std per channel: -1.0 for the
+        authors' mean = std = 0.5, per-channel values for a tower's own statistics (e.g. ImageNet's)."""
+        black = tuple(-float(m) / float(s) for m, s in zip(image_mean, image_std))
+        self.pad_value = black[0] if len(set(black)) == 1 else black
+
+    def _pad(self, images: torch.Tensor) -> torch.Tensor:
+        """``(N, C, H, W)`` padded by ``padding`` on every side with ``pad_value``."""
+        p = self.padding
+        if not isinstance(self.pad_value, tuple):
+            return F.pad(images, (p, p, p, p), value=self.pad_value)
+        fill = torch.tensor(self.pad_value, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+        padded = fill.expand(images.shape[0], -1, images.shape[2] + 2 * p, images.shape[3] + 2 * p).clone()
+        padded[:, :, p : p + images.shape[2], p : p + images.shape[3]] = images
+        return padded
 
     @staticmethod
     def _uniform(gen: torch.Generator, lo: float, hi: float) -> float:
@@ -131,7 +148,7 @@ class ReIDAugment(nn.Module):
             )
         b, m, c, h, w = pixel_values.shape
         p = self.padding
-        padded = F.pad(pixel_values.flatten(0, 1), (p, p, p, p), value=self.pad_value).view(b, m, c, h + 2 * p, w + 2 * p)
+        padded = self._pad(pixel_values.flatten(0, 1)).view(b, m, c, h + 2 * p, w + 2 * p)
         out = torch.empty_like(pixel_values)
         for i, seed in enumerate(seeds.tolist()):
             gen = torch.Generator()

@@ -252,4 +252,6 @@ def collator_for(config, train: bool, tokenizer=None, with_captions: bool = True
                               max_length=caption_max_length(config, tokenizer),
                               train=train)
     return ReIDCollator(image_size=tuple(config.image_size), train=train, with_camera_ids=config.num_cameras > 0,
-                        text=text, fill_missing_modalities=getattr(config, FILL_CONFIG_KEY, None))
+                        text=text, fill_missing_modalities=getattr(config, FILL_CONFIG_KEY, None),
+                        mean=tuple(getattr(config, "image_mean", None) or (0.5, 0.5, 0.5)),
+                        std=tuple(getattr(config, "image_std", None) or (0.5, 0.5, 0.5)))

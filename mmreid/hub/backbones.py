@@ -1,9 +1,13 @@
 """Towers a model is built around: the papers' pretrained checkpoint, towers from random initialisation by name, and
 tiny configurations for tests.
 
-A backbone is named by ``--backbone``: a CLIP or ViT checkpoint (Hub id or local directory), whose config
-:func:`backbone_config` reads and whose weights the model's ``from_pretrained_towers`` loads; or one of
-:data:`RANDOM_BACKBONES`, shapes only, trained from random initialisation (never by accident: only by name).
+A backbone is named by ``--backbone``: a checkpoint (Hub id or local directory) of one of the tower families of
+:data:`configuration_reid.BACKBONE_MODEL_TYPES` (CLIP, MetaCLIP 2, SigLIP, SigLIP 2, DINOv2 with or without registers,
+DINOv3 ViT, ViT; a dual image-text checkpoint gives its image half), whose config :func:`backbone_config` reads and
+whose weights the model's ``from_pretrained_towers`` loads; or one of :data:`RANDOM_BACKBONES`, shapes only, trained
+from random initialisation (never by accident: only by name). ``--text-backbone`` names the text tower of a model that
+reads captions when ``--backbone`` has none (:func:`text_backbone_config`). :func:`tower_normalization` reads the
+pixel mean / std of a tower's own processor config.
 """
 
 from __future__ import annotations
@@ -13,18 +17,42 @@ import logging
 import re
 from pathlib import Path
 
-from transformers import AutoConfig, CLIPConfig, CLIPTextConfig, CLIPVisionConfig, PretrainedConfig, ViTConfig
+from transformers import (
+    AutoConfig,
+    CLIPConfig,
+    CLIPTextConfig,
+    CLIPVisionConfig,
+    Dinov2Config,
+    Dinov2WithRegistersConfig,
+    DINOv3ViTConfig,
+    MetaClip2VisionConfig,
+    PretrainedConfig,
+    Siglip2VisionConfig,
+    SiglipVisionConfig,
+    ViTConfig,
+)
 
 from configuration_demo import DeMoConfig
-from configuration_next import NextConfig
-from configuration_reid import CLIP_B16_TEXT_SHAPES, VIT_B16_SHAPES
+from configuration_next import TEXT_TOWER_MODEL_TYPES, NextConfig
+from configuration_reid import (
+    AUTHORS_IMAGE_MEAN,
+    AUTHORS_IMAGE_STD,
+    BACKBONE_MODEL_TYPES,
+    CLIP_B16_TEXT_SHAPES,
+    DUAL_MODEL_TYPES,
+    VIT_B16_SHAPES,
+)
 
 from ..errors import UsageError, first_line
 
 __all__ = [
     "PRETRAINED_BACKBONE",
     "RANDOM_BACKBONES",
+    "SUPPORTED_CHECKPOINT_TYPES",
     "backbone_config",
+    "dinov3_vit_b16_vision_config",
+    "text_backbone_config",
+    "tower_normalization",
     "clip_vit_b16_vision_config",
     "hub_id_of",
     "local_or_hub",
@@ -49,6 +77,11 @@ def vit_b16_vision_config() -> ViTConfig:
     return ViTConfig(**VIT_B16_SHAPES)
 
 
+def dinov3_vit_b16_vision_config() -> DINOv3ViTConfig:
+    """Shapes of DINOv3 ViT-B/16 (4 register tokens, rotary positions; weights come from `from_pretrained_towers`)."""
+    return DINOv3ViTConfig(**VIT_B16_SHAPES, num_register_tokens=4)
+
+
 def _clip_b16_random() -> CLIPConfig:
     return CLIPConfig(vision_config=clip_vit_b16_vision_config().to_dict(), text_config=CLIP_B16_TEXT_SHAPES,
                       projection_dim=512)
@@ -69,9 +102,14 @@ RANDOM_BACKBONES = {
     "tiny": _tiny_clip,
     "clip-b16-random": _clip_b16_random,
     "vit-b16-random": vit_b16_vision_config,
+    "dinov3-vitb16-random": dinov3_vit_b16_vision_config,
 }
-BACKBONE_HINT = ("point --backbone at a local directory holding a CLIP or ViT checkpoint (config.json + weights, "
-                 "e.g. saved with CLIPModel.save_pretrained), or name a random-init tower: " + ", ".join(RANDOM_BACKBONES))
+# model_type of the checkpoints --backbone takes: every image tower of the family, and the dual models holding one.
+SUPPORTED_CHECKPOINT_TYPES = (*BACKBONE_MODEL_TYPES.values(), *DUAL_MODEL_TYPES)
+SUPPORTED_FAMILIES = "CLIP, MetaCLIP 2, SigLIP, SigLIP 2, DINOv2 (with or without registers), DINOv3 ViT or ViT"
+BACKBONE_HINT = (f"point --backbone at a Hub id or local directory holding a {SUPPORTED_FAMILIES} checkpoint "
+                 "(config.json + weights, e.g. saved with save_pretrained), or name a random-init tower: "
+                 + ", ".join(RANDOM_BACKBONES))
 
 
 def local_or_hub(name: str) -> str:
@@ -80,29 +118,76 @@ def local_or_hub(name: str) -> str:
     return str(local) if local.exists() else name
 
 
-def backbone_config(backbone: str) -> PretrainedConfig:
-    """The config of ``--backbone``: the named random tower's shapes, or the checkpoint's own config.
-
-    Raises :class:`UsageError` (one line, before anything is written) when it names no loadable CLIP / ViT
-    checkpoint.
-    """
-    if backbone in RANDOM_BACKBONES:
-        return RANDOM_BACKBONES[backbone]()
-    local = Path(backbone).expanduser()
-    if (backbone.startswith((".", "/", "~")) or local.exists()) and not (local / "config.json").is_file():
-        raise UsageError(f"--backbone {backbone}: no config.json in that directory; {BACKBONE_HINT}")
+def _read_config(option: str, name: str, hint: str) -> PretrainedConfig:
+    """The config.json of a checkpoint named by ``option`` (a local directory or a Hub id), or a one-line
+    :class:`UsageError`."""
+    local = Path(name).expanduser()
+    if (name.startswith((".", "/", "~")) or local.exists()) and not (local / "config.json").is_file():
+        raise UsageError(f"{option} {name}: no config.json in that directory; {hint}")
     hub_logger = logging.getLogger("huggingface_hub")
     level = hub_logger.level
     hub_logger.setLevel(logging.ERROR)  # its retry warnings would bury the one-line error below
     try:
-        config = AutoConfig.from_pretrained(local_or_hub(backbone))
+        return AutoConfig.from_pretrained(local_or_hub(name))
     except (OSError, ValueError) as exc:
-        raise UsageError(f"--backbone {backbone}: could not load it ({first_line(exc)}); {BACKBONE_HINT}") from None
+        raise UsageError(f"{option} {name}: could not load it ({first_line(exc)}); {hint}") from None
     finally:
         hub_logger.setLevel(level)
-    if config.model_type not in ("clip", "clip_vision_model", "vit"):
-        raise UsageError(f"--backbone {backbone} is a {config.model_type!r} checkpoint; expected CLIP or ViT")
+
+
+def backbone_config(backbone: str) -> PretrainedConfig:
+    """The config of ``--backbone``: the named random tower's shapes, or the checkpoint's own config.
+
+    Raises :class:`UsageError` (one line, before anything is written) when it names no loadable checkpoint of a
+    supported tower family.
+    """
+    if backbone in RANDOM_BACKBONES:
+        return RANDOM_BACKBONES[backbone]()
+    config = _read_config("--backbone", backbone, BACKBONE_HINT)
+    if config.model_type not in SUPPORTED_CHECKPOINT_TYPES:
+        raise UsageError(f"--backbone {backbone} is a {config.model_type!r} checkpoint; the supported tower families "
+                         f"are {SUPPORTED_FAMILIES} ({', '.join(SUPPORTED_CHECKPOINT_TYPES)})")
     return config
+
+
+TEXT_BACKBONE_HINT = ("point --text-backbone at a Hub id or local directory holding a CLIP, MetaCLIP 2, SigLIP or "
+                      "SigLIP 2 checkpoint (the dual model or its text tower) with its tokenizer files")
+
+
+def text_backbone_config(text_backbone: str) -> PretrainedConfig:
+    """The config of ``--text-backbone``: a dual CLIP-like / SigLIP checkpoint or its text tower, or a one-line
+    :class:`UsageError`."""
+    config = _read_config("--text-backbone", text_backbone, TEXT_BACKBONE_HINT)
+    if config.model_type not in (*TEXT_TOWER_MODEL_TYPES, *DUAL_MODEL_TYPES):
+        raise UsageError(f"--text-backbone {text_backbone} is a {config.model_type!r} checkpoint; expected a text tower "
+                         f"({', '.join((*DUAL_MODEL_TYPES, *TEXT_TOWER_MODEL_TYPES))})")
+    return config
+
+
+def tower_normalization(backbone: str | None, tower_config: PretrainedConfig | None) -> dict:
+    """``image_mean`` / ``image_std`` a run on ``--backbone`` normalises its pixels with.
+
+    CLIP towers and the random-init towers keep the DeMo authors' mean = std = 0.5 (the CLIP presets' recipe; the
+    parity with the authors' features depends on it). Every other family takes its own processor config's
+    (``preprocessor_config.json`` beside the weights): the statistics its tower was pretrained with. A folder
+    without one keeps 0.5 / 0.5 (said once in the log)."""
+    authors = {"image_mean": AUTHORS_IMAGE_MEAN, "image_std": AUTHORS_IMAGE_STD}
+    if backbone is None or backbone in RANDOM_BACKBONES or tower_config is None:
+        return authors
+    if tower_config.model_type in ("clip", "clip_vision_model"):
+        return authors
+    from transformers.image_processing_base import ImageProcessingMixin
+
+    try:
+        values, _ = ImageProcessingMixin.get_image_processor_dict(local_or_hub(backbone))
+    except (OSError, ValueError):
+        logging.getLogger(__name__).warning("--backbone %s: no preprocessor_config.json; normalising with the "
+                                            "authors' mean = std = 0.5", backbone)
+        return authors
+    if values.get("image_mean") is None or values.get("image_std") is None:
+        return authors
+    return {"image_mean": tuple(float(v) for v in values["image_mean"]),
+            "image_std": tuple(float(v) for v in values["image_std"])}
 
 
 def tiny_vision_config(
@@ -125,9 +210,22 @@ def tiny_vision_config(
     )
     if backbone_type == "clip":
         return CLIPVisionConfig(**shapes, projection_dim=projection_dim, hidden_act="quick_gelu")
+    if backbone_type == "metaclip_2":
+        return MetaClip2VisionConfig(**shapes, projection_dim=projection_dim)
+    if backbone_type == "siglip":
+        return SiglipVisionConfig(**shapes)
+    if backbone_type == "siglip2":
+        shapes.pop("image_size")
+        return Siglip2VisionConfig(**shapes, num_patches=(image_size // patch_size) ** 2)
+    if backbone_type == "dinov2":
+        return Dinov2Config(**shapes)
+    if backbone_type == "dinov2_with_registers":
+        return Dinov2WithRegistersConfig(**shapes, num_register_tokens=2)
+    if backbone_type == "dinov3_vit":
+        return DINOv3ViTConfig(**shapes, num_register_tokens=2, layerscale_value=0.5)
     if backbone_type == "vit":
         return ViTConfig(**shapes)
-    raise ValueError(f"backbone_type must be 'clip' or 'vit', got {backbone_type!r}")
+    raise ValueError(f"backbone_type must be one of {', '.join(BACKBONE_MODEL_TYPES)}, got {backbone_type!r}")
 
 
 def tiny_demo_config(

@@ -6,8 +6,10 @@ What the factory relies on, and nothing more:
 
 - the config accepts ``num_labels``, ``num_cameras`` and ``image_size`` (set from the dataset and the recipe), and
   each option the run sets (an unknown one is refused, naming the config class);
-- a config class with ``from_backbone_config`` is built around ``--backbone``'s config, and a model class with
-  ``from_pretrained_towers`` loads its pretrained weights; without them the model's own config defines its tower;
+- a config class with ``from_backbone_config`` is built around ``--backbone``'s config (and ``--text-backbone``'s,
+  passed as ``text_backbone_config``), and a model class with ``from_pretrained_towers`` loads its pretrained weights
+  (the text tower's from ``text_pretrained_model_name_or_path``); without them the model's own config defines its
+  tower; the config's ``image_mean`` / ``image_std``, when it has them, are set from the tower's processor config;
 - a config whose ``uses_text`` is true reads captions; the run then needs a tokenizer.
 """
 
@@ -21,7 +23,16 @@ from pathlib import Path
 
 from ..errors import UsageError, first_line
 from ..models import BUILTIN_MODELS
-from .backbones import BACKBONE_HINT, RANDOM_BACKBONES, backbone_config, local_or_hub, tokenizer_ids
+from .backbones import (
+    BACKBONE_HINT,
+    RANDOM_BACKBONES,
+    TEXT_BACKBONE_HINT,
+    backbone_config,
+    local_or_hub,
+    text_backbone_config,
+    tokenizer_ids,
+    tower_normalization,
+)
 
 __all__ = ["BUILTIN_MODELS", "ModelRecipe", "accepted_options"]
 
@@ -68,10 +79,14 @@ class ModelRecipe:
     base_config: object = None  # a remote model's own config (None for built-ins)
     backbone: str | None = None  # None: the model's own config defines its tower
     tower_config: object = None  # --backbone's config
+    text_backbone: str | None = None  # --text-backbone: the text tower of a captions-reading model
+    text_tower_config: object = None  # --text-backbone's config
 
     @classmethod
-    def resolve(cls, model: str, backbone: str | None, options: dict) -> "ModelRecipe":
-        """Look ``model`` up (built-in, or remote code from a directory / Hub id) and read ``backbone``'s config."""
+    def resolve(cls, model: str, backbone: str | None, options: dict, text_backbone: str | None = None) -> "ModelRecipe":
+        """Look ``model`` up (built-in, or remote code from a directory / Hub id) and read ``backbone``'s config (and
+        ``text_backbone``'s). A model that reads captions with a tower that has no text half and no
+        ``text_backbone`` is refused here, in one line."""
         base = None
         if model in BUILTIN_MODELS:
             entry = BUILTIN_MODELS[model]
@@ -82,10 +97,28 @@ class ModelRecipe:
         if hasattr(config_class, "from_backbone_config"):
             recipe.backbone = backbone
             recipe.tower_config = backbone_config(backbone)
+            if text_backbone is not None:
+                if "text_backbone_config" not in inspect.signature(config_class.from_backbone_config).parameters:
+                    raise UsageError(f"--text-backbone: --model {model} has no text tower to take from it; drop it")
+                recipe.text_backbone = text_backbone
+                recipe.text_tower_config = text_backbone_config(text_backbone)
         elif backbone is not None:
             logger.warning("--model %s: its config defines its own tower; --backbone %s is not used", model, backbone)
         recipe._check_option_names()
+        recipe._check_text_tower()
         return recipe
+
+    def _check_text_tower(self) -> None:
+        """A model that reads captions needs a text tower: the backbone's own (a dual checkpoint) or
+        ``--text-backbone``'s; refused in one line otherwise, before any work."""
+        if self.tower_config is None or self.text_tower_config is not None or self.random_tower:
+            return
+        if getattr(self.tower_config, "text_config", None) is not None:
+            return  # a dual checkpoint: its text half
+        if self.uses_text():
+            raise UsageError(f"--backbone {self.backbone} is a {self.tower_config.model_type!r} image tower without a "
+                             f"text tower, and --model {self.name} reads captions: add --text-backbone (e.g. "
+                             "openai/clip-vit-base-patch16 or google/siglip2-base-patch16-224), or --use-text false")
 
     @property
     def random_tower(self) -> bool:
@@ -107,8 +140,13 @@ class ModelRecipe:
         """The config before the run's options: around --backbone's tower, or the remote model's own."""
         if self.tower_config is None:
             return self.base_config if self.base_config is not None else self.config_class()
+        kwargs = {}
+        if self.text_tower_config is not None:
+            kwargs["text_backbone_config"] = copy.deepcopy(self.text_tower_config)
+        if "image_mean" in accepted_options(self.config_class):
+            kwargs.update(tower_normalization(self.backbone, self.tower_config))
         try:
-            return self.config_class.from_backbone_config(copy.deepcopy(self.tower_config))
+            return self.config_class.from_backbone_config(copy.deepcopy(self.tower_config), **kwargs)
         except (ValueError, TypeError) as exc:
             raise UsageError(f"--backbone {self.backbone} does not fit --model {self.name}: {first_line(exc)}") from None
 
@@ -153,7 +191,7 @@ class ModelRecipe:
                                self.name)
                 texts = ["no caption"]
             return build_caption_tokenizer(texts, model_max_length=CAPTION_TOKENIZER_MAX_LENGTH)
-        source = self.backbone if self.backbone is not None else self.name
+        source = self.text_backbone or (self.backbone if self.backbone is not None else self.name)
         try:
             tokenizer = AutoTokenizer.from_pretrained(local_or_hub(source),
                                                       trust_remote_code=self.base_config is not None)
@@ -164,7 +202,7 @@ class ModelRecipe:
         texts = [t for c in CAPTION_COLUMNS if c in sample.column_names for t in sample[c] if t]
         problem = tokenizer_problem(tokenizer, texts)
         if problem:
-            option = "--backbone" if self.backbone is not None else "--model"
+            option = "--text-backbone" if self.text_backbone else "--backbone" if self.backbone is not None else "--model"
             raise UsageError(f"{option} {source}: its tokenizer cannot encode the captions ({problem}); the folder "
                              "lacks its tokenizer files (tokenizer.json, or vocab.json + merges.txt): save the "
                              "checkpoint's tokenizer beside its weights") from None
@@ -180,11 +218,15 @@ class ModelRecipe:
         if not hasattr(self.model_class, "from_pretrained_towers"):
             raise UsageError(f"--model {self.name} cannot load pretrained towers (its class has no "
                              f"from_pretrained_towers); name a random-init tower with --backbone")
+        kwargs = {}
+        if self.text_backbone is not None:
+            kwargs["text_pretrained_model_name_or_path"] = local_or_hub(self.text_backbone)
         try:
-            return self.model_class.from_pretrained_towers(local_or_hub(self.backbone), config)
+            return self.model_class.from_pretrained_towers(local_or_hub(self.backbone), config, **kwargs)
         except (OSError, ValueError) as exc:
-            raise UsageError(f"--backbone {self.backbone}: could not load the tower(s) ({first_line(exc)}); "
-                             f"{BACKBONE_HINT}") from None
+            option = f"--backbone {self.backbone}" + (f" / --text-backbone {self.text_backbone}" if kwargs else "")
+            hint = BACKBONE_HINT + ("; " + TEXT_BACKBONE_HINT if kwargs else "")
+            raise UsageError(f"{option}: could not load the tower(s) ({first_line(exc)}); {hint}") from None
 
 
 def tokenizer_problem(tokenizer, captions: list[str]) -> str | None:

@@ -13,9 +13,11 @@ __all__ = ["build_processor", "tokenizer_of"]
 def build_processor(config, tokenizer=None):
     """The family's :class:`ReIDImageProcessor` at the model's input size, combined with ``tokenizer`` into a
     :class:`ReIDProcessor` for a model that reads captions (``config.uses_text``; captions truncated to the text
-    tower's position limit). Any model of the family, built-in or remote code, gets its processor this way."""
+    tower's position limit). Any model of the family, built-in or remote code, gets its processor this way; it
+    normalises with the config's ``image_mean`` / ``image_std`` (what the model was trained with)."""
     height, width = config.image_size
-    image_processor = ReIDImageProcessor(size={"height": int(height), "width": int(width)})
+    normalization = {key: list(getattr(config, key)) for key in ("image_mean", "image_std") if getattr(config, key, None)}
+    image_processor = ReIDImageProcessor(size={"height": int(height), "width": int(width)}, **normalization)
     if tokenizer is None or not getattr(config, "uses_text", False):
         return image_processor
     return ReIDProcessor(image_processor, tokenizer, caption_max_length=caption_max_length(config, tokenizer))

@@ -91,9 +91,17 @@ class ReIDArguments:
     fill_missing_modalities: str = field(default="none", metadata={"help": FILL_HELP, "choices": FILL_MODES})
     backbone: str = field(
         default=PRETRAINED_BACKBONE,
-        metadata={"help": "The pretrained tower(s): a CLIP or ViT checkpoint (Hub id or local directory), loaded with "
-                  "the model's from_pretrained_towers; random initialisation only by name: tiny (the synthetic "
-                  "preset's), clip-b16-random, vit-b16-random."},
+        metadata={"help": "The pretrained tower(s): a CLIP, MetaCLIP 2, SigLIP, SigLIP 2, DINOv2 (with or without "
+                  "registers), DINOv3 ViT or ViT checkpoint (Hub id or local directory; a dual image-text checkpoint "
+                  "gives its image half, and NEXT its text half too), loaded with the model's from_pretrained_towers; "
+                  "random initialisation only by name: tiny (the synthetic preset's), clip-b16-random, "
+                  "vit-b16-random, dinov3-vitb16-random. See docs/towers.md."},
+    )
+    text_backbone: str | None = field(
+        default=None,
+        metadata={"help": "The text tower of a model that reads captions (NEXT) when --backbone has none (DINOv2, "
+                  "DINOv3, ViT, an image-only tower): a CLIP, MetaCLIP 2, SigLIP or SigLIP 2 checkpoint with its "
+                  "tokenizer; a learned text_bridge then maps its sentence embedding to the image features."},
     )
     image_size: list[int] | None = field(
         default=None,
@@ -347,14 +355,16 @@ REFUSED_TRAINER_OPTIONS = {
 }
 # --help: the options a ReID user sets first, then the rest of the recipe, then the generated groups, then the
 # Trainer's own options.
-MAIN_OPTIONS = ("preset", "config", "model", "dataset", "backbone", "output_dir", "num_train_epochs", "num_identities",
-                "num_instances", "learning_rate", "vision_tower_lr", "resume", "resume_from_checkpoint",
+MAIN_OPTIONS = ("preset", "config", "model", "dataset", "backbone", "text_backbone", "output_dir", "num_train_epochs",
+                "num_identities", "num_instances", "learning_rate", "vision_tower_lr", "resume", "resume_from_checkpoint",
                 "overwrite_output_dir", "seed")
 RECIPE_OPTIONS = ("image_size", "config_overrides", "synthetic_dir", "bias_lr_factor", "weight_decay", "lr_schedule",
                   "warmup_epochs", "warmup_factor", "min_lr_factor", "lr_noise_seed", "select_best_on_test",
                   "deterministic", "profile", "dataset_revision", "checkpoint_on_signal", "fill_missing_modalities")
 # Model options: the towers' sub-configs (from --backbone) and the fields set from the run are no flags.
-SET_BY_THE_RUN = ("vision_config", "text_config", *RUN_FIELDS)
+# The pixel normalisation is the tower's (mmreid.hub.backbones.tower_normalization); NEXT's text bridge follows
+# --text-backbone.
+SET_BY_THE_RUN = ("vision_config", "text_config", "image_mean", "image_std", "text_bridge", *RUN_FIELDS)
 # One group for the family's shared options, then one per built-in model (the registry, mmreid/models.py).
 MODEL_OPTION_GROUPS = (
     FAMILY_OPTIONS_GROUP,

@@ -198,6 +198,8 @@ class ReIDTrainer(Trainer):
             torch._inductor.config.fallback_random = True
         self.loss = loss if loss is not None else ReIDLoss()
         self.augment = augment if augment is not None else ReIDAugment()
+        if isinstance(self.augment, ReIDAugment) and getattr(model.config, "image_mean", None) is not None:
+            self.augment.set_black(model.config.image_mean, model.config.image_std)  # the tower's normalisation
         self._component_sums: dict[str, float] = {}
         self._component_steps = 0
         self._step_lrs: dict[str, float] = {}
