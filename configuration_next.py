@@ -151,7 +151,7 @@ class NextConfig(ReIDConfig):
                 f"image_size={self.image_size} (patch grid {rows}x{cols})"
             )
         text_dim = self.text_feature_dim
-        if self.feature_dim != text_dim and not self.text_bridge:
+        if self.uses_text and self.feature_dim != text_dim and not self.text_bridge:
             raise ValueError(
                 f"the image features have {self.feature_dim} channels but the text tower's sentence embedding has "
                 f"{text_dim}: the text relevance is a cosine between text and patch embeddings; use a text tower of "
@@ -163,14 +163,19 @@ class NextConfig(ReIDConfig):
                              **kwargs) -> "NextConfig":
         """As [`ReIDConfig.from_backbone_config`]. The text tower is `text_backbone_config`'s (a dual config or a text
         tower's; then `text_bridge` is on: the two towers were never trained together), else the text half of
-        `backbone_config` when it is a dual config (CLIP's, as in the paper). Neither: `text_config` keeps its
-        default shapes (random weights), which only a model without text (`use_text=False`) may use; `train.py`
-        refuses a text-reading run without a text tower before it builds one."""
+        `backbone_config` when it is a dual config (CLIP's, as in the paper). Neither: `text_config` keeps CLIP
+        ViT-B/16's text shapes (projecting to the image feature size), a placeholder only a model without text
+        (`use_text=False`) may keep; `train.py` refuses a text-reading run without a text tower before it builds
+        one."""
         if text_backbone_config is not None:
             kwargs.setdefault("text_config", text_backbone_config)
             kwargs.setdefault("text_bridge", True)
         elif getattr(backbone_config, "model_type", None) in DUAL_MODEL_TYPES:
             kwargs.setdefault("text_config", backbone_config)
+        else:
+            vision = parse_tower_config(backbone_config, "vision_config", cls.tower_model_types, {})
+            width = getattr(vision, "projection_dim", None) or vision.hidden_size
+            kwargs.setdefault("text_config", {**CLIP_B16_TEXT_SHAPES, "projection_dim": width})
         return super().from_backbone_config(backbone_config, **kwargs)
 
     @property
