@@ -61,7 +61,7 @@ def card_info(run: TrainRun, model, train_split, metrics: dict, selection: str, 
     """What the model card says about this run (``state``: the trainer state, for the steps and epochs trained;
     ``in_progress``: the card of an intermediate checkpoint)."""
     from mmreid.data.synthetic import DEFAULT_SET, describe_default_set
-    from mmreid.hub.backbones import hub_id_of
+    from mmreid.hub.backbones import RANDOM_BACKBONES, hub_id_of
 
     script, training = run.script, run.training
     out = Path(training.output_dir)
@@ -85,6 +85,8 @@ def card_info(run: TrainRun, model, train_split, metrics: dict, selection: str, 
         dataset_revision=script.dataset_revision,
         backbone=script.backbone,
         base_model=hub_id_of(script.backbone),
+        tower=None if script.backbone in RANDOM_BACKBONES else getattr(model.config, "backbone_type", None),
+        text_tower=script.text_backbone,
         research_only_data=bool(script.dataset),
         uses_text=bool(getattr(model.config, "uses_text", False)),
         uses_cameras=model.config.num_cameras > 0,

@@ -251,3 +251,80 @@ def test_next_on_an_image_only_tower_needs_a_text_backbone(towers, clip_text):
     assert config.image_mean == IMAGENET_MEAN
     with pytest.raises(UsageError, match="--text-backbone: --model demo has no text tower"):
         ModelRecipe.resolve("demo", str(towers["dinov3_vit"]), {}, text_backbone=str(clip_text))
+
+
+@pytest.fixture(scope="module")
+def caption_set(tmp_path_factory):
+    from conftest import build_tiny_dataset
+
+    return build_tiny_dataset(tmp_path_factory.mktemp("synthetic"), seed=1, num_train_ids=6, num_test_ids=3,
+                              images_per_id=4, captions=True)
+
+
+@pytest.fixture(scope="module")
+def clip_text_with_tokenizer(tmp_path_factory, caption_set):
+    """A tiny CLIP text tower with the word-level tokenizer of the set's captions saved beside it."""
+    from datasets import load_from_disk
+    from transformers import CLIPTextModelWithProjection
+
+    from mmreid.data.text import build_caption_tokenizer
+
+    train_split = load_from_disk(caption_set)["train"]
+    texts = [t for column in ("caption_rgb", "caption_nir", "caption_tir") for t in train_split[column] if t]
+    tokenizer = build_caption_tokenizer(texts, model_max_length=48)
+    folder = tmp_path_factory.mktemp("clip-text-tok")
+    torch.manual_seed(6)
+    CLIPTextModelWithProjection(tiny_text_config(tokenizer, projection_dim=48)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+RUN = ["--image-size", "32", "16", "--num-identities", "3", "--num-instances", "2", "--max-steps", "2",
+       "--per-device-eval-batch-size", "32", "--save-strategy", "no", "--logging-steps", "1", "--disable-tqdm", "true"]
+
+
+def test_demo_trains_on_dinov3_with_its_lr_groups(towers, caption_set, tmp_path):
+    """train.py --backbone <a DINOv3 folder>: the tower at the tower rate, its camera embedding at the head rate,
+    and a couple of steps with finite losses."""
+    import math
+
+    import train
+    from mmreid.training.arguments import parse_args
+
+    run = parse_args(["--model", "demo", "--backbone", str(towers["dinov3_vit"]), "--atmoe-heads", "2", *RUN,
+                      "--dataset", caption_set, "--output-dir", str(tmp_path / "out")])
+    trainer = train.build_trainer(run)[0]
+    assert trainer.model.config.backbone_type == "dinov3_vit"
+    groups = {g["name"]: g for g in trainer.create_optimizer().param_groups}
+    sie = trainer.model.vision_tower.embeddings.camera_embedding
+    tower = {id(p) for n, p in trainer.model.named_parameters() if n.startswith("vision_tower.") and p is not sie}
+    assert {id(p) for p in groups["vision_tower"]["params"]} == tower
+    assert any(p is sie for p in groups["head"]["params"])
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
+
+
+def test_next_trains_on_siglip2_with_a_clip_text_backbone(towers, caption_set, clip_text_with_tokenizer, tmp_path):
+    """train.py --model next --backbone <a SigLIP 2 image tower> --text-backbone <a CLIP text tower>: the run
+    trains, and the checkpoint records the tower's normalisation (config and processor), its text bridge, the
+    text tower's tokenizer, and a card naming the tower and its licence."""
+    import train
+    from transformers import AutoTokenizer
+
+    out = tmp_path / "next"
+    result = train.main(["--model", "next", "--backbone", str(towers["siglip2"]), "--text-backbone",
+                         str(clip_text_with_tokenizer), *RUN, *[f"--{k.replace('_', '-')}={v}" for k, v in
+                                                              NEXT_SIZES.items()],
+                         "--dataset", caption_set, "--output-dir", str(out)])
+    assert result["global_step"] == 2
+    config = json.loads((out / "config.json").read_text())
+    assert config["vision_config"]["model_type"] == "siglip2_vision_model" and config["text_bridge"] is True
+    assert config["image_mean"] == list(IMAGENET_MEAN) and config["image_std"] == list(IMAGENET_STD)
+    saved = out / "preprocessor_config.json"
+    processor = json.loads((saved if saved.is_file() else out / "processor_config.json").read_text())
+    processor = processor.get("image_processor", processor)
+    assert processor["image_mean"] == list(IMAGENET_MEAN)
+    assert len(AutoTokenizer.from_pretrained(out)) == len(AutoTokenizer.from_pretrained(clip_text_with_tokenizer))
+    card = (out / "README.md").read_text()
+    assert "Image tower: SigLIP 2, licence: Apache-2.0" in card and "Text tower:" in card

@@ -20,7 +20,7 @@ from pipeline_reid import TASK as PIPELINE_TASK
 
 from ..models import card_text
 
-__all__ = ["ModelCardInfo", "build_model_card", "licence_text", "save_model_card", "FINAL_EPOCH",
+__all__ = ["TOWER_LICENCES", "ModelCardInfo", "build_model_card", "licence_text", "save_model_card", "FINAL_EPOCH",
            "BEST_ON_TEST", "LICENCE_FILE", "best_on_test_label"]
 
 # How the reported epoch was chosen (train.py --select-best-on-test); shown in the card and in model-index.
@@ -39,6 +39,24 @@ LICENCE_FILE = "LICENSE.md"  # the terms of a model trained on research-only dat
 TASK_NAME = "Multi-modal object re-identification"
 HEADLINE_METRICS = ("mAP", "Rank-1")  # the two numbers every ReID paper reports; in model-index
 
+# The image towers' own licences, by tower family (configuration_reid.BACKBONE_MODEL_TYPES): a model fine-tuned from a
+# tower is a derivative of its weights, so the card names them. Where a licence could not be checked here, it says so.
+TOWER_LICENCES = {
+    "clip": ("OpenAI CLIP", "MIT"),
+    "metaclip_2": ("MetaCLIP 2", "CC-BY-NC-4.0 as its Hub model cards list it (not verified here: read the "
+                                 "checkpoint's own card)"),
+    "siglip": ("SigLIP", "Apache-2.0"),
+    "siglip2": ("SigLIP 2", "Apache-2.0"),
+    "dinov2": ("DINOv2", "Apache-2.0"),
+    "dinov2_with_registers": ("DINOv2 with registers", "Apache-2.0"),
+    "dinov3_vit": ("DINOv3 ViT", "the DINOv3 License, not Apache-2.0 "
+                                 "(https://ai.meta.com/resources/models-and-libraries/dinov3-license/)"),
+    "vit": ("ViT (ImageNet-21k)", "Apache-2.0"),
+}
+# Tower licences that let the weights of a model trained on synthetic data stay Apache-2.0.
+PERMISSIVE_TOWER_LICENCES = ("MIT", "Apache-2.0")
+
+
 @dataclass
 class ModelCardInfo:
     """What train.py knows about a run, for its card.
@@ -47,7 +65,8 @@ class ModelCardInfo:
     it came from the Hub (``dataset_revision`` the revision asked for); ``base_model`` the Hub id of the pretrained
     tower (None for random-init towers); ``metrics`` maps ``mmreid.metrics.METRIC_KEYS`` to percent values;
     ``research_only_data`` marks data released for research only; ``in_progress`` describes an intermediate
-    checkpoint ("step 3 of 6"; None for the final model).
+    checkpoint ("step 3 of 6"; None for the final model); ``tower`` is the image tower's family (a key of
+    :data:`TOWER_LICENCES`), ``text_tower`` the ``--text-backbone`` a model read captions with, if any.
     """
 
     model_type: str
@@ -66,6 +85,8 @@ class ModelCardInfo:
     uses_cameras: bool = False
     recipe: dict[str, Any] = field(default_factory=dict)
     in_progress: str | None = None
+    tower: str | None = None
+    text_tower: str | None = None
 
 
 def eval_results(info: ModelCardInfo) -> list[EvalResult]:
@@ -120,8 +141,11 @@ def usage_snippet(info: ModelCardInfo) -> list[str]:
 def build_model_card(info: ModelCardInfo) -> ModelCard:
     """The checkpoint's card: Hub metadata (model-index, base_model, license, ...) and the text below it."""
     text = card_text(info.model_type)  # the registry's text of a built-in model, a generic one otherwise
+    tower_licence = TOWER_LICENCES.get(info.tower, (None, "Apache-2.0"))[1]
     if info.research_only_data:  # the terms are in LICENSE.md (save_model_card), summarised in the Licence section
         license_fields = dict(license="other", license_name="research-only", license_link=LICENCE_FILE)
+    elif tower_licence not in PERMISSIVE_TOWER_LICENCES:
+        license_fields = dict(license="other", license_name=f"{info.tower}-licence")
     else:
         license_fields = dict(license="apache-2.0")
     data = ModelCardData(
@@ -148,8 +172,8 @@ def build_model_card(info: ModelCardInfo) -> ModelCard:
         *usage_snippet(info),
         "",
         "Give the three images of one object in the order RGB, near-infrared, thermal-infrared (PIL images, arrays, "
-        "or paths for the pipeline). The processor applies the evaluation transform (bilinear resize, mean = std = "
-        "0.5); a missing modality is `None`. The pipeline also returns the model's `expert_weights` when it has "
+        "or paths for the pipeline). The processor applies the evaluation transform (bilinear resize, the mean / std "
+        "the model was trained with, in `preprocessor_config.json`); a missing modality is `None`. The pipeline also returns the model's `expert_weights` when it has "
         "experts."
         + (" `camera_ids` is the camera's index in the training data (the model adds a learned camera embedding); "
            "leave it out for a camera the model never saw." if info.uses_cameras else ""),
@@ -171,6 +195,10 @@ def build_model_card(info: ModelCardInfo) -> ModelCard:
         "",
         f"- Dataset: {info.dataset_description}",
         f"- Backbone: {info.backbone}",
+        *([f"- Image tower: {TOWER_LICENCES[info.tower][0]}, licence: {TOWER_LICENCES[info.tower][1]}"]
+          if info.tower in TOWER_LICENCES else []),
+        *([f"- Text tower: {info.text_tower} (frozen; a learned bridge maps its sentence embedding to the image "
+            "features)"] if info.text_tower else []),
         "",
     ]
     if info.recipe:
@@ -182,11 +210,17 @@ def build_model_card(info: ModelCardInfo) -> ModelCard:
 
 
 def _licence_note(info: ModelCardInfo) -> str:
+    tower = ""
+    if info.tower in TOWER_LICENCES:
+        name, licence = TOWER_LICENCES[info.tower]
+        tower = f" The image tower was initialised from {name} weights, released under {licence}; its terms apply too."
     if info.research_only_data:
         return (f"These weights were trained on {info.dataset_name}, which its authors release for research use only. "
                 f"Use the model under the same terms ([{LICENCE_FILE}]({LICENCE_FILE})); obtain the dataset from its "
-                "authors.")
-    return "Trained on synthetic data only; the weights are released under Apache-2.0, like the code."
+                "authors." + tower)
+    if info.tower in TOWER_LICENCES and TOWER_LICENCES[info.tower][1] not in PERMISSIVE_TOWER_LICENCES:
+        return "Trained on synthetic data only; the code is released under Apache-2.0, the weights are not:" + tower
+    return "Trained on synthetic data only; the weights are released under Apache-2.0, like the code." + tower
 
 
 def licence_text(info: ModelCardInfo) -> str | None:
