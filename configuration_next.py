@@ -152,10 +152,11 @@ class NextConfig(ReIDConfig):
             )
         text_dim = self.text_feature_dim
         if self.uses_text and self.feature_dim != text_dim and not self.text_bridge:
+            field = "projection_size" if self.text_config.model_type.startswith("siglip") else "projection_dim"
             raise ValueError(
-                f"the image features have {self.feature_dim} channels but the text tower's sentence embedding has "
-                f"{text_dim}: the text relevance is a cosine between text and patch embeddings; use a text tower of "
-                "the image tower's own checkpoint, or text_bridge=True (train.py --text-backbone sets it)"
+                f"the image feature size {self.feature_dim} must equal text_config.{field}={text_dim} (the text "
+                "tower's sentence embedding): the text relevance is a cosine between text and patch embeddings; use "
+                "the text tower of the image tower's own checkpoint, or text_bridge=True (train.py --text-backbone)"
             )
 
     @classmethod

@@ -605,8 +605,8 @@ class NextModel(ReIDPreTrainedModel):
         else:
             raise ValueError(
                 f"{text_path} is a {text_source_config.model_type!r} checkpoint without a text tower; NEXT reads the "
-                "captions with one: pass a CLIP or SigLIP checkpoint as text_pretrained_model_name_or_path "
-                "(train.py --text-backbone)"
+                "captions with one: it needs a full CLIPModel checkpoint (image and text towers), or a CLIP or SigLIP "
+                "text tower as text_pretrained_model_name_or_path (train.py --text-backbone)"
             )
         shapes = {field: getattr(text, field) for field in (*TOWER_SHAPE_FIELDS, "vocab_size", "max_position_embeddings")}
         check_tower_shapes("text_config", config.text_config, shapes, text_path)

@@ -16,6 +16,7 @@ from mmreid.data.text import build_caption_tokenizer, tokenize_captions
 from mmreid.hub.backbones import tiny_demo_config, tiny_next_config
 from modeling_demo import DeMoModel
 from modeling_next import NextModel
+from configuration_reid import BACKBONE_MODEL_TYPES
 from tests.conftest import random_triples
 
 CAPTIONS = [
@@ -159,3 +160,15 @@ def test_value_checks_still_run_in_eager_mode():
     model, inputs = demo_case("default")
     with pytest.raises(ValueError, match=r"camera_ids must be in \[0, 3\) \(num_cameras=3\), got values \[0, 1, 2, 3\]"):
         model.eval()(**{**inputs, "camera_ids": torch.tensor([0, 1, 2, 3])})
+
+
+@pytest.mark.parametrize("family", [f for f in BACKBONE_MODEL_TYPES if f != "clip"])
+def test_every_tower_family_trains_compiled_to_one_graph(family):
+    """DeMo on each image-tower family of the registry (CLIP is every test above): one graph (Dynamo alone, the
+    `eager` backend: fullgraph=True raises on any break) of the training-mode forward, with the eager model's
+    outputs and gradients."""
+    torch.manual_seed(0)
+    model = DeMoModel(tiny_demo_config(num_labels=6, num_cameras=3, image_size=(32, 16), backbone_type=family,
+                                       atmoe_heads=2, hdm_dropout=0.0))
+    inputs = {"pixel_values": random_triples(BATCH), "camera_ids": torch.tensor([0, 1, 2, 0])}
+    compiled_matches_eager(model, inputs, "eager", True, atol=1e-5)

@@ -356,10 +356,14 @@ def test_bad_config_raises_value_error(tokenizer, kwargs, match):
         tiny_next_config(tokenizer, **kwargs)
 
 
-def test_config_rejects_non_clip_towers(tokenizer):
-    with pytest.raises(ValueError, match="vision_config must be a 'clip_vision_model' config"):
+def test_config_rejects_towers_it_cannot_use(tokenizer):
+    # Any image tower of the family; a text tower of another checkpoint only through the learned text bridge.
+    with pytest.raises(ValueError, match="image feature size 32 must equal text_config.projection_dim=64"):
         NextConfig(vision_config=tiny_vision_config("vit"), text_config=tiny_text_config(tokenizer))
-    with pytest.raises(ValueError, match="text_config must be a 'clip_text_model' config"):
+    bridged = NextConfig(vision_config=tiny_vision_config("vit"), text_config=tiny_text_config(tokenizer),
+                         text_bridge=True)
+    assert bridged.feature_dim == 32 and bridged.text_feature_dim == 64
+    with pytest.raises(ValueError, match="text_config must be a 'clip_text_model' or .*'siglip2_text_model' config"):
         NextConfig(vision_config=tiny_vision_config("clip"), text_config=tiny_vision_config("clip"))
 
 
@@ -400,8 +404,10 @@ def test_from_backbone_config_takes_both_halves_of_a_clip_config(tokenizer):
     assert config.feature_dim == config.text_config.projection_dim == 64
     assert config.text_config.vocab_size == len(tokenizer) and config.vision_config.hidden_size == 32
     assert config.num_labels == 5 and config.tokens_per_expert == 2
-    with pytest.raises(ValueError, match="backbone_config must be a full CLIPConfig"):
-        NextConfig.from_backbone_config(clip.vision_config)
+    # An image tower alone: a placeholder text tower projecting to the image features, usable without text only
+    # (train.py refuses a text-reading run without --text-backbone; tests/test_towers.py).
+    alone = NextConfig.from_backbone_config(clip.vision_config, tokens_per_expert=2, use_text=False)
+    assert not alone.text_bridge and alone.text_config.projection_dim == alone.feature_dim == 48
 
 
 def test_legacy_config_json_with_backbone_type_and_loss_fields_loads(tmp_path, tokenizer):
