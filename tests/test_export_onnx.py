@@ -380,3 +380,28 @@ def test_exporter_failure_is_one_line_exit_1_and_leaves_nothing(demo, tmp_path, 
     assert len(err) == 1 and err[0].startswith("export_onnx.py: error: torch.onnx.export failed for --model"), err
     assert "data-dependent" in err[0] and captured.out == ""
     assert list((tmp_path / "out").iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------------------ every tower family
+
+
+@pytest.mark.parametrize("family", ["metaclip_2", "siglip", "siglip2", "dinov2", "dinov2_with_registers",
+                                    "dinov3_vit", "vit"])
+def test_demo_on_every_tower_family_exports_and_matches_pytorch(family, tmp_path):
+    """DeMo on each image-tower family of the registry (CLIP: the tests above) exported as the CLI exports its full
+    graph, and run at another batch size than the export's, with a missing modality: the PyTorch model's outputs
+    within the tolerance."""
+    from configuration_reid import BACKBONE_MODEL_TYPES
+    from mmreid.export.graph import OnnxGraph
+    from mmreid.export.writer import export
+
+    assert family in BACKBONE_MODEL_TYPES
+    torch.manual_seed(0)
+    model = trained_looking(DeMoModel(tiny_demo_config(num_labels=6, num_cameras=3, image_size=(32, 16),
+                                                       backbone_type=family)))
+    output = tmp_path / "demo.onnx"
+    export(OnnxGraph(model), output, opset=None)  # the full graph only (the CLI's checks: the tests above)
+    inputs = dict(pixel_values=random_triples(3, seed=7), modality_mask=masks(3), camera_ids=torch.tensor([2, 0, 1]))
+    with torch.no_grad():
+        expected = model(**inputs)
+    assert_matches(run_onnx(output, **inputs), expected)
