@@ -11,6 +11,8 @@ What it measures, on the ViT-B/16 DeMo at 256x128 (random weights, model_suite's
 3. the CUDA ranking path against the CPU one on the same distance matrix: equal mAP, mINP and CMC;
 4. decoding throughput with 1..N DataLoader workers against the bf16 training step's demand (triples/s), and the
    workers a run needs.
+5. the same bf16 steps (eager and compiled, training and inference) on DeMo with the DINOv3 ViT-B/16 tower
+   (random weights, 4 registers, rotary positions; `OTHER_TOWERS`), beside the CLIP rows.
 The dry run replaces the model by the tiny test config, CUDA by CPU and inductor by aot_eager, so CI can check that
 every step runs and the report is written without a GPU.
 """
@@ -30,6 +32,8 @@ import torch
 from harness import describe_machine, median_seconds
 
 AMP_MODES = ("bfloat16", "float16")
+# Towers timed beside CLIP (bf16 only), by tower family (configuration_reid.BACKBONE_MODEL_TYPES).
+OTHER_TOWERS = ("dinov3_vit",)
 
 
 def parse_args(argv=None):
@@ -54,16 +58,26 @@ class Setup:
         self.backend = "aot_eager" if dry_run else "inductor"
         self.sync = (lambda: None) if dry_run else torch.cuda.synchronize
 
-    def model(self):
+    def model(self, tower: str = "clip"):
+        from modeling_demo import DeMoModel
+
         if self.dry_run:
             from mmreid.hub.backbones import tiny_demo_config
-            from modeling_demo import DeMoModel
 
             torch.manual_seed(0)
-            return DeMoModel(tiny_demo_config(num_labels=171, num_cameras=4, image_size=self.image_size))
-        from model_suite import build_model
+            return DeMoModel(tiny_demo_config(num_labels=171, num_cameras=4, image_size=self.image_size,
+                                              backbone_type=tower))
+        if tower == "clip":
+            from model_suite import build_model
 
-        return build_model(self.image_size, self.device)
+            return build_model(self.image_size, self.device)
+        from configuration_demo import DeMoConfig
+        from mmreid.hub.backbones import dinov3_vit_b16_vision_config
+
+        vision = {"dinov3_vit": dinov3_vit_b16_vision_config}[tower]()
+        torch.manual_seed(0)
+        return DeMoModel(DeMoConfig(vision_config=vision, image_size=self.image_size, num_labels=171, num_cameras=4,
+                                    attn_implementation="sdpa")).to(self.device)
 
 
 def training_step(model, optimizer, scaler, batch: dict, device: str, amp: str):
@@ -87,15 +101,15 @@ def training_step(model, optimizer, scaler, batch: dict, device: str, amp: str):
     return step
 
 
-def check_steps(setup: Setup, repeats: int, log) -> list[dict]:
+def check_steps(setup: Setup, repeats: int, log, tower: str = "clip", amp_modes=AMP_MODES) -> list[dict]:
     from model_suite import inference_pass, make_batch
 
     rows = []
     data = make_batch(setup.batch, setup.image_size, setup.device)
-    for amp in AMP_MODES:
+    for amp in amp_modes:
         for compiled in (False, True):
             torch._dynamo.reset()
-            model = setup.model().to(setup.device)
+            model = setup.model(tower).to(setup.device)
             runnable = torch.compile(model, backend=setup.backend) if compiled else model
             optimizer = torch.optim.Adam(model.parameters(), lr=1e-6)
             scaler = torch.amp.GradScaler(setup.device) if amp == "float16" else None
@@ -104,13 +118,14 @@ def check_steps(setup: Setup, repeats: int, log) -> list[dict]:
                 fn = (training_step(runnable, optimizer, scaler, data, setup.device, amp) if mode == "train"
                       else inference_pass(runnable, data, setup.device, amp))
                 seconds, times = median_seconds(fn, repeats, warmup=2, sync=setup.sync)
-                row = {"amp": amp, "compile": compiled, "mode": mode, "batch": setup.batch, "median_s": seconds,
+                row = {"tower": tower, "amp": amp, "compile": compiled, "mode": mode, "batch": setup.batch,
+                       "median_s": seconds,
                        "times_s": times, "triples_per_s": setup.batch / seconds}
                 if mode == "train":
                     row["loss_finite"] = bool(torch.isfinite(fn()).item())
                     row["grad_scale"] = float(scaler.get_scale()) if scaler is not None else None
                 rows.append(row)
-                log(f"  {amp} compile={compiled} {mode}: {row['triples_per_s']:.1f} triples/s")
+                log(f"  {tower} {amp} compile={compiled} {mode}: {row['triples_per_s']:.1f} triples/s")
             del model, runnable, optimizer
     return rows
 
@@ -156,6 +171,14 @@ def markdown(result: dict) -> str:
     for r in result["steps"]:
         lines.append(f"| {r['amp']} | {r['compile']} | {r['mode']} | {r['triples_per_s']:.1f} | "
                      f"{r.get('loss_finite', '-')} | {r.get('grad_scale') or '-'} |")
+    if result.get("tower_steps"):
+        lines += ["", "**Other towers** (DeMo, same batch and input size, random weights; CLIP's bf16 rows above)", "",
+                  "| tower | autocast | compile | mode | triples/s | vs CLIP | loss finite |", "|---|---|---|---|---|---|---|"]
+        clip = {(r["amp"], r["compile"], r["mode"]): r["triples_per_s"] for r in result["steps"]}
+        for r in result["tower_steps"]:
+            ratio = r["triples_per_s"] / clip[(r["amp"], r["compile"], r["mode"])]
+            lines.append(f"| {r['tower']} | {r['amp']} | {r['compile']} | {r['mode']} | {r['triples_per_s']:.1f} | "
+                         f"{ratio:.2f}x | {r.get('loss_finite', '-')} |")
     g = result.get("gpu_fraction")
     if g:
         lines += ["", f"**Fraction of bf16 peak** ({g['gpu']}, {g['bf16_peak_tflops']} TFLOP/s dense bf16, batch "
@@ -186,6 +209,9 @@ def main(argv=None) -> int:
         "model": "tiny test config" if args.dry_run else "CLIP ViT-B/16 shapes, 256x128"}
     print("steps: bf16 / fp16 x compile off / on", flush=True)
     result["steps"] = check_steps(setup, repeats, log)
+    print(f"other towers: {', '.join(OTHER_TOWERS)} (bf16)", flush=True)
+    result["tower_steps"] = [row for tower in OTHER_TOWERS
+                             for row in check_steps(setup, repeats, log, tower, amp_modes=("bfloat16",))]
     if not args.dry_run:
         from model_suite import run_gpu_fraction
 
@@ -204,7 +230,8 @@ def main(argv=None) -> int:
     (args.output_dir / f"{stem}.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
     (args.output_dir / f"{stem}.md").write_text(markdown(result))
     print(f"wrote {args.output_dir / stem}.md and .json", flush=True)
-    failed = [r for r in result["steps"] if r.get("loss_finite") is False] or not result["ranking"]["equal"]
+    failed = ([r for r in result["steps"] + result["tower_steps"] if r.get("loss_finite") is False]
+              or not result["ranking"]["equal"])
     return 1 if failed else 0
 
 

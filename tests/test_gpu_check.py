@@ -29,10 +29,15 @@ def test_dry_run_runs_every_step_and_writes_the_report(tmp_path):
     train = [r for r in result["steps"] if r["mode"] == "train"]
     assert all(r["loss_finite"] for r in train)
     assert [r["grad_scale"] is not None for r in train] == [r["amp"] == "float16" for r in train]  # fp16: scaled
+    towers = {(r["tower"], r["amp"], r["compile"], r["mode"]) for r in result["tower_steps"]}
+    assert towers == {("dinov3_vit", "bfloat16", compiled, mode) for compiled in (False, True)
+                      for mode in ("train", "inference")}
+    assert all(r["loss_finite"] for r in result["tower_steps"] if r["mode"] == "train")
     assert result["ranking"]["equal"] and result["ranking"]["max_difference"] == 0.0
     assert [r["workers"] for r in result["decode"]["rows"]] == [1, 2]
     report = (tmp_path / "out" / "cuda-dry-run.md").read_text()
     assert report.startswith("# GPU check (issue 20) - DRY RUN on CPU") and "| float16 | True | train |" in report
+    assert "| dinov3_vit | bfloat16 | True | train |" in report
     assert not (tmp_path / "out" / "cuda.md").exists()  # a dry run never stands in for the real results
 
 
