@@ -3,7 +3,9 @@
 
 Ships with every checkpoint (``AutoImageProcessor.from_pretrained(checkpoint, trust_remote_code=True)``), so turning
 three pictures of one object into model inputs needs nothing from this repository. It applies the evaluation
-transform of ``eval.py``: bilinear resize to the model's input size, scale to [0, 1], normalise with mean = std = 0.5.
+transform of ``eval.py``: bilinear resize to the model's input size, scale to [0, 1], normalise with the model's
+``image_mean`` / ``image_std`` (saved in the checkpoint's processor config; mean = std = 0.5, the authors' CLIP
+recipe, by default).
 The training-time transform (bicubic resize, augmentation) stays in the training library.
 """
 

@@ -520,7 +520,7 @@ class NextModel(ReIDPreTrainedModel):
         r"""
         Args:
             pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, 3, height, width)`):
-                Normalized RGB, NIR and TIR images of each triple (mean = std = 0.5).
+                Normalized RGB, NIR and TIR images of each triple (`config.image_mean` / `image_std`; 0.5 / 0.5 for CLIP).
             camera_ids (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
                 0-based camera of each triple, for the Side Information Embedding.
             input_ids (`torch.LongTensor` of shape `(batch_size, 3, L)` or `(batch_size, N_s, 3, L)`, *optional*):

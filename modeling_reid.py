@@ -465,7 +465,8 @@ class ReIDPreTrainedModel(PreTrainedModel):
         if not pixel_values.is_floating_point():
             raise TypeError(
                 f"pixel_values has dtype {pixel_values.dtype}; expected floating-point images normalised with "
-                "mean = std = 0.5, i.e. (uint8 / 255 - 0.5) / 0.5"
+                f"config.image_mean={list(self.config.image_mean)}, image_std={list(self.config.image_std)}, i.e. "
+                "(uint8 / 255 - mean) / std (the checkpoint's image processor does it)"
             )
         if pixel_values.dim() != 5 or pixel_values.shape[1:3] != (3, 3):
             raise ValueError(f"pixel_values must have shape {expected}, got {tuple(pixel_values.shape)}")
