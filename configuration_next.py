@@ -217,4 +217,5 @@ class NextConfig(ReIDConfig):
         return self.use_text and self.use_tmse
 
 
-__all__ = ["NextConfig", "TEXT_TOWER_MODEL_TYPES", "SEMANTIC_EXPERT_FORMS", "SALIENCY_TYPES", "NEXT_INFERENCE_FEATURES", "SUPERVISED_HEADS"]
+__all__ = ["NextConfig", "TEXT_TOWER_MODEL_TYPES", "SEMANTIC_EXPERT_FORMS", "SALIENCY_TYPES", "NEXT_INFERENCE_FEATURES",
+           "SUPERVISED_HEADS"]

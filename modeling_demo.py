@@ -1,7 +1,7 @@
 """DeMo (AAAI 2025): decoupled feature-based mixture of experts for multi-modal (RGB / NIR / TIR) object ReID.
 
-One vision tower (CLIP or ViT) encodes the three images of a triple. PIFE fuses each modality's class token with
-its pooled patches, HDM decouples the three modalities into 7 features (R, N, T, RN, RT, NT, RNT) with learnable
+One vision tower (CLIP in the paper; any family of the tower registry, docs/towers.md) encodes the three images of
+a triple. PIFE fuses each modality's class token with its pooled patches, HDM decouples the three modalities into 7 features (R, N, T, RN, RT, NT, RNT) with learnable
 queries, and ATMoE weights 7 experts with attention between the fused query and the decoupled features.
 
 The tower, the BN-neck heads, input checks, init and loading pretrained towers are the family's
@@ -19,11 +19,25 @@ from transformers.modeling_outputs import ModelOutput
 try:
     from .configuration_demo import DeMoConfig
     from .configuration_reid import MODALITIES
-    from .modeling_reid import QuickGELU, ReIDBatchNorm1d, ReIDLinear, ReIDPreTrainedModel, float32_region
+    from .modeling_reid import (
+        TOWER_LAYER_NAMES,
+        QuickGELU,
+        ReIDBatchNorm1d,
+        ReIDLinear,
+        ReIDPreTrainedModel,
+        float32_region,
+    )
 except ImportError:  # imported as top-level modules from a checkout
     from configuration_demo import DeMoConfig
     from configuration_reid import MODALITIES
-    from modeling_reid import QuickGELU, ReIDBatchNorm1d, ReIDLinear, ReIDPreTrainedModel, float32_region
+    from modeling_reid import (
+        TOWER_LAYER_NAMES,
+        QuickGELU,
+        ReIDBatchNorm1d,
+        ReIDLinear,
+        ReIDPreTrainedModel,
+        float32_region,
+    )
 # Modality combinations of the decoupled features, in the order used everywhere (paper eq. 3-8, Fig. 6).
 EXPERT_NAMES = ("R", "N", "T", "RN", "RT", "NT", "RNT")
 EXPERT_COMBINATIONS = ((0,), (1,), (2,), (0, 1), (0, 2), (1, 2), (0, 1, 2))
@@ -314,7 +328,7 @@ class DeMoModel(ReIDPreTrainedModel):
     config: DeMoConfig
     base_model_prefix = "demo"
     input_modalities = ("image",)
-    _no_split_modules = ["CLIPEncoderLayer", "ViTLayer"]
+    _no_split_modules = TOWER_LAYER_NAMES
 
     def __init__(self, config: DeMoConfig):
         super().__init__(config)

@@ -34,6 +34,7 @@ try:
     from .configuration_next import NextConfig
     from .configuration_reid import MODALITIES
     from .modeling_reid import (
+        TOWER_LAYER_NAMES,
         TOWER_SHAPE_FIELDS,
         UNUSED_CLIP_TEXT_KEYS,
         UNUSED_SIGLIP_TEXT_KEYS,
@@ -49,6 +50,7 @@ except ImportError:  # imported as top-level modules from a checkout
     from configuration_next import NextConfig
     from configuration_reid import MODALITIES
     from modeling_reid import (
+        TOWER_LAYER_NAMES,
         TOWER_SHAPE_FIELDS,
         UNUSED_CLIP_TEXT_KEYS,
         UNUSED_SIGLIP_TEXT_KEYS,
@@ -340,16 +342,16 @@ class NextModel(ReIDPreTrainedModel):
     captions, one per modality (or one per semantic expert and modality).
 
     Parameters: `vision_tower.*` (trainable image tower, `ReIDVisionTower`), `text_tower.*` (frozen text tower, e.g.
-    `CLIPTextModelWithProjection`; absent when the text is unused), `text_bridge.*` (with `config.text_bridge`), `semantic_experts.*` +
-    `semantic_aggregation.*` (TMSE + its MGFA cross-attention), `structure_experts.*` + `structure_aggregation.*`
-    (CSSE + its MGFA cross-attention), `bnnecks.<head>` / `classifiers.<head>`.
+    `CLIPTextModelWithProjection`; absent when the text is unused), `text_bridge.*` (with `config.text_bridge`),
+    `semantic_experts.*` + `semantic_aggregation.*` (TMSE + its MGFA cross-attention), `structure_experts.*` +
+    `structure_aggregation.*` (CSSE + its MGFA cross-attention), `bnnecks.<head>` / `classifiers.<head>`.
     """
 
     config_class = NextConfig
     config: NextConfig
     base_model_prefix = "next"
     input_modalities = ("image", "text")
-    _no_split_modules = ["CLIPEncoderLayer", "CLIPTextEmbeddings"]
+    _no_split_modules = [*TOWER_LAYER_NAMES, "CLIPTextEmbeddings"]
     _frozen_modules = ("text_tower",)
 
     def __init__(self, config: NextConfig):

@@ -271,12 +271,13 @@ class ReIDVisionTower(nn.Module):
         self.layers = nn.ModuleList(adapter.layer_class(vision) for _ in range(vision.num_hidden_layers))
         self.post_layernorm = nn.LayerNorm(vision.hidden_size, eps=eps)
         projection_dim = getattr(vision, "projection_dim", None)
-        self.projection = nn.Linear(vision.hidden_size, projection_dim, bias=False) if adapter.projection else nn.Identity()
+        self.projection = (nn.Linear(vision.hidden_size, projection_dim, bias=False) if adapter.projection
+                           else nn.Identity())
         if config.has_class_token or not getattr(vision, "vision_use_head", False):
             self.head = None
         else:
-            head_class = Siglip2MultiheadAttentionPoolingHead if config.backbone_type == "siglip2" else SiglipMultiheadAttentionPoolingHead
-            self.head = head_class(vision)
+            siglip2 = config.backbone_type == "siglip2"
+            self.head = (Siglip2MultiheadAttentionPoolingHead if siglip2 else SiglipMultiheadAttentionPoolingHead)(vision)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -355,6 +356,8 @@ class ReIDIdentityClassifier(nn.Linear):
         super().__init__(dim, num_labels, bias=False)
 
 
+# Layers a device map must not split: every family's tower layer (models list these in their _no_split_modules).
+TOWER_LAYER_NAMES = sorted({adapter.layer_class.__name__ for adapter in TOWER_ADAPTERS.values()})
 # Pretrained checkpoint model_type -> model_type of the image tower it holds (a dual checkpoint: its image half).
 PRETRAINED_TOWER_TYPES = {
     **{tower: tower for tower in BACKBONE_MODEL_TYPES.values()},
@@ -710,5 +713,5 @@ def tower_state_dict_from_hf(state: dict, backbone_type: str, grid: tuple[int, i
 __all__ = [
     "ReIDPreTrainedModel", "ReIDVisionTower", "ReIDVisionEmbeddings", "ReIDLinear", "ReIDBatchNorm1d", "ReIDBNNeck",
     "ReIDIdentityClassifier", "QuickGELU", "tower_state_dict_from_hf", "resize_position_embedding", "is_tracing",
-    "TOWER_ADAPTERS", "TowerAdapter",
+    "TOWER_ADAPTERS", "TOWER_LAYER_NAMES", "TowerAdapter",
 ]

@@ -138,7 +138,8 @@ def build_trainer(run: TrainRun):
         loss, augment = ReIDLoss(**run.loss), ReIDAugment(**run.augment)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    recipe = ModelRecipe.resolve(script.model, script.backbone, options, script.text_backbone)  # option errors before any work
+    # option errors before any work
+    recipe = ModelRecipe.resolve(script.model, script.backbone, options, script.text_backbone)
     (enable_full_determinism if training.deterministic else set_seed)(training.seed)
 
     dsdict, dataset_path = load_data(run)

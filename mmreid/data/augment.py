@@ -85,7 +85,8 @@ class ReIDAugment(nn.Module):
         self.erasing_prob = float(erasing_prob)
         self.erasing_area = (float(lo), float(hi))
         self.erasing_aspect = (float(erasing_aspect[0]), float(erasing_aspect[1]))
-        self.pad_value = tuple(float(v) for v in pad_value) if isinstance(pad_value, (tuple, list)) else float(pad_value)
+        per_channel = isinstance(pad_value, (tuple, list))
+        self.pad_value = tuple(float(v) for v in pad_value) if per_channel else float(pad_value)
         self.independent_modalities = modality_augment == "independent"
 
     def extra_repr(self) -> str:

@@ -159,7 +159,8 @@ def text_backbone_config(text_backbone: str) -> PretrainedConfig:
     :class:`UsageError`."""
     config = _read_config("--text-backbone", text_backbone, TEXT_BACKBONE_HINT)
     if config.model_type not in (*TEXT_TOWER_MODEL_TYPES, *DUAL_MODEL_TYPES):
-        raise UsageError(f"--text-backbone {text_backbone} is a {config.model_type!r} checkpoint; expected a text tower "
+        raise UsageError(f"--text-backbone {text_backbone} is a {config.model_type!r} checkpoint; expected a text "
+                         "tower "
                          f"({', '.join((*DUAL_MODEL_TYPES, *TEXT_TOWER_MODEL_TYPES))})")
     return config
 

@@ -202,7 +202,8 @@ class ModelRecipe:
         texts = [t for c in CAPTION_COLUMNS if c in sample.column_names for t in sample[c] if t]
         problem = tokenizer_problem(tokenizer, texts)
         if problem:
-            option = "--text-backbone" if self.text_backbone else "--backbone" if self.backbone is not None else "--model"
+            option = ("--text-backbone" if self.text_backbone
+                      else "--backbone" if self.backbone is not None else "--model")
             raise UsageError(f"{option} {source}: its tokenizer cannot encode the captions ({problem}); the folder "
                              "lacks its tokenizer files (tokenizer.json, or vocab.json + merges.txt): save the "
                              "checkpoint's tokenizer beside its weights") from None

@@ -16,7 +16,8 @@ def build_processor(config, tokenizer=None):
     tower's position limit). Any model of the family, built-in or remote code, gets its processor this way; it
     normalises with the config's ``image_mean`` / ``image_std`` (what the model was trained with)."""
     height, width = config.image_size
-    normalization = {key: list(getattr(config, key)) for key in ("image_mean", "image_std") if getattr(config, key, None)}
+    normalization = {key: list(getattr(config, key)) for key in ("image_mean", "image_std")
+                     if getattr(config, key, None)}
     image_processor = ReIDImageProcessor(size={"height": int(height), "width": int(width)}, **normalization)
     if tokenizer is None or not getattr(config, "uses_text", False):
         return image_processor
