@@ -127,11 +127,11 @@ class ReIDConfig(PretrainedConfig):
             The retrieval feature `embeddings`, one of the model's `inference_feature_choices`; None gives the first
             (the model's default). DeMo: `"all"`, `"ori"`, `"moe"`; NEXT: `"final"`, `"all"` (each model's config
             says what they are).
-        image_mean (`tuple[float, float, float]`, *optional*, defaults to `(0.5, 0.5, 0.5)`):
-            Per-channel mean of the pixel normalisation the model was trained with (training, evaluation, the
-            checkpoint's image processor and pipeline all read it). The authors' CLIP recipe uses 0.5; a run on
-            another tower takes its processor config's (`mmreid.hub.backbones.tower_normalization`).
-        image_std (`tuple[float, float, float]`, *optional*, defaults to `(0.5, 0.5, 0.5)`):
+        image_mean (`list[float]`, *optional*, defaults to `(0.5, 0.5, 0.5)`):
+            Per-channel (R, G, B) mean of the pixel normalisation the model was trained with (training, evaluation,
+            the checkpoint's image processor and pipeline all read it). The authors' CLIP recipe uses 0.5; a run on
+            another tower takes its processor config's (`mmreid.hub.backbones.tower_normalization`) unless set.
+        image_std (`list[float]`, *optional*, defaults to `(0.5, 0.5, 0.5)`):
             Per-channel standard deviation of that normalisation.
     """
 
@@ -160,8 +160,8 @@ class ReIDConfig(PretrainedConfig):
         head_init: str = "pytorch",
         initializer_range: float = 0.02,
         inference_features: str | None = None,
-        image_mean: tuple[float, float, float] = AUTHORS_IMAGE_MEAN,
-        image_std: tuple[float, float, float] = AUTHORS_IMAGE_STD,
+        image_mean: list[float] = AUTHORS_IMAGE_MEAN,
+        image_std: list[float] = AUTHORS_IMAGE_STD,
         **kwargs,
     ):
         # Older config.json files stored backbone_type; it is derived from the tower now and only has to agree.

@@ -23,13 +23,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-sys.path[:0] = [str(HERE), str(REPO)]
+import torch
 
-import torch  # noqa: E402
-
-from harness import describe_machine  # noqa: E402
+from harness import describe_machine
 
 # Paper Table 5 (DeMo, CLIP ViT-B/16 at 256 x 128, model D: + ATMoE): what the CLIP row is read beside.
 PAPER_TABLE5_CLIP = {"model": "DeMo", "trainable": 98_792_960, "gmacs": 35.10}

@@ -249,6 +249,8 @@ def test_next_on_an_image_only_tower_needs_a_text_backbone(towers, clip_text):
     config = recipe.config(num_labels=4, num_cameras=2, image_size=IMAGE_SIZE)
     assert config.text_bridge and config.text_config.model_type == "clip_text_model"
     assert config.image_mean == IMAGENET_MEAN
+    chosen = ModelRecipe.resolve("demo", str(towers["dinov3_vit"]), {"image_mean": [0.5, 0.5, 0.5]})
+    assert chosen.config(num_labels=4, num_cameras=2).image_mean == (0.5, 0.5, 0.5)  # --image-mean beats the tower's
     with pytest.raises(UsageError, match="--text-backbone: --model demo has no text tower"):
         ModelRecipe.resolve("demo", str(towers["dinov3_vit"]), {}, text_backbone=str(clip_text))
 

@@ -362,9 +362,7 @@ RECIPE_OPTIONS = ("image_size", "config_overrides", "synthetic_dir", "bias_lr_fa
                   "warmup_epochs", "warmup_factor", "min_lr_factor", "lr_noise_seed", "select_best_on_test",
                   "deterministic", "profile", "dataset_revision", "checkpoint_on_signal", "fill_missing_modalities")
 # Model options: the towers' sub-configs (from --backbone) and the fields set from the run are no flags.
-# The pixel normalisation is the tower's (mmreid.hub.backbones.tower_normalization); NEXT's text bridge follows
-# --text-backbone.
-SET_BY_THE_RUN = ("vision_config", "text_config", "image_mean", "image_std", "text_bridge", *RUN_FIELDS)
+SET_BY_THE_RUN = ("vision_config", "text_config", *RUN_FIELDS)
 # One group for the family's shared options, then one per built-in model (the registry, mmreid/models.py).
 MODEL_OPTION_GROUPS = (
     FAMILY_OPTIONS_GROUP,
