@@ -253,6 +253,34 @@ def test_next_on_an_image_only_tower_needs_a_text_backbone(towers, clip_text):
     assert chosen.config(num_labels=4, num_cameras=2).image_mean == (0.5, 0.5, 0.5)  # --image-mean beats the tower's
     with pytest.raises(UsageError, match="--text-backbone: --model demo has no text tower"):
         ModelRecipe.resolve("demo", str(towers["dinov3_vit"]), {}, text_backbone=str(clip_text))
+    with pytest.raises(UsageError, match="--text-backbone: --backbone tiny is a random-init tower"):
+        ModelRecipe.resolve("next", "tiny", {}, text_backbone=str(clip_text))
+
+
+def test_next_on_a_dual_siglip2_reads_captions_as_siglip_does(tmp_path):
+    """A dual SigLIP 2 checkpoint gives NEXT both towers (no bridge: trained together); a caption's embedding is
+    SigLIP 2's own sentence embedding of the caption padded to the tower's length (as SigLIP was trained), whatever
+    the batch's padding."""
+    from transformers import Siglip2Config, Siglip2Model
+
+    shapes = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+    torch.manual_seed(2)
+    dual = Siglip2Model(Siglip2Config(text_config=dict(shapes, vocab_size=64, max_position_embeddings=16,
+                                                       pad_token_id=0, bos_token_id=1, eos_token_id=2),
+                                      vision_config=dict(shapes, patch_size=8, num_patches=16))).eval()
+    dual.save_pretrained(tmp_path)
+    model = NextModel.from_pretrained_towers(tmp_path, image_size=IMAGE_SIZE, num_labels=4, num_cameras=2,
+                                             **NEXT_SIZES).eval()
+    assert model.config.text_config.model_type == "siglip2_text_model" and not model.config.text_bridge
+    assert not hasattr(model, "text_bridge")
+    ids = torch.randint(3, 64, (1, 1, 7))
+    mask = torch.ones_like(ids)
+    mask[..., 5:] = 0  # a 5-token caption in a batch padded to 7
+    with torch.no_grad():
+        ours = model.get_text_features(ids, mask).view(-1)
+        padded = torch.nn.functional.pad(ids[0, :, :5], (0, 16 - 5), value=0)
+        expected = dual.text_model(input_ids=padded).pooler_output.view(-1)
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0)
 
 
 @pytest.fixture(scope="module")

@@ -100,6 +100,9 @@ class ModelRecipe:
             if text_backbone is not None:
                 if "text_backbone_config" not in inspect.signature(config_class.from_backbone_config).parameters:
                     raise UsageError(f"--text-backbone: --model {model} has no text tower to take from it; drop it")
+                if backbone in RANDOM_BACKBONES:
+                    raise UsageError(f"--text-backbone: --backbone {backbone} is a random-init tower with its own "
+                                     "random text tower; name a pretrained --backbone, or drop --text-backbone")
                 recipe.text_backbone = text_backbone
                 recipe.text_tower_config = text_backbone_config(text_backbone)
         elif backbone is not None:
