@@ -3,8 +3,10 @@
 DeMo (modeling_demo.py) and NEXT (modeling_next.py) are peers on this base, and a new method of the family is its own
 configuration + modeling file on it: `ReIDPreTrainedModel` (the image tower `ReIDVisionTower` and its one pass over a
 batch of triples, the BN-neck identity heads, input checks, weight init per module class, frozen submodules,
-`from_pretrained_towers`), the layers the models share (`ReIDLinear`, `ReIDBatchNorm1d`, `QuickGELU`) and the
-conversion of HF CLIP / ViT tower weights (`tower_state_dict_from_hf`). Ships with every checkpoint of the family.
+`from_pretrained_towers`), the tower registry `TOWER_ADAPTERS` (CLIP, MetaCLIP 2, SigLIP, SigLIP 2, DINOv2 with or
+without registers, DINOv3 ViT, ViT, built from transformers' own layers), the layers the models share (`ReIDLinear`,
+`ReIDBatchNorm1d`, `QuickGELU`) and the conversion of transformers tower weights (`tower_state_dict_from_hf`).
+Ships with every checkpoint of the family.
 """
 
 import math
@@ -95,11 +97,13 @@ def resize_position_embedding(table: torch.Tensor, grid: tuple[int, int]) -> tor
 @dataclass(frozen=True)
 class TowerAdapter:
     """How one image-tower family becomes a `ReIDVisionTower`: which of transformers' layer classes it is built
-    from, which transformers model loads its pretrained weights, how that model's state dict maps to the tower's
-    names, and what its embedding stage has (class token, position table or rotary positions, register tokens).
+    from, which transformers model loads its pretrained weights (its state dict renamed by the shared
+    `tower_state_dict_from_hf`, its position table resized by `resize_like_transformers`), and what its embedding
+    stage and ends have (patch embedding, position table or rotary positions, CLIP's pre-norm and projection).
+    Class and register tokens follow from the tower's config (`ReIDConfig.has_class_token`, `num_register_tokens`).
 
-    The tower keeps transformers' own module names below `layers.N` (q_proj / k_proj / v_proj, query / key / value),
-    so adapters (LoRA) target them by name as on the transformers model.
+    The tower keeps transformers' own module names below `layers.N` (`q_proj` / `k_proj` / `v_proj` in every family
+    here), so adapters (LoRA) target them by name as on the transformers model.
     """
 
     layer_class: type
@@ -111,7 +115,6 @@ class TowerAdapter:
     projection: bool = False  # CLIP's visual projection, applied to every token
     position: str = "table"  # "table" (added once, after the class token is in) or "rope" (DINOv3, in each layer)
     class_position_row: bool = True  # the position table has a row for the class token
-    layer_scale: bool = False  # DINOv2 / DINOv3 LayerScale (lambda1 per layer)
 
 
 # Keys of a pretrained checkpoint that loading one tower leaves unused by design (a dual checkpoint's other tower and
@@ -133,10 +136,9 @@ TOWER_ADAPTERS = {
     "siglip": TowerAdapter(SiglipEncoderLayer, SiglipVisionModel, UNUSED_SIGLIP_VISION_KEYS, class_position_row=False),
     "siglip2": TowerAdapter(Siglip2EncoderLayer, Siglip2VisionModel, UNUSED_SIGLIP_VISION_KEYS, patch_linear=True,
                             class_position_row=False),
-    "dinov2": TowerAdapter(Dinov2Layer, Dinov2Model, UNUSED_DINO_KEYS, layer_scale=True),
-    "dinov2_with_registers": TowerAdapter(Dinov2WithRegistersLayer, Dinov2WithRegistersModel, UNUSED_DINO_KEYS,
-                                          layer_scale=True),
-    "dinov3_vit": TowerAdapter(DINOv3ViTLayer, DINOv3ViTModel, UNUSED_DINO_KEYS, position="rope", layer_scale=True),
+    "dinov2": TowerAdapter(Dinov2Layer, Dinov2Model, UNUSED_DINO_KEYS),
+    "dinov2_with_registers": TowerAdapter(Dinov2WithRegistersLayer, Dinov2WithRegistersModel, UNUSED_DINO_KEYS),
+    "dinov3_vit": TowerAdapter(DINOv3ViTLayer, DINOv3ViTModel, UNUSED_DINO_KEYS, position="rope"),
     "vit": TowerAdapter(ViTLayer, ViTModel, UNUSED_VIT_KEYS),
 }
 
