@@ -241,6 +241,25 @@ class ReIDConfig(PretrainedConfig):
         return self.image_size[0] // patch, self.image_size[1] // patch
 
 
+def pretrained_normalization(path, model_type: str) -> dict:
+    """`image_mean` / `image_std` of a model around the pretrained tower at `path` (a folder or Hub id) whose config
+    has `model_type`: the authors' 0.5 / 0.5 for CLIP (their recipe, on which the parity with their features
+    depends), else the statistics of the tower's own processor config (`preprocessor_config.json`), the ones it was
+    pretrained with; {} when it has none (the config's default then applies)."""
+    if model_type in ("clip", "clip_vision_model"):
+        return {"image_mean": AUTHORS_IMAGE_MEAN, "image_std": AUTHORS_IMAGE_STD}
+    from transformers.image_processing_base import ImageProcessingMixin
+
+    try:
+        values, _ = ImageProcessingMixin.get_image_processor_dict(path)
+    except (OSError, ValueError):
+        return {}
+    if values.get("image_mean") is None or values.get("image_std") is None:
+        return {}
+    return {"image_mean": channel_triple("image_mean", values["image_mean"]),
+            "image_std": channel_triple("image_std", values["image_std"])}
+
+
 def tower_patch_size(vision_config: PretrainedConfig) -> int:
     """The tower's (square) patch size; DINOv3's config may give it as a pair."""
     patch = vision_config.patch_size
@@ -260,4 +279,4 @@ def channel_triple(name: str, value) -> tuple[float, float, float]:
 
 
 __all__ = ["MODALITIES", "BACKBONE_MODEL_TYPES", "DUAL_MODEL_TYPES", "ReIDConfig", "check_choice", "positive_int",
-           "parse_tower_config", "tower_patch_size", "channel_triple"]
+           "parse_tower_config", "pretrained_normalization", "tower_patch_size", "channel_triple"]

@@ -32,7 +32,7 @@ from transformers.models.siglip2.modeling_siglip2 import Siglip2TextModel
 
 try:
     from .configuration_next import NextConfig
-    from .configuration_reid import MODALITIES
+    from .configuration_reid import MODALITIES, pretrained_normalization
     from .modeling_reid import (
         TOWER_LAYER_NAMES,
         TOWER_SHAPE_FIELDS,
@@ -48,7 +48,7 @@ try:
     )
 except ImportError:  # imported as top-level modules from a checkout
     from configuration_next import NextConfig
-    from configuration_reid import MODALITIES
+    from configuration_reid import MODALITIES, pretrained_normalization
     from modeling_reid import (
         TOWER_LAYER_NAMES,
         TOWER_SHAPE_FIELDS,
@@ -584,8 +584,8 @@ class NextModel(ReIDPreTrainedModel):
         `text_pretrained_model_name_or_path` (a CLIP-like or SigLIP checkpoint, dual or text-only; the model then
         has `text_bridge`) or else from the image checkpoint's own text half (a dual checkpoint: `CLIPModel`, as in
         the paper). Without `config`, one is built around the checkpoints' configs (`NextConfig.from_backbone_config`)
-        and `config_kwargs`. Save the text checkpoint's tokenizer beside the model
-        (`AutoTokenizer.from_pretrained(path).save_pretrained(output_dir)`).
+        and `config_kwargs` (the image tower's `image_mean` / `image_std` unless set). Save the text checkpoint's
+        tokenizer beside the model (`AutoTokenizer.from_pretrained(path).save_pretrained(output_dir)`).
         """
         from transformers import AutoConfig
 
@@ -594,6 +594,8 @@ class NextModel(ReIDPreTrainedModel):
         text_path = text_pretrained_model_name_or_path
         text_source_config = AutoConfig.from_pretrained(text_path) if text_path is not None else None
         if config is None:
+            for key, value in pretrained_normalization(path, source_config.model_type).items():
+                config_kwargs.setdefault(key, value)  # the image tower's own pixel statistics (CLIP: the authors')
             config = cls.config_class.from_backbone_config(source_config, text_source_config, **config_kwargs)
         if text_path is None:
             text_path, text_source_config = path, source_config

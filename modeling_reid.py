@@ -47,9 +47,21 @@ from transformers.models.siglip2.modeling_siglip2 import (
 from transformers.models.vit.modeling_vit import ViTLayer, ViTModel
 
 try:
-    from .configuration_reid import BACKBONE_MODEL_TYPES, DUAL_MODEL_TYPES, ReIDConfig, tower_patch_size
+    from .configuration_reid import (
+        BACKBONE_MODEL_TYPES,
+        DUAL_MODEL_TYPES,
+        ReIDConfig,
+        pretrained_normalization,
+        tower_patch_size,
+    )
 except ImportError:  # imported as a top-level module from a checkout
-    from configuration_reid import BACKBONE_MODEL_TYPES, DUAL_MODEL_TYPES, ReIDConfig, tower_patch_size
+    from configuration_reid import (
+        BACKBONE_MODEL_TYPES,
+        DUAL_MODEL_TYPES,
+        ReIDConfig,
+        pretrained_normalization,
+        tower_patch_size,
+    )
 
 def is_exporting() -> bool:
     """Whether torch.export (and so the ONNX exporter) is tracing. False in eager mode and on torch releases without
@@ -563,7 +575,8 @@ class ReIDPreTrainedModel(PreTrainedModel):
         `SiglipVisionModel`, `ViTModel`, ...) or a dual model whose image half is kept (`CLIPModel`, `SiglipModel`,
         `MetaClip2Model`, ...). The position table is resized once, here, to `config.image_size`
         (`resize_like_transformers`). Without `config`, one is built around the checkpoint's config:
-        `config_class.from_backbone_config(AutoConfig.from_pretrained(path), **config_kwargs)`.
+        `config_class.from_backbone_config(AutoConfig.from_pretrained(path), **config_kwargs)`, with the tower's own
+        `image_mean` / `image_std` (`pretrained_normalization`) unless `config_kwargs` sets them.
         """
         from transformers import AutoConfig
 
@@ -577,6 +590,8 @@ class ReIDPreTrainedModel(PreTrainedModel):
                 f"{', '.join(repr(t) for t in accepted)} checkpoint"
             )
         if config is None:
+            for key, value in pretrained_normalization(path, source_config.model_type).items():
+                config_kwargs.setdefault(key, value)  # the tower's own pixel statistics (CLIP: the authors' 0.5)
             config = cls.config_class.from_backbone_config(source_config, **config_kwargs)
         backbone_type = {v: k for k, v in BACKBONE_MODEL_TYPES.items()}[tower_type]
         if config.backbone_type != backbone_type:

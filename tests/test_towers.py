@@ -97,6 +97,8 @@ def test_every_checkpoint_tensor_is_in_the_model_unchanged(towers, clip_text, fa
     else:
         class_rows = 0 if family.startswith("siglip") else 1
         assert table.shape == (class_rows + 4 * 2, 32)
+    expected_mean = (0.5,) * 3 if family == "clip" else IMAGENET_MEAN  # the tower's processor config's
+    assert model.config.image_mean == expected_mean
     if model_name == "next":
         assert model.config.text_bridge and model.text_bridge.in_features == 48  # the CLIP text size, bridged to 32
 

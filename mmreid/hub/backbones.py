@@ -41,6 +41,7 @@ from configuration_reid import (
     CLIP_B16_TEXT_SHAPES,
     DUAL_MODEL_TYPES,
     VIT_B16_SHAPES,
+    pretrained_normalization,
 )
 
 from ..errors import UsageError, first_line
@@ -166,29 +167,19 @@ def text_backbone_config(text_backbone: str) -> PretrainedConfig:
 
 
 def tower_normalization(backbone: str | None, tower_config: PretrainedConfig | None) -> dict:
-    """``image_mean`` / ``image_std`` a run on ``--backbone`` normalises its pixels with.
-
-    CLIP towers and the random-init towers keep the DeMo authors' mean = std = 0.5 (the CLIP presets' recipe; the
-    parity with the authors' features depends on it). Every other family takes its own processor config's
-    (``preprocessor_config.json`` beside the weights): the statistics its tower was pretrained with. A folder
-    without one keeps 0.5 / 0.5 (said once in the log)."""
+    """``image_mean`` / ``image_std`` a run on ``--backbone`` normalises its pixels with
+    (:func:`configuration_reid.pretrained_normalization`): the authors' mean = std = 0.5 on CLIP towers and on the
+    random-init towers, else the tower's own processor config's. A folder without one keeps 0.5 / 0.5 (said once in
+    the log)."""
     authors = {"image_mean": AUTHORS_IMAGE_MEAN, "image_std": AUTHORS_IMAGE_STD}
     if backbone is None or backbone in RANDOM_BACKBONES or tower_config is None:
         return authors
-    if tower_config.model_type in ("clip", "clip_vision_model"):
+    values = pretrained_normalization(local_or_hub(backbone), tower_config.model_type)
+    if not values:
+        logging.getLogger(__name__).warning("--backbone %s: no preprocessor_config.json with image_mean / image_std; "
+                                            "normalising with the authors' mean = std = 0.5", backbone)
         return authors
-    from transformers.image_processing_base import ImageProcessingMixin
-
-    try:
-        values, _ = ImageProcessingMixin.get_image_processor_dict(local_or_hub(backbone))
-    except (OSError, ValueError):
-        logging.getLogger(__name__).warning("--backbone %s: no preprocessor_config.json; normalising with the "
-                                            "authors' mean = std = 0.5", backbone)
-        return authors
-    if values.get("image_mean") is None or values.get("image_std") is None:
-        return authors
-    return {"image_mean": tuple(float(v) for v in values["image_mean"]),
-            "image_std": tuple(float(v) for v in values["image_std"])}
+    return values
 
 
 def tiny_vision_config(
