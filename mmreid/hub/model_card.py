@@ -47,7 +47,8 @@ class ModelCardInfo:
     it came from the Hub (``dataset_revision`` the revision asked for); ``base_model`` the Hub id of the pretrained
     tower (None for random-init towers); ``metrics`` maps ``mmreid.metrics.METRIC_KEYS`` to percent values;
     ``research_only_data`` marks data released for research only; ``in_progress`` describes an intermediate
-    checkpoint ("step 3 of 6"; None for the final model).
+    checkpoint ("step 3 of 6"; None for the final model); ``tower_tuning`` says what of the image tower trained
+    (``train.py --tower-tuning``, :func:`mmreid.training.tuning.describe_tuning`).
     """
 
     model_type: str
@@ -66,6 +67,7 @@ class ModelCardInfo:
     uses_cameras: bool = False
     recipe: dict[str, Any] = field(default_factory=dict)
     in_progress: str | None = None
+    tower_tuning: str | None = None
 
 
 def eval_results(info: ModelCardInfo) -> list[EvalResult]:
@@ -171,6 +173,7 @@ def build_model_card(info: ModelCardInfo) -> ModelCard:
         "",
         f"- Dataset: {info.dataset_description}",
         f"- Backbone: {info.backbone}",
+        *([f"- Tower tuning: {info.tower_tuning}"] if info.tower_tuning else []),
         "",
     ]
     if info.recipe:
