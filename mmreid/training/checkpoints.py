@@ -143,8 +143,11 @@ def _resume_fields(config: dict) -> dict:
     # --tower-tuning and its LoRA numbers (mmreid.training.tuning); the adapted layers are compared with the
     # checkpoint's adapters once the model is built (require_lora_state)
     tuning = config.get("tower_tuning")
-    fields["tower tuning"] = (" ".join(f"{k}={v}" for k, v in tuning.items() if k != "target_modules")
-                              if isinstance(tuning, dict) else None)
+    if isinstance(tuning, dict):
+        numbers = sorted((k, v) for k, v in tuning.items() if k not in ("mode", "target_modules"))
+        fields["tower tuning"] = " ".join(f"{k}={v}" for k, v in [("mode", tuning.get("mode")), *numbers])
+    else:
+        fields["tower tuning"] = None
     return fields
 
 

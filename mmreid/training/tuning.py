@@ -32,8 +32,9 @@ __all__ = ["ADAPTER_PREFIX", "ATTENTION_PROJECTIONS", "LORA_OPTIONS", "LORA_STAT
            "parameter_counts", "require_lora_state", "require_peft", "resolve_target_modules", "restoring_lora_state", "save_lora_state"]
 
 TOWER_TUNING_MODES = ("full", "frozen", "lora")
-# The names transformers' image towers give their attention input projections: CLIP, MetaCLIP, SigLIP and DINOv3
-# (q_proj / k_proj / v_proj), ViT and DINOv2 (query / key / value), towers with one fused projection (qkv).
+# The names image towers give their attention input projections: transformers 5 calls them q_proj / k_proj / v_proj
+# in every family (CLIP, MetaCLIP 2, SigLIP 1 and 2, DINOv2 with and without registers, DINOv3, ViT); transformers 4's
+# ViT and DINOv2 (and remote-code towers written like them) query / key / value; towers with one fused projection qkv.
 ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "query", "key", "value", "qkv")
 # peft's name prefix of the parameters a LoRA layer adds (peft.tuners.lora.LoraModel.prefix).
 ADAPTER_PREFIX = "lora_"
