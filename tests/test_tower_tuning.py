@@ -214,6 +214,10 @@ def test_a_group_at_learning_rate_zero_does_not_move(dataset, tmp_path):
     assert _outside_tower(changed)
     groups = {g["name"]: g for g in trainer.optimizer.param_groups}
     assert groups["vision_tower"]["lr"] == 0 and groups["head"]["lr"] > 0
+    # ... and it is the training --tower-tuning frozen gives (which skips the tower's gradients), weight for weight
+    frozen = _trainer(dataset, tmp_path / "frozen", ["--tower-tuning", "frozen", "--max-steps", "2"])
+    frozen.train()
+    assert not _changed(_snapshot(model), frozen.model)
 
 
 def test_the_schedule_keeps_a_zero_rate_at_zero_and_the_recipe_numbers_elsewhere():
