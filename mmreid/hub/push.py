@@ -9,8 +9,8 @@ What a user of ``transformers.Trainer`` expects, with the changes that keep ever
   and ``training_args.json``; with ``--hub-strategy checkpoint`` / ``all_checkpoints`` the whole checkpoint too, under
   ``last-checkpoint/`` / ``checkpoint-N/`` (what ``--resume`` downloads, :mod:`mmreid.hub.resume`);
 - the resume state (optimizer, scheduler, RNG: torch pickles; a LoRA run's unmerged adapters) goes only inside those
-  checkpoint folders;
-  nothing else pushed is a pickle, and hidden folders (``.incomplete/``, the upload snapshots) are never pushed.
+  checkpoint folders; nothing else pushed is a pickle, and hidden folders (``.incomplete/``, the upload snapshots)
+  are never pushed.
 
 Pushes run in the background, one at a time and in order (``HfApi.upload_folder(run_as_future=True)``); a save while
 one is running is skipped unless ``--hub-always-push`` queues it, as in the Trainer. Each push uploads a snapshot of
