@@ -263,6 +263,7 @@ def test_default_targets_are_the_attention_projections_of_each_tower_kind():
         next_model.vision_tower.layers)
     trainable = {n for n, p in next_model.vision_tower.named_parameters() if p.requires_grad}
     assert trainable == {n for n in trainable if ADAPTER_PREFIX in n} | {"embeddings.camera_embedding"}
+    assert set(summary["tower_trainable"]) == trainable
     assert summary["parameters"]["tower_trainable"] == sum(
         p.numel() for p in next_model.vision_tower.parameters() if p.requires_grad)
 

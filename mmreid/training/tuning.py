@@ -170,7 +170,11 @@ def apply_tower_tuning(model: nn.Module, tuning: TowerTuning | str = "full") -> 
     """Make the model's image tower train as ``tuning`` says (see the module docstring), in place; everything
     outside the tower is left as it is (a frozen NEXT text tower stays frozen). Records the settings in
     ``model.config`` (:data:`TUNING_CONFIG_KEY`) and returns them with the parameter counts after the change
-    (:func:`parameter_counts`). Raises a one-line ValueError for LoRA targets that match nothing, or without peft."""
+    (``parameters``, :func:`parameter_counts`) and the names of the tower's parameters that train
+    (``tower_trainable``). Raises a one-line ValueError for LoRA targets that match nothing, or without peft.
+
+    E.g. ``apply_tower_tuning(model, "frozen")`` or ``apply_tower_tuning(model, TowerTuning("lora", lora_rank=16))``.
+    """
     tuning = TowerTuning(tuning) if isinstance(tuning, str) else tuning
     tower = _tower(model)
     new = list(getattr(tower, "new_parameters", list)())
@@ -197,7 +201,8 @@ def apply_tower_tuning(model: nn.Module, tuning: TowerTuning | str = "full") -> 
     config = getattr(getattr(model, "module", model), "config", None)
     if config is not None:
         setattr(config, TUNING_CONFIG_KEY, record)
-    return {**record, "parameters": parameter_counts(model)}
+    trainable = [name for name, param in tower.named_parameters() if param.requires_grad]
+    return {**record, "parameters": parameter_counts(model), "tower_trainable": trainable}
 
 
 def parameter_counts(model: nn.Module) -> dict[str, int]:
