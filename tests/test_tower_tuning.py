@@ -305,3 +305,15 @@ def test_lora_without_peft_says_which_extra_to_install(tmp_path, capsys, monkeyp
     assert code == 2 and len(err) == 1, err
     assert "--tower-tuning lora needs the peft package" in err[0] and 'pip install -e ".[tuning]"' in err[0]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_lora_checkpoint_push_keeps_the_adapters_inside_the_checkpoint_folder(resumable_runs, tmp_path):
+    """--push-to-hub --hub-strategy checkpoint: the repo root gets the merged model (what AutoModel loads), the
+    unmerged adapters go only under last-checkpoint/ with the rest of the resume state."""
+    from mmreid.hub.push import LAST_CHECKPOINT, HubPushCallback
+
+    checkpoint = resumable_runs["lora"][0] / "checkpoint-2"
+    snapshot = HubPushCallback("user/demo", lambda folder, state: None)._snapshot(
+        checkpoint, tmp_path / "commit", LAST_CHECKPOINT, None)
+    assert (snapshot / "model.safetensors").is_file() and not (snapshot / LORA_STATE_FILE).exists()
+    assert (snapshot / LAST_CHECKPOINT / LORA_STATE_FILE).is_file()
