@@ -62,6 +62,7 @@ def card_info(run: TrainRun, model, train_split, metrics: dict, selection: str, 
     ``in_progress``: the card of an intermediate checkpoint)."""
     from mmreid.data.synthetic import DEFAULT_SET, describe_default_set
     from mmreid.hub.backbones import RANDOM_BACKBONES, hub_id_of
+    from mmreid.training.tuning import TUNING_CONFIG_KEY, describe_tuning
 
     script, training = run.script, run.training
     out = Path(training.output_dir)
@@ -90,6 +91,7 @@ def card_info(run: TrainRun, model, train_split, metrics: dict, selection: str, 
         research_only_data=bool(script.dataset),
         uses_text=bool(getattr(model.config, "uses_text", False)),
         uses_cameras=model.config.num_cameras > 0,
+        tower_tuning=describe_tuning(getattr(model.config, TUNING_CONFIG_KEY, None) or run.tuning.record()),
         metrics={k: metrics[k] for k in METRIC_KEYS if metrics.get(k) is not None},
         selection=selection,
         in_progress=f"step {steps} of {state.max_steps} (epoch {epochs:g})" if in_progress else None,
@@ -103,10 +105,39 @@ def card_info(run: TrainRun, model, train_split, metrics: dict, selection: str, 
             "lr (head / bias / tower)": f"{training.learning_rate} / "
             f"{training.learning_rate * training.bias_lr_factor} / {training.vision_tower_lr}",
             "lr schedule": training.lr_schedule,
+            "parameters (trainable / total)": _trainable_of_total(model),
             "world_size": training.world_size,
             "seed": training.seed,
         },
     )
+
+
+def _trainable_of_total(model) -> str:
+    from mmreid.training.tuning import parameter_counts
+
+    counts = parameter_counts(model)
+    return f"{counts['trainable']:,} / {counts['total']:,}"
+
+
+def check_tuning_targets(recipe, tuning) -> None:
+    """--tower-tuning lora: the target modules are checked against the tower's layer names before any work, on the
+    model built on the meta device (no memory, no weights). A model that cannot be built there is checked when it is
+    built for real (apply_tower_tuning raises the same line)."""
+    import torch
+
+    from mmreid.training.tuning import resolve_target_modules
+
+    if tuning.mode != "lora":
+        return
+    try:
+        with torch.device("meta"):
+            model = recipe.model_class(recipe.config(num_labels=2, num_cameras=1))
+    except Exception:  # noqa: BLE001 - a third-party model's constructor may need real tensors
+        return
+    try:
+        resolve_target_modules(model.vision_tower, tuning.lora_target_modules)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def build_trainer(run: TrainRun):
@@ -123,7 +154,8 @@ def build_trainer(run: TrainRun):
     from mmreid.training.options import parse_overrides
     from mmreid.training.profiling import ProfilerCallback, make_deterministic
     from mmreid.training.run_info import RunInfoCallback, collect_run_info
-    from mmreid.training.trainer import ReIDTrainer
+    from mmreid.training.trainer import ReIDTrainer, trainable_parameter_counts
+    from mmreid.training.tuning import TUNING_CONFIG_KEY, apply_tower_tuning, describe_tuning, require_lora_state
 
     script, training = run.script, run.training
     if script.resume and training.hub_model_id and not training.resume_from_checkpoint:
@@ -140,6 +172,7 @@ def build_trainer(run: TrainRun):
         raise UsageError(str(exc)) from None
     # option errors before any work
     recipe = ModelRecipe.resolve(script.model, script.backbone, options, script.text_backbone)
+    check_tuning_targets(recipe, run.tuning)
     (enable_full_determinism if training.deterministic else set_seed)(training.seed)
 
     dsdict, dataset_path = load_data(run)
@@ -155,11 +188,26 @@ def build_trainer(run: TrainRun):
     tokenizer = recipe.tokenizer(dsdict["train"])
     num_cameras = 1 + max(max(dsdict[s]["camid"]) for s in ("train", "query", "gallery"))
     config = recipe.config(num_identities, num_cameras, script.image_size, tokenizer)
+    setattr(config, TUNING_CONFIG_KEY, run.tuning.record())  # compared with a resumed checkpoint's
     if resume:
         check_resume_config(resume, config)  # another model's run: one line, before any weights are loaded
     model = recipe.build(config)
     if resume:
-        check_resume_weights(resume, model)
+        check_resume_weights(resume, model)  # before the adapters change the tower's parameter names
+    try:
+        apply_tower_tuning(model, run.tuning)
+        if resume and run.tuning.mode == "lora":
+            require_lora_state(resume, model)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    parameters = trainable_parameter_counts(model, training)
+    logger.info("tower tuning: %s; parameters: %s trainable of %s (tower: %s of %s; per optimizer group: %s)",
+                describe_tuning(getattr(model.config, TUNING_CONFIG_KEY)), f"{parameters['trainable']:,}",
+                f"{parameters['total']:,}", f"{parameters['tower_trainable']:,}", f"{parameters['tower']:,}",
+                ", ".join(f"{name} {count:,}" for name, count in parameters["groups"].items()))
+    if training.vision_tower_lr == 0 and parameters["groups"].get("vision_tower"):
+        logger.info("--vision-tower-lr 0: the tower's pretrained weights do not move; --tower-tuning frozen does the "
+                    "same without computing their gradients or keeping their optimizer state")
     if script.fill_missing_modalities != "none":  # in config.json: eval.py and embed.py fill as the model trained
         setattr(model.config, FILL_CONFIG_KEY, script.fill_missing_modalities)
     attach_pipeline(model.config)  # pipeline("image-feature-extraction", model=<any checkpoint>, trust_remote_code=True)
@@ -167,8 +215,9 @@ def build_trainer(run: TrainRun):
         make_deterministic(model)  # math SDPA only: the fused attention kernels vary run to run
     run_info = collect_run_info(
         {"script": asdict(script), "training": training.to_dict(), "model_options": options, "loss": run.loss,
-         "augment": run.augment},
+         "augment": run.augment, "tuning": asdict(run.tuning)},
         seed=training.seed, world_size=training.world_size, dataset=dataset_path, resumed_from=resume,
+        tower_tuning=getattr(model.config, TUNING_CONFIG_KEY), parameters=parameters,
     )
     trainer = ReIDTrainer(
         model=model,
@@ -233,6 +282,8 @@ def replace_previous_run(trainer, output_dir: str) -> None:
 
 def train_and_save(run: TrainRun) -> dict:
     from mmreid.training.preemption import Preempted, PreemptionCallback
+    from mmreid.training.trainer import trainable_parameter_counts
+    from mmreid.training.tuning import TUNING_CONFIG_KEY
 
     training = run.training
     trainer, resume = build_trainer(run)
@@ -251,7 +302,8 @@ def train_and_save(run: TrainRun) -> dict:
     selection = training.selection  # a checkpoint chosen on the query/gallery split says so, wherever it is reported
     result = {**{k: metrics.get(k) for k in METRIC_KEYS}, "selection": selection,
               "train_loss": train_result.training_loss, "global_step": trainer.state.global_step,
-              "world_size": training.world_size}
+              "world_size": training.world_size, "tower_tuning": getattr(trainer.model.config, TUNING_CONFIG_KEY),
+              "parameters": trainable_parameter_counts(trainer.model, training)}
     trainer.save_state()  # trainer_state.json with the log history (losses and learning rates per logged step)
     if trainer.is_world_process_zero():
         out = Path(training.output_dir)

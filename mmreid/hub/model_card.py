@@ -66,7 +66,9 @@ class ModelCardInfo:
     tower (None for random-init towers); ``metrics`` maps ``mmreid.metrics.METRIC_KEYS`` to percent values;
     ``research_only_data`` marks data released for research only; ``in_progress`` describes an intermediate
     checkpoint ("step 3 of 6"; None for the final model); ``tower`` is the image tower's family (a key of
-    :data:`TOWER_LICENCES`), ``text_tower`` the ``--text-backbone`` a model read captions with, if any.
+    :data:`TOWER_LICENCES`), ``text_tower`` the ``--text-backbone`` a model read captions with, if any;
+    ``tower_tuning`` says what of the image tower trained (``train.py --tower-tuning``,
+    :func:`mmreid.training.tuning.describe_tuning`).
     """
 
     model_type: str
@@ -87,6 +89,7 @@ class ModelCardInfo:
     in_progress: str | None = None
     tower: str | None = None
     text_tower: str | None = None
+    tower_tuning: str | None = None
 
 
 def eval_results(info: ModelCardInfo) -> list[EvalResult]:
@@ -199,6 +202,7 @@ def build_model_card(info: ModelCardInfo) -> ModelCard:
           if info.tower in TOWER_LICENCES else []),
         *([f"- Text tower: {info.text_tower} (frozen; a learned bridge maps its sentence embedding to the image "
             "features)"] if info.text_tower else []),
+        *([f"- Tower tuning: {info.tower_tuning}"] if info.tower_tuning else []),
         "",
     ]
     if info.recipe:

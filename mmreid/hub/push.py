@@ -8,8 +8,9 @@ What a user of ``transformers.Trainer`` expects, with the changes that keep ever
   model code, the processor, the pipeline), the card (``README.md``, ``LICENSE.md`` where the data is research-only)
   and ``training_args.json``; with ``--hub-strategy checkpoint`` / ``all_checkpoints`` the whole checkpoint too, under
   ``last-checkpoint/`` / ``checkpoint-N/`` (what ``--resume`` downloads, :mod:`mmreid.hub.resume`);
-- the Trainer's resume state (optimizer, scheduler, RNG: torch pickles) goes only inside those checkpoint folders;
-  nothing else pushed is a pickle, and hidden folders (``.incomplete/``, the upload snapshots) are never pushed.
+- the resume state (optimizer, scheduler, RNG: torch pickles; a LoRA run's unmerged adapters) goes only inside those
+  checkpoint folders; nothing else pushed is a pickle, and hidden folders (``.incomplete/``, the upload snapshots)
+  are never pushed.
 
 Pushes run in the background, one at a time and in order (``HfApi.upload_folder(run_as_future=True)``); a save while
 one is running is skipped unless ``--hub-always-push`` queues it, as in the Trainer. Each push uploads a snapshot of
@@ -32,6 +33,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, HubStrategy, SaveS
 
 from ..errors import UsageError, first_line
 from ..training.checkpoints import is_complete_checkpoint
+from ..training.tuning import LORA_STATE_FILE
 
 __all__ = ["FINAL_IGNORE_PATTERNS", "HubPushCallback", "LAST_CHECKPOINT", "RESUME_STATE_PATTERNS", "UPLOAD_STAGING",
            "push_output_dir"]
@@ -40,8 +42,9 @@ logger = logging.getLogger(__name__)
 
 LAST_CHECKPOINT = "last-checkpoint"  # --hub-strategy checkpoint: the newest checkpoint, overwritten at every save
 UPLOAD_STAGING = ".hub-upload"
-# The Trainer's resume state inside a checkpoint (torch pickles, read back with torch.load(weights_only=True)).
-RESUME_STATE_PATTERNS = ("optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state*.pth")
+# The resume state inside a checkpoint: the Trainer's (torch pickles, read back with torch.load(weights_only=True)) and
+# a LoRA run's unmerged adapters (the weights at the root hold them merged).
+RESUME_STATE_PATTERNS = ("optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state*.pth", LORA_STATE_FILE)
 PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.pkl")
 # The final push of the output folder: no hidden folders (.incomplete/, .hub-upload/), no local checkpoints (the
 # strategy pushed those), no pickles. fnmatch's "*" crosses "/", so ".*" covers everything under a hidden folder.

@@ -44,6 +44,7 @@ from .optimizers import AUTHORS_OPTIMIZER, check_optimizer_options
 from .options import options_dataclass
 from .preemption import CHECKPOINT_SIGNALS
 from .scheduler import EPOCH_SCHEDULES
+from .tuning import TowerTuning, check_tuning_options
 
 __all__ = ["PRESETS_DIR", "REFUSED_TRAINER_OPTIONS", "ReIDArguments", "ReIDTrainingArguments",
            "TrainRun", "build_parser", "parse_args"]
@@ -410,6 +411,8 @@ def _parse_classes() -> dict[str, type]:
     return {
         "main": _view("MainOptions", "ReID options", available, MAIN_OPTIONS),
         "recipe": _view("RecipeOptions", "recipe options", available, RECIPE_OPTIONS),
+        "tuning": _view("TowerTuningOptions", "tower tuning options (mmreid.training.tuning)",
+                        _typed_fields(TowerTuning), [f.name for f in dataclasses.fields(TowerTuning)]),
         "augment": options_dataclass(ReIDAugment, "augmentation options (ReIDAugment)",
                                      exclude=("erasing_area", "erasing_aspect", "pad_value")),
         "loss": options_dataclass(ReIDLoss, "loss options (ReIDLoss)"),
@@ -444,6 +447,7 @@ class TrainRun:
     model_options: dict  # model config fields the run sets (nested dicts reach sub-configs)
     loss: dict  # ReIDLoss arguments
     augment: dict  # ReIDAugment arguments
+    tuning: TowerTuning = dataclasses.field(default_factory=TowerTuning)  # what of the image tower trains
 
 
 def load_recipe(path: str | Path, option: str) -> dict:
@@ -619,6 +623,14 @@ def parse_args(argv: list[str] | None = None) -> TrainRun:
     except ValueError as exc:  # the Trainer's own checks may span lines: one line here
         raise UsageError(" ".join(str(exc).split())) from None
     check_schedule_options(training.lr_schedule, typed, typed | set(defaults))
+    try:
+        tuning = TowerTuning(**{f.name: values[f.name] for f in dataclasses.fields(TowerTuning)})
+        check_tuning_options(tuning, typed | set(defaults))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if tuning.mode != "full" and "vision_tower_lr" in typed:
+        raise UsageError(f"--vision-tower-lr does nothing under --tower-tuning {tuning.mode}: the tower's pretrained "
+                         "weights do not train (its new parameters and LoRA adapters train at --learning-rate)")
     check_optimizer_options(training)
     check_report_to(training.report_to)
     bad_signals = [name for name in script.checkpoint_on_signal if name.upper() not in CHECKPOINT_SIGNALS]
@@ -635,4 +647,5 @@ def parse_args(argv: list[str] | None = None) -> TrainRun:
         model_options={k: values[k] for k in names("model") if values[k] is not None},
         loss={k: values[k] for k in names("loss")},
         augment={k: values[k] for k in names("augment")},
+        tuning=tuning,
     )

@@ -127,7 +127,8 @@ def resolve_resume(output_dir: str | Path, resume: bool, resume_from_checkpoint:
 
 
 # What makes a checkpoint's weights unusable for another run, read from the two configs (config.json): the model, the
-# tower's shape, the input size (position table) and the identities (classifier) and cameras (SIE table).
+# tower's shape, the input size (position table), the identities (classifier) and cameras (SIE table), and how the
+# tower was tuned (a LoRA checkpoint's adapters fit only the same LoRA settings).
 TOWER_SHAPE_FIELDS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
                       "patch_size")
 
@@ -139,6 +140,14 @@ def _resume_fields(config: dict) -> dict:
     fields["image size"] = "x".join(str(v) for v in config["image_size"]) if config.get("image_size") else None
     fields["identities"] = len(config["id2label"]) if config.get("id2label") else config.get("num_labels")
     fields["cameras"] = config.get("num_cameras")
+    # --tower-tuning and its LoRA numbers (mmreid.training.tuning); the adapted layers are compared with the
+    # checkpoint's adapters once the model is built (require_lora_state)
+    tuning = config.get("tower_tuning")
+    if isinstance(tuning, dict):
+        numbers = sorted((k, v) for k, v in tuning.items() if k not in ("mode", "target_modules"))
+        fields["tower tuning"] = " ".join(f"{k}={v}" for k, v in [("mode", tuning.get("mode")), *numbers])
+    else:
+        fields["tower tuning"] = None
     return fields
 
 

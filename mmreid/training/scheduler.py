@@ -11,7 +11,9 @@ last epoch (``t = num_epochs``) already runs at the floor ``min_lr``. For every 
   ``noise_seed + t`` by repeating ``randn * noise_std`` until ``|n| < noise_limit``.
 
 ``w0`` and ``min_lr`` are the same for all groups (0.1x and 0.001x the head lr 3.5e-4 in the recipes), which is why
-the 5e-6 vision tower starts its warm-up *above* its target lr.
+the 5e-6 vision tower starts its warm-up *above* its target lr. One departure (ours): a group whose base lr is 0 stays
+at 0 throughout. In the original, the shared warm-up start and floor would move it (``--vision-tower-lr 0`` trained the
+tower at 3.5e-5 in the first epoch); every other group keeps the original's numbers.
 
 The HF Trainer steps the scheduler once per optimizer step, so :class:`DeMoCosineLR` maps optimizer step ``s`` (0-based,
 ``last_epoch`` in torch terms) to ``t = s // steps_per_epoch + 1``: the lr is constant within an epoch.
@@ -59,6 +61,8 @@ def demo_cosine_lr(
         raise ValueError(f"`num_epochs` must be >= 1, got {num_epochs}")
     if warmup_epochs < 0:
         raise ValueError(f"`warmup_epochs` must be >= 0, got {warmup_epochs}")
+    if base_lr == 0:
+        return 0.0  # a group at rate 0 must not move: not even at the shared warm-up start or floor
     if t < warmup_epochs:
         lr = warmup_start_lr + t * (base_lr - warmup_start_lr) / warmup_epochs
     elif t >= num_epochs:

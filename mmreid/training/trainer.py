@@ -4,7 +4,8 @@
 - the model's inputs: the collator's keys (``labels`` and the augmentation seeds are taken out first);
 - ``outputs.logits`` / ``outputs.features``, handed to the loss module passed in (default
   :class:`~mmreid.training.losses.ReIDLoss`), whose named components are logged whatever they are;
-- ``model.vision_tower`` (its parameters train at ``vision_tower_lr``, except those its ``new_parameters()`` lists);
+- ``model.vision_tower`` (its parameters train at ``vision_tower_lr``, except the new ones: those its
+  ``new_parameters()`` lists and LoRA adapters, see :mod:`mmreid.training.tuning`);
 - ``outputs.embeddings`` and ``outputs.feature_sets`` in evaluation.
 
 What it changes, and why:
@@ -21,7 +22,9 @@ What it changes, and why:
 - checkpoints are written under ``<output_dir>/.incomplete/`` and renamed into place once complete (complete or
   invisible, see :mod:`mmreid.training.checkpoints`); ``save_model`` gives every saved model
   ``training_args.json`` instead of the pickled ``training_args.bin``, and the checkpoint pipeline's code
-  (:mod:`mmreid.hub.checkpoint_files`).
+  (:mod:`mmreid.hub.checkpoint_files`). A model with LoRA adapters in its tower (``--tower-tuning lora``) is saved
+  with the adapters merged into the tower (it loads without peft), and each checkpoint also holds the unmerged
+  adapters, which a resume loads back (:mod:`mmreid.training.tuning`).
 - the Hub: checkpoints are pushed once published, by :class:`~mmreid.hub.push.HubPushCallback` (the Trainer's own
   checkpoint push would read the staging folder after it is renamed away); ``push_to_hub`` uploads the output folder
   without hidden folders, local checkpoints or pickles (:func:`~mmreid.hub.push.push_output_dir`).
@@ -61,8 +64,9 @@ from .distributed import convert_to_global_batchnorm
 from .losses import ReIDLoss
 from .optimizers import build_optimizer, optimizer_cls_and_kwargs
 from .scheduler import EPOCH_SCHEDULES, DeMoCosineLR
+from .tuning import is_adapter_parameter, merged_lora_layers, parameter_counts, restoring_lora_state, save_lora_state
 
-__all__ = ["GROUP_LR_LOG", "PARAM_GROUPS", "ReIDTrainer", "build_param_groups"]
+__all__ = ["GROUP_LR_LOG", "PARAM_GROUPS", "ReIDTrainer", "build_param_groups", "trainable_parameter_counts"]
 
 # The optimizer's parameter groups, named once here: build_param_groups tags each group with its name and the trainer
 # logs each group's lr as ``learning_rate/<name>`` (TensorBoard: ``train/learning_rate/<name>``). Head first: the
@@ -97,14 +101,16 @@ def build_param_groups(
     weight_decay: float,
 ) -> list[dict]:
     """Adam groups of the recipe: the pretrained parameters of ``model.vision_tower`` at ``vision_tower_lr``; other
-    weights (the new parameters the tower lists in ``new_parameters()``, e.g. the SIE camera embedding, included) at
-    ``learning_rate``; other biases at ``learning_rate * bias_lr_factor``; ``weight_decay`` everywhere."""
+    weights (the tower's new parameters included: those it lists in ``new_parameters()``, e.g. the SIE camera
+    embedding, and LoRA adapters) at ``learning_rate``; other biases at ``learning_rate * bias_lr_factor``;
+    ``weight_decay`` everywhere. Parameters that do not train (``requires_grad`` off) are in no group."""
     model = getattr(model, "module", model)  # DDP-wrapped
     tower = getattr(model, "vision_tower", None)
     if not isinstance(tower, torch.nn.Module):
         raise ValueError("the model must expose its pretrained image tower as `model.vision_tower` (an nn.Module): "
                          "its parameters train at --vision-tower-lr (docs/interfaces.md)")
     new = {id(p) for p in getattr(tower, "new_parameters", list)()}
+    new |= {id(p) for name, p in tower.named_parameters() if is_adapter_parameter(name)}
     pretrained = {id(p) for p in tower.parameters()} - new
     groups = {name: [] for name in PARAM_GROUPS}
     for name, param in model.named_parameters():
@@ -124,17 +130,28 @@ def build_param_groups(
     ]
 
 
+def trainable_parameter_counts(model: torch.nn.Module, args) -> dict:
+    """The model's parameters in all and those that train (:func:`~mmreid.training.tuning.parameter_counts`), with
+    the count of each optimizer group (:func:`build_param_groups` under ``args``' learning rates)."""
+    groups = build_param_groups(model, args.learning_rate, args.bias_lr_factor, args.vision_tower_lr,
+                                args.weight_decay)
+    return {**parameter_counts(model),
+            "groups": {group["name"]: sum(p.numel() for p in group["params"]) for group in groups}}
+
+
 class ReIDTrainer(Trainer):
     """Trainer for any ReID model of this project's contract (see the module docstring for what is overridden).
 
-    Three private methods of the Trainer are overridden, because no public hook reaches what they do:
+    Five private methods of the Trainer are overridden, because no public hook reaches what they do:
     ``_get_output_dir`` (where the Trainer writes a checkpoint: the staging folder, so a checkpoint is complete or
     invisible; the Trainer has no option for it), ``_save_checkpoint`` (the rename out of the staging folder once every
     process has written its files, the best-checkpoint path fixed to the published folder, rotation of the published
     ones, a full disk as one line; ``on_save`` callbacks run only after the Trainer's own rotation and push) and
     ``_push_from_checkpoint`` (emptied: the Trainer would upload the staging folder in the background after it is renamed
-    away; :class:`~mmreid.hub.push.HubPushCallback` pushes the published checkpoint from ``on_save``). What used to be
-    a fourth, ``_save``, is the public ``save_model`` now.
+    away; :class:`~mmreid.hub.push.HubPushCallback` pushes the published checkpoint from ``on_save``),
+    ``_load_from_checkpoint`` and ``_load_best_model`` (with LoRA adapters in the tower, the checkpoint's merged
+    weights are loaded into plain layers and its unmerged adapters into the LoRA layers, so a resumed run continues
+    exactly). What used to be another, ``_save``, is the public ``save_model`` now.
 
     Args:
         model, args, callbacks, processing_class, ...: as for ``transformers.Trainer``; ``args`` is a
@@ -270,6 +287,8 @@ class ReIDTrainer(Trainer):
         self.accelerator.wait_for_everyone()
         try:
             super()._save_checkpoint(model, trial)
+            if self.args.should_save:  # the unmerged LoRA adapters, for --resume (model.safetensors holds them merged)
+                save_lora_state(self.accelerator.unwrap_model(self.model), staged)
         except Exception as exc:
             full = disk_full_error(exc, run_dir)
             if full is None:
@@ -300,7 +319,9 @@ class ReIDTrainer(Trainer):
         -- for a save of the final model with ``--push-to-hub`` -- the push of the completed folder."""
         folder = Path(output_dir or self.args.output_dir)
         try:
-            super().save_model(str(folder), _internal_call=True)  # the push waits for the completed folder
+            # LoRA adapters merged into the tower while it is saved: the weights load without peft
+            with merged_lora_layers(self.accelerator.unwrap_model(self.model)):
+                super().save_model(str(folder), _internal_call=True)  # the push waits for the completed folder
             if self.args.should_save:
                 config = getattr(self.accelerator.unwrap_model(self.model), "config", None)
                 complete_saved_model(folder, self.args, config)
@@ -315,6 +336,18 @@ class ReIDTrainer(Trainer):
             raise full from None
         if self.args.push_to_hub and not _internal_call:
             self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        """The Trainer's load of a checkpoint's weights, with LoRA adapters restored unmerged (see the class
+        docstring)."""
+        target = self.accelerator.unwrap_model(self.model if model is None else model)
+        with restoring_lora_state(target, resume_from_checkpoint):
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+    def _load_best_model(self) -> None:
+        """The Trainer's load of the best checkpoint at the end, with LoRA adapters restored unmerged."""
+        with restoring_lora_state(self.accelerator.unwrap_model(self.model), self.state.best_model_checkpoint):
+            super()._load_best_model()
 
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
         """Nothing: the Trainer calls this on the staging folder, which is renamed away before a background upload
