@@ -122,8 +122,19 @@ class ReIDVisionTower(nn.Module):
         self.post_layernorm = nn.LayerNorm(vision.hidden_size, eps=eps)
         self.projection = nn.Linear(vision.hidden_size, vision.projection_dim, bias=False) if is_clip else nn.Identity()
 
-    def forward(self, pixel_values: torch.Tensor, camera_ids: torch.Tensor | None = None) -> torch.Tensor:
-        hidden_states = self.pre_layernorm(self.embeddings(pixel_values, camera_ids))
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        camera_ids: torch.Tensor | None = None,
+        extra_tokens: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """`pixel_values` (N, 3, H, W) -> tokens (N, 1 + n + k, C): the class token, the n patch tokens, then the k
+        `extra_tokens` (N, k, hidden_size), appended after the embedding stage (the caller adds whatever position or
+        camera vectors they need) and encoded with the image tokens."""
+        hidden_states = self.embeddings(pixel_values, camera_ids)
+        if extra_tokens is not None:
+            hidden_states = torch.cat([hidden_states, extra_tokens.to(hidden_states.dtype)], dim=1)
+        hidden_states = self.pre_layernorm(hidden_states)
         for layer in self.layers:
             hidden_states = layer(hidden_states, None)
         return self.projection(self.post_layernorm(hidden_states))
