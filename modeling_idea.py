@@ -124,15 +124,16 @@ class IdeaDeformableAggregation(nn.Module):
         self.k_proj = ReIDLinear(dim, dim)
         self.v_proj = ReIDLinear(dim, dim)
         self.out_proj = ReIDLinear(dim, dim)
-        self.register_buffer("reference_points", self._reference_points(kernel, stride), persistent=False)
+        self.kernel_size, self.stride = kernel, stride
 
-    def _reference_points(self, kernel: int, stride: int) -> torch.Tensor:
-        """(rows, cols, 2) window centres as (y, x) in [-1, 1] of the patch grid (align_corners convention)."""
+    def reference_points(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """(rows, cols, 2) window centres as (y, x) in [-1, 1] of the patch grid (align_corners convention). Computed
+        per call, not a buffer: a non-persistent buffer is not restored by `from_pretrained`."""
         axes = []
         for size, count in zip(self.grid, self.samples):
-            centres = torch.arange(count, dtype=torch.float32) * stride + kernel // 2
+            centres = torch.arange(count, device=device, dtype=torch.float32) * self.stride + self.kernel_size // 2
             axes.append(centres / (size - 1.0) * 2.0 - 1.0)
-        return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)
+        return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).to(dtype)
 
     def sampling_points(self, maps: torch.Tensor) -> torch.Tensor:
         """(B, 3, C, H, W) patch maps -> (B, rows, cols, 2) sampling points (y, x) in [-1, 1], shared by the maps."""
@@ -142,7 +143,7 @@ class IdeaDeformableAggregation(nn.Module):
             rows, cols = self.samples
             cell = torch.tensor([1.0 / (rows - 1.0), 1.0 / (cols - 1.0)], device=maps.device, dtype=offsets.dtype)
             offsets = offsets.tanh() * cell.view(1, 2, 1, 1) * self.offset_factor
-        points = offsets.permute(0, 2, 3, 1) + self.reference_points.to(offsets.dtype)
+        points = offsets.permute(0, 2, 3, 1) + self.reference_points(offsets.device, offsets.dtype)
         return points.clamp(-1.0, 1.0).reshape(batch, *self.samples, 2)
 
     def forward(self, patch_tokens: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
