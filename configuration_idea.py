@@ -4,9 +4,9 @@ ReID."""
 from transformers import AutoConfig, PretrainedConfig
 
 try:
-    from .configuration_reid import CLIP_B16_TEXT_SHAPES, MODALITIES, ReIDConfig, parse_tower_config, positive_int
+    from .configuration_reid import CLIP_B16_TEXT_SHAPES, MODALITIES, ReIDConfig, check_choice, parse_tower_config, positive_int
 except ImportError:  # imported as a top-level module from a checkout
-    from configuration_reid import CLIP_B16_TEXT_SHAPES, MODALITIES, ReIDConfig, parse_tower_config, positive_int
+    from configuration_reid import CLIP_B16_TEXT_SHAPES, MODALITIES, ReIDConfig, check_choice, parse_tower_config, positive_int
 
 # Test-time features, named as the authors' code names them; the first is the reported one (their log line, IDEA
 # issues #8 and #10): the textual aggregate of CDA.
@@ -65,6 +65,11 @@ class IdeaConfig(ReIDConfig):
             `DIRECT`: one head on the concatenated visual and one on the concatenated textual global features (1 for
             RGBNT201 and MSVR310); False: one head per modality and kind (0 for RGBNT100). The CDA heads are kept
             either way.
+        caption_prefix (`str | None`, *optional*, defaults to `"rgbnt201"`):
+            Whose modality prefix the captions get (`PREFIX: True`; the data collator and the processor put it
+            before every caption, a missing one included): `"rgbnt201"` (person), `"rgbnt100"` or `"msvr310"`
+            (vehicle; the authors' two vehicle sets word it differently); None: the captions as they are
+            (`PREFIX: False`). Either way the prompt vectors are added at positions 5, 6, ....
     """
 
     model_type = "idea_reid"
@@ -72,6 +77,7 @@ class IdeaConfig(ReIDConfig):
     sub_configs = {"vision_config": AutoConfig, "text_config": AutoConfig}
     tower_model_types = ("clip_vision_model",)
     uses_text = True
+    caption_sampling = False  # the authors train on whole captions, one per modality
 
     def __init__(
         self,
@@ -85,6 +91,7 @@ class IdeaConfig(ReIDConfig):
         cda_kernel_size: int = 4,
         cda_stride: int = 2,
         direct_classifier: bool = True,
+        caption_prefix: str | None = "rgbnt201",
         **kwargs,
     ):
         self.text_config = parse_tower_config(text_config, "text_config", ("clip_text_model",), CLIP_B16_TEXT_SHAPES)
@@ -102,6 +109,9 @@ class IdeaConfig(ReIDConfig):
         self.cda_kernel_size = positive_int("cda_kernel_size", cda_kernel_size)
         self.cda_stride = positive_int("cda_stride", cda_stride)
         self.direct_classifier = bool(direct_classifier)
+        if caption_prefix is not None:
+            check_choice("caption_prefix", caption_prefix, tuple(CAPTION_PREFIXES))
+        self.caption_prefix = caption_prefix
         super().__init__(**kwargs)
 
         text = self.text_config
@@ -133,6 +143,15 @@ class IdeaConfig(ReIDConfig):
                 f"{getattr(backbone_config, 'model_type', type(backbone_config).__name__)!r}"
             )
         return super().from_backbone_config(backbone_config, text_config=backbone_config, **kwargs)
+
+    @property
+    def caption_prefixes(self) -> tuple[str, str, str] | None:
+        """The text before each modality's caption: "An image of a ", one "X " per prompt vector, the modality's
+        phrase (the authors' data/datasets/*_Text.py)."""
+        if self.caption_prefix is None:
+            return None
+        return tuple("An image of a " + "X " * self.num_text_prompts + phrase
+                     for phrase in CAPTION_PREFIXES[self.caption_prefix])
 
     @property
     def cda_samples(self) -> tuple[int, int]:

@@ -115,6 +115,11 @@ class ReIDConfig(PretrainedConfig):
     # the whole caption once. Read by the data collator of a model with `uses_text`.
     caption_groups = 1
     caption_sentences_per_group = None
+    # False: training reads each caption whole too, one per modality, (B, 3, L), as evaluation does (IDEA's authors).
+    caption_sampling = True
+    # Text put before each modality's caption (RGB, NIR, TIR), an empty caption included, by the data collator and
+    # the caption processor (a model trained on captions with a fixed modality prefix); None: none.
+    caption_prefixes: tuple[str, str, str] | None = None
 
     def __init__(
         self,

@@ -216,8 +216,8 @@ class IdeaModel(ReIDPreTrainedModel):
 
     def text_global_features(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Global feature (M, C) of captions `input_ids` (M, L): the frozen text tower with the prompt vectors added
-        to the token embeddings at positions 5, 6, ...; the mean of the projected end-of-text output (the highest
-        token id, as CLIP pools) and the projected prompt outputs. Causal attention only, as in CLIP: what follows
+        to the token embeddings at positions 5, 6, ...; the mean of the projected output at the first end-of-text
+        token (OpenAI CLIP's highest id, where the authors' code pools) and the projected prompt outputs. Causal attention only, as in CLIP: what follows
         the end-of-text token (padding) changes nothing."""
         text = self.text_tower.text_model
         embeds = text.embeddings.token_embedding(input_ids)
@@ -230,7 +230,12 @@ class IdeaModel(ReIDPreTrainedModel):
         hidden = text.encoder(inputs_embeds=hidden, attention_mask=mask, is_causal=True).last_hidden_state
         hidden = text.final_layer_norm(hidden)
         rows = torch.arange(hidden.shape[0], device=hidden.device)
-        pooled = hidden[rows, input_ids.argmax(dim=-1)].unsqueeze(1)
+        eos = self.config.text_config.eos_token_id
+        if eos is None or eos == 2:  # legacy CLIP configs: the end-of-text token is the highest id
+            ends = input_ids.argmax(dim=-1)
+        else:  # the first end-of-text token (OpenAI's vocabulary: its highest id, where the authors pool)
+            ends = (input_ids == eos).int().argmax(dim=-1)
+        pooled = hidden[rows, ends].unsqueeze(1)
         if prompts:
             pooled = torch.cat([pooled, hidden[:, PROMPT_POSITION : PROMPT_POSITION + prompts]], dim=1)
         return self.text_tower.text_projection(pooled).mean(dim=1)

@@ -3,8 +3,9 @@
 
 Read from tensor shapes: the image and text towers' widths and depths, the learnable prompt vectors, the InverseNet,
 CDA and its kernel, direct or per-modality heads, identities and cameras. What the weights do not carry comes from
-the dataset the identity count names, as the authors' configs/*/IDEA.yml set it: CDA's offset factor (`OFF_FAC`,
-overridden by --offset-factor) and the input size check; CDA's stride is the authors' fixed 2.
+the dataset the identity count names, as the authors' configs/*/IDEA.yml and data code set it: CDA's offset factor
+(`OFF_FAC`, overridden by --offset-factor), the captions' modality prefix and the input size check; CDA's stride is
+the authors' fixed 2.
 """
 
 from __future__ import annotations
@@ -87,7 +88,9 @@ def infer_config(state: dict[str, torch.Tensor], image_size: tuple[int, int], fo
         eos_token_id=state[CLIP + "token_embedding.weight"].shape[0] - 1,
     )
     prompts = state.get(CLIP + "text_prompt")
+    dataset = OFFSET_FACTORS.get(identities, (None,))[0]
     return IdeaConfig(
+        caption_prefix=dataset.lower() if dataset else None,  # unknown dataset: captions as given
         vision_config=clip_vision_config(state, VISION),
         text_config=text_config,
         image_size=image_size,
