@@ -61,7 +61,7 @@ class IdeaConfig(ReIDConfig):
             its windows (the authors' 4).
         cda_stride (`int`, *optional*, defaults to `2`):
             Its stride (the authors' 2): a 16x8 patch map gives 7x3 sampling points per modality.
-        direct_classifier (`bool`, *optional*, defaults to `True`):
+        concatenated_heads (`bool`, *optional*, defaults to `True`):
             `DIRECT`: one head on the concatenated visual and one on the concatenated textual global features (1 for
             RGBNT201 and MSVR310); False: one head per modality and kind (0 for RGBNT100). The CDA heads are kept
             either way.
@@ -90,7 +90,7 @@ class IdeaConfig(ReIDConfig):
         cda_offset_factor: float = 5.0,
         cda_kernel_size: int = 4,
         cda_stride: int = 2,
-        direct_classifier: bool = True,
+        concatenated_heads: bool = True,
         caption_prefix: str | None = "rgbnt201",
         **kwargs,
     ):
@@ -108,7 +108,7 @@ class IdeaConfig(ReIDConfig):
         self.cda_offset_factor = float(cda_offset_factor)
         self.cda_kernel_size = positive_int("cda_kernel_size", cda_kernel_size)
         self.cda_stride = positive_int("cda_stride", cda_stride)
-        self.direct_classifier = bool(direct_classifier)
+        self.concatenated_heads = bool(concatenated_heads)
         if caption_prefix is not None:
             check_choice("caption_prefix", caption_prefix, tuple(CAPTION_PREFIXES))
         self.caption_prefix = caption_prefix
@@ -161,7 +161,7 @@ class IdeaConfig(ReIDConfig):
     @property
     def head_names(self) -> tuple[str, ...]:
         """The supervised features (`logits` / `features` keys), in the order of the authors' training outputs."""
-        if self.direct_classifier:
+        if self.concatenated_heads:
             names = ("V", "T")
         else:
             names = tuple(f"{kind}_{m.upper()}" for kind in "VT" for m in MODALITIES)

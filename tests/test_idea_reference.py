@@ -61,7 +61,7 @@ def test_converted_checkpoint_gives_the_authors_features_in_a_fresh_process(case
     assert config["model_type"] == "idea_reid"
     assert config["cda_offset_factor"] == expected_setting["OFF_FAC"]  # from the identity count, no tensor holds it
     assert config["num_text_prompts"] == expected_setting["TEXT_PROMPT"]
-    assert config["direct_classifier"] == bool(expected_setting["DIRECT"])
+    assert config["concatenated_heads"] == bool(expected_setting["DIRECT"])
     got = run_in_fresh_process(FRESH_PROCESS, {"checkpoint": str(tmp_path / "hf"),
                                                "io": str(FIXTURES / f"{case}.io.safetensors")}, tmp_path)
     reference = load_file(FIXTURES / f"{case}.io.safetensors")

@@ -101,7 +101,7 @@ def infer_config(state: dict[str, torch.Tensor], image_size: tuple[int, int], fo
         use_cda=use_cda,
         cda_offset_factor=offset_factor if use_cda else 5.0,
         cda_kernel_size=state["CDA.da_group.0.conv_offset.2.weight"].shape[-1] if use_cda else 4,
-        direct_classifier=classifier_key == "classifier_v.weight",
+        concatenated_heads=classifier_key == "classifier_v.weight",
     )
 
 
@@ -145,7 +145,7 @@ def convert_state_dict(state: dict[str, torch.Tensor], config: IdeaConfig) -> di
             out[f"aggregation.{name}_proj.weight"] = weight.reshape(weight.shape[0], weight.shape[1])
             out[f"aggregation.{name}_proj.bias"] = take(f"{block}proj_{name}.bias")
 
-    if config.direct_classifier:
+    if config.concatenated_heads:
         heads = {"V": "_v", "T": "_t"}
     else:
         heads = {f"{kind.upper()}_{m.upper()}": f"_{kind}_{ORIGINAL_MODALITY[m]}" for kind in "vt" for m in MODALITIES}
