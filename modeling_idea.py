@@ -19,7 +19,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 from transformers import initialization as init
-from transformers.masking_utils import create_causal_mask
 from transformers.modeling_outputs import ModelOutput
 from transformers.models.clip.modeling_clip import CLIPTextModelWithProjection
 
@@ -178,6 +177,7 @@ class IdeaModel(ReIDPreTrainedModel):
 
     def __init__(self, config: IdeaConfig):
         super().__init__(config)
+        config.text_config._attn_implementation = config.vision_config._attn_implementation
         self.text_tower = CLIPTextModelWithProjection(config.text_config)
         if config.num_text_prompts:
             self.text_prompts = nn.Parameter(torch.zeros(config.num_text_prompts, config.text_config.hidden_size))
@@ -226,8 +226,11 @@ class IdeaModel(ReIDPreTrainedModel):
             after = input_ids.shape[-1] - PROMPT_POSITION - prompts
             embeds = embeds + F.pad(self.text_prompts.to(embeds.dtype), (0, 0, PROMPT_POSITION, after))
         hidden = text.embeddings(inputs_embeds=embeds)
-        mask = create_causal_mask(config=text.config, inputs_embeds=hidden, attention_mask=None, cache=None)
-        hidden = text.encoder(inputs_embeds=hidden, attention_mask=mask, is_causal=True).last_hidden_state
+        # An explicit additive causal mask: every attention backend honours it (eager ignores `is_causal`).
+        length = input_ids.shape[-1]
+        mask = torch.full((length, length), torch.finfo(hidden.dtype).min, device=hidden.device, dtype=hidden.dtype)
+        mask = mask.triu(1)[None, None]
+        hidden = text.encoder(inputs_embeds=hidden, attention_mask=mask).last_hidden_state
         hidden = text.final_layer_norm(hidden)
         rows = torch.arange(hidden.shape[0], device=hidden.device)
         eos = self.config.text_config.eos_token_id
