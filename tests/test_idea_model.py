@@ -159,3 +159,84 @@ def test_training_moves_the_inverse_net_the_prompts_and_the_offsets(captioned_da
     assert set(output.logits) == {"V", "T", "LOCAL_v", "LOCAL_t"}
     for name in learned:
         assert params[name].grad is not None and params[name].grad.abs().max() > 0, name
+
+
+FRESH_PROCESS = '''
+import json, sys, importlib.abc
+
+
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {modules!r}:
+            raise ImportError(f"{{name}} is blocked in this process")
+
+
+sys.meta_path.insert(0, Block())
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+from transformers import AutoModel, AutoProcessor, pipeline
+
+spec = json.loads(open({spec!r}).read())
+images = [[Image.open(p) for p in triple] for triple in spec["images"]]
+model = AutoModel.from_pretrained(spec["checkpoint"], trust_remote_code=True).eval()
+inputs = AutoProcessor.from_pretrained(spec["checkpoint"], trust_remote_code=True)(
+    images, camera_ids=[0, 1], text=spec["captions"])
+rows = pipeline("image-feature-extraction", model=spec["checkpoint"], trust_remote_code=True)(
+    images, camera_ids=[0, 1], text=spec["captions"])
+with torch.no_grad():
+    save_file({{"embeddings": model(**inputs).embeddings.contiguous(), "input_ids": inputs["input_ids"].contiguous(),
+               "pipeline": torch.stack([torch.as_tensor(r["embedding"]) for r in rows])}}, spec["output"])
+'''
+
+
+def test_a_trained_checkpoint_ships_its_files_and_embeds_prefixed_captions_anywhere(captioned_dataset, tmp_path):
+    """train.py --model idea writes a checkpoint with the family's files and IDEA's; in a fresh process without the
+    project, AutoModel + AutoProcessor and pipeline() give the embeddings the loader eval.py uses gives, the
+    processor putting the modality prefix before each caption (a missing one: the prefix alone); eval.py runs the
+    missing-modality sweep on it."""
+    import json
+
+    import eval as eval_script
+    from conftest import run_in_fresh_process
+    from datasets import load_from_disk
+    from PIL import Image
+
+    from mmreid.hub.loading import load_checkpoint, load_checkpoint_tokenizer
+    from mmreid.hub.processors import build_processor
+
+    out = tmp_path / "idea"
+    train.main([*TINY_IDEA, "--dataset", captioned_dataset, "--output-dir", str(out), "--max-steps", "2"])
+    code = {p.name for p in out.iterdir() if p.suffix == ".py"}
+    assert {"configuration_reid.py", "modeling_reid.py", "configuration_idea.py", "modeling_idea.py"} <= code
+    assert not code & {"configuration_demo.py", "modeling_demo.py", "configuration_next.py", "modeling_next.py"}
+
+    test_rows = load_from_disk(captioned_dataset)["query"].select(range(2))
+    paths = []
+    for s, row in enumerate(test_rows):
+        triple = []
+        for m in ("rgb", "nir", "tir"):
+            path = tmp_path / f"s{s}_{m}.png"
+            image = row[m] if isinstance(row[m], Image.Image) else Image.open(row[m]["path"])
+            image.convert("RGB").save(path)
+            triple.append(str(path))
+        paths.append(triple)
+    captions = [["A man in a red coat.", "", "A warm silhouette."], ["A woman with a bag.", "Bright legs.", None]]
+    got = run_in_fresh_process(FRESH_PROCESS, {"checkpoint": str(out), "images": paths, "captions": captions},
+                               tmp_path)
+    model = load_checkpoint(str(out)).eval()
+    tokenizer = load_checkpoint_tokenizer(str(out), model)
+    images = [[Image.open(p) for p in triple] for triple in paths]
+    inputs = build_processor(model.config, tokenizer)(images, camera_ids=[0, 1], text=captions)
+    torch.testing.assert_close(got["input_ids"], inputs["input_ids"], rtol=0, atol=0)
+    assert tokenizer.decode(inputs["input_ids"][0, 1], skip_special_tokens=True).startswith("an image of a")
+    assert bool(inputs["attention_mask"][1, 2].any())  # None: the prefix alone, not "no caption"
+    with torch.no_grad():
+        expected = model(**inputs).embeddings
+    torch.testing.assert_close(got["embeddings"], expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(got["pipeline"], expected, rtol=0, atol=1e-5)
+
+    assert eval_script.main(["--model", str(out), "--dataset", captioned_dataset, "--output", str(tmp_path / "eval"),
+                             "--missing-sweep", "--no-progress", "--no-complexity"]) == 0
+    report = json.loads((tmp_path / "eval" / "eval_results.json").read_text())
+    assert report["captions"] == "used"
