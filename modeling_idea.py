@@ -220,6 +220,9 @@ class IdeaModel(ReIDPreTrainedModel):
         token (OpenAI CLIP's highest id, where the authors' code pools) and the projected prompt outputs. Causal attention only, as in CLIP: what follows
         the end-of-text token (padding) changes nothing."""
         text = self.text_tower.text_model
+        # Zero ids up to the full context, as CLIP's tokenize pads in the authors' code: the prompt positions exist
+        # whatever the caption's length (a short caption's read the padding, as theirs do), and shapes are static.
+        input_ids = F.pad(input_ids, (0, self.config.text_config.max_position_embeddings - input_ids.shape[-1]))
         embeds = text.embeddings.token_embedding(input_ids)
         prompts = self.config.num_text_prompts
         if prompts:
@@ -260,11 +263,10 @@ class IdeaModel(ReIDPreTrainedModel):
                 raise ValueError("attention_mask was given without input_ids")
             return
         batch, text = pixel_values.shape[0], self.config.text_config
-        least = PROMPT_POSITION + self.config.num_text_prompts + 1
-        if input_ids.dim() != 3 or input_ids.shape[:2] != (batch, 3) or not least <= input_ids.shape[-1]:
+        if input_ids.dim() != 3 or input_ids.shape[:2] != (batch, 3) or input_ids.shape[-1] == 0:
             raise ValueError(
-                f"input_ids must have shape ({batch}, 3, length) (one caption per modality: RGB, NIR, TIR; length "
-                f"{least} to {text.max_position_embeddings}), got {tuple(input_ids.shape)}"
+                f"input_ids must have shape ({batch}, 3, length) (one caption per modality: RGB, NIR, TIR), got "
+                f"{tuple(input_ids.shape)}"
             )
         if input_ids.shape[-1] > text.max_position_embeddings:
             raise ValueError(
