@@ -4,9 +4,13 @@ ReID."""
 from transformers import AutoConfig, PretrainedConfig
 
 try:
-    from .configuration_reid import CLIP_B16_TEXT_SHAPES, MODALITIES, ReIDConfig, check_choice, parse_tower_config, positive_int
+    from .configuration_reid import (
+        CLIP_B16_TEXT_SHAPES, MODALITY_CAPTION_PREFIXES, ReIDConfig, check_choice, parse_tower_config, positive_int
+    )
 except ImportError:  # imported as a top-level module from a checkout
-    from configuration_reid import CLIP_B16_TEXT_SHAPES, MODALITIES, ReIDConfig, check_choice, parse_tower_config, positive_int
+    from configuration_reid import (
+        CLIP_B16_TEXT_SHAPES, MODALITY_CAPTION_PREFIXES, ReIDConfig, check_choice, parse_tower_config, positive_int
+    )
 
 # Test-time features, named as the authors' code names them; the first is the reported one (their log line, IDEA
 # issues #8 and #10): the textual aggregate of CDA.
@@ -14,18 +18,6 @@ IDEA_INFERENCE_FEATURES = ("LOCAL_t", "LOCAL_v", "LOCAL", "V_RGB", "V_NIR", "V_T
 # Token position of the first learnable prompt vector in a caption: the authors' captions start "An image of a X X
 # person ...", so after the start token the placeholders "X" sit at positions 5, 6, ...
 PROMPT_POSITION = 5
-# The modality prefixes of the authors' captions (`MODEL.PREFIX: True`, their data/datasets/*_Text.py), by dataset:
-# "An image of a " + one "X " placeholder per prompt vector + the modality's phrase below + the description.
-_SPECTRA = ("visible spectrum", "near infrared spectrum", "thermal infrared spectrum")
-_DETAILS = (", capturing natural colors and fine details", ", capturing contrasts and surface reflectance",
-            ", capturing heat emissions as temperature gradients")
-CAPTION_PREFIXES = {
-    "rgbnt201": tuple(f"person in the {s}{d}: " for s, d in zip(_SPECTRA, _DETAILS)),
-    "rgbnt100": tuple(f"vehicle in the {s}: " for s in _SPECTRA),
-    "msvr310": tuple(f"vehicle in the {s}{d}: " for s, d in zip(_SPECTRA, _DETAILS)),
-}
-
-
 class IdeaConfig(ReIDConfig):
     r"""
     Configuration of an [`IdeaModel`]: one CLIP image tower shared by the RGB, NIR and TIR images of a triple, a
@@ -110,7 +102,7 @@ class IdeaConfig(ReIDConfig):
         self.cda_stride = positive_int("cda_stride", cda_stride)
         self.concatenated_heads = bool(concatenated_heads)
         if caption_prefix is not None:
-            check_choice("caption_prefix", caption_prefix, tuple(CAPTION_PREFIXES))
+            check_choice("caption_prefix", caption_prefix, tuple(MODALITY_CAPTION_PREFIXES))
         self.caption_prefix = caption_prefix
         super().__init__(**kwargs)
 
@@ -151,7 +143,7 @@ class IdeaConfig(ReIDConfig):
         if self.caption_prefix is None:
             return None
         return tuple("An image of a " + "X " * self.num_text_prompts + phrase
-                     for phrase in CAPTION_PREFIXES[self.caption_prefix])
+                     for phrase in MODALITY_CAPTION_PREFIXES[self.caption_prefix])
 
     @property
     def cda_samples(self) -> tuple[int, int]:
@@ -168,4 +160,4 @@ class IdeaConfig(ReIDConfig):
         return names + (("LOCAL_v", "LOCAL_t") if self.use_cda else ())
 
 
-__all__ = ["IdeaConfig", "IDEA_INFERENCE_FEATURES", "CAPTION_PREFIXES", "PROMPT_POSITION"]
+__all__ = ["IdeaConfig", "IDEA_INFERENCE_FEATURES", "PROMPT_POSITION"]

@@ -3,9 +3,13 @@
 from transformers import AutoConfig, PretrainedConfig
 
 try:
-    from .configuration_reid import CLIP_B16_TEXT_SHAPES, ReIDConfig, check_choice, parse_tower_config, positive_int
+    from .configuration_reid import (
+        CLIP_B16_TEXT_SHAPES, MODALITY_CAPTION_PREFIXES, ReIDConfig, check_choice, parse_tower_config, positive_int
+    )
 except ImportError:  # imported as a top-level module from a checkout
-    from configuration_reid import CLIP_B16_TEXT_SHAPES, ReIDConfig, check_choice, parse_tower_config, positive_int
+    from configuration_reid import (
+        CLIP_B16_TEXT_SHAPES, MODALITY_CAPTION_PREFIXES, ReIDConfig, check_choice, parse_tower_config, positive_int
+    )
 
 # Choices of NEXT's switches; the first of each is the default (docs/next.md says where each comes from).
 SEMANTIC_EXPERT_FORMS = ("token_mlp", "attention_pool")
@@ -68,6 +72,12 @@ class NextConfig(ReIDConfig):
         use_text (`bool`, *optional*, defaults to `True`):
             Feed the captions to the semantic experts; False gives every expert its learned "no text" embedding and
             builds no text tower. No effect without TMSE.
+        caption_prefix (`str | None`, *optional*, defaults to `None`):
+            None (NEXT's sources name no prefix): the captions as they are. `"rgbnt201"`, `"rgbnt100"` or
+            `"msvr310"`: IDEA's choice for its authors' family, "An image of a " + the modality's phrase of that
+            dataset's captions in IDEA's code (e.g. "person in the near infrared spectrum, capturing contrasts and
+            surface reflectance: ") before every caption, a missing one included (then the prefix alone, not "no
+            text"); the collator and the processor add it (docs/idea.md).
     """
 
     model_type = "next_reid"
@@ -91,6 +101,7 @@ class NextConfig(ReIDConfig):
         use_tmse: bool = True,
         use_csse: bool = True,
         use_text: bool = True,
+        caption_prefix: str | None = None,
         **kwargs,
     ):
         self.text_config = parse_tower_config(text_config, "text_config", ("clip_text_model",), CLIP_B16_TEXT_SHAPES)
@@ -117,6 +128,9 @@ class NextConfig(ReIDConfig):
         self.use_tmse = bool(use_tmse)
         self.use_csse = bool(use_csse)
         self.use_text = bool(use_text)
+        if caption_prefix is not None:
+            check_choice("caption_prefix", caption_prefix, tuple(MODALITY_CAPTION_PREFIXES))
+        self.caption_prefix = caption_prefix
         super().__init__(**kwargs)
 
         rows, cols = self.patch_grid
@@ -166,6 +180,13 @@ class NextConfig(ReIDConfig):
     def caption_sentences_per_group(self) -> int | None:
         """Sentences each set draws from each modality's caption (the family's collator reads it)."""
         return self.caption_sentences_per_expert
+
+    @property
+    def caption_prefixes(self) -> tuple[str, str, str] | None:
+        """The text the collator and processor put before each modality's caption (`caption_prefix`), or None."""
+        if self.caption_prefix is None:
+            return None
+        return tuple("An image of a " + phrase for phrase in MODALITY_CAPTION_PREFIXES[self.caption_prefix])
 
     @property
     def uses_text(self) -> bool:

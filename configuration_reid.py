@@ -27,6 +27,17 @@ CLIP_B16_TEXT_SHAPES = dict(
     hidden_act="quick_gelu",
 )
 
+# The modality phrases of the captions IDEA's authors train on (their data/datasets/*_Text.py with PREFIX: True), by
+# dataset: a caption reads "An image of a " + (a model's placeholders) + the modality's phrase + the description.
+_SPECTRA = ("visible spectrum", "near infrared spectrum", "thermal infrared spectrum")
+_DETAILS = (", capturing natural colors and fine details", ", capturing contrasts and surface reflectance",
+            ", capturing heat emissions as temperature gradients")
+MODALITY_CAPTION_PREFIXES = {
+    "rgbnt201": tuple(f"person in the {s}{d}: " for s, d in zip(_SPECTRA, _DETAILS)),
+    "rgbnt100": tuple(f"vehicle in the {s}: " for s in _SPECTRA),
+    "msvr310": tuple(f"vehicle in the {s}{d}: " for s, d in zip(_SPECTRA, _DETAILS)),
+}
+
 
 def check_choice(name: str, value, choices: tuple) -> None:
     """One-line error naming the option and its allowed values."""
@@ -194,4 +205,5 @@ class ReIDConfig(PretrainedConfig):
         return self.image_size[0] // patch, self.image_size[1] // patch
 
 
-__all__ = ["MODALITIES", "ReIDConfig", "check_choice", "positive_int", "parse_tower_config"]
+__all__ = ["MODALITIES", "MODALITY_CAPTION_PREFIXES", "ReIDConfig", "check_choice", "positive_int",
+           "parse_tower_config"]

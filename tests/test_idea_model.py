@@ -90,6 +90,20 @@ def test_a_cda_without_two_sampling_points_per_direction_is_refused_in_one_line(
         tiny_config(caption_prefix="market1501")
 
 
+class Words:  # a whitespace tokenizer with ids the test can read back
+    pad_token_id, model_max_length = 0, 77
+
+    def __init__(self):
+        self.vocab = {}
+
+    def __call__(self, texts, padding, truncation, max_length, return_tensors):
+        rows = [[self.vocab.setdefault(w, len(self.vocab) + 1) for w in t.split()][:max_length] for t in texts]
+        length = max(len(r) for r in rows)
+        ids = torch.tensor([r + [0] * (length - len(r)) for r in rows])
+        return {"input_ids": ids, "attention_mask": (ids > 0).long()}
+
+
+
 def test_training_batches_carry_whole_prefixed_captions_and_a_missing_one_is_the_prefix_alone(tmp_path):
     from mmreid.data.collate import collator_for
 
@@ -97,18 +111,6 @@ def test_training_batches_carry_whole_prefixed_captions_and_a_missing_one_is_the
     prefixes = trainer_config.caption_prefixes
     assert prefixes[1] == ("An image of a X person in the near infrared spectrum, capturing contrasts and surface "
                            "reflectance: ")
-
-    class Words:  # a whitespace tokenizer with ids the test can read back
-        pad_token_id, model_max_length = 0, 77
-
-        def __init__(self):
-            self.vocab = {}
-
-        def __call__(self, texts, padding, truncation, max_length, return_tensors):
-            rows = [[self.vocab.setdefault(w, len(self.vocab) + 1) for w in t.split()][:max_length] for t in texts]
-            length = max(len(r) for r in rows)
-            ids = torch.tensor([r + [0] * (length - len(r)) for r in rows])
-            return {"input_ids": ids, "attention_mask": (ids > 0).long()}
 
     tokenizer = Words()
     collate = collator_for(trainer_config, train=True, tokenizer=tokenizer)
@@ -240,3 +242,25 @@ def test_a_trained_checkpoint_ships_its_files_and_embeds_prefixed_captions_anywh
                              "--missing-sweep", "--no-progress", "--no-complexity"]) == 0
     report = json.loads((tmp_path / "eval" / "eval_results.json").read_text())
     assert report["captions"] == "used"
+
+
+def test_next_offers_ideas_caption_prefix_after_its_sentence_sampling():
+    """NEXT's option `caption_prefix` (IDEA's choice; default None, NEXT's own): each expert's sampled sentences get
+    the modality's prefix, a missing caption is the prefix alone; without it the captions are as they were."""
+    from mmreid.data.collate import collator_for
+    from mmreid.hub.backbones import tiny_next_config
+
+    caption = "He walks. He carries a bag. He wears a cap. He is tall."
+    for prefix in (None, "rgbnt100"):
+        config = tiny_next_config(caption_prefix=prefix, num_semantic_experts=2)
+        tokenizer = Words()
+        batch = collator_for(config, train=True, tokenizer=tokenizer).text([[caption, "", caption]], seeds=[3])
+        words = {i: w for w, i in tokenizer.vocab.items()}
+        decoded = [[" ".join(words[int(i)] for i in row if i) for row in expert] for expert in batch["input_ids"][0]]
+        for expert in decoded:
+            if prefix is None:
+                assert expert[1] == "" and expert[0].split()[0] == "He"
+            else:
+                assert expert[0].startswith("An image of a vehicle in the visible spectrum: He")
+                assert expert[1] == "An image of a vehicle in the near infrared spectrum:"
+        assert tiny_next_config().caption_prefixes is None

@@ -190,9 +190,13 @@ class CaptionEncoder:
         """``captions``: per row, its (RGB, NIR, TIR) captions ("" where missing)."""
         from .text import tokenize_captions
 
-        if self.prefixes is not None:  # the prefix alone where a caption is missing, as the model was trained
-            captions = [[prefix + caption for prefix, caption in zip(self.prefixes, row)] for row in captions]
-        return tokenize_captions(self.tokenizer, self._nested(captions, seeds), max_length=self.max_length)
+        nested = self._nested(captions, seeds)
+        if self.prefixes is not None:  # after any sentence sampling; the prefix alone where a caption is missing
+            def prefixed(triple):
+                return [prefix + caption for prefix, caption in zip(self.prefixes, triple)]
+
+            nested = [prefixed(row) if isinstance(row[0], str) else [prefixed(t) for t in row] for row in nested]
+        return tokenize_captions(self.tokenizer, nested, max_length=self.max_length)
 
 
 class ReIDCollator:
