@@ -264,3 +264,27 @@ def test_next_offers_ideas_caption_prefix_after_its_sentence_sampling():
                 assert expert[0].startswith("An image of a vehicle in the visible spectrum: He")
                 assert expert[1] == "An image of a vehicle in the near infrared spectrum:"
         assert tiny_next_config().caption_prefixes is None
+
+
+# ../shared/data/idea_captions beside the checkout (or beside the folder of worktrees).
+IDEA_CAPTIONS = next((base / "shared" / "data" / "idea_captions" for base in (REPO.parent, REPO.parent.parent)
+                      if (base / "shared" / "data" / "idea_captions").is_dir()), REPO.parent / "shared")
+
+
+@pytest.mark.parametrize("dataset", ["RGBNT201", "RGBNT100", "MSVR310"])
+def test_the_builder_reads_the_idea_authors_released_captions(dataset):
+    """The IDEA authors' released caption files (QwenVL_Anno; same JSON format as NEXT's) load through the
+    builder's --captions reader; skipped where the files are absent (CI)."""
+    import json
+
+    from mmreid.data.builder import load_captions
+
+    folder = IDEA_CAPTIONS / dataset
+    if not folder.is_dir():
+        pytest.skip(f"{folder} not present")
+    captions = load_captions(folder)
+    for split, tag, modality in (("train", "RGB", "rgb"), ("test", "TI", "tir")):
+        raw = json.loads((folder / f"{split}_{tag}.json").read_text(encoding="utf-8"))
+        assert len(captions[split][modality]) == len({entry["item"] for entry in raw}) > 0
+        first = raw[0]
+        assert captions[split][modality][first["item"]] == first["description"]
