@@ -5,11 +5,13 @@ from transformers import AutoConfig, PretrainedConfig
 
 try:
     from .configuration_reid import (
-        CLIP_B16_TEXT_SHAPES, MODALITY_CAPTION_PREFIXES, ReIDConfig, check_choice, parse_tower_config, positive_int
+        CLIP_B16_TEXT_SHAPES, MODALITIES, MODALITY_CAPTION_PREFIXES, ReIDConfig, check_choice, parse_tower_config,
+        positive_int,
     )
 except ImportError:  # imported as a top-level module from a checkout
     from configuration_reid import (
-        CLIP_B16_TEXT_SHAPES, MODALITY_CAPTION_PREFIXES, ReIDConfig, check_choice, parse_tower_config, positive_int
+        CLIP_B16_TEXT_SHAPES, MODALITIES, MODALITY_CAPTION_PREFIXES, ReIDConfig, check_choice, parse_tower_config,
+        positive_int,
     )
 
 # Test-time features, named as the authors' code names them; the first is the reported one (their log line, IDEA

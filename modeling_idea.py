@@ -217,8 +217,8 @@ class IdeaModel(ReIDPreTrainedModel):
     def text_global_features(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Global feature (M, C) of captions `input_ids` (M, L): the frozen text tower with the prompt vectors added
         to the token embeddings at positions 5, 6, ...; the mean of the projected output at the first end-of-text
-        token (OpenAI CLIP's highest id, where the authors' code pools) and the projected prompt outputs. Causal attention only, as in CLIP: what follows
-        the end-of-text token (padding) changes nothing."""
+        token (OpenAI CLIP's highest id, where the authors' code pools) and the projected prompt outputs. Causal
+        attention only, as in CLIP: what follows the end-of-text token (padding) changes nothing."""
         text = self.text_tower.text_model
         # Zero ids up to the full context, as CLIP's tokenize pads in the authors' code: the prompt positions exist
         # whatever the caption's length (a short caption's read the padding, as theirs do), and shapes are static.
@@ -271,7 +271,8 @@ class IdeaModel(ReIDPreTrainedModel):
         if input_ids.shape[-1] > text.max_position_embeddings:
             raise ValueError(
                 f"input_ids has {input_ids.shape[-1]} tokens per caption but the text tower takes at most "
-                f"{text.max_position_embeddings}; tokenize with truncation=True, max_length={text.max_position_embeddings}"
+                f"{text.max_position_embeddings}; tokenize with truncation=True, "
+                f"max_length={text.max_position_embeddings}"
             )
         if attention_mask is not None and attention_mask.shape != input_ids.shape:
             raise ValueError(f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, "
@@ -324,7 +325,8 @@ class IdeaModel(ReIDPreTrainedModel):
                 extra = self.inverse_net(text_global)
                 embeddings = self.vision_tower.embeddings
                 if tower_cameras is not None and embeddings.camera_embedding is not None:
-                    extra = extra + embeddings.sie_coefficient * embeddings.camera_embedding[tower_cameras].to(extra.dtype)
+                    camera = embeddings.camera_embedding[tower_cameras].to(extra.dtype)
+                    extra = extra + embeddings.sie_coefficient * camera
                 extra = extra.unsqueeze(1)
         tokens = self.vision_tower(pixel_values.flatten(0, 1), tower_cameras, extra_tokens=extra)
         visual = tokens[:, 0]
@@ -375,7 +377,8 @@ class IdeaModel(ReIDPreTrainedModel):
         if config is None:
             config = cls.config_class.from_backbone_config(source_config, **config_kwargs)
         text = source_config.text_config
-        shapes = {field: getattr(text, field) for field in (*TOWER_SHAPE_FIELDS, "vocab_size", "max_position_embeddings")}
+        fields = (*TOWER_SHAPE_FIELDS, "vocab_size", "max_position_embeddings")
+        shapes = {field: getattr(text, field) for field in fields}
         check_tower_shapes("text_config", config.text_config, shapes, path)
         for key in ("vision_config", "text_config"):
             check_tower_shapes(key, getattr(config, key), {"projection_dim": source_config.projection_dim}, path)

@@ -101,7 +101,8 @@ def clip_vision_config(state: dict[str, torch.Tensor], tower: str) -> dict:
     """The image tower's config (a dict) from the shapes of the authors' CLIP visual keys under ``tower``."""
     conv = state[tower + "conv1.weight"]
     width, patch = conv.shape[0], conv.shape[-1]
-    depth = 1 + max(int(m.group(1)) for k in state if (m := re.match(re.escape(tower) + r"transformer\.resblocks\.(\d+)\.", k)))
+    block = re.compile(re.escape(tower) + r"transformer\.resblocks\.(\d+)\.")
+    depth = 1 + max(int(m.group(1)) for k in state if (m := block.match(k)))
     return dict(
         model_type="clip_vision_model",
         hidden_size=width,
