@@ -289,3 +289,22 @@ def test_the_builder_reads_the_idea_authors_released_captions(dataset):
         assert len(captions[split][modality]) == len({entry["item"] for entry in raw}) > 0
         first = raw[0]
         assert captions[split][modality][first["item"]] == first["description"]
+
+
+@pytest.mark.parametrize("preset,expected", [
+    ("rgbnt201", dict(num_text_prompts=2, cda_offset_factor=5.0, concatenated_heads=True, caption_prefix="rgbnt201")),
+    ("rgbnt100", dict(num_text_prompts=1, cda_offset_factor=21.0, concatenated_heads=False, caption_prefix="rgbnt100")),
+    ("msvr310", dict(num_text_prompts=1, cda_offset_factor=25.0, concatenated_heads=True, caption_prefix="msvr310")),
+])
+def test_each_preset_carries_the_authors_idea_recipe(preset, expected, tmp_path):
+    """configs/<preset>.yaml's `idea:` section: the authors' IDEA.yml for that dataset (model options, and where it
+    differs from DeMo's recipe, the schedule and batch), applied only with --model idea."""
+    run = parse_args(["--model", "idea", "--preset", preset, "--dataset", str(tmp_path), "--output-dir",
+                      str(tmp_path / "out")])
+    assert {k: run.model_options[k] for k in expected} == expected
+    schedule = (run.training.num_train_epochs, run.training.warmup_epochs, run.training.num_identities,
+                run.training.num_instances)
+    assert schedule == {"rgbnt201": (50, 10, 8, 8), "rgbnt100": (50, 10, 8, 16), "msvr310": (50, 10, 8, 8)}[preset]
+    demo = parse_args(["--model", "demo", "--preset", preset, "--dataset", str(tmp_path), "--output-dir",
+                       str(tmp_path / "out")])
+    assert "cda_offset_factor" not in demo.model_options
