@@ -6,6 +6,7 @@ try:
     from .configuration_reid import (
         CLIP_B16_TEXT_SHAPES,
         DUAL_MODEL_TYPES,
+        MODALITY_CAPTION_PREFIXES,
         ReIDConfig,
         check_choice,
         parse_tower_config,
@@ -15,6 +16,7 @@ except ImportError:  # imported as a top-level module from a checkout
     from configuration_reid import (
         CLIP_B16_TEXT_SHAPES,
         DUAL_MODEL_TYPES,
+        MODALITY_CAPTION_PREFIXES,
         ReIDConfig,
         check_choice,
         parse_tower_config,
@@ -92,6 +94,12 @@ class NextConfig(ReIDConfig):
         use_text (`bool`, *optional*, defaults to `True`):
             Feed the captions to the semantic experts; False gives every expert its learned "no text" embedding and
             builds no text tower. No effect without TMSE.
+        caption_prefix (`str | None`, *optional*, defaults to `None`):
+            None (NEXT's sources name no prefix): the captions as they are. `"rgbnt201"`, `"rgbnt100"` or
+            `"msvr310"`: IDEA's choice for its authors' family, "An image of a " + the modality's phrase of that
+            dataset's captions in IDEA's code (e.g. "person in the near infrared spectrum, capturing contrasts and
+            surface reflectance: ") before every caption, a missing one included (then the prefix alone, not "no
+            text"); the collator and the processor add it (docs/idea.md).
     """
 
     model_type = "next_reid"
@@ -115,6 +123,7 @@ class NextConfig(ReIDConfig):
         use_tmse: bool = True,
         use_csse: bool = True,
         use_text: bool = True,
+        caption_prefix: str | None = None,
         **kwargs,
     ):
         self.text_config = parse_tower_config(text_config, "text_config", TEXT_TOWER_MODEL_TYPES, CLIP_B16_TEXT_SHAPES)
@@ -142,6 +151,9 @@ class NextConfig(ReIDConfig):
         self.use_tmse = bool(use_tmse)
         self.use_csse = bool(use_csse)
         self.use_text = bool(use_text)
+        if caption_prefix is not None:
+            check_choice("caption_prefix", caption_prefix, tuple(MODALITY_CAPTION_PREFIXES))
+        self.caption_prefix = caption_prefix
         super().__init__(**kwargs)
 
         rows, cols = self.patch_grid
@@ -210,6 +222,13 @@ class NextConfig(ReIDConfig):
     def caption_sentences_per_group(self) -> int | None:
         """Sentences each set draws from each modality's caption (the family's collator reads it)."""
         return self.caption_sentences_per_expert
+
+    @property
+    def caption_prefixes(self) -> tuple[str, str, str] | None:
+        """The text the collator and processor put before each modality's caption (`caption_prefix`), or None."""
+        if self.caption_prefix is None:
+            return None
+        return tuple("An image of a " + phrase for phrase in MODALITY_CAPTION_PREFIXES[self.caption_prefix])
 
     @property
     def uses_text(self) -> bool:

@@ -52,6 +52,17 @@ CLIP_B16_TEXT_SHAPES = dict(
     hidden_act="quick_gelu",
 )
 
+# The modality phrases of the captions IDEA's authors train on (their data/datasets/*_Text.py with PREFIX: True), by
+# dataset: a caption reads "An image of a " + (a model's placeholders) + the modality's phrase + the description.
+_SPECTRA = ("visible spectrum", "near infrared spectrum", "thermal infrared spectrum")
+_DETAILS = (", capturing natural colors and fine details", ", capturing contrasts and surface reflectance",
+            ", capturing heat emissions as temperature gradients")
+MODALITY_CAPTION_PREFIXES = {
+    "rgbnt201": tuple(f"person in the {s}{d}: " for s, d in zip(_SPECTRA, _DETAILS)),
+    "rgbnt100": tuple(f"vehicle in the {s}: " for s in _SPECTRA),
+    "msvr310": tuple(f"vehicle in the {s}{d}: " for s, d in zip(_SPECTRA, _DETAILS)),
+}
+
 
 def check_choice(name: str, value, choices: tuple) -> None:
     """One-line error naming the option and its allowed values."""
@@ -148,6 +159,11 @@ class ReIDConfig(PretrainedConfig):
     # the whole caption once. Read by the data collator of a model with `uses_text`.
     caption_groups = 1
     caption_sentences_per_group = None
+    # False: training reads each caption whole too, one per modality, (B, 3, L), as evaluation does (IDEA's authors).
+    caption_sampling = True
+    # Text put before each modality's caption (RGB, NIR, TIR), an empty caption included, by the data collator and
+    # the caption processor (a model trained on captions with a fixed modality prefix); None: none.
+    caption_prefixes: tuple[str, str, str] | None = None
 
     def __init__(
         self,
@@ -278,5 +294,6 @@ def channel_triple(name: str, value) -> tuple[float, float, float]:
     return tuple(float(v) for v in values)
 
 
-__all__ = ["MODALITIES", "BACKBONE_MODEL_TYPES", "DUAL_MODEL_TYPES", "ReIDConfig", "check_choice", "positive_int",
-           "parse_tower_config", "pretrained_normalization", "tower_patch_size", "channel_triple"]
+__all__ = ["MODALITIES", "MODALITY_CAPTION_PREFIXES", "BACKBONE_MODEL_TYPES", "DUAL_MODEL_TYPES", "ReIDConfig",
+           "check_choice", "positive_int", "parse_tower_config", "pretrained_normalization", "tower_patch_size",
+           "channel_triple"]

@@ -31,6 +31,8 @@ class ReIDProcessor(ProcessorMixin):
         tokenizer: the caption tokenizer saved with the checkpoint.
         caption_max_length (`int`, *optional*): captions are truncated to this many tokens (the text tower's
             position limit); defaults to the tokenizer's `model_max_length`.
+        caption_prefixes (`list[str]`, *optional*): text put before the RGB, NIR and TIR captions (the model's
+            `config.caption_prefixes`), a missing caption included, which is then the prefix alone.
 
     Example:
 
@@ -41,8 +43,10 @@ class ReIDProcessor(ProcessorMixin):
     ```
     """
 
-    def __init__(self, image_processor=None, tokenizer=None, caption_max_length: int | None = None, **kwargs):
+    def __init__(self, image_processor=None, tokenizer=None, caption_max_length: int | None = None,
+                 caption_prefixes: Sequence[str] | None = None, **kwargs):
         self.caption_max_length = caption_max_length
+        self.caption_prefixes = list(caption_prefixes) if caption_prefixes is not None else None
         super().__init__(image_processor, tokenizer, **kwargs)
 
     def __call__(self, images=None, text=None, camera_ids=None, return_tensors: str = "pt", **kwargs) -> BatchFeature:
@@ -71,6 +75,8 @@ class ReIDProcessor(ProcessorMixin):
     def tokenize_captions(self, captions: Sequence[Sequence[str]]) -> dict[str, torch.Tensor]:
         """Caption triples -> `input_ids` / `attention_mask` of shape (batch, 3, length), padded on the right to the
         longest caption; empty captions get an all-zero mask (the model's "no caption")."""
+        if self.caption_prefixes is not None:  # a missing caption becomes the prefix alone, as in training
+            captions = [[p + c for p, c in zip(self.caption_prefixes, triple)] for triple in captions]
         flat = [caption for triple in captions for caption in triple]
         input_ids, attention_mask = encode_captions(self.tokenizer, flat, self.caption_max_length)
         shape = (len(captions), len(MODALITIES), input_ids.shape[-1])

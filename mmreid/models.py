@@ -15,9 +15,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from configuration_demo import DeMoConfig
+from configuration_idea import IdeaConfig
 from configuration_next import NextConfig
 from configuration_reid import ReIDConfig
 from modeling_demo import DeMoModel
+from modeling_idea import IdeaModel
 from modeling_next import NextModel
 
 __all__ = ["BUILTIN_MODELS", "FAMILY_OPTIONS_GROUP", "ModelCardText", "ModelEntry", "card_text"]
@@ -93,6 +95,31 @@ NEXT_CITATION = [
     "```",
 ]
 
+IDEA_READING = [
+    "This model computes what the IDEA authors' code (924973292/IDEA) computes; converted checkpoints of theirs give "
+    "their test-time features (docs/idea.md of the repository says where each part comes from):",
+    "",
+    "- captions carry the authors' modality prefix, with one placeholder token per learnable prompt vector; the "
+    "frozen CLIP text tower reads them with the prompt vectors added at positions 5, 6, ...;",
+    "- the InverseNet maps each caption's global feature to one extra token of that modality's image sequence "
+    "(with the camera embedding and its own position vector); its output is the textual global feature;",
+    "- CDA samples the three patch maps at offsets shared by the modalities; the six global features attend to "
+    "the samples, giving the visual (LOCAL_v) and textual (LOCAL_t) aggregates;",
+    "- the retrieval feature is LOCAL_t, the one the authors report; the other test-time features are returned "
+    "too (`feature_sets`).",
+]
+IDEA_CITATION = [
+    "```bibtex",
+    "@inproceedings{wang2025idea,",
+    "  title     = {IDEA: Inverted Text with Cooperative Deformable Aggregation for Multi-Modal Object "
+    "Re-Identification},",
+    "  author    = {Wang, Yuhao and Lv, Yongfeng and Zhang, Pingping and Lu, Huchuan},",
+    "  booktitle = {Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},",
+    "  year      = {2025}",
+    "}",
+    "```",
+]
+
 _ENTRIES = (
     ModelEntry(
         name="demo",
@@ -115,6 +142,18 @@ _ENTRIES = (
             "(RGB / NIR / TIR) object re-identification model, in this repository's own implementation",
             tags=("next", "text-modulated"),
             sections={"Our reading of the paper": NEXT_READING, "Citation": NEXT_CITATION},
+        ),
+    ),
+    ModelEntry(
+        name="idea",
+        config_class=IdeaConfig,
+        model_class=IdeaModel,
+        options_group="IDEA options (--model idea, IdeaConfig)",
+        card=ModelCardText(
+            description="IDEA (inverted text with cooperative deformable aggregation, CVPR 2025) multi-modal "
+            "(RGB / NIR / TIR) object re-identification model",
+            tags=("idea", "text-guided"),
+            sections={"What the model computes": IDEA_READING, "Citation": IDEA_CITATION},
         ),
     ),
 )

@@ -86,19 +86,20 @@ TINY_TOWER = ("vision_config.hidden_size=32,vision_config.intermediate_size=64,v
 TINY_MODEL_FLAGS = {
     "demo": ["--atmoe-heads", "2"],
     "next": ["--num-semantic-experts", "2", "--num-structure-experts", "2", "--tokens-per-expert", "2"],
+    "idea": ["--num-text-prompts", "1", "--cda-kernel-size", "1", "--cda-stride", "1"],  # 4x2 patches: 4x2 points
 }
 
 
 def tiny_train_args(model: str = "demo") -> list[str]:
     """train.py flags that build a tiny ``model`` (32x16 images, one 32-wide tower layer); no progress bars."""
-    overrides = TINY_TOWER + (",text_config.projection_dim=32" if model == "next" else "")
+    overrides = TINY_TOWER + (",text_config.projection_dim=32" if model in ("next", "idea") else "")
     return ["--model", model, "--backbone", "tiny", "--config-overrides", overrides, "--image-size", "32", "16",
             *TINY_MODEL_FLAGS[model], "--disable-tqdm", "true"]
 
 
 # The project's own modules: blocked in a fresh process, so only a checkpoint's own files can be used.
 PROJECT_MODULES = ("mmreid", "configuration_reid", "modeling_reid", "configuration_demo", "modeling_demo",
-                   "configuration_next", "modeling_next", "image_processing_reid", "processing_reid", "pipeline_reid")
+                   "configuration_next", "modeling_next", "configuration_idea", "modeling_idea", "image_processing_reid", "processing_reid", "pipeline_reid")
 
 
 def run_in_fresh_process(script: str, spec: dict, tmp_path: Path, env: dict | None = None) -> dict:

@@ -22,11 +22,12 @@ from mmreid.hub.backbones import tiny_vision_config  # noqa: E402
 from mmreid.models import BUILTIN_MODELS  # noqa: E402
 
 # The top-level modules of one model (not the family's): only the registry may import them.
-MODEL_MODULES = {"configuration_demo", "modeling_demo", "configuration_next", "modeling_next"}
+MODEL_MODULES = {"configuration_demo", "modeling_demo", "configuration_next", "modeling_next", "configuration_idea",
+                 "modeling_idea"}
 # Library modules still allowed to import them: the registry, and the tiny per-model configs that tests build.
 # Besides the registry: the tiny test configs of each built-in model, and the converter of the authors' DeMo
-# checkpoints (a file format of DeMo's authors' code, so DeMo's by nature).
-ALLOWED = {"mmreid/models.py", "mmreid/hub/backbones.py", "mmreid/hub/conversion.py"}
+# checkpoints (a file format of DeMo's authors' code, so DeMo's by nature), and that of IDEA's authors' checkpoints.
+ALLOWED = {"mmreid/models.py", "mmreid/hub/backbones.py", "mmreid/hub/conversion.py", "mmreid/hub/conversion_idea.py"}
 
 
 def _imported_modules(path: Path) -> set[str]:
@@ -53,7 +54,7 @@ def test_only_the_registry_imports_a_models_own_files():
     for family_file in ("configuration_reid.py", "modeling_reid.py", "image_processing_reid.py", "processing_reid.py",
                         "pipeline_reid.py"):
         text = (REPO / family_file).read_text()
-        assert not re.search(r"(configuration|modeling)_(demo|next)\b", text.split('"""', 2)[-1]), family_file
+        assert not re.search(r"(configuration|modeling)_(demo|next|idea)\b", text.split('"""', 2)[-1]), family_file
 
 
 def test_the_registry_feeds_help_factory_and_card():

@@ -149,13 +149,16 @@ class CaptionEncoder:
     sentences): (B, num_experts, 3, L). The subset is drawn from a generator seeded with the sample's
     seed (see :func:`mmreid.sampler.sample_seed`: seed, epoch and position), so it is reproducible and
     independent of the number of dataloader workers. An empty caption (none released for that image) gets an
-    all-zero attention mask: the model then uses its learned "no text" embedding.
+    all-zero attention mask: the model then uses its learned "no text" embedding. With ``sample=False`` training
+    reads whole captions too, (B, 3, L); ``prefixes`` (one per modality) are put before every caption, an empty one
+    included (which is then the prefix alone, as IDEA's authors' data code makes it).
     """
 
     columns = CAPTION_COLUMNS
 
     def __init__(self, tokenizer, num_experts: int, sentences_per_expert: Optional[int],
-                 max_length: Optional[int] = None, train: bool = False):
+                 max_length: Optional[int] = None, train: bool = False, sample: bool = True,
+                 prefixes: Optional[Sequence[str]] = None):
         if num_experts < 1 or (sentences_per_expert is not None and sentences_per_expert < 1):
             raise ValueError(f"num_experts and sentences_per_expert must be >= 1 (sentences_per_expert may be None), "
                              f"got {num_experts}, {sentences_per_expert}")
@@ -164,12 +167,14 @@ class CaptionEncoder:
         self.sentences_per_expert = None if sentences_per_expert is None else int(sentences_per_expert)
         self.max_length = max_length
         self.train = train
+        self.sample = sample
+        self.prefixes = tuple(prefixes) if prefixes is not None else None
 
     def _nested(self, captions: Sequence[Sequence[str]], seeds: Optional[Sequence[int]]) -> list:
         """Per row its (RGB, NIR, TIR) captions (evaluation), or one sampled triple per expert (training)."""
         from .text import sample_sentences
 
-        if not self.train:
+        if not self.train or not self.sample:
             return [list(row) for row in captions]
         if seeds is None:
             raise ValueError("training batches need one seed per row to sample caption sentences "
@@ -185,7 +190,13 @@ class CaptionEncoder:
         """``captions``: per row, its (RGB, NIR, TIR) captions ("" where missing)."""
         from .text import tokenize_captions
 
-        return tokenize_captions(self.tokenizer, self._nested(captions, seeds), max_length=self.max_length)
+        nested = self._nested(captions, seeds)
+        if self.prefixes is not None:  # after any sentence sampling; the prefix alone where a caption is missing
+            def prefixed(triple):
+                return [prefix + caption for prefix, caption in zip(self.prefixes, triple)]
+
+            nested = [prefixed(row) if isinstance(row[0], str) else [prefixed(t) for t in row] for row in nested]
+        return tokenize_captions(self.tokenizer, nested, max_length=self.max_length)
 
 
 class ReIDCollator:
@@ -250,7 +261,8 @@ def collator_for(config, train: bool, tokenizer=None, with_captions: bool = True
         text = CaptionEncoder(tokenizer, getattr(config, "caption_groups", 1),
                               getattr(config, "caption_sentences_per_group", None),
                               max_length=caption_max_length(config, tokenizer),
-                              train=train)
+                              train=train, sample=getattr(config, "caption_sampling", True),
+                              prefixes=getattr(config, "caption_prefixes", None))
     return ReIDCollator(image_size=tuple(config.image_size), train=train, with_camera_ids=config.num_cameras > 0,
                         text=text, fill_missing_modalities=getattr(config, FILL_CONFIG_KEY, None),
                         mean=tuple(getattr(config, "image_mean", None) or (0.5, 0.5, 0.5)),

@@ -1,5 +1,6 @@
-"""Checkpoints saved by the DeMo authors' training code (CLIP backbone) as `DeMoModel` folders
-(``data_scripts/convert_original_checkpoint.py`` is its command line).
+"""Checkpoints saved by the DeMo authors' training code (CLIP backbone) as `DeMoModel` folders, and the entry point
+that also converts the IDEA authors' (conversion_idea.py) (``data_scripts/convert_original_checkpoint.py`` is its
+command line).
 
 Everything the configuration needs (identities, cameras, ATMoE heads, direct or per-modality classifiers, tower
 width and depth) is read from tensor shapes. The checkpoint is read with `torch.load(weights_only=True)`: tensors
@@ -44,12 +45,18 @@ class CheckpointFormatError(ValueError):
 
 
 def load_original_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """The checkpoint's tensors by name (tensors only: ``weights_only``), without a DDP ``module.`` prefix."""
+    """The checkpoint's tensors by name (a .pth read with ``weights_only``, or a .safetensors file), without a DDP
+    ``module.`` prefix."""
     if not path.is_file():
         raise CheckpointFormatError(f"{path}: no such checkpoint file")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # pickle / zip errors come in many types
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # pickle / zip / safetensors errors come in many types
         raise CheckpointFormatError(f"{path}: not a readable torch checkpoint of tensors ({error})") from error
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
@@ -59,24 +66,28 @@ def load_original_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return {k[len("module.") :] if k.startswith("module.") else k: v for k, v in state.items()}
 
 
-def check_image_size(state: dict[str, torch.Tensor], image_size: tuple[int, int], force: bool = False) -> None:
-    """Called after the checkpoint is known to be of the CLIP layout. Refuse an --image-size the checkpoint's position
-    table cannot have been trained at, or (unless ``force``) one that disagrees with the dataset its identity count
-    names."""
-    conv = state[TOWER + "conv1.weight"]
+def check_image_size(state: dict[str, torch.Tensor], image_size: tuple[int, int], force: bool = False,
+                     tower: str = TOWER, classifier_key: str | None = None) -> None:
+    """Called after the checkpoint is known to be of the CLIP layout (image tower under ``tower``). Refuse an
+    --image-size the checkpoint's position table cannot have been trained at, or (unless ``force``) one that
+    disagrees with the dataset its identity count (rows of ``classifier_key``, by default DeMo's classifier) names."""
+    conv = state[tower + "conv1.weight"]
     patch = conv.shape[-1]
     height, width = image_size
     if height <= 0 or width <= 0 or height % patch or width % patch:
         raise CheckpointFormatError(f"--image-size {height} {width}: both must be positive multiples of the patch "
                                     f"size {patch}")
-    positions = state[TOWER + "positional_embedding"].shape[0] - 1
+    positions = state[tower + "positional_embedding"].shape[0] - 1
     if positions != (height // patch) * (width // patch):
         raise CheckpointFormatError(
             f"--image-size {height} {width} gives {(height // patch) * (width // patch)} patch positions, but the "
             f"checkpoint's position table has {positions}: pass the size it was trained at (256 128 for RGBNT201, "
             "128 256 for RGBNT100 / MSVR310)"
         )
-    classifier = state.get("classifier.weight", state.get("classifier_r.weight"))
+    if classifier_key is None:
+        classifier = state.get("classifier.weight", state.get("classifier_r.weight"))
+    else:
+        classifier = state[classifier_key]
     known = KNOWN_DATASETS.get(classifier.shape[0]) if classifier is not None else None
     if known and tuple(image_size) != known[1] and not force:
         raise CheckpointFormatError(
@@ -86,26 +97,59 @@ def check_image_size(state: dict[str, torch.Tensor], image_size: tuple[int, int]
         )
 
 
+def clip_vision_config(state: dict[str, torch.Tensor], tower: str) -> dict:
+    """The image tower's config (a dict) from the shapes of the authors' CLIP visual keys under ``tower``."""
+    conv = state[tower + "conv1.weight"]
+    width, patch = conv.shape[0], conv.shape[-1]
+    block = re.compile(re.escape(tower) + r"transformer\.resblocks\.(\d+)\.")
+    depth = 1 + max(int(m.group(1)) for k in state if (m := block.match(k)))
+    return dict(
+        model_type="clip_vision_model",
+        hidden_size=width,
+        intermediate_size=state[tower + "transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
+        num_hidden_layers=depth,
+        num_attention_heads=max(1, width // 64),  # OpenAI CLIP uses 64-wide heads
+        patch_size=patch,
+        image_size=224,
+        projection_dim=state[tower + "proj"].shape[1],
+        hidden_act="quick_gelu",
+    )
+
+
+def map_clip_layers(take, take_prefix, out: dict, source: str, target: str, depth: int) -> None:
+    """The authors' CLIP residual blocks ``{source}{i}.`` -> HF `CLIPEncoderLayer` names ``{target}{i}.`` (the fused
+    qkv projection split into three)."""
+    for i in range(depth):
+        block, layer = f"{source}{i}.", f"{target}{i}."
+        for kind in ("weight", "bias"):
+            q, k, v = take(f"{block}attn.in_proj_{kind}").chunk(3, dim=0)
+            for name, tensor in zip(("q_proj", "k_proj", "v_proj"), (q, k, v)):
+                out[f"{layer}self_attn.{name}.{kind}"] = tensor.contiguous()
+        for old, new in LAYER_RENAMES.items():
+            take_prefix(block + old, layer + new)
+
+
+def map_clip_vision_tower(take, take_prefix, out: dict, tower: str, depth: int, num_cameras: int) -> None:
+    """The authors' CLIP image tower under ``tower`` (and their SIE table) -> `ReIDVisionTower` names."""
+    emb = "vision_tower.embeddings."
+    out[emb + "patch_embedding.weight"] = take(tower + "conv1.weight")
+    out[emb + "class_embedding"] = take(tower + "class_embedding")
+    out[emb + "position_embedding"] = take(tower + "positional_embedding")  # sized by check_image_size
+    if num_cameras:
+        out[emb + "camera_embedding"] = take("BACKBONE.cv_embed").reshape(num_cameras, -1)
+    take_prefix(tower + "ln_pre.", "vision_tower.pre_layernorm.")
+    take_prefix(tower + "ln_post.", "vision_tower.post_layernorm.")
+    out["vision_tower.projection.weight"] = take(tower + "proj").t().contiguous()  # CLIP computes x @ proj
+    map_clip_layers(take, take_prefix, out, tower + "transformer.resblocks.", "vision_tower.layers.", depth)
+
+
 def infer_config(state: dict[str, torch.Tensor], image_size: tuple[int, int], force: bool = False) -> DeMoConfig:
     """Read the architecture from tensor shapes (after checking --image-size against them)."""
     if TOWER + "conv1.weight" not in state:
         raise CheckpointFormatError(
             f"missing {TOWER}conv1.weight: only the CLIP-backbone checkpoints of the original code are supported"
         )
-    conv = state[TOWER + "conv1.weight"]
-    width, patch = conv.shape[0], conv.shape[-1]
-    depth = 1 + max(int(m.group(1)) for k in state if (m := re.match(re.escape(TOWER) + r"transformer\.resblocks\.(\d+)\.", k)))
-    vision_config = dict(
-        model_type="clip_vision_model",
-        hidden_size=width,
-        intermediate_size=state[TOWER + "transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
-        num_hidden_layers=depth,
-        num_attention_heads=max(1, width // 64),  # OpenAI CLIP uses 64-wide heads
-        patch_size=patch,
-        image_size=224,
-        projection_dim=state[TOWER + "proj"].shape[1],
-        hidden_act="quick_gelu",
-    )
+    vision_config = clip_vision_config(state, TOWER)
     direct = "classifier.weight" in state
     classifier = state["classifier.weight" if direct else "classifier_r.weight"]
     experts = {int(m.group(1)) for k in state if (m := re.match(r"generalFusion\.moe\.experts\.(\d+)\.", k))}
@@ -136,24 +180,7 @@ def convert_state_dict(state: dict[str, torch.Tensor], config: DeMoConfig) -> di
         for key in [k for k in state if k.startswith(source)]:
             out[target + key[len(source) :]] = take(key)
 
-    emb = "vision_tower.embeddings."
-    out[emb + "patch_embedding.weight"] = take(TOWER + "conv1.weight")
-    out[emb + "class_embedding"] = take(TOWER + "class_embedding")
-    out[emb + "position_embedding"] = take(TOWER + "positional_embedding")  # sized by check_image_size
-    if config.num_cameras:
-        out[emb + "camera_embedding"] = take("BACKBONE.cv_embed").reshape(config.num_cameras, -1)
-    take_prefix(TOWER + "ln_pre.", "vision_tower.pre_layernorm.")
-    take_prefix(TOWER + "ln_post.", "vision_tower.post_layernorm.")
-    out["vision_tower.projection.weight"] = take(TOWER + "proj").t().contiguous()  # CLIP computes x @ proj
-
-    for i in range(config.vision_config.num_hidden_layers):
-        source, target = f"{TOWER}transformer.resblocks.{i}.", f"vision_tower.layers.{i}."
-        for kind in ("weight", "bias"):
-            q, k, v = take(f"{source}attn.in_proj_{kind}").chunk(3, dim=0)
-            for name, tensor in zip(("q_proj", "k_proj", "v_proj"), (q, k, v)):
-                out[f"{target}self_attn.{name}.{kind}"] = tensor.contiguous()
-        for old, new in LAYER_RENAMES.items():
-            take_prefix(source + old, target + new)
+    map_clip_vision_tower(take, take_prefix, out, TOWER, config.vision_config.num_hidden_layers, config.num_cameras)
 
     if config.use_pife:
         for modality in MODALITIES:
@@ -189,13 +216,25 @@ def convert_state_dict(state: dict[str, torch.Tensor], config: DeMoConfig) -> di
     return out
 
 
-def convert_checkpoint(checkpoint: Path, image_size: tuple[int, int], output: Path, force: bool = False) -> DeMoModel:
-    """Read ``checkpoint``, check and convert it, and publish it as a ``save_pretrained`` folder at ``output`` (which
-    must not exist or be an empty folder); nothing is left at ``output`` when any step fails."""
+def convert_checkpoint(checkpoint: Path, image_size: tuple[int, int], output: Path, force: bool = False,
+                       offset_factor: float | None = None):
+    """Read ``checkpoint`` (the authors' DeMo or IDEA, recognised from its keys), check and convert it, and publish it
+    as a ``save_pretrained`` folder at ``output`` (which must not exist or be an empty folder); nothing is left at
+    ``output`` when any step fails. ``offset_factor`` overrides IDEA's CDA offset factor (refused for DeMo)."""
+    from . import conversion_idea
+
     state = load_original_state_dict(Path(checkpoint))
-    config = infer_config(state, image_size, force)
-    converted = convert_state_dict(state, config)
-    model = DeMoModel(config)
+    if conversion_idea.is_idea_checkpoint(state):
+        config = conversion_idea.infer_config(state, image_size, force, offset_factor)
+        converted = conversion_idea.convert_state_dict(state, config)
+        model_class = conversion_idea.IdeaModel
+    else:
+        if offset_factor is not None:
+            raise CheckpointFormatError(f"{checkpoint} is a DeMo checkpoint: --offset-factor applies to IDEA's only")
+        config = infer_config(state, image_size, force)
+        converted = convert_state_dict(state, config)
+        model_class = DeMoModel
+    model = model_class(config)
     missing, unexpected = model.load_state_dict(converted, strict=False)
     if missing or unexpected:
         raise CheckpointFormatError(f"{checkpoint}: missing {missing[:5]}, unexpected {unexpected[:5]} after mapping")

@@ -21,7 +21,8 @@ def build_processor(config, tokenizer=None):
     image_processor = ReIDImageProcessor(size={"height": int(height), "width": int(width)}, **normalization)
     if tokenizer is None or not getattr(config, "uses_text", False):
         return image_processor
-    return ReIDProcessor(image_processor, tokenizer, caption_max_length=caption_max_length(config, tokenizer))
+    return ReIDProcessor(image_processor, tokenizer, caption_max_length=caption_max_length(config, tokenizer),
+                         caption_prefixes=getattr(config, "caption_prefixes", None))
 
 
 def tokenizer_of(processing_class):

@@ -41,7 +41,7 @@ from ..models import BUILTIN_MODELS, FAMILY_OPTIONS_GROUP
 from ..data.missing import FILL_HELP, FILL_MODES
 from .losses import ReIDLoss
 from .optimizers import AUTHORS_OPTIMIZER, check_optimizer_options
-from .options import options_dataclass
+from .options import option_parameters, options_dataclass
 from .preemption import CHECKPOINT_SIGNALS
 from .scheduler import EPOCH_SCHEDULES
 from .tuning import TowerTuning, check_tuning_options
@@ -403,6 +403,25 @@ def _view(name: str, group: str, fields_by_name: dict, names: typing.Iterable[st
     return view
 
 
+def _model_option_classes() -> dict[str, type]:
+    """One option dataclass per model group. An option several models declare (the same name and type, e.g.
+    `caption_prefix` of NEXT and IDEA) is one flag, listed in the group of the first model that declares it; each
+    model reads it with its own default when the run leaves it out."""
+    classes, first = {}, {}
+    for cls, group in MODEL_OPTION_GROUPS:
+        hints = typing.get_type_hints(cls.__init__)
+        own = [p.name for p in option_parameters(cls, SET_BY_THE_RUN)]
+        shared = [name for name in own if name in first]
+        for name in shared:
+            if hints[name] != first[name][1]:
+                raise TypeError(f"option {name}: {cls.__name__} declares it as {hints[name]}, "
+                                f"{first[name][0].__name__} as {first[name][1]}; one flag needs one type")
+        classes[f"model:{cls.__name__}"] = options_dataclass(cls, group, exclude=(*SET_BY_THE_RUN, *shared),
+                                                             optional=True)
+        first.update({name: (cls, hints[name]) for name in own if name not in first})
+    return classes
+
+
 def _parse_classes() -> dict[str, type]:
     """The dataclasses the parser reads, by role, in --help order (see MAIN_OPTIONS / RECIPE_OPTIONS)."""
     available = {**_typed_fields(ReIDTrainingArguments), **_typed_fields(ReIDArguments)}
@@ -416,8 +435,7 @@ def _parse_classes() -> dict[str, type]:
         "augment": options_dataclass(ReIDAugment, "augmentation options (ReIDAugment)",
                                      exclude=("erasing_area", "erasing_aspect", "pad_value")),
         "loss": options_dataclass(ReIDLoss, "loss options (ReIDLoss)"),
-        **{f"model:{cls.__name__}": options_dataclass(cls, group, exclude=SET_BY_THE_RUN, optional=True)
-           for cls, group in MODEL_OPTION_GROUPS},
+        **_model_option_classes(),
         "trainer": _view("TrainerOptions", "Trainer options (transformers.TrainingArguments)", available,
                          trainer_options),
     }
