@@ -364,23 +364,77 @@ def test_a_lite_file_held_by_another_process_is_one_line(splits, tmp_path, capsy
     assert search_script.main(["--index", db, "--embedding", str(tmp_path / "q.npy")]) == 0
 
 
-@pytest.mark.skipif(not os.environ.get("MILVUS_URI"), reason="MILVUS_URI is not set: no Milvus server to test")
-def test_a_milvus_server_takes_the_same_calls(tmp_path):
-    """Against a real server ($MILVUS_URI, token in $MILVUS_TOKEN): create, append, filter, delete, drop."""
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def milvus_uri(tmp_path_factory):
+    """A Milvus server: ``$MILVUS_URI``, else one started for this module from the virtualenv ``$MILVUS_SERVER_VENV``
+    (``pip install milvus``: the standalone server, docs/retrieval.md), else the test is skipped."""
+    if os.environ.get("MILVUS_URI"):
+        yield os.environ["MILVUS_URI"]
+        return
+    venv = os.environ.get("MILVUS_SERVER_VENV")
+    if not venv:
+        pytest.skip("neither MILVUS_URI nor MILVUS_SERVER_VENV is set: no Milvus server to test")
     from pymilvus import MilvusClient
 
-    uri, collection = os.environ["MILVUS_URI"], f"reid_test_{os.getpid()}"
+    port = _free_port()
+    log = open(tmp_path_factory.mktemp("milvus-server") / "server.log", "w")
+    server = subprocess.Popen([str(Path(venv) / "bin" / "milvus-server"), "--data",
+                               str(tmp_path_factory.mktemp("milvus-data")), "--proxy-port", str(port)],
+                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    uri, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 240
+    try:
+        while True:
+            try:
+                MilvusClient(uri=uri, timeout=5).close()
+                break
+            except Exception:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"the Milvus server of {venv} did not start (log: {log.name})")
+                time.sleep(2)
+        yield uri
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)  # the launcher and the milvus process it started
+        server.wait(timeout=60)
+        log.close()
+
+
+def test_a_milvus_server_takes_the_same_calls(milvus_uri, tmp_path):
+    """Against a real server: create, append, filter, delete, drop; and what an append or a delete changed is seen
+    by a search from another process as soon as it returns (searches read at Session consistency, writes wait until
+    the server has applied them)."""
+    from pymilvus import MilvusClient
+
+    collection = f"reid_test_{os.getpid()}"
     rows = synthetic_rows(200)
     info = new_info("synthetic", "synthetic-1", rows.embeddings.shape[1], None)
+    np.save(tmp_path / "q.npy", rows.embeddings[0])
+
+    def search_elsewhere():
+        out = subprocess.run([sys.executable, str(REPO_ROOT / "data_scripts" / "search.py"), "--index", milvus_uri,
+                              "--collection", collection, "--embedding", str(tmp_path / "q.npy"), "--k", "5",
+                              "--json"], capture_output=True, text=True, env=ONE_THREAD, timeout=300)
+        assert out.returncode == 0, out.stderr
+        return [hit["name"] for hit in json.loads(out.stdout)["results"]]
+
     try:
-        with open_gallery(uri, collection, create_info=info, index_kind="exact") as store:
+        with open_gallery(milvus_uri, collection, create_info=info, index_kind="exact") as store:
             assert store.append(rows) == 200 and store.append(rows) == 0
+            assert search_elsewhere()[0] == "row0000"
             hits = store.search(rows.embeddings[:1], 10, RowFilter(same_camera=(int(rows.camids[0]), None)))[0]
             assert len(hits) == 10 and all(h.camid != rows.camids[0] for h in hits)
             assert store.delete(RowFilter(include={"name": ("row0000",)})) == 1
             assert "row0000" not in {h.name for h in store.search(rows.embeddings[:1], 10)[0]}
+            assert "row0000" not in search_elsewhere()
     finally:
-        client = MilvusClient(uri=uri, token=os.environ.get("MILVUS_TOKEN", ""))
+        client = MilvusClient(uri=milvus_uri, token=os.environ.get("MILVUS_TOKEN", ""))
         client.drop_collection(collection)
         client.close()
 

@@ -39,6 +39,10 @@ MILVUS_INDEX_KINDS = {
 INSERT_BATCH = 1000  # rows per insert call (each call is whole rows)
 MAX_TOPK = 16384  # Milvus's largest limit per search
 OUTPUT_FIELDS = ["name", "pid", "camid", "sceneid", "time"]
+# Searches read at Session consistency (this client's own writes, and everything the server has applied); a Strong
+# search waits for the server's next time tick (about 0.4 s a query on a Milvus 2.3 server). Writes are made
+# visible to every later reader before they return instead (:meth:`MilvusStore._settle`).
+SEARCH_CONSISTENCY = "Session"
 
 
 def _nlist(n: int) -> int:
@@ -217,8 +221,8 @@ class MilvusStore(GalleryStore):
         try:
             found = self.client.search(self.collection, data=queries.tolist(), limit=limit, filter=expression,
                                        output_fields=OUTPUT_FIELDS, anns_field=EMBEDDING_COLUMN,
-                                       search_params={"metric_type": "L2",
-                                                      "params": self._search_params(limit)})
+                                       search_params={"metric_type": "L2", "params": self._search_params(limit)},
+                                       consistency_level=SEARCH_CONSISTENCY)
         except Exception as exc:
             raise UsageError(f"filter {expression!r} on {self.location}: {_milvus_message(exc)}") from None
         return [[Hit(rank=i + 1, row=-1, name=h["entity"]["name"], pid=int(h["entity"]["pid"]),
@@ -251,6 +255,7 @@ class MilvusStore(GalleryStore):
                  EMBEDDING_COLUMN: rows.embeddings[i].tolist()} for i in range(start, stop)])
         add_source(self.info, source, len(rows))
         self._save_info()
+        self._settle()
         return len(rows)
 
     def delete(self, where: RowFilter) -> int:
@@ -260,7 +265,14 @@ class MilvusStore(GalleryStore):
         count = self.client.query(self.collection, filter=expression, output_fields=["count(*)"])[0]["count(*)"]
         if count:
             self.client.delete(self.collection, filter=expression)
+            self._settle()
         return int(count)
+
+    def _settle(self) -> None:
+        """Wait until the server applies this client's writes (one Strong read), so that when an append or delete
+        returns, a search from any process sees it (searches themselves read at Session consistency). With several
+        replicas, each applies them on its own time tick: a search within about a second may still miss them."""
+        self.client.query(self.collection, filter="", output_fields=["count(*)"], consistency_level="Strong")
 
     def _save_info(self) -> None:
         self.client.alter_collection_properties(self.collection, properties={INFO_PROPERTY: json.dumps(self.info)})
