@@ -261,7 +261,8 @@ def _wait_for_index(store) -> float:
     while time.perf_counter() - start < INDEX_WAIT_S:
         state = client.describe_index(name, EMBEDDING_COLUMN)
         total, indexed = int(state.get("total_rows", 0)), int(state.get("indexed_rows", 0))
-        if state.get("index_type") == "FLAT" or (total and indexed >= total and not int(state.get("pending_index_rows", 0))):
+        pending = int(state.get("pending_index_rows", 0))
+        if state.get("index_type") == "FLAT" or (total and indexed >= total and not pending):
             break
         time.sleep(2)
     else:
@@ -421,8 +422,9 @@ def run_store_comparison(sizes=(100_000,), stores=("faiss", "milvus"), models=("
         for num_rows in sizes:
             data = ClusteredEmbeddings(dim, num_rows)
             queries = data.queries(num_queries)
-            extra = ClusteredEmbeddings(dim, APPEND_ROWS, seed=1)._rows(
-                np.random.default_rng([0, 3]).integers(0, data.num_ids, APPEND_ROWS), np.random.default_rng([0, 4]))
+            # new images of the gallery's identities (a generator of its own would have fewer identities than these)
+            extra = data._rows(np.random.default_rng([0, 3]).integers(0, data.num_ids, APPEND_ROWS),
+                               np.random.default_rng([0, 4]))
             faiss.omp_set_num_threads(threads)
             exact = ExactTopK(queries, k, timed_queries=0)
             for i in range(data.num_chunks()):

@@ -6,6 +6,7 @@ held by a second process, an unknown filter field)."""
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -365,8 +366,6 @@ def test_a_lite_file_held_by_another_process_is_one_line(splits, tmp_path, capsy
 
 
 def _free_port() -> int:
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -384,12 +383,15 @@ def milvus_uri(tmp_path_factory):
         pytest.skip("neither MILVUS_URI nor MILVUS_SERVER_VENV is set: no Milvus server to test")
     from pymilvus import MilvusClient
 
+    with socket.socket() as probe:  # the standalone server's embedded etcd takes this fixed port
+        if probe.connect_ex(("127.0.0.1", 2380)) == 0:
+            pytest.skip("port 2380 is taken (another standalone Milvus server runs here): set MILVUS_URI to it")
     port = _free_port()
     log = open(tmp_path_factory.mktemp("milvus-server") / "server.log", "w")
     server = subprocess.Popen([str(Path(venv) / "bin" / "milvus-server"), "--data",
                                str(tmp_path_factory.mktemp("milvus-data")), "--proxy-port", str(port)],
                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    uri, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 240
+    uri, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 180
     try:
         while True:
             try:
