@@ -353,7 +353,7 @@ def _milvus_case(label, data, queries, exact_rows, extra, k, location, log, serv
         shutil.rmtree(location, ignore_errors=True)
     else:
         memory, memory_is = (rss_loaded - rss_before if rss_loaded else float("nan")), "server RSS growth"
-        store.client.drop_collection(store.collection)
+        milvus_store.drop_gallery(store.client, store.collection)
         store.close()
     row = {"store": label, "index": f"{index_type} {build}".strip(), "search": search, "insert_s": insert_s,
            "index_s": index_s, "build_s": insert_s + index_s, "append_s": append_s, "append_index_s": append_index_s,

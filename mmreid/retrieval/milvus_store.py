@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -24,7 +25,7 @@ from ..errors import UsageError, first_line
 from .filters import RowFilter
 from .store import EMBEDDING_COLUMN, GalleryRows, GalleryStore, Hit, add_source, register_store
 
-__all__ = ["DEFAULT_COLLECTION", "MILVUS_INDEX_KINDS", "MilvusStore", "TOKEN_VARIABLE"]
+__all__ = ["DEFAULT_COLLECTION", "MILVUS_INDEX_KINDS", "MilvusStore", "TOKEN_VARIABLE", "drop_gallery"]
 
 DEFAULT_COLLECTION = "gallery"
 TOKEN_VARIABLE = "MILVUS_TOKEN"
@@ -37,6 +38,7 @@ MILVUS_INDEX_KINDS = {
     "ivfpq": lambda n: ("IVF_PQ", {"nlist": _nlist(n), "m": 64, "nbits": 8}),
 }
 INSERT_BATCH = 1000  # rows per insert call (each call is whole rows)
+STAGING = "__overwrite_"  # <collection>__overwrite_<ns>: the hidden collection an --overwrite writes first
 MAX_TOPK = 16384  # Milvus's largest limit per search
 OUTPUT_FIELDS = ["name", "pid", "camid", "sceneid", "time"]
 # Searches read at Session consistency (this client's own writes, and everything the server has applied); a Strong
@@ -136,13 +138,16 @@ class MilvusStore(GalleryStore):
 
     kind = "milvus"
 
-    def __init__(self, client, location: str, collection: str, info: dict):
+    def __init__(self, client, location: str, collection: str, info: dict, replaces: Optional[str] = None):
         self.client, self.location, self.collection, self.info = client, location, collection, info
         self.search_params: dict = {}  # index search parameters (nprobe for ivf / ivfpq, ef for hnsw)
+        # an --overwrite writes a new collection under a hidden name; its first append publishes it as ``replaces``
+        self.replaces = replaces
 
     # -- creating / opening -------------------------------------------------------------------------------------
     @classmethod
-    def create(cls, client, location: str, collection: str, info: dict, index_kind: str, expected_rows: int):
+    def create(cls, client, location: str, collection: str, info: dict, index_kind: str, expected_rows: int,
+               replaces: Optional[str] = None):
         from pymilvus import DataType, MilvusClient
 
         if index_kind not in MILVUS_INDEX_KINDS:
@@ -165,7 +170,7 @@ class MilvusStore(GalleryStore):
             client.drop_collection(collection) if client.has_collection(collection) else None
             raise UsageError(f"--index {index_kind}: {location} cannot build {index_type} "
                              f"({_milvus_message(exc)}); Milvus Lite builds exact, ivf and hnsw") from None
-        return cls(client, location, collection, info)
+        return cls(client, location, collection, info, replaces)
 
     @classmethod
     def open(cls, client, location: str, collection: str, what: str):
@@ -256,6 +261,8 @@ class MilvusStore(GalleryStore):
         add_source(self.info, source, len(rows))
         self._save_info()
         self._settle()
+        if self.replaces:
+            self._publish()
         return len(rows)
 
     def delete(self, where: RowFilter) -> int:
@@ -274,6 +281,23 @@ class MilvusStore(GalleryStore):
         replicas, each applies them on its own time tick: a search within about a second may still miss them."""
         self.client.query(self.collection, filter="", output_fields=["count(*)"], consistency_level="Strong")
 
+    def _publish(self) -> None:
+        """Make this (complete) collection the one ``replaces`` names, in one step: ``replaces`` becomes an alias of
+        it (an alias swap when it already is one: searches see the old gallery or the new one, never a part), then
+        the old collection is dropped. A gallery first written as a plain collection (before aliases were used)
+        is dropped just before its name becomes the alias: a search in between is told there is no such
+        collection."""
+        name, client = self.replaces, self.client
+        old = _alias_target(client, name)
+        if old is not None:
+            client.alter_alias(self.collection, name)
+            client.drop_collection(old)
+        else:
+            if client.has_collection(name):
+                client.drop_collection(name)
+            client.create_alias(self.collection, name)
+        self.collection, self.replaces = name, None
+
     def _save_info(self) -> None:
         self.client.alter_collection_properties(self.collection, properties={INFO_PROPERTY: json.dumps(self.info)})
 
@@ -289,13 +313,42 @@ def open_milvus(location: str, collection: Optional[str] = None, create_info: Op
     try:
         exists = client.has_collection(collection)
         if create_info is not None and (overwrite or not exists):
-            if exists:
-                client.drop_collection(collection)
-            return MilvusStore.create(client, location, collection, create_info, index_kind, expected_rows)
+            if not exists:
+                return MilvusStore.create(client, location, collection, create_info, index_kind, expected_rows)
+            # the old gallery stays searchable until the new one is complete (MilvusStore._publish)
+            _drop_unpublished(client, collection)
+            return MilvusStore.create(client, location, f"{collection}{STAGING}{time.time_ns()}", create_info,
+                                      index_kind, expected_rows, replaces=collection)
         return MilvusStore.open(client, location, collection, what)
     except BaseException:
         close_client(client, location)
         raise
+
+
+def _alias_target(client, name: str) -> Optional[str]:
+    """The collection that the alias ``name`` points to; None when ``name`` is not an alias."""
+    try:
+        return client.describe_alias(name)["collection_name"]
+    except Exception:  # pymilvus raises MilvusException for "alias not found"
+        return None
+
+
+def _drop_unpublished(client, collection: str) -> None:
+    """Drop what killed --overwrite runs of ``collection`` left: hidden collections that no alias points to."""
+    published = _alias_target(client, collection)
+    for name in client.list_collections():
+        if name.startswith(collection + STAGING) and name != published:
+            client.drop_collection(name)
+
+
+def drop_gallery(client, collection: str) -> None:
+    """Drop the gallery ``collection`` (its alias first when it is one: a server refuses to drop through one)."""
+    target = _alias_target(client, collection)
+    if target is not None:
+        client.drop_alias(collection)
+        collection = target
+    if client.has_collection(collection):
+        client.drop_collection(collection)
 
 
 def check_new_collection(location: str, collection: Optional[str], overwrite: bool, index_kind: str) -> None:
