@@ -3,7 +3,8 @@ one process at a time) or on a Milvus server / cluster (``http(s)://host:19530``
 one, comes from ``$MILVUS_TOKEN`` and is never printed), through ``pymilvus.MilvusClient``.
 
 Rows are keyed by ``name`` (the primary key: an append skips names already there, so a rerun after a killed
-append completes it); each insert call adds whole rows. The gallery's manifest (model fingerprint, dimension,
+append completes it); each insert call adds whole rows. An overwrite fills a hidden collection and then makes the
+name an alias of it (one step), so readers never see a half-written gallery. The gallery's manifest (model fingerprint, dimension,
 sources) is a collection property, checked on every append and query. Filters are Milvus boolean expressions
 evaluated before ranking. Index kinds: ``exact`` = FLAT (eval.py's ranking), ``ivf`` = IVF_FLAT, ``hnsw`` = HNSW,
 ``ivfpq`` = IVF_PQ (a Milvus server only: Milvus Lite 3.2 builds FLAT, IVF_FLAT, IVF_SQ8, HNSW and HNSW_SQ).
