@@ -321,7 +321,7 @@ def _milvus_case(label, data, queries, exact_rows, extra, k, location, log, serv
         shutil.rmtree(location, ignore_errors=True)
     milvus_store.MILVUS_INDEX_KINDS["bench"] = lambda n: (index_type, build)
     info = new_info("synthetic", "synthetic", data.dim, None)
-    collection = f"bench_{index_type.lower()}_{data.dim}"
+    collection = f"bench_{index_type.lower()}_{data.dim}_{os.getpid()}"  # runs side by side do not collide
     rss_pid = None if lite else server_pid
     rss_before = _rss_gib(rss_pid)
     with PeakMemory("cpu") as peak:
