@@ -328,6 +328,7 @@ def open_milvus(location: str, collection: Optional[str] = None, create_info: Op
 
 def _alias_target(client, name: str) -> Optional[str]:
     """The collection that the alias ``name`` points to; None when ``name`` is not an alias."""
+    _quiet_client_logs()  # pymilvus logs "alias not found" as an error with a traceback
     try:
         return client.describe_alias(name)["collection_name"]
     except Exception:  # pymilvus raises MilvusException for "alias not found"
