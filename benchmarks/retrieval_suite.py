@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import os
 import statistics
+import subprocess
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -221,14 +223,21 @@ def run_retrieval_suite(sizes=(100_000, 1_000_000), nprobes=(128, 256, 512, 768,
 
 
 # ------------------------------------------------------------------------------------- FAISS beside Milvus
-# Milvus Lite 3.2 builds FLAT, IVF_FLAT, IVF_SQ8, HNSW and HNSW_SQ (not IVF_PQ): the graph and the 8-bit IVF are
-# its answers to FAISS ivfpq. Each entry: store label -> (Milvus index type, build params, search params).
+# Each Milvus case: label -> (where: "lite" = a Milvus Lite file, "server" = the --milvus-uri server; the Milvus index
+# type; its build params; its search params). None: nlist 4 sqrt(N) and nprobe 40 % of it, FAISS ivfpq's defaults.
+# Milvus Lite 3.2 builds FLAT, IVF_FLAT, IVF_SQ8, HNSW and HNSW_SQ (not IVF_PQ); a server also builds IVF_PQ.
 MILVUS_CASES = {
-    "milvus FLAT": ("FLAT", {}, {}),
-    "milvus HNSW": ("HNSW", {"M": 16, "efConstruction": 100}, {"ef": 64}),
-    "milvus IVF_SQ8": ("IVF_SQ8", None, None),  # nlist 4 sqrt(N), nprobe 40 % of it: the FAISS ivfpq defaults
+    "lite FLAT": ("lite", "FLAT", {}, {}),
+    "lite HNSW": ("lite", "HNSW", {"M": 16, "efConstruction": 100}, {"ef": 64}),
+    "lite IVF_SQ8": ("lite", "IVF_SQ8", None, None),
+    "server IVF_PQ": ("server", "IVF_PQ", {"m": 64, "nbits": 8}, None),  # 64 bytes a row, as FAISS ivfpq's PQ64x8
+    "server HNSW": ("server", "HNSW", {"M": 16, "efConstruction": 100}, {"ef": 64}),
+    "server FLAT": ("server", "FLAT", {}, {}),
 }
+DEFAULT_LITE_CASES = ("lite FLAT", "lite HNSW", "lite IVF_SQ8")
+DEFAULT_SERVER_CASES = ("server IVF_PQ", "server HNSW")
 APPEND_ROWS = 10_000
+INDEX_WAIT_S = 3600
 
 
 def _rows(data: ClusteredEmbeddings, x: np.ndarray, offset: int):
@@ -240,50 +249,122 @@ def _rows(data: ClusteredEmbeddings, x: np.ndarray, offset: int):
                        [""] * n, x)
 
 
-def _milvus_case(label, data, queries, exact_rows, extra, k, path, log) -> dict:
-    """Insert every row into a Milvus Lite collection (its index built as segments seal), append ``extra``, and time
-    single queries through the store (the client's gRPC round trip included)."""
+def _wait_for_index(store) -> float:
+    """Flush, then wait until every row is in an indexed sealed segment (Milvus builds each segment's index after
+    it seals, in the background: a search before that scans the rows without the index), then reload so that the
+    query node serves the indexed segments. Returns the seconds waited."""
+    from mmreid.retrieval.store import EMBEDDING_COLUMN
+
+    client, name = store.client, store.collection
+    start = time.perf_counter()
+    client.flush(name)
+    while time.perf_counter() - start < INDEX_WAIT_S:
+        state = client.describe_index(name, EMBEDDING_COLUMN)
+        total, indexed = int(state.get("total_rows", 0)), int(state.get("indexed_rows", 0))
+        pending = int(state.get("pending_index_rows", 0))
+        if state.get("index_type") == "FLAT" or (total and indexed >= total and not pending):
+            break
+        time.sleep(2)
+    else:
+        raise TimeoutError(f"{name}: index not built in {INDEX_WAIT_S} s")
+    waited = time.perf_counter() - start
+    client.release_collection(name)
+    client.load_collection(name)
+    return waited
+
+
+def _rss_gib(pid) -> float | None:
+    if pid is None:
+        return None
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 2**20
+    return None
+
+
+class _PinnedServer:
+    """Pins every thread of the server process to one core while single queries are timed (``taskset -a -p``), so
+    that its latency is that of one core, as FAISS's on one thread; restores the affinity after."""
+
+    def __init__(self, pid, core: int = 1):
+        self.pid, self.core = pid, core
+
+    def __enter__(self):
+        if self.pid is not None:
+            self.before = subprocess.run(["taskset", "-p", str(self.pid)], capture_output=True, text=True,
+                                         check=True).stdout.rsplit(":", 1)[1].strip()
+            subprocess.run(["taskset", "-a", "-p", "-c", str(self.core), str(self.pid)], capture_output=True,
+                           check=True)
+        return self
+
+    def __exit__(self, *exc):
+        if self.pid is not None:
+            subprocess.run(["taskset", "-a", "-p", self.before, str(self.pid)], capture_output=True, check=True)
+
+
+def _milvus_case(label, data, queries, exact_rows, extra, k, location, log, server_pid=None) -> dict:
+    """Insert every row into a Milvus collection (Lite file or server) through the project's MilvusStore, wait for
+    its index, append ``extra`` (and wait again), and time single queries through the store (the client's gRPC
+    round trip included)."""
     import math
     import shutil
 
     from mmreid.retrieval import milvus_store
     from mmreid.retrieval.store import new_info, open_gallery
 
-    index_type, build, search = MILVUS_CASES[label]
+    where, index_type, build, search = MILVUS_CASES[label]
     nlist = max(1, int(4 * math.sqrt(data.num_rows)))
-    build = {"nlist": nlist} if build is None else build
+    build = {"nlist": nlist, **(build or {})} if index_type.startswith("IVF") else build
     search = {"nprobe": math.ceil(0.4 * nlist)} if search is None else search
-    shutil.rmtree(path, ignore_errors=True)
+    lite = where == "lite"
+    if lite:
+        shutil.rmtree(location, ignore_errors=True)
     milvus_store.MILVUS_INDEX_KINDS["bench"] = lambda n: (index_type, build)
     info = new_info("synthetic", "synthetic", data.dim, None)
+    collection = f"bench_{index_type.lower()}_{data.dim}_{os.getpid()}"  # runs side by side do not collide
+    rss_pid = None if lite else server_pid
+    rss_before = _rss_gib(rss_pid)
     with PeakMemory("cpu") as peak:
-        store = open_gallery(str(path), create_info=info, index_kind="bench")
+        store = open_gallery(str(location), collection, create_info=info, index_kind="bench", overwrite=True)
         start = time.perf_counter()
         for i in range(data.num_chunks()):
             store.append(_rows(data, data.chunk(i), i * CHUNK))
-        store.client.flush(store.collection)
-        build_s = time.perf_counter() - start
+        insert_s = time.perf_counter() - start
+        index_s = _wait_for_index(store)
         start = time.perf_counter()
         store.append(_rows(data, extra, data.num_rows))
         store.client.flush(store.collection)
         append_s = time.perf_counter() - start
+        append_index_s = _wait_for_index(store)
         store.search_params = dict(search)
         store.search(queries[:5], k)  # warm-up
         times, found = [], []
-        for q in queries:
-            start = time.perf_counter()
-            hits = store.search(q[None], k)[0]
-            times.append(time.perf_counter() - start)
-            found.append([int(h.name[1:]) for h in hits])
-    disk = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**30
-    store.close()
-    shutil.rmtree(path, ignore_errors=True)
-    row = {"store": label, "index": f"{index_type} {build}".strip(), "search": search, "build_s": build_s,
+        with _PinnedServer(rss_pid):
+            for q in queries:
+                start = time.perf_counter()
+                hits = store.search(q[None], k)[0]
+                times.append(time.perf_counter() - start)
+                found.append([int(h.name[1:]) for h in hits])
+        rss_loaded = _rss_gib(rss_pid)
+    if lite:
+        memory, memory_is = sum(f.stat().st_size for f in Path(location).rglob("*") if f.is_file()) / 2**30, \
+            "on disk (.db folder)"
+        store.close()
+        shutil.rmtree(location, ignore_errors=True)
+    else:
+        memory, memory_is = (rss_loaded - rss_before if rss_loaded else float("nan")), "server RSS growth"
+        milvus_store.drop_gallery(store.client, store.collection)
+        store.close()
+    row = {"store": label, "index": f"{index_type} {build}".strip(), "search": search, "insert_s": insert_s,
+           "index_s": index_s, "build_s": insert_s + index_s, "append_s": append_s, "append_index_s": append_index_s,
            "append_rows_per_s": len(extra) / append_s, "median_latency_ms": 1e3 * statistics.median(times),
            "recall_at_10": recall_at_k(np.asarray([f + [-1] * (k - len(f)) for f in found]), exact_rows),
-           "memory_gib": disk, "memory_is": "on disk (.db folder)", "peak_rss_gib": peak.gib}
-    log(f"  {label} {data.dim}-d x {data.num_rows}: build {build_s:.0f} s, {row['append_rows_per_s']:.0f} rows/s "
-        f"appended, {row['median_latency_ms']:.2f} ms, recall@10 {row['recall_at_10']:.3f}")
+           "memory_gib": memory, "memory_is": memory_is, "peak_rss_gib": peak.gib,
+           "server_rss_gib": rss_loaded, "server_pinned_to_one_core": rss_pid is not None}
+    log(f"  {label} {data.dim}-d x {data.num_rows}: insert {insert_s:.0f} s + index {index_s:.0f} s, "
+        f"{row['append_rows_per_s']:.0f} rows/s appended (+{append_index_s:.0f} s index), "
+        f"{row['median_latency_ms']:.2f} ms, recall@10 {row['recall_at_10']:.3f}, memory {memory:.2f} GiB "
+        f"({memory_is})")
     return row
 
 
@@ -315,17 +396,22 @@ def _faiss_case(faiss, label, data, queries, exact_rows, extra, k, log) -> dict:
 
 
 def run_store_comparison(sizes=(100_000,), stores=("faiss", "milvus"), models=("DeMo", "NEXT"), k: int = 10,
-                         num_queries: int = 100, workdir=None, log=print) -> list[dict]:
-    """FAISS (exact, ivfpq) beside Milvus Lite (FLAT, HNSW, IVF_SQ8) on the same rows, in one run: build / insert
-    time, rows per second of a 10k-row append, median single-query latency (one FAISS thread; Milvus Lite serves
-    in-process, its FAISS limited to one thread too), recall@10 against exact search, memory. The exact top-10 is
-    over the gallery after the append."""
+                         num_queries: int = 100, workdir=None, milvus_uri=None, milvus_cases=None,
+                         server_pid=None, log=print) -> list[dict]:
+    """FAISS (exact, ivfpq) beside Milvus (``milvus_cases``: Milvus Lite's FLAT, HNSW, IVF_SQ8 by default; with
+    ``milvus_uri`` the server's IVF_PQ and HNSW) on the same rows, in one run: build / insert time (Milvus: inserts,
+    then the wait until every segment is indexed), rows per second of a 10k-row append, median single-query latency
+    (one FAISS thread; Milvus Lite serves in-process, its FAISS limited to one thread too; a server whose
+    ``server_pid`` is given is pinned to one core while queries are timed), recall@10 against exact search, memory.
+    The exact top-10 is over the gallery after the append."""
     import tempfile
-    from pathlib import Path
 
     import faiss
 
     workdir = Path(workdir or tempfile.mkdtemp(prefix="store-bench-"))
+    server_cases = [c for c in milvus_cases or () if MILVUS_CASES[c][0] == "server"]
+    if server_cases and not milvus_uri:
+        raise SystemExit(f"--milvus-cases {' '.join(server_cases)}: these run on a server; pass --milvus-uri")
     # builds on 2 threads, as the suite above; OMP_NUM_THREADS=1 on a machine whose cores are busy (spinning
     # OpenMP threads that wait for a core slow a build down many times)
     threads = int(os.environ.get("OMP_NUM_THREADS", 2))
@@ -336,8 +422,9 @@ def run_store_comparison(sizes=(100_000,), stores=("faiss", "milvus"), models=("
         for num_rows in sizes:
             data = ClusteredEmbeddings(dim, num_rows)
             queries = data.queries(num_queries)
-            extra = ClusteredEmbeddings(dim, APPEND_ROWS, seed=1)._rows(
-                np.random.default_rng([0, 3]).integers(0, data.num_ids, APPEND_ROWS), np.random.default_rng([0, 4]))
+            # new images of the gallery's identities (a generator of its own would have fewer identities than these)
+            extra = data._rows(np.random.default_rng([0, 3]).integers(0, data.num_ids, APPEND_ROWS),
+                               np.random.default_rng([0, 4]))
             faiss.omp_set_num_threads(threads)
             exact = ExactTopK(queries, k, timed_queries=0)
             for i in range(data.num_chunks()):
@@ -349,8 +436,10 @@ def run_store_comparison(sizes=(100_000,), stores=("faiss", "milvus"), models=("
                           for label in ("faiss exact", "faiss ivfpq")]
             if "milvus" in stores:
                 faiss.omp_set_num_threads(1)
-                cases += [_milvus_case(label, data, queries, exact.rows, extra, k, workdir / "bench.db", log)
-                          for label in MILVUS_CASES]
+                for label in milvus_cases or (DEFAULT_SERVER_CASES if milvus_uri else DEFAULT_LITE_CASES):
+                    location = milvus_uri if MILVUS_CASES[label][0] == "server" else workdir / "bench.db"
+                    cases.append(_milvus_case(label, data, queries, exact.rows, extra, k, location, log,
+                                              server_pid))
                 faiss.omp_set_num_threads(threads)
             out.append({"model": name, "dim": dim, "rows": num_rows, "appended": APPEND_ROWS, "k": k,
                         "queries": num_queries, "stores": cases})

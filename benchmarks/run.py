@@ -63,6 +63,15 @@ def parse_args(argv=None):
     p.add_argument("--store", nargs="+", choices=("faiss", "milvus"), default=None,
                    help="retrieval suite: compare these gallery stores side by side on the same rows (FAISS exact "
                         "and ivfpq, Milvus Lite FLAT / HNSW / IVF_SQ8) instead of the FAISS ivfpq nprobe sweep")
+    p.add_argument("--milvus-uri", default=None,
+                   help="--store milvus: a Milvus server (http://host:19530, token in $MILVUS_TOKEN); its cases "
+                        "(IVF_PQ, HNSW by default) run there instead of Milvus Lite's")
+    p.add_argument("--milvus-cases", nargs="+", default=None,
+                   help="--store milvus: which Milvus cases to run (lite FLAT, lite HNSW, lite IVF_SQ8, server IVF_PQ, "
+                        "server HNSW, server FLAT; quote each)")
+    p.add_argument("--milvus-server-pid", type=int, default=None,
+                   help="--milvus-uri on this machine: the server's process id, to record its memory and pin it to "
+                        "one core (taskset) while single queries are timed")
     return p.parse_args(argv)
 
 
@@ -79,6 +88,12 @@ def main(argv=None) -> int:
 
         make_deterministic()
     quick = args.quick
+    if args.milvus_cases:
+        from retrieval_suite import MILVUS_CASES
+
+        unknown = [c for c in args.milvus_cases if c not in MILVUS_CASES]
+        if unknown:
+            raise SystemExit(f"--milvus-cases {unknown[0]!r}: expected one of {', '.join(MILVUS_CASES)}")
     repeats = args.repeats
     amp = None if args.amp == "none" else (args.amp or ("bfloat16" if args.device == "cuda" else None))
     started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -116,7 +131,9 @@ def main(argv=None) -> int:
         if args.store:
             from retrieval_suite import run_store_comparison
 
-            result["retrieval_stores"] = run_store_comparison(sizes, args.store, args.retrieval_models, log=log)
+            result["retrieval_stores"] = run_store_comparison(
+                sizes, args.store, args.retrieval_models, milvus_uri=args.milvus_uri, milvus_cases=args.milvus_cases,
+                server_pid=args.milvus_server_pid, log=log)
         else:
             result["retrieval"] = run_retrieval_suite(sizes, models=args.retrieval_models, log=log)
     if "model" in args.only:

@@ -61,6 +61,8 @@ NOT_RUN = [
     (r"--torch-compile", "inductor compiles for minutes on 2 cores (tests/test_train_compile.py)"),
     (r"DeMo_RGBNT201\.pth", "the authors' checkpoint (tests/test_convert_original.py converts one of its layout)"),
     (r"python -m pytest", "the test suite itself"),
+    (r"milvus-server|--milvus-uri|http://127\.0\.0\.1:19530", "a Milvus server (tests/test_gallery_stores.py runs "
+     "the store against one when MILVUS_URI or MILVUS_SERVER_VENV is set)"),
 ]
 
 # README command 1's product, which later blocks take as given, and the synthetic set every train.py starts from.

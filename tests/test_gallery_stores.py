@@ -5,7 +5,9 @@ held by a second process, an unknown filter field)."""
 
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -13,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, build_tiny_dataset, load_data_script, tiny_train_args
+from conftest import REPO_ROOT, build_tiny_dataset, free_port, load_data_script, tiny_train_args
 
 pytest.importorskip("faiss")
 pytest.importorskip("pymilvus")
@@ -24,7 +26,7 @@ import datasets  # noqa: E402
 from mmreid.evaluation.metrics import compute_distance_matrix, reid_metrics  # noqa: E402
 from mmreid.retrieval.filters import RowFilter  # noqa: E402
 from mmreid.retrieval.index import IndexSpec  # noqa: E402
-from mmreid.retrieval.store import GalleryRows, new_info, open_gallery  # noqa: E402
+from mmreid.retrieval.store import GalleryRows, Hit, new_info, open_gallery  # noqa: E402
 
 sys.path.insert(0, str(REPO_ROOT))
 import eval as eval_script  # noqa: E402
@@ -343,6 +345,49 @@ def test_another_model_is_refused_on_append_and_query(checkpoint, data_dir, spli
         assert "another model" in one_line_error(capsys, "search.py")
 
 
+def test_an_overwrite_replaces_a_milvus_collection_in_one_step(tmp_path):
+    """--overwrite of a Milvus collection: until the new rows are all in, readers see the old gallery whole; then
+    the new one whole (an alias swap); a killed overwrite's hidden collection is dropped by the next one."""
+    from pymilvus import MilvusClient
+
+    db = str(tmp_path / "g.db")
+    rows = synthetic_rows(300)
+    generations = [rows.select(np.arange(i * 100, i * 100 + 100)) for i in range(3)]
+    info = new_info("synthetic", "synthetic-1", rows.embeddings.shape[1], None)
+    with open_gallery(db, create_info=info) as store:
+        store.append(generations[0])
+    with open_gallery(db, create_info=info, overwrite=True):
+        pass  # killed before its rows were in: the gallery is untouched
+    for old, new in zip(generations, generations[1:]):
+        with open_gallery(db, create_info=info, overwrite=True) as writer, open_gallery(db) as reader:
+            assert len(reader) == 100 and reader.existing_names(old.names) == set(old.names)
+            writer.append(new)
+            assert len(reader) == 100 and reader.existing_names(new.names) == set(new.names)
+            assert reader.search(new.embeddings[:1], 1)[0][0].name == new.names[0]
+    client = MilvusClient(db)
+    assert len(client.list_collections()) == 1  # the replaced and the abandoned collections are gone
+    client.close()
+
+
+def test_two_processes_embed_into_milvus_like_one(checkpoint, data_dir, splits, tmp_path):
+    """torchrun, 2 CPU processes: rank 0 alone opens the Milvus Lite file and writes every row, as one process
+    does (embeddings within 1e-5)."""
+    torchrun = shutil.which("torchrun")
+    if torchrun is None:
+        pytest.skip("torchrun is not installed")
+    out = tmp_path / "two.db"
+    cmd = [torchrun, "--nproc_per_node", "2", "--master_port", str(free_port()),
+           str(REPO_ROOT / "data_scripts" / "embed.py"), "--model", str(checkpoint), "--dataset", str(data_dir),
+           "--output", str(out), "--index", "exact", "--batch-size", "5", "--no-progress"]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=ONE_THREAD, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open_gallery(str(out)) as two, open_gallery(str(splits / "gallery.db")) as one:
+        assert len(two) == len(one) and two.info["num_processes"] == 2
+        names = sorted(datasets.load_from_disk(str(data_dir))["gallery"]["name"])
+        hits = [Hit(1, -1, n, 0, 0, 0, 0, 0.0) for n in names]
+        assert np.abs(two.embeddings_of(hits) - one.embeddings_of(hits)).max() <= 1e-5
+
+
 def test_a_lite_file_held_by_another_process_is_one_line(splits, tmp_path, capsys):
     """A second process holds the Milvus Lite file open: search.py says so in one line (and works once it is
     gone)."""
@@ -364,24 +409,79 @@ def test_a_lite_file_held_by_another_process_is_one_line(splits, tmp_path, capsy
     assert search_script.main(["--index", db, "--embedding", str(tmp_path / "q.npy")]) == 0
 
 
-@pytest.mark.skipif(not os.environ.get("MILVUS_URI"), reason="MILVUS_URI is not set: no Milvus server to test")
-def test_a_milvus_server_takes_the_same_calls(tmp_path):
-    """Against a real server ($MILVUS_URI, token in $MILVUS_TOKEN): create, append, filter, delete, drop."""
+@pytest.fixture(scope="module")
+def milvus_uri(tmp_path_factory):
+    """A Milvus server: ``$MILVUS_URI``, else one started for this module from the virtualenv ``$MILVUS_SERVER_VENV``
+    (``pip install milvus``: the standalone server, docs/retrieval.md), else the test is skipped."""
+    if os.environ.get("MILVUS_URI"):
+        yield os.environ["MILVUS_URI"]
+        return
+    venv = os.environ.get("MILVUS_SERVER_VENV")
+    if not venv:
+        pytest.skip("neither MILVUS_URI nor MILVUS_SERVER_VENV is set: no Milvus server to test")
     from pymilvus import MilvusClient
 
-    uri, collection = os.environ["MILVUS_URI"], f"reid_test_{os.getpid()}"
+    with socket.socket() as probe:  # the standalone server's embedded etcd takes this fixed port
+        if probe.connect_ex(("127.0.0.1", 2380)) == 0:
+            pytest.skip("port 2380 is taken (another standalone Milvus server runs here): set MILVUS_URI to it")
+    port = free_port()
+    log = open(tmp_path_factory.mktemp("milvus-server") / "server.log", "w")
+    server = subprocess.Popen([str(Path(venv) / "bin" / "milvus-server"), "--data",
+                               str(tmp_path_factory.mktemp("milvus-data")), "--proxy-port", str(port)],
+                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    uri, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 180
+    try:
+        while True:
+            try:
+                MilvusClient(uri=uri, timeout=5).close()
+                break
+            except Exception:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"the Milvus server of {venv} did not start (log: {log.name})")
+                time.sleep(2)
+        yield uri
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)  # the launcher and the milvus process it started
+        server.wait(timeout=60)
+        log.close()
+
+
+def test_a_milvus_server_takes_the_same_calls(milvus_uri, tmp_path):
+    """Against a real server: create, append, filter, delete, overwrite, drop; and what an append or a delete changed
+    is seen by a search from another process as soon as it returns (searches read at Session consistency, writes
+    wait until the server has applied them)."""
+    from pymilvus import MilvusClient
+
+    from mmreid.retrieval.milvus_store import drop_gallery
+
+    collection = f"reid_test_{os.getpid()}"
     rows = synthetic_rows(200)
     info = new_info("synthetic", "synthetic-1", rows.embeddings.shape[1], None)
+    np.save(tmp_path / "q.npy", rows.embeddings[0])
+
+    def search_elsewhere():
+        out = subprocess.run([sys.executable, str(REPO_ROOT / "data_scripts" / "search.py"), "--index", milvus_uri,
+                              "--collection", collection, "--embedding", str(tmp_path / "q.npy"), "--k", "5",
+                              "--json"], capture_output=True, text=True, env=ONE_THREAD, timeout=300)
+        assert out.returncode == 0, out.stderr
+        return [hit["name"] for hit in json.loads(out.stdout)["results"]]
+
     try:
-        with open_gallery(uri, collection, create_info=info, index_kind="exact") as store:
+        with open_gallery(milvus_uri, collection, create_info=info, index_kind="exact") as store:
             assert store.append(rows) == 200 and store.append(rows) == 0
+            assert search_elsewhere()[0] == "row0000"
             hits = store.search(rows.embeddings[:1], 10, RowFilter(same_camera=(int(rows.camids[0]), None)))[0]
             assert len(hits) == 10 and all(h.camid != rows.camids[0] for h in hits)
             assert store.delete(RowFilter(include={"name": ("row0000",)})) == 1
             assert "row0000" not in {h.name for h in store.search(rows.embeddings[:1], 10)[0]}
+            assert "row0000" not in search_elsewhere()
+        with open_gallery(milvus_uri, collection, create_info=info, overwrite=True) as writer:
+            writer.append(rows.select(np.arange(1, 50)))  # an alias swap on the server too
+            with open_gallery(milvus_uri, collection) as reader:
+                assert len(reader) == 49
     finally:
-        client = MilvusClient(uri=uri, token=os.environ.get("MILVUS_TOKEN", ""))
-        client.drop_collection(collection)
+        client = MilvusClient(uri=milvus_uri, token=os.environ.get("MILVUS_TOKEN", ""))
+        drop_gallery(client, collection)
         client.close()
 
 

@@ -3,7 +3,8 @@ one process at a time) or on a Milvus server / cluster (``http(s)://host:19530``
 one, comes from ``$MILVUS_TOKEN`` and is never printed), through ``pymilvus.MilvusClient``.
 
 Rows are keyed by ``name`` (the primary key: an append skips names already there, so a rerun after a killed
-append completes it); each insert call adds whole rows. The gallery's manifest (model fingerprint, dimension,
+append completes it); each insert call adds whole rows. An overwrite fills a hidden collection and then makes the
+name an alias of it (one step), so readers never see a half-written gallery. The gallery's manifest (model fingerprint, dimension,
 sources) is a collection property, checked on every append and query. Filters are Milvus boolean expressions
 evaluated before ranking. Index kinds: ``exact`` = FLAT (eval.py's ranking), ``ivf`` = IVF_FLAT, ``hnsw`` = HNSW,
 ``ivfpq`` = IVF_PQ (a Milvus server only: Milvus Lite 3.2 builds FLAT, IVF_FLAT, IVF_SQ8, HNSW and HNSW_SQ).
@@ -15,6 +16,7 @@ import json
 import logging
 import math
 import os
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -24,7 +26,7 @@ from ..errors import UsageError, first_line
 from .filters import RowFilter
 from .store import EMBEDDING_COLUMN, GalleryRows, GalleryStore, Hit, add_source, register_store
 
-__all__ = ["DEFAULT_COLLECTION", "MILVUS_INDEX_KINDS", "MilvusStore", "TOKEN_VARIABLE"]
+__all__ = ["DEFAULT_COLLECTION", "MILVUS_INDEX_KINDS", "MilvusStore", "TOKEN_VARIABLE", "drop_gallery"]
 
 DEFAULT_COLLECTION = "gallery"
 TOKEN_VARIABLE = "MILVUS_TOKEN"
@@ -37,8 +39,13 @@ MILVUS_INDEX_KINDS = {
     "ivfpq": lambda n: ("IVF_PQ", {"nlist": _nlist(n), "m": 64, "nbits": 8}),
 }
 INSERT_BATCH = 1000  # rows per insert call (each call is whole rows)
+STAGING = "__overwrite_"  # <collection>__overwrite_<ns>: the hidden collection an --overwrite writes first
 MAX_TOPK = 16384  # Milvus's largest limit per search
 OUTPUT_FIELDS = ["name", "pid", "camid", "sceneid", "time"]
+# Searches read at Session consistency (this client's own writes, and everything the server has applied); a Strong
+# search waits for the server's next time tick (about 0.4 s a query on a Milvus 2.3 server). Writes are made
+# visible to every later reader before they return instead (:meth:`MilvusStore._settle`).
+SEARCH_CONSISTENCY = "Session"
 
 
 def _nlist(n: int) -> int:
@@ -132,13 +139,16 @@ class MilvusStore(GalleryStore):
 
     kind = "milvus"
 
-    def __init__(self, client, location: str, collection: str, info: dict):
+    def __init__(self, client, location: str, collection: str, info: dict, replaces: Optional[str] = None):
         self.client, self.location, self.collection, self.info = client, location, collection, info
         self.search_params: dict = {}  # index search parameters (nprobe for ivf / ivfpq, ef for hnsw)
+        # an --overwrite writes a new collection under a hidden name; its first append publishes it as ``replaces``
+        self.replaces = replaces
 
     # -- creating / opening -------------------------------------------------------------------------------------
     @classmethod
-    def create(cls, client, location: str, collection: str, info: dict, index_kind: str, expected_rows: int):
+    def create(cls, client, location: str, collection: str, info: dict, index_kind: str, expected_rows: int,
+               replaces: Optional[str] = None):
         from pymilvus import DataType, MilvusClient
 
         if index_kind not in MILVUS_INDEX_KINDS:
@@ -161,7 +171,7 @@ class MilvusStore(GalleryStore):
             client.drop_collection(collection) if client.has_collection(collection) else None
             raise UsageError(f"--index {index_kind}: {location} cannot build {index_type} "
                              f"({_milvus_message(exc)}); Milvus Lite builds exact, ivf and hnsw") from None
-        return cls(client, location, collection, info)
+        return cls(client, location, collection, info, replaces)
 
     @classmethod
     def open(cls, client, location: str, collection: str, what: str):
@@ -217,8 +227,8 @@ class MilvusStore(GalleryStore):
         try:
             found = self.client.search(self.collection, data=queries.tolist(), limit=limit, filter=expression,
                                        output_fields=OUTPUT_FIELDS, anns_field=EMBEDDING_COLUMN,
-                                       search_params={"metric_type": "L2",
-                                                      "params": self._search_params(limit)})
+                                       search_params={"metric_type": "L2", "params": self._search_params(limit)},
+                                       consistency_level=SEARCH_CONSISTENCY)
         except Exception as exc:
             raise UsageError(f"filter {expression!r} on {self.location}: {_milvus_message(exc)}") from None
         return [[Hit(rank=i + 1, row=-1, name=h["entity"]["name"], pid=int(h["entity"]["pid"]),
@@ -251,6 +261,9 @@ class MilvusStore(GalleryStore):
                  EMBEDDING_COLUMN: rows.embeddings[i].tolist()} for i in range(start, stop)])
         add_source(self.info, source, len(rows))
         self._save_info()
+        self._settle()
+        if self.replaces:
+            self._publish()
         return len(rows)
 
     def delete(self, where: RowFilter) -> int:
@@ -260,7 +273,31 @@ class MilvusStore(GalleryStore):
         count = self.client.query(self.collection, filter=expression, output_fields=["count(*)"])[0]["count(*)"]
         if count:
             self.client.delete(self.collection, filter=expression)
+            self._settle()
         return int(count)
+
+    def _settle(self) -> None:
+        """Wait until the server applies this client's writes (one Strong read), so that when an append or delete
+        returns, a search from any process sees it (searches themselves read at Session consistency). With several
+        replicas, each applies them on its own time tick: a search within about a second may still miss them."""
+        self.client.query(self.collection, filter="", output_fields=["count(*)"], consistency_level="Strong")
+
+    def _publish(self) -> None:
+        """Make this (complete) collection the one ``replaces`` names, in one step: ``replaces`` becomes an alias of
+        it (an alias swap when it already is one: searches see the old gallery or the new one, never a part), then
+        the old collection is dropped. A gallery first written as a plain collection (before aliases were used)
+        is dropped just before its name becomes the alias: a search in between is told there is no such
+        collection."""
+        name, client = self.replaces, self.client
+        old = _alias_target(client, name)
+        if old is not None:
+            client.alter_alias(self.collection, name)
+            client.drop_collection(old)
+        else:
+            if client.has_collection(name):
+                client.drop_collection(name)
+            client.create_alias(self.collection, name)
+        self.collection, self.replaces = name, None
 
     def _save_info(self) -> None:
         self.client.alter_collection_properties(self.collection, properties={INFO_PROPERTY: json.dumps(self.info)})
@@ -277,13 +314,43 @@ def open_milvus(location: str, collection: Optional[str] = None, create_info: Op
     try:
         exists = client.has_collection(collection)
         if create_info is not None and (overwrite or not exists):
-            if exists:
-                client.drop_collection(collection)
-            return MilvusStore.create(client, location, collection, create_info, index_kind, expected_rows)
+            if not exists:
+                return MilvusStore.create(client, location, collection, create_info, index_kind, expected_rows)
+            # the old gallery stays searchable until the new one is complete (MilvusStore._publish)
+            _drop_unpublished(client, collection)
+            return MilvusStore.create(client, location, f"{collection}{STAGING}{time.time_ns()}", create_info,
+                                      index_kind, expected_rows, replaces=collection)
         return MilvusStore.open(client, location, collection, what)
     except BaseException:
         close_client(client, location)
         raise
+
+
+def _alias_target(client, name: str) -> Optional[str]:
+    """The collection that the alias ``name`` points to; None when ``name`` is not an alias."""
+    _quiet_client_logs()  # pymilvus logs "alias not found" as an error with a traceback
+    try:
+        return client.describe_alias(name)["collection_name"]
+    except Exception:  # pymilvus raises MilvusException for "alias not found"
+        return None
+
+
+def _drop_unpublished(client, collection: str) -> None:
+    """Drop what killed --overwrite runs of ``collection`` left: hidden collections that no alias points to."""
+    published = _alias_target(client, collection)
+    for name in client.list_collections():
+        if name.startswith(collection + STAGING) and name != published:
+            client.drop_collection(name)
+
+
+def drop_gallery(client, collection: str) -> None:
+    """Drop the gallery ``collection`` (its alias first when it is one: a server refuses to drop through one)."""
+    target = _alias_target(client, collection)
+    if target is not None:
+        client.drop_alias(collection)
+        collection = target
+    if client.has_collection(collection):
+        client.drop_collection(collection)
 
 
 def check_new_collection(location: str, collection: Optional[str], overwrite: bool, index_kind: str) -> None:
