@@ -96,6 +96,28 @@ def tiny_train_args(model: str = "demo") -> list[str]:
             *TINY_MODEL_FLAGS[model], "--disable-tqdm", "true"]
 
 
+# The tiny in-process trainer runs of test_train.py and test_trainer_options.py: P x K = 3 x 2, one eval batch, a
+# loss logged every step, no checkpoints unless a test asks.
+TINY_TRAIN = [*tiny_train_args(), "--num-identities", "3", "--num-instances", "2", "--per-device-eval-batch-size",
+              "32", "--logging-steps", "1", "--save-strategy", "no"]
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    """One small synthetic set for the whole session (read only: tests write their runs elsewhere)."""
+    return build_tiny_dataset(tmp_path_factory.mktemp("synthetic"), seed=1, num_train_ids=8, num_test_ids=4,
+                              images_per_id=5)
+
+
+def tiny_trainer(dataset: str, tmp_path: Path, extra=()):
+    """train.py's ReIDTrainer for TINY_TRAIN + ``extra`` on ``dataset``, output under ``tmp_path``, not yet run."""
+    import train
+    from mmreid.training.arguments import parse_args
+
+    run = parse_args([*TINY_TRAIN, "--output-dir", str(tmp_path / "out"), "--dataset", dataset, *extra])
+    return train.build_trainer(run)[0]
+
+
 # The project's own modules: blocked in a fresh process, so only a checkpoint's own files can be used.
 PROJECT_MODULES = ("mmreid", "configuration_reid", "modeling_reid", "configuration_demo", "modeling_demo",
                    "configuration_next", "modeling_next", "image_processing_reid", "processing_reid", "pipeline_reid")
