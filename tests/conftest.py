@@ -118,6 +118,42 @@ def tiny_trainer(dataset: str, tmp_path: Path, extra=()):
     return train.build_trainer(run)[0]
 
 
+def train_gallery_model(dataset, out: Path, seed: int, steps: int = 40) -> Path:
+    """A tiny DeMo trained ``steps`` steps with train.py on ``dataset`` (trained features, not random init), saved at
+    ``out``; one torch thread, as the retrieval tests run."""
+    import train
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train.main([*tiny_train_args(), "--dataset", str(dataset), "--output-dir", str(out), "--num-identities", "4",
+                    "--num-instances", "2", "--max-steps", str(steps), "--save-strategy", "no", "--seed", str(seed)])
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+@pytest.fixture(scope="session")
+def gallery_data(tmp_path_factory) -> Path:
+    """The retrieval tests' synthetic set (test_retrieval.py, test_gallery_stores.py; read only): 6 test identities
+    x 6 images, the release folder beside it at ``.parent / "raw"``."""
+    return Path(build_tiny_dataset(tmp_path_factory.mktemp("gallery-data"), seed=3, num_train_ids=8, num_test_ids=6,
+                                   images_per_id=6))
+
+
+@pytest.fixture(scope="session")
+def gallery_checkpoint(gallery_data, tmp_path_factory) -> Path:
+    """The retrieval tests' model, trained once for the session (read only)."""
+    return train_gallery_model(gallery_data, tmp_path_factory.mktemp("gallery-model") / "demo", seed=0)
+
+
+def one_line_error(capsys, prog: str) -> str:
+    """The one stderr line an entry point ``prog`` printed for bad input (``prog: error: ...``)."""
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"{prog}: error: "), err
+    return err[0]
+
+
 # The project's own modules: blocked in a fresh process, so only a checkpoint's own files can be used.
 PROJECT_MODULES = ("mmreid", "configuration_reid", "modeling_reid", "configuration_demo", "modeling_demo",
                    "configuration_next", "modeling_next", "image_processing_reid", "processing_reid", "pipeline_reid")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, build_tiny_dataset, load_data_script, tiny_train_args
+from conftest import REPO_ROOT, load_data_script, one_line_error, train_gallery_model as _train
 
 pytest.importorskip("faiss")
 pytest.importorskip("pymilvus")
@@ -28,7 +28,6 @@ from mmreid.retrieval.store import GalleryRows, new_info, open_gallery  # noqa: 
 
 sys.path.insert(0, str(REPO_ROOT))
 import eval as eval_script  # noqa: E402
-import train  # noqa: E402
 
 embed_script, search_script = load_data_script("embed"), load_data_script("search")
 gallery_script = load_data_script("gallery")
@@ -38,20 +37,14 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return Path(build_tiny_dataset(tmp_path_factory.mktemp("stores-data"), seed=3, num_train_ids=8,
-                                   num_test_ids=6, images_per_id=6))
-
-
-def _train(data_dir, out, seed):
-    train.main([*tiny_train_args(), "--dataset", str(data_dir), "--output-dir", str(out), "--num-identities", "4",
-                "--num-instances", "2", "--max-steps", "40", "--save-strategy", "no", "--seed", str(seed)])
-    return out
+def data_dir(gallery_data):
+    return gallery_data
 
 
 @pytest.fixture(scope="module")
-def checkpoint(data_dir, tmp_path_factory):
-    return _train(data_dir, tmp_path_factory.mktemp("stores-model") / "demo", seed=0)
+def checkpoint(gallery_checkpoint):
+    """The tiny trained DeMo of test_retrieval.py (trained once for both files)."""
+    return gallery_checkpoint
 
 
 def embed(*args):
@@ -62,12 +55,6 @@ def search_json(capsys, *args):
     capsys.readouterr()
     assert search_script.main([*map(str, args), "--json"]) == 0
     return json.loads(capsys.readouterr().out)["results"]
-
-
-def one_line_error(capsys, prog):
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith(f"{prog}: error: "), err
-    return err[0]
 
 
 @pytest.fixture(scope="module")
