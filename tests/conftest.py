@@ -17,6 +17,37 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# Under pytest-xdist (the README's test command: `-n auto`, whole files per worker as pyproject.toml's addopts say)
+# each worker is a process of its own.
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if XDIST_WORKER:
+    import atexit
+    import shutil
+
+    # A remote-code load copies the checkpoint's model files into HF_MODULES_CACHE under the folder's name: two
+    # workers loading folders of one name would rewrite each other's files while importing them.
+    _modules_cache = tempfile.mkdtemp(prefix=f"hf-modules-{XDIST_WORKER}-")
+    os.environ["HF_MODULES_CACHE"] = _modules_cache
+    atexit.register(shutil.rmtree, _modules_cache, ignore_errors=True)
+    # The workers fill the cores already: a second torch thread in a worker only spins against the other workers.
+    # (Processes the tests start keep torch's default unless a test sets OMP_NUM_THREADS.)
+    torch.set_num_threads(1)
+
+# The longest files (measured with --durations), handed to the workers first so that no worker starts one of them
+# while the others run out of work; every other file follows in collection order. Only the order changes.
+LONGEST_FILES_FIRST = (
+    "test_train.py", "test_faults.py", "test_third_party_model.py", "test_docs_commands.py", "test_next_train.py",
+    "test_gallery_stores.py", "test_retrieval.py", "test_train_compile.py", "test_hub_round_trip.py",
+    "test_trainer_options.py", "test_space_page.py", "test_export_onnx.py", "test_missing_modalities.py",
+    "test_multi_node.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    if XDIST_WORKER:  # each worker collects; all must give the scheduler the same order
+        rank = {name: i for i, name in enumerate(LONGEST_FILES_FIRST)}
+        items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
 
 def load_data_script(name: str):
     """``data_scripts/<name>.py`` as a module (the scripts are not a package), without running it as __main__."""

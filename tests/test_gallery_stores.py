@@ -156,9 +156,7 @@ def test_a_killed_append_leaves_the_gallery_and_a_rerun_completes_it(checkpoint,
     datasets.DatasetDict({"gallery": copies[0]}).save_to_disk(str(first))
     target = tmp_path / output
     script = str(REPO_ROOT / "data_scripts" / "embed.py")
-    subprocess.run([sys.executable, script, "--model", str(checkpoint), "--dataset", str(first), "--output",
-                    str(target), "--index", "exact", "--no-progress"], env=ONE_THREAD, check=True, cwd=REPO_ROOT,
-                   capture_output=True, timeout=300)
+    embed("--model", checkpoint, "--dataset", first, "--output", target, "--index", "exact")
     proc = subprocess.Popen([sys.executable, script, "--model", str(checkpoint), "--dataset", str(big), "--output",
                              str(target), "--append", "--batch-size", "1"], cwd=REPO_ROOT, env=ONE_THREAD,
                             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
@@ -317,7 +315,7 @@ def test_bad_input_is_one_line_and_changes_nothing(checkpoint, data_dir, splits,
 
 def test_another_model_is_refused_on_append_and_query(checkpoint, data_dir, splits, tmp_path, capsys):
     """A gallery embedded by one checkpoint refuses rows or queries from another (same size, other weights)."""
-    other = _train(data_dir, tmp_path / "other", seed=1)
+    other = _train(data_dir, tmp_path / "other", seed=1, steps=2)  # another seed: other weights, same shapes
     capsys.readouterr()
     triple = [data_dir.parent / "raw" / "RGBNT201" / "test" / tag for tag in ("RGB", "NI", "TI")]
     name = sorted(p.name for p in triple[0].iterdir())[0]
