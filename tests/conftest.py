@@ -17,6 +17,38 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# Under pytest-xdist (the README's test command: `-n auto`, whole files per worker as pyproject.toml's addopts say)
+# each worker is a process of its own.
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if XDIST_WORKER:
+    import atexit
+    import shutil
+
+    # A remote-code load copies the checkpoint's model files into HF_MODULES_CACHE under the folder's name: two
+    # workers loading folders of one name would rewrite each other's files while importing them.
+    _modules_cache = tempfile.mkdtemp(prefix=f"hf-modules-{XDIST_WORKER}-")
+    os.environ["HF_MODULES_CACHE"] = _modules_cache
+    atexit.register(shutil.rmtree, _modules_cache, ignore_errors=True)
+    # The workers fill the cores already: a second torch thread in a worker only spins against the other workers.
+    # (Processes the tests start keep torch's default unless a test sets OMP_NUM_THREADS.)
+    torch.set_num_threads(1)
+
+# The longest files (measured with --durations), handed to the workers first so that no worker starts one of them
+# while the others run out of work; every other file follows in collection order. Only the order changes.
+LONGEST_FILES_FIRST = (
+    "test_third_party_model.py", "test_missing_modalities.py", "test_train.py", "test_faults.py",
+    "test_processors.py", "test_hub_round_trip.py", "test_export_onnx.py", "test_docs_commands.py",
+    "test_gallery_stores.py", "test_retrieval.py", "test_space_page.py", "test_gpu_check.py",
+    "test_export_quantized.py", "test_reid_map_module.py", "test_multi_node.py", "test_run_checks.py",
+    "test_compile.py", "test_model.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    if XDIST_WORKER:  # each worker collects; all must give the scheduler the same order
+        rank = {name: i for i, name in enumerate(LONGEST_FILES_FIRST)}
+        items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
 
 def load_data_script(name: str):
     """``data_scripts/<name>.py`` as a module (the scripts are not a package), without running it as __main__."""
@@ -95,6 +127,64 @@ def tiny_train_args(model: str = "demo") -> list[str]:
     overrides = TINY_TOWER + (",text_config.projection_dim=32" if model in ("next", "idea") else "")
     return ["--model", model, "--backbone", "tiny", "--config-overrides", overrides, "--image-size", "32", "16",
             *TINY_MODEL_FLAGS[model], "--disable-tqdm", "true"]
+
+
+# The tiny in-process trainer runs of test_train.py and test_trainer_options.py: P x K = 3 x 2, one eval batch, a
+# loss logged every step, no checkpoints unless a test asks.
+TINY_TRAIN = [*tiny_train_args(), "--num-identities", "3", "--num-instances", "2", "--per-device-eval-batch-size",
+              "32", "--logging-steps", "1", "--save-strategy", "no"]
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    """One small synthetic set for the whole session (read only: tests write their runs elsewhere)."""
+    return build_tiny_dataset(tmp_path_factory.mktemp("synthetic"), seed=1, num_train_ids=8, num_test_ids=4,
+                              images_per_id=5)
+
+
+def tiny_trainer(dataset: str, tmp_path: Path, extra=()):
+    """train.py's ReIDTrainer for TINY_TRAIN + ``extra`` on ``dataset``, output under ``tmp_path``, not yet run."""
+    import train
+    from mmreid.training.arguments import parse_args
+
+    run = parse_args([*TINY_TRAIN, "--output-dir", str(tmp_path / "out"), "--dataset", dataset, *extra])
+    return train.build_trainer(run)[0]
+
+
+def train_gallery_model(dataset, out: Path, seed: int, steps: int = 40) -> Path:
+    """A tiny DeMo trained ``steps`` steps with train.py on ``dataset`` (trained features, not random init), saved at
+    ``out``; one torch thread, as the retrieval tests run."""
+    import train
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train.main([*tiny_train_args(), "--dataset", str(dataset), "--output-dir", str(out), "--num-identities", "4",
+                    "--num-instances", "2", "--max-steps", str(steps), "--save-strategy", "no", "--seed", str(seed)])
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+@pytest.fixture(scope="session")
+def gallery_data(tmp_path_factory) -> Path:
+    """The retrieval tests' synthetic set (test_retrieval.py, test_gallery_stores.py; read only): 6 test identities
+    x 6 images, the release folder beside it at ``.parent / "raw"``."""
+    return Path(build_tiny_dataset(tmp_path_factory.mktemp("gallery-data"), seed=3, num_train_ids=8, num_test_ids=6,
+                                   images_per_id=6))
+
+
+@pytest.fixture(scope="session")
+def gallery_checkpoint(gallery_data, tmp_path_factory) -> Path:
+    """The retrieval tests' model, trained once for the session (read only)."""
+    return train_gallery_model(gallery_data, tmp_path_factory.mktemp("gallery-model") / "demo", seed=0)
+
+
+def one_line_error(capsys, prog: str) -> str:
+    """The one stderr line an entry point ``prog`` printed for bad input (``prog: error: ...``)."""
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"{prog}: error: "), err
+    return err[0]
 
 
 # The project's own modules: blocked in a fresh process, so only a checkpoint's own files can be used.

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, build_tiny_dataset, free_port, load_data_script, tiny_train_args
+from conftest import REPO_ROOT, free_port, load_data_script, one_line_error, train_gallery_model as _train
 
 pytest.importorskip("faiss")
 pytest.importorskip("pymilvus")
@@ -30,7 +30,6 @@ from mmreid.retrieval.store import GalleryRows, Hit, new_info, open_gallery  # n
 
 sys.path.insert(0, str(REPO_ROOT))
 import eval as eval_script  # noqa: E402
-import train  # noqa: E402
 
 embed_script, search_script = load_data_script("embed"), load_data_script("search")
 gallery_script = load_data_script("gallery")
@@ -40,20 +39,14 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return Path(build_tiny_dataset(tmp_path_factory.mktemp("stores-data"), seed=3, num_train_ids=8,
-                                   num_test_ids=6, images_per_id=6))
-
-
-def _train(data_dir, out, seed):
-    train.main([*tiny_train_args(), "--dataset", str(data_dir), "--output-dir", str(out), "--num-identities", "4",
-                "--num-instances", "2", "--max-steps", "40", "--save-strategy", "no", "--seed", str(seed)])
-    return out
+def data_dir(gallery_data):
+    return gallery_data
 
 
 @pytest.fixture(scope="module")
-def checkpoint(data_dir, tmp_path_factory):
-    return _train(data_dir, tmp_path_factory.mktemp("stores-model") / "demo", seed=0)
+def checkpoint(gallery_checkpoint):
+    """The tiny trained DeMo of test_retrieval.py (trained once for both files)."""
+    return gallery_checkpoint
 
 
 def embed(*args):
@@ -64,12 +57,6 @@ def search_json(capsys, *args):
     capsys.readouterr()
     assert search_script.main([*map(str, args), "--json"]) == 0
     return json.loads(capsys.readouterr().out)["results"]
-
-
-def one_line_error(capsys, prog):
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith(f"{prog}: error: "), err
-    return err[0]
 
 
 @pytest.fixture(scope="module")
@@ -171,9 +158,7 @@ def test_a_killed_append_leaves_the_gallery_and_a_rerun_completes_it(checkpoint,
     datasets.DatasetDict({"gallery": copies[0]}).save_to_disk(str(first))
     target = tmp_path / output
     script = str(REPO_ROOT / "data_scripts" / "embed.py")
-    subprocess.run([sys.executable, script, "--model", str(checkpoint), "--dataset", str(first), "--output",
-                    str(target), "--index", "exact", "--no-progress"], env=ONE_THREAD, check=True, cwd=REPO_ROOT,
-                   capture_output=True, timeout=300)
+    embed("--model", checkpoint, "--dataset", first, "--output", target, "--index", "exact")
     proc = subprocess.Popen([sys.executable, script, "--model", str(checkpoint), "--dataset", str(big), "--output",
                              str(target), "--append", "--batch-size", "1"], cwd=REPO_ROOT, env=ONE_THREAD,
                             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
@@ -332,7 +317,7 @@ def test_bad_input_is_one_line_and_changes_nothing(checkpoint, data_dir, splits,
 
 def test_another_model_is_refused_on_append_and_query(checkpoint, data_dir, splits, tmp_path, capsys):
     """A gallery embedded by one checkpoint refuses rows or queries from another (same size, other weights)."""
-    other = _train(data_dir, tmp_path / "other", seed=1)
+    other = _train(data_dir, tmp_path / "other", seed=1, steps=2)  # another seed: other weights, same shapes
     capsys.readouterr()
     triple = [data_dir.parent / "raw" / "RGBNT201" / "test" / tag for tag in ("RGB", "NI", "TI")]
     name = sorted(p.name for p in triple[0].iterdir())[0]

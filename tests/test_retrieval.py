@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import REPO_ROOT, build_tiny_dataset, free_port, load_data_script, tiny_train_args
+from conftest import one_line_error as _one_line_error
 
 faiss = pytest.importorskip("faiss")
 
@@ -36,18 +37,15 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return Path(build_tiny_dataset(tmp_path_factory.mktemp("retrieval-data"), seed=3, num_train_ids=8,
-                                   num_test_ids=6, images_per_id=6))
+def data_dir(gallery_data):
+    return gallery_data
 
 
 @pytest.fixture(scope="module")
-def checkpoint(data_dir, tmp_path_factory):
-    """A tiny DeMo trained a few steps with train.py (trained features, not random init)."""
-    out = tmp_path_factory.mktemp("retrieval-model") / "demo"
-    train.main([*tiny_train_args(), "--dataset", str(data_dir), "--output-dir", str(out), "--num-identities", "4",
-                "--num-instances", "2", "--max-steps", "40", "--save-strategy", "no", "--seed", "0"])
-    return out
+def checkpoint(gallery_checkpoint):
+    """A tiny DeMo trained a few steps with train.py (trained features, not random init), shared with
+    test_gallery_stores.py."""
+    return gallery_checkpoint
 
 
 def embed(checkpoint, dataset, output, *extra):
@@ -283,12 +281,6 @@ def test_default_ivfpq_sizes_are_the_benchmarked_ones(rows, nlist, nprobe):
     spec = IndexSpec(kind="ivfpq").resolved(rows, 5120)
     assert spec.describe(5120) == f"PCA256,IVF{nlist},PQ64x8,Refine(SQ4)" and spec.nprobe == nprobe
     assert spec.refine == 20 and IndexSpec().resolved(rows, 5120).nprobe is None  # exact: no cells
-
-
-def _one_line_error(capsys, prog):
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith(f"{prog}: error: "), err
-    return err[0]
 
 
 def test_embed_bad_input_is_one_line_and_writes_nothing(checkpoint, data_dir, tmp_path, capsys):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import build_tiny_dataset, free_port, tiny_train_args
+from conftest import TINY_TRAIN as TINY, free_port, tiny_trainer as _trainer
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -21,23 +21,6 @@ from mmreid.training.scheduler import demo_cosine_lr  # noqa: E402
 from mmreid.training.trainer import ReIDTrainer  # noqa: E402
 from mmreid.errors import UsageError  # noqa: E402
 from mmreid.training.arguments import parse_args  # noqa: E402
-
-TINY = [
-    *tiny_train_args(), "--num-identities", "3", "--num-instances", "2", "--per-device-eval-batch-size", "32",
-    "--logging-steps", "1", "--save-strategy", "no",
-]
-
-
-@pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory):
-    return build_tiny_dataset(tmp_path_factory.mktemp("synthetic"), seed=1, num_train_ids=8, num_test_ids=4,
-                              images_per_id=5)
-
-
-def _trainer(tiny_dataset, tmp_path, extra=()):
-    run = parse_args([*TINY, "--output-dir", str(tmp_path / "out"), "--dataset", tiny_dataset, *extra])
-    return train.build_trainer(run)[0]
-
 
 def _losses(history):
     return [h["loss"] for h in history if "loss" in h]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import build_tiny_dataset, tiny_train_args
+from conftest import TINY_TRAIN as TINY, tiny_trainer as _trainer
 from safetensors.torch import load_file
 from transformers import TrainingArguments
 
@@ -27,8 +27,6 @@ from mmreid.training.trainer import PARAM_GROUPS  # noqa: E402
 
 TESTS = Path(__file__).resolve().parent
 HERE = "test_trainer_options.py"
-TINY = [*tiny_train_args(), "--num-identities", "3", "--num-instances", "2", "--per-device-eval-batch-size", "32",
-        "--logging-steps", "1", "--save-strategy", "no"]
 
 # Each TrainingArguments field that acts in train.py -> the test that shows it acting ("file::test"). A field is here
 # or in REFUSED_TRAINER_OPTIONS (mmreid/training/arguments.py), never both, never neither.
@@ -94,17 +92,6 @@ ACTING = {
     "resume_from_checkpoint": "test_train.py::test_resume_from_checkpoint_path",
     "local_rank": "test_train.py::test_one_and_two_processes_compute_the_same_run",
 }
-
-
-@pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory):
-    return build_tiny_dataset(tmp_path_factory.mktemp("synthetic"), seed=1, num_train_ids=8, num_test_ids=4,
-                              images_per_id=5)
-
-
-def _trainer(tiny_dataset, tmp_path, extra=()):
-    run = parse_args([*TINY, "--output-dir", str(tmp_path / "out"), "--dataset", tiny_dataset, *extra])
-    return train.build_trainer(run)[0]
 
 
 def _test_names(file: str) -> set[str]:
