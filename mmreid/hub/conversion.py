@@ -167,18 +167,37 @@ def infer_config(state: dict[str, torch.Tensor], image_size: tuple[int, int], fo
     )
 
 
+class KeyMapper:
+    """The bookkeeping of a state-dict conversion: `take` a tensor (noting it as mapped), `take_prefix` every tensor
+    under a prefix into `out` under another, and `finish`, which refuses the conversion when any tensor of the
+    checkpoint was left unmapped (a layout this converter does not know must fail loudly, not load half)."""
+
+    def __init__(self, state: dict[str, torch.Tensor]):
+        self.state = state
+        self.out: dict[str, torch.Tensor] = {}
+        self.consumed: set[str] = set()
+
+    def take(self, key: str) -> torch.Tensor:
+        self.consumed.add(key)
+        return self.state[key]
+
+    def take_prefix(self, source: str, target: str) -> None:
+        for key in [k for k in self.state if k.startswith(source)]:
+            self.out[target + key[len(source) :]] = self.take(key)
+
+    def finish(self) -> dict[str, torch.Tensor]:
+        leftover = sorted(k for k in self.state if k not in self.consumed)
+        if leftover:
+            raise CheckpointFormatError(
+                f"{len(leftover)} tensors of the checkpoint were not mapped, e.g. {leftover[:5]}"
+            )
+        return self.out
+
+
 def convert_state_dict(state: dict[str, torch.Tensor], config: DeMoConfig) -> dict[str, torch.Tensor]:
     """Rename (and split / transpose where the layouts differ) every tensor into `DeMoModel` names."""
-    out: dict[str, torch.Tensor] = {}
-    consumed: set[str] = set()
-
-    def take(key: str) -> torch.Tensor:
-        consumed.add(key)
-        return state[key]
-
-    def take_prefix(source: str, target: str) -> None:
-        for key in [k for k in state if k.startswith(source)]:
-            out[target + key[len(source) :]] = take(key)
+    mapper = KeyMapper(state)
+    out, take, take_prefix = mapper.out, mapper.take, mapper.take_prefix
 
     map_clip_vision_tower(take, take_prefix, out, TOWER, config.vision_config.num_hidden_layers, config.num_cameras)
 
@@ -209,11 +228,7 @@ def convert_state_dict(state: dict[str, torch.Tensor], config: DeMoConfig) -> di
     for name, suffix in heads.items():
         out[f"classifiers.{name}.weight"] = take(f"classifier{suffix}.weight")
         take_prefix(f"bottleneck{suffix}.", f"bnnecks.{name}.")
-
-    leftover = sorted(k for k in state if k not in consumed)
-    if leftover:
-        raise CheckpointFormatError(f"{len(leftover)} tensors of the checkpoint were not mapped, e.g. {leftover[:5]}")
-    return out
+    return mapper.finish()
 
 
 def convert_checkpoint(checkpoint: Path, image_size: tuple[int, int], output: Path, force: bool = False,

@@ -20,6 +20,7 @@ from modeling_idea import IdeaModel
 
 from .conversion import (
     CheckpointFormatError,
+    KeyMapper,
     check_image_size,
     clip_vision_config,
     map_clip_layers,
@@ -107,16 +108,8 @@ def infer_config(state: dict[str, torch.Tensor], image_size: tuple[int, int], fo
 
 def convert_state_dict(state: dict[str, torch.Tensor], config: IdeaConfig) -> dict[str, torch.Tensor]:
     """Rename (and split / transpose / reshape where the layouts differ) every tensor into `IdeaModel` names."""
-    out: dict[str, torch.Tensor] = {}
-    consumed: set[str] = set()
-
-    def take(key: str) -> torch.Tensor:
-        consumed.add(key)
-        return state[key]
-
-    def take_prefix(source: str, target: str) -> None:
-        for key in [k for k in state if k.startswith(source)]:
-            out[target + key[len(source) :]] = take(key)
+    mapper = KeyMapper(state)
+    out, take, take_prefix = mapper.out, mapper.take, mapper.take_prefix
 
     map_clip_vision_tower(take, take_prefix, out, VISION, config.vision_config.num_hidden_layers, config.num_cameras)
     position = take(VISION + "new_positional_embedding").reshape(-1)  # the extra token's; built even when unused
@@ -156,8 +149,4 @@ def convert_state_dict(state: dict[str, torch.Tensor], config: IdeaConfig) -> di
         for name, kind in (("LOCAL_v", "visual"), ("LOCAL_t", "textual")):
             out[f"classifiers.{name}.weight"] = take(f"{kind}_classifier.weight")
             take_prefix(f"bottleneck_{kind}.", f"bnnecks.{name}.")
-
-    leftover = sorted(k for k in state if k not in consumed)
-    if leftover:
-        raise CheckpointFormatError(f"{len(leftover)} tensors of the checkpoint were not mapped, e.g. {leftover[:5]}")
-    return out
+    return mapper.finish()
