@@ -317,6 +317,6 @@ def channel_triple(name: str, value) -> tuple[float, float, float]:
     return tuple(float(v) for v in values)
 
 
-__all__ = ["MODALITIES", "MODALITY_CAPTION_PREFIXES", "PROMPT_POSITION", "caption_prefixes", "check_text_prompts", "BACKBONE_MODEL_TYPES", "DUAL_MODEL_TYPES", "ReIDConfig",
+__all__ = ["MODALITIES", "MODALITY_CAPTION_PREFIXES", "BACKBONE_MODEL_TYPES", "DUAL_MODEL_TYPES", "ReIDConfig",
            "check_choice", "positive_int", "parse_tower_config", "pretrained_normalization", "tower_patch_size",
-           "channel_triple"]
+           "channel_triple", "PROMPT_POSITION", "caption_prefixes", "check_text_prompts"]

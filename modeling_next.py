@@ -381,9 +381,10 @@ class NextModel(ReIDPreTrainedModel):
     def _init_weights(self, module):
         """NEXT's own classes: `NextExpertLinear` per `config.head_init` (default: each expert's slice like a new
         PyTorch Linear, uniform(+-1/sqrt(fan_in)) weight and bias); the learned queries and "no text" embeddings
-        normal(0, C^-0.5); the text prompt vectors normal(0, 1), as IDEA's authors leave theirs. Every other module as `ReIDPreTrainedModel` (the image tower, the CSSE router
-        `ReIDLinear`, the MGFA `nn.MultiheadAttention`, the heads); the text tower initialises itself by CLIP's init
-        (it is a `PreTrainedModel`), then `from_pretrained_towers` overwrites it."""
+        normal(0, C^-0.5); the text prompt vectors normal(0, 1), as IDEA's authors leave theirs. Every other module
+        as `ReIDPreTrainedModel` (the image tower, the CSSE router `ReIDLinear`, the MGFA `nn.MultiheadAttention`,
+        the heads); the text tower initialises itself by CLIP's init (it is a `PreTrainedModel`), then
+        `from_pretrained_towers` overwrites it."""
         if isinstance(module, NextModel) and module.config.num_text_prompts:
             init.normal_(module.text_prompts, std=1.0)
         elif isinstance(module, NextExpertLinear):

@@ -840,5 +840,5 @@ def test_text_prompts_are_refused_for_siglip_text_towers(tokenizer):
     siglip = SiglipTextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                               num_attention_heads=2, max_position_embeddings=48, projection_size=32)
     assert NextConfig(vision_config=tiny_vision_config("clip"), text_config=siglip, text_bridge=True)
-    with pytest.raises(ValueError, match="needs a CLIP or MetaCLIP 2 text tower .*'siglip_text_model'.*num_text_prompts=0"):
+    with pytest.raises(ValueError, match="CLIP or MetaCLIP 2 text tower .*'siglip_text_model'.*num_text_prompts=0"):
         NextConfig(vision_config=tiny_vision_config("clip"), text_config=siglip, text_bridge=True, num_text_prompts=1)
