@@ -6,20 +6,17 @@ from transformers import AutoConfig, PretrainedConfig
 try:
     from .configuration_reid import (
         CLIP_B16_TEXT_SHAPES, MODALITIES, MODALITY_CAPTION_PREFIXES, ReIDConfig, check_choice, parse_tower_config,
-        positive_int,
+        positive_int, PROMPT_POSITION, caption_prefixes, check_text_prompts,
     )
 except ImportError:  # imported as a top-level module from a checkout
     from configuration_reid import (
         CLIP_B16_TEXT_SHAPES, MODALITIES, MODALITY_CAPTION_PREFIXES, ReIDConfig, check_choice, parse_tower_config,
-        positive_int,
+        positive_int, PROMPT_POSITION, caption_prefixes, check_text_prompts,
     )
 
 # Test-time features, named as the authors' code names them; the first is the reported one (their log line, IDEA
 # issues #8 and #10): the textual aggregate of CDA.
 IDEA_INFERENCE_FEATURES = ("LOCAL_t", "LOCAL_v", "LOCAL", "V_RGB", "V_NIR", "V_TIR", "T_RGB", "T_NIR", "T_TIR")
-# Token position of the first learnable prompt vector in a caption: the authors' captions start "An image of a X X
-# person ...", so after the start token the placeholders "X" sit at positions 5, 6, ...
-PROMPT_POSITION = 5
 class IdeaConfig(ReIDConfig):
     r"""
     Configuration of an [`IdeaModel`]: one CLIP image tower shared by the RGB, NIR and TIR images of a triple, a
@@ -89,13 +86,11 @@ class IdeaConfig(ReIDConfig):
         **kwargs,
     ):
         self.text_config = parse_tower_config(text_config, "text_config", ("clip_text_model",), CLIP_B16_TEXT_SHAPES)
-        if isinstance(num_text_prompts, bool) or not isinstance(num_text_prompts, int) or num_text_prompts < 0:
-            raise ValueError(f"num_text_prompts must be an integer >= 0, got {num_text_prompts!r}")
+        self.num_text_prompts = check_text_prompts(num_text_prompts, self.text_config)
         if isinstance(inverse_dropout, bool) or not 0.0 <= inverse_dropout < 1.0:
             raise ValueError(f"inverse_dropout must be a probability in [0, 1), got {inverse_dropout!r}")
         if isinstance(cda_offset_factor, bool) or cda_offset_factor < 0:
             raise ValueError(f"cda_offset_factor must be >= 0, got {cda_offset_factor!r}")
-        self.num_text_prompts = num_text_prompts
         self.use_inverse = bool(use_inverse)
         self.inverse_dropout = float(inverse_dropout)
         self.use_cda = bool(use_cda)
@@ -109,9 +104,6 @@ class IdeaConfig(ReIDConfig):
         super().__init__(**kwargs)
 
         text = self.text_config
-        if PROMPT_POSITION + self.num_text_prompts >= text.max_position_embeddings:
-            raise ValueError(f"num_text_prompts={self.num_text_prompts} does not fit in captions of "
-                             f"{text.max_position_embeddings} tokens (prompts start at position {PROMPT_POSITION})")
         if self.feature_dim != text.projection_dim:
             raise ValueError(
                 f"vision_config.projection_dim={self.feature_dim} must equal text_config.projection_dim="
@@ -142,10 +134,7 @@ class IdeaConfig(ReIDConfig):
     def caption_prefixes(self) -> tuple[str, str, str] | None:
         """The text before each modality's caption: "An image of a ", one "X " per prompt vector, the modality's
         phrase (the authors' data/datasets/*_Text.py)."""
-        if self.caption_prefix is None:
-            return None
-        return tuple("An image of a " + "X " * self.num_text_prompts + phrase
-                     for phrase in MODALITY_CAPTION_PREFIXES[self.caption_prefix])
+        return caption_prefixes(self.caption_prefix, self.num_text_prompts)
 
     @property
     def cda_samples(self) -> tuple[int, int]:

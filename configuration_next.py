@@ -8,7 +8,9 @@ try:
         DUAL_MODEL_TYPES,
         MODALITY_CAPTION_PREFIXES,
         ReIDConfig,
+        caption_prefixes,
         check_choice,
+        check_text_prompts,
         parse_tower_config,
         positive_int,
     )
@@ -18,7 +20,9 @@ except ImportError:  # imported as a top-level module from a checkout
         DUAL_MODEL_TYPES,
         MODALITY_CAPTION_PREFIXES,
         ReIDConfig,
+        caption_prefixes,
         check_choice,
+        check_text_prompts,
         parse_tower_config,
         positive_int,
     )
@@ -30,6 +34,10 @@ NEXT_INFERENCE_FEATURES = ("final", "all")
 SUPERVISED_HEADS = ("final", "all")
 # The text towers NEXT reads captions with: the text halves of the dual checkpoints (CLIP's default first).
 TEXT_TOWER_MODEL_TYPES = tuple(halves[1] for halves in DUAL_MODEL_TYPES.values())
+# The text towers learnable prompt vectors suit (`num_text_prompts`): those pooled at the end-of-text token and
+# projected, as IDEA's CLIP; SigLIP's read the last position through an attention head, where IDEA's pooling has no
+# counterpart.
+PROMPTABLE_TEXT_TOWERS = ("clip_text_model", "metaclip_2_text_model")
 
 
 class NextConfig(ReIDConfig):
@@ -100,6 +108,14 @@ class NextConfig(ReIDConfig):
             dataset's captions in IDEA's code (e.g. "person in the near infrared spectrum, capturing contrasts and
             surface reflectance: ") before every caption, a missing one included (then the prefix alone, not "no
             text"); the collator and the processor add it (docs/idea.md).
+        num_text_prompts (`int`, *optional*, defaults to `0`):
+            0 (NEXT's figure: the frozen text tower read at its "Text CLS" only): the projected end-of-text token.
+            P > 0: IDEA's choice for its authors' family (`TEXT_PROMPT`), P learnable vectors added to the caption's
+            token embeddings at positions 5, 6, ... of the frozen tower, and the sentence embedding the mean of the
+            projected outputs at the end-of-text token and the P prompt positions; the vectors train at the heads'
+            rate, the tower stays frozen. With `caption_prefix`, the prefix carries one placeholder "X " per vector
+            where they land, as IDEA's captions do; without, they land on the caption's own words (as IDEA's with
+            `PREFIX: False`). Needs a CLIP-like text tower (CLIP, MetaCLIP 2) that reads the captions.
     """
 
     model_type = "next_reid"
@@ -124,6 +140,7 @@ class NextConfig(ReIDConfig):
         use_csse: bool = True,
         use_text: bool = True,
         caption_prefix: str | None = None,
+        num_text_prompts: int = 0,
         **kwargs,
     ):
         self.text_config = parse_tower_config(text_config, "text_config", TEXT_TOWER_MODEL_TYPES, CLIP_B16_TEXT_SHAPES)
@@ -154,6 +171,7 @@ class NextConfig(ReIDConfig):
         if caption_prefix is not None:
             check_choice("caption_prefix", caption_prefix, tuple(MODALITY_CAPTION_PREFIXES))
         self.caption_prefix = caption_prefix
+        self.num_text_prompts = check_text_prompts(num_text_prompts, self.text_config)
         super().__init__(**kwargs)
 
         rows, cols = self.patch_grid
@@ -161,6 +179,12 @@ class NextConfig(ReIDConfig):
             raise ValueError(
                 f"tokens_per_expert={self.tokens_per_expert} exceeds the {rows * cols} patches per modality of "
                 f"image_size={self.image_size} (patch grid {rows}x{cols})"
+            )
+        if self.num_text_prompts and not (self.uses_text and self.text_config.model_type in PROMPTABLE_TEXT_TOWERS):
+            raise ValueError(
+                f"num_text_prompts={self.num_text_prompts} needs a CLIP or MetaCLIP 2 text tower reading the captions "
+                f"(got text_config.model_type={self.text_config.model_type!r}, use_text={self.use_text}, "
+                f"use_tmse={self.use_tmse}); use num_text_prompts=0"
             )
         text_dim = self.text_feature_dim
         if self.uses_text and self.feature_dim != text_dim and not self.text_bridge:
@@ -226,9 +250,7 @@ class NextConfig(ReIDConfig):
     @property
     def caption_prefixes(self) -> tuple[str, str, str] | None:
         """The text the collator and processor put before each modality's caption (`caption_prefix`), or None."""
-        if self.caption_prefix is None:
-            return None
-        return tuple("An image of a " + phrase for phrase in MODALITY_CAPTION_PREFIXES[self.caption_prefix])
+        return caption_prefixes(self.caption_prefix, self.num_text_prompts)
 
     @property
     def uses_text(self) -> bool:
@@ -237,4 +259,4 @@ class NextConfig(ReIDConfig):
 
 
 __all__ = ["NextConfig", "TEXT_TOWER_MODEL_TYPES", "SEMANTIC_EXPERT_FORMS", "SALIENCY_TYPES", "NEXT_INFERENCE_FEATURES",
-           "SUPERVISED_HEADS"]
+           "SUPERVISED_HEADS", "PROMPTABLE_TEXT_TOWERS"]

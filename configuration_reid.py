@@ -62,6 +62,29 @@ MODALITY_CAPTION_PREFIXES = {
     "rgbnt100": tuple(f"vehicle in the {s}: " for s in _SPECTRA),
     "msvr310": tuple(f"vehicle in the {s}{d}: " for s, d in zip(_SPECTRA, _DETAILS)),
 }
+# Token position of the first learnable text prompt vector (IDEA's `TEXT_PROMPT`, NEXT's `num_text_prompts`): the
+# captions of IDEA's authors start "An image of a X X person ...", so after the start token the placeholders "X" sit
+# at positions 5, 6, ...
+PROMPT_POSITION = 5
+
+
+def check_text_prompts(num_text_prompts, text_config: PretrainedConfig) -> int:
+    """`num_text_prompts` as an int >= 0 whose prompt vectors fit in `text_config`'s captions; one-line errors."""
+    if isinstance(num_text_prompts, bool) or not isinstance(num_text_prompts, int) or num_text_prompts < 0:
+        raise ValueError(f"num_text_prompts must be an integer >= 0, got {num_text_prompts!r}")
+    if PROMPT_POSITION + num_text_prompts >= text_config.max_position_embeddings:
+        raise ValueError(f"num_text_prompts={num_text_prompts} does not fit in captions of "
+                         f"{text_config.max_position_embeddings} tokens (prompts start at position {PROMPT_POSITION})")
+    return num_text_prompts
+
+
+def caption_prefixes(dataset: str | None, num_text_prompts: int) -> tuple[str, str, str] | None:
+    """The text before each modality's caption, as IDEA's authors format it (their data/datasets/*_Text.py): "An
+    image of a ", one placeholder "X " per prompt vector (so the prompts land on the placeholders), then the
+    modality's phrase of `dataset`'s captions. None when there is no prefix."""
+    if dataset is None:
+        return None
+    return tuple("An image of a " + "X " * num_text_prompts + phrase for phrase in MODALITY_CAPTION_PREFIXES[dataset])
 
 
 def check_choice(name: str, value, choices: tuple) -> None:
@@ -296,4 +319,4 @@ def channel_triple(name: str, value) -> tuple[float, float, float]:
 
 __all__ = ["MODALITIES", "MODALITY_CAPTION_PREFIXES", "BACKBONE_MODEL_TYPES", "DUAL_MODEL_TYPES", "ReIDConfig",
            "check_choice", "positive_int", "parse_tower_config", "pretrained_normalization", "tower_patch_size",
-           "channel_triple"]
+           "channel_triple", "PROMPT_POSITION", "caption_prefixes", "check_text_prompts"]

@@ -23,7 +23,7 @@ from transformers.modeling_outputs import ModelOutput
 from transformers.models.clip.modeling_clip import CLIPTextModelWithProjection
 
 try:
-    from .configuration_idea import PROMPT_POSITION, IdeaConfig
+    from .configuration_idea import IdeaConfig
     from .configuration_reid import MODALITIES
     from .modeling_reid import (
         TOWER_SHAPE_FIELDS,
@@ -31,12 +31,13 @@ try:
         ReIDLinear,
         ReIDPreTrainedModel,
         check_tower_shapes,
+        encode_text_with_prompts,
         init_new_linear,
         is_tracing,
         quiet_about,
     )
 except ImportError:  # imported as top-level modules from a checkout
-    from configuration_idea import PROMPT_POSITION, IdeaConfig
+    from configuration_idea import IdeaConfig
     from configuration_reid import MODALITIES
     from modeling_reid import (
         TOWER_SHAPE_FIELDS,
@@ -44,6 +45,7 @@ except ImportError:  # imported as top-level modules from a checkout
         ReIDLinear,
         ReIDPreTrainedModel,
         check_tower_shapes,
+        encode_text_with_prompts,
         init_new_linear,
         is_tracing,
         quiet_about,
@@ -216,35 +218,10 @@ class IdeaModel(ReIDPreTrainedModel):
 
     def text_global_features(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Global feature (M, C) of captions `input_ids` (M, L): the frozen text tower with the prompt vectors added
-        to the token embeddings at positions 5, 6, ...; the mean of the projected output at the first end-of-text
-        token (OpenAI CLIP's highest id, where the authors' code pools) and the projected prompt outputs. Causal
-        attention only, as in CLIP: what follows the end-of-text token (padding) changes nothing."""
-        text = self.text_tower.text_model
-        # Zero ids up to the full context, as CLIP's tokenize pads in the authors' code: the prompt positions exist
-        # whatever the caption's length (a short caption's read the padding, as theirs do), and shapes are static.
-        input_ids = F.pad(input_ids, (0, self.config.text_config.max_position_embeddings - input_ids.shape[-1]))
-        embeds = text.embeddings.token_embedding(input_ids)
-        prompts = self.config.num_text_prompts
-        if prompts:
-            after = input_ids.shape[-1] - PROMPT_POSITION - prompts
-            embeds = embeds + F.pad(self.text_prompts.to(embeds.dtype), (0, 0, PROMPT_POSITION, after))
-        hidden = text.embeddings(inputs_embeds=embeds)
-        # An explicit additive causal mask: every attention backend honours it (eager ignores `is_causal`).
-        length = input_ids.shape[-1]
-        mask = torch.full((length, length), torch.finfo(hidden.dtype).min, device=hidden.device, dtype=hidden.dtype)
-        mask = mask.triu(1)[None, None]
-        hidden = text.encoder(inputs_embeds=hidden, attention_mask=mask).last_hidden_state
-        hidden = text.final_layer_norm(hidden)
-        rows = torch.arange(hidden.shape[0], device=hidden.device)
-        eos = self.config.text_config.eos_token_id
-        if eos is None or eos == 2:  # legacy CLIP configs: the end-of-text token is the highest id
-            ends = input_ids.argmax(dim=-1)
-        else:  # the first end-of-text token (OpenAI's vocabulary: its highest id, where the authors pool)
-            ends = (input_ids == eos).int().argmax(dim=-1)
-        pooled = hidden[rows, ends].unsqueeze(1)
-        if prompts:
-            pooled = torch.cat([pooled, hidden[:, PROMPT_POSITION : PROMPT_POSITION + prompts]], dim=1)
-        return self.text_tower.text_projection(pooled).mean(dim=1)
+        at positions 5, 6, ..., pooled as the authors do (the family's `encode_text_with_prompts`, which NEXT's
+        `num_text_prompts` shares). No attention mask, as in the authors' code: causal attention only."""
+        prompts = self.text_prompts if self.config.num_text_prompts else None
+        return encode_text_with_prompts(self.text_tower, input_ids, prompts)
 
     def _check_inputs(self, pixel_values, camera_ids, modality_mask, input_ids=None, attention_mask=None):
         """The image checks of every ReID model, then the captions', each error naming the argument and what was

@@ -43,6 +43,7 @@ try:
         ReIDLinear,
         ReIDPreTrainedModel,
         check_tower_shapes,
+        encode_text_with_prompts,
         is_tracing,
         quiet_about,
     )
@@ -59,6 +60,7 @@ except ImportError:  # imported as top-level modules from a checkout
         ReIDLinear,
         ReIDPreTrainedModel,
         check_tower_shapes,
+        encode_text_with_prompts,
         is_tracing,
         quiet_about,
     )
@@ -361,6 +363,8 @@ class NextModel(ReIDPreTrainedModel):
             self.text_tower = TEXT_TOWERS[config.text_config.model_type][0](config.text_config)
             if config.text_bridge:
                 self.text_bridge = ReIDLinear(config.text_feature_dim, dim)
+            if config.num_text_prompts:  # outside the frozen text tower: they train with the heads
+                self.text_prompts = nn.Parameter(torch.zeros(config.num_text_prompts, config.text_config.hidden_size))
         heads = attention_heads(dim)
         if config.use_tmse:
             self.semantic_experts = NextSemanticExperts(config)
@@ -377,10 +381,13 @@ class NextModel(ReIDPreTrainedModel):
     def _init_weights(self, module):
         """NEXT's own classes: `NextExpertLinear` per `config.head_init` (default: each expert's slice like a new
         PyTorch Linear, uniform(+-1/sqrt(fan_in)) weight and bias); the learned queries and "no text" embeddings
-        normal(0, C^-0.5). Every other module as `ReIDPreTrainedModel` (the image tower, the CSSE router
-        `ReIDLinear`, the MGFA `nn.MultiheadAttention`, the heads); the text tower initialises itself by CLIP's init
-        (it is a `PreTrainedModel`), then `from_pretrained_towers` overwrites it."""
-        if isinstance(module, NextExpertLinear):
+        normal(0, C^-0.5); the text prompt vectors normal(0, 1), as IDEA's authors leave theirs. Every other module
+        as `ReIDPreTrainedModel` (the image tower, the CSSE router `ReIDLinear`, the MGFA `nn.MultiheadAttention`,
+        the heads); the text tower initialises itself by CLIP's init (it is a `PreTrainedModel`), then
+        `from_pretrained_towers` overwrites it."""
+        if isinstance(module, NextModel) and module.config.num_text_prompts:
+            init.normal_(module.text_prompts, std=1.0)
+        elif isinstance(module, NextExpertLinear):
             if self.config.head_init == "pytorch":
                 bound = module.in_features**-0.5
                 init.uniform_(module.weight, -bound, bound)
@@ -397,15 +404,26 @@ class NextModel(ReIDPreTrainedModel):
         else:
             super()._init_weights(module)
 
-    @torch.no_grad()
     def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Sentence embeddings of the frozen text tower (projected end-of-text token, as CLIP), shape
+        """Sentence embeddings of the frozen text tower (projected end-of-text token, as CLIP; with
+        `num_text_prompts`, IDEA's prompted pass, whose gradient reaches the prompt vectors), shape
         `input_ids.shape[:-1] + (C,)`. Every caption must be non-empty (carry its tokenizer's eos token)."""
         if not hasattr(self, "text_tower"):
             raise ValueError("this model has no text tower (use_text=False or use_tmse=False)")
         length = input_ids.shape[-1]
         flat_ids = input_ids.reshape(-1, length)
         flat_mask = attention_mask.reshape(-1, length) if attention_mask is not None else None
+        if self.config.num_text_prompts:
+            embeds = encode_text_with_prompts(self.text_tower, flat_ids, self.text_prompts, flat_mask)
+        else:
+            with torch.no_grad():
+                embeds = self._frozen_text_features(flat_ids, flat_mask)
+        return embeds.view(*input_ids.shape[:-1], -1)
+
+    def _frozen_text_features(self, flat_ids: torch.Tensor, flat_mask: torch.Tensor | None) -> torch.Tensor:
+        """The text tower's own sentence embedding (M, C) of captions (M, L): CLIP-like towers' projected
+        end-of-text token, SigLIP's head output."""
+        length = flat_ids.shape[-1]
         text = self.config.text_config
         if text.model_type.startswith("siglip"):
             # SigLIP was trained on captions padded to its full length and read without a mask, its sentence
@@ -417,7 +435,7 @@ class NextModel(ReIDPreTrainedModel):
             embeds = self.text_tower(input_ids=flat_ids).pooler_output
         else:
             embeds = self.text_tower(input_ids=flat_ids, attention_mask=flat_mask).text_embeds
-        return embeds.view(*input_ids.shape[:-1], -1)
+        return embeds
 
     def _check_inputs(self, pixel_values, camera_ids, modality_mask, input_ids=None, attention_mask=None):
         """The image checks of every ReID model, then the captions', each error naming the argument and what was

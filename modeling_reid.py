@@ -50,6 +50,7 @@ try:
     from .configuration_reid import (
         BACKBONE_MODEL_TYPES,
         DUAL_MODEL_TYPES,
+        PROMPT_POSITION,
         ReIDConfig,
         pretrained_normalization,
         tower_patch_size,
@@ -58,6 +59,7 @@ except ImportError:  # imported as a top-level module from a checkout
     from configuration_reid import (
         BACKBONE_MODEL_TYPES,
         DUAL_MODEL_TYPES,
+        PROMPT_POSITION,
         ReIDConfig,
         pretrained_normalization,
         tower_patch_size,
@@ -610,6 +612,50 @@ class ReIDPreTrainedModel(PreTrainedModel):
         return model
 
 
+def encode_text_with_prompts(
+    text_tower: nn.Module, input_ids: torch.Tensor, prompts: torch.Tensor | None,
+    attention_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Global feature (M, C) of captions `input_ids` (M, L) read by a frozen CLIP-like text tower (`text_model` +
+    `text_projection`: CLIP's, MetaCLIP 2's) with learnable prompt vectors `prompts` (P, width), or None, added to the
+    token embeddings at positions `PROMPT_POSITION`, +1, ...: the mean of the projected outputs at the first
+    end-of-text token and at the prompt positions. This is IDEA's text pass (its authors' modeling/clip/model.py);
+    IDEA and NEXT's `num_text_prompts` share it, so the two cannot drift apart. Gradients reach `prompts` through the
+    tower whether or not its own weights train.
+
+    The ids are zero-padded to the full context, as CLIP's tokenize pads in the authors' code: the prompt positions
+    exist whatever the caption's length (a short caption's prompts read the padding, as theirs do) and shapes are
+    static. `attention_mask` (M, L), when given, marks the padding, which is zeroed first so that a caption's feature
+    does not depend on its batch's padding. Causal attention only, as in CLIP: what follows the end-of-text token
+    changes nothing there."""
+    text = text_tower.text_model
+    if attention_mask is not None:
+        input_ids = torch.where(attention_mask.bool(), input_ids, 0)
+    input_ids = F.pad(input_ids, (0, text_tower.config.max_position_embeddings - input_ids.shape[-1]))
+    embeds = text.embeddings.token_embedding(input_ids)
+    count = 0 if prompts is None else prompts.shape[0]
+    if count:
+        after = input_ids.shape[-1] - PROMPT_POSITION - count
+        embeds = embeds + F.pad(prompts.to(embeds.dtype), (0, 0, PROMPT_POSITION, after))
+    hidden = text.embeddings(inputs_embeds=embeds)
+    # An explicit additive causal mask: every attention backend honours it (eager ignores `is_causal`).
+    length = input_ids.shape[-1]
+    mask = torch.full((length, length), torch.finfo(hidden.dtype).min, device=hidden.device, dtype=hidden.dtype)
+    mask = mask.triu(1)[None, None]
+    hidden = text.encoder(inputs_embeds=hidden, attention_mask=mask).last_hidden_state
+    hidden = text.final_layer_norm(hidden)
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
+    eos = text_tower.config.eos_token_id
+    if eos is None or eos == 2:  # legacy CLIP configs: the end-of-text token is the highest id
+        ends = input_ids.argmax(dim=-1)
+    else:  # the first end-of-text token (OpenAI's vocabulary: its highest id, where IDEA's authors pool)
+        ends = (input_ids == eos).int().argmax(dim=-1)
+    pooled = hidden[rows, ends].unsqueeze(1)
+    if count:
+        pooled = torch.cat([pooled, hidden[:, PROMPT_POSITION : PROMPT_POSITION + count]], dim=1)
+    return text_tower.text_projection(pooled).mean(dim=1)
+
+
 def load_tower_source(path, source_config: PretrainedConfig, backbone_type: str) -> PreTrainedModel:
     """The pretrained image tower at `path` as transformers builds it (the image half of a dual checkpoint; a full
     CLIP-like checkpoint projects with the parent's projection_dim, whatever its image half says)."""
@@ -730,5 +776,5 @@ def tower_state_dict_from_hf(state: dict, backbone_type: str, grid: tuple[int, i
 __all__ = [
     "ReIDPreTrainedModel", "ReIDVisionTower", "ReIDVisionEmbeddings", "ReIDLinear", "ReIDBatchNorm1d", "ReIDBNNeck",
     "ReIDIdentityClassifier", "QuickGELU", "tower_state_dict_from_hf", "resize_position_embedding", "is_tracing",
-    "TOWER_ADAPTERS", "TOWER_LAYER_NAMES", "TowerAdapter",
+    "TOWER_ADAPTERS", "TOWER_LAYER_NAMES", "TowerAdapter", "encode_text_with_prompts",
 ]

@@ -744,3 +744,101 @@ def test_semantic_expert_dropout_acts_in_training_only(tokenizer):
         with torch.no_grad():
             assert torch.equal(model(pixels, cams, **caps).semantic_expert_features,
                                model(pixels, cams, **caps).semantic_expert_features)
+
+
+# ------------------------------------------------------------------------- learnable text prompts (IDEA's choice)
+
+
+LONG_CAPTIONS = ((RGB_A, NIR, TIR), (RGB_B, NIR, RGB_A))  # every caption longer than the prompt positions 5, 6
+
+
+def test_without_text_prompts_the_text_pass_is_the_towers_own(model, tokenizer):
+    # num_text_prompts=0 (the default) keeps today's pass: the tower's projected end-of-text token, bitwise.
+    assert model.config.num_text_prompts == 0 and not hasattr(model, "text_prompts")
+    caps = captions(tokenizer, *LONG_CAPTIONS)
+    ids, mask = caps["input_ids"], caps["attention_mask"]
+    with torch.no_grad():
+        expected = model.text_tower(input_ids=ids.flatten(0, 1), attention_mask=mask.flatten(0, 1)).text_embeds
+    assert torch.equal(model.get_text_features(ids, mask), expected.view(2, 3, -1))
+
+
+def test_text_prompts_are_added_at_positions_5_6_and_pooled_with_the_end_token(tokenizer):
+    model = make_model(tokenizer, num_text_prompts=2)
+    assert model.text_prompts.shape == (2, model.config.text_config.hidden_size)
+    assert model.text_prompts.std() > 0.5  # normal(0, 1), as IDEA's authors initialise theirs
+    caps = captions(tokenizer, *LONG_CAPTIONS)
+    ids, mask = caps["input_ids"].flatten(0, 1), caps["attention_mask"].flatten(0, 1)
+    with torch.no_grad():
+        prompted = model.get_text_features(ids, mask)
+        plain = model.text_tower(input_ids=ids, attention_mask=mask).text_embeds
+        assert not torch.allclose(prompted, plain, atol=1e-3)
+        # With zero prompt vectors: the mean of the tower's own projected outputs at the end token and at 5, 6,
+        # read from transformers' CLIP text model (causal: the padding after them changes nothing).
+        model.text_prompts.zero_()
+        hidden = model.text_tower.text_model(input_ids=ids, attention_mask=mask).last_hidden_state
+        ends = (ids == model.config.text_config.eos_token_id).int().argmax(-1)
+        rows = torch.stack([hidden[torch.arange(len(ids)), ends], hidden[:, 5], hidden[:, 6]], dim=1)
+        expected = model.text_tower.text_projection(rows).mean(1)
+        torch.testing.assert_close(model.get_text_features(ids, mask), expected, atol=1e-5, rtol=1e-5)
+        # The batch's padding changes nothing: one caption alone gives what it gave in the batch.
+        alone = captions(tokenizer, (NIR, NIR, NIR))
+        torch.testing.assert_close(model.get_text_features(alone["input_ids"][0, :1], alone["attention_mask"][0, :1]),
+                                   model.get_text_features(ids[1:2], mask[1:2]), atol=1e-6, rtol=1e-6)
+    # The caption prefix carries one placeholder per prompt vector, where they land (IDEA's captions).
+    assert make_model(tokenizer, num_text_prompts=2, caption_prefix="rgbnt100").config.caption_prefixes[0] == (
+        "An image of a X X vehicle in the visible spectrum: ")
+
+
+def test_text_prompts_train_at_the_head_rate_and_the_text_tower_stays_frozen(tokenizer, tmp_path):
+    from mmreid.training.trainer import HEAD_GROUP, build_param_groups
+
+    model = make_model(tokenizer, num_text_prompts=2).train()
+    groups = {g["name"]: g for g in build_param_groups(model, 1e-3, 2.0, 1e-5, 0.0)}
+    assert any(p is model.text_prompts for p in groups[HEAD_GROUP]["params"])
+    tower_before = {k: v.clone() for k, v in model.text_tower.state_dict().items()}
+    prompts_before = model.text_prompts.detach().clone()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    caps = captions(tokenizer, *[(RGB_A, NIR, TIR), (RGB_B, NIR, ""), ("", "", TIR), (RGB_A, RGB_B, NIR)])
+    labels = torch.tensor([0, 1, 2, 3])
+    for step in range(3):
+        optimizer.zero_grad()
+        out = model(random_triples(4, seed=step), camera_ids=torch.tensor([0, 1, 2, 0]), **caps)
+        sum(F.cross_entropy(logits, labels) for logits in out.logits.values()).backward()
+        assert model.text_prompts.grad.abs().sum() > 0
+        assert all(p.grad is None and not p.requires_grad for p in model.text_tower.parameters())
+        optimizer.step()
+    assert (model.text_prompts - prompts_before).abs().min() > 0  # every component moved
+    for name, tensor in model.text_tower.state_dict().items():
+        assert torch.equal(tensor, tower_before[name]), name
+
+    # Saved and reloaded: the same prompts, the same embeddings, and they still train.
+    model.eval().save_pretrained(tmp_path)
+    loaded = NextModel.from_pretrained(tmp_path).eval()
+    assert loaded.config.num_text_prompts == 2 and torch.equal(loaded.text_prompts, model.text_prompts)
+    eval_caps = captions(tokenizer, *LONG_CAPTIONS)
+    assert torch.equal(run(loaded, eval_caps).embeddings, run(model, eval_caps).embeddings)
+    loaded.train()
+    assert loaded.text_prompts.requires_grad and not any(p.requires_grad for p in loaded.text_tower.parameters())
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(num_text_prompts=-1), "num_text_prompts must be an integer >= 0, got -1"),
+        (dict(num_text_prompts=43), "num_text_prompts=43 does not fit in captions of 48 tokens"),
+        (dict(num_text_prompts=1, use_text=False), "num_text_prompts=1 needs a CLIP or MetaCLIP 2 text tower reading"),
+    ],
+)
+def test_bad_text_prompt_options_are_refused(tokenizer, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        tiny_next_config(tokenizer, **kwargs)
+
+
+def test_text_prompts_are_refused_for_siglip_text_towers(tokenizer):
+    from transformers import SiglipTextConfig
+
+    siglip = SiglipTextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                              num_attention_heads=2, max_position_embeddings=48, projection_size=32)
+    assert NextConfig(vision_config=tiny_vision_config("clip"), text_config=siglip, text_bridge=True)
+    with pytest.raises(ValueError, match="CLIP or MetaCLIP 2 text tower .*'siglip_text_model'.*num_text_prompts=0"):
+        NextConfig(vision_config=tiny_vision_config("clip"), text_config=siglip, text_bridge=True, num_text_prompts=1)
