@@ -227,17 +227,7 @@ class IdeaModel(ReIDPreTrainedModel):
         """The image checks of every ReID model, then the captions', each error naming the argument and what was
         expected."""
         super()._check_inputs(pixel_values, camera_ids, modality_mask)
-        for name, value in (("input_ids", input_ids), ("attention_mask", attention_mask)):
-            if value is not None and not isinstance(value, torch.Tensor):
-                raise TypeError(
-                    f"{name} must be a torch.Tensor, got {type(value).__module__}.{type(value).__name__}; "
-                    "tokenize with return_tensors='pt'"
-                )
-            if value is not None and (value.is_floating_point() or value.is_complex()):
-                raise TypeError(f"{name} must be an integer tensor (torch.long), got dtype {value.dtype}")
-        if input_ids is None:
-            if attention_mask is not None:
-                raise ValueError("attention_mask was given without input_ids")
+        if not self._check_caption_tensors(input_ids, attention_mask):
             return
         batch, text = pixel_values.shape[0], self.config.text_config
         if input_ids.dim() != 3 or input_ids.shape[:2] != (batch, 3) or input_ids.shape[-1] == 0:
@@ -245,15 +235,7 @@ class IdeaModel(ReIDPreTrainedModel):
                 f"input_ids must have shape ({batch}, 3, length) (one caption per modality: RGB, NIR, TIR), got "
                 f"{tuple(input_ids.shape)}"
             )
-        if input_ids.shape[-1] > text.max_position_embeddings:
-            raise ValueError(
-                f"input_ids has {input_ids.shape[-1]} tokens per caption but the text tower takes at most "
-                f"{text.max_position_embeddings}; tokenize with truncation=True, "
-                f"max_length={text.max_position_embeddings}"
-            )
-        if attention_mask is not None and attention_mask.shape != input_ids.shape:
-            raise ValueError(f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, "
-                             f"got {tuple(attention_mask.shape)}")
+        self._check_caption_length(input_ids, attention_mask, text)
         if is_tracing():
             return
         if bool(((input_ids < 0) | (input_ids >= text.vocab_size)).any()):

@@ -441,17 +441,7 @@ class NextModel(ReIDPreTrainedModel):
         """The image checks of every ReID model, then the captions', each error naming the argument and what was
         expected."""
         super()._check_inputs(pixel_values, camera_ids, modality_mask)
-        for name, value in (("input_ids", input_ids), ("attention_mask", attention_mask)):
-            if value is not None and not isinstance(value, torch.Tensor):
-                raise TypeError(
-                    f"{name} must be a torch.Tensor, got {type(value).__module__}.{type(value).__name__}; "
-                    "tokenize with return_tensors='pt'"
-                )
-            if value is not None and (value.is_floating_point() or value.is_complex()):
-                raise TypeError(f"{name} must be an integer tensor (torch.long), got dtype {value.dtype}")
-        if input_ids is None:
-            if attention_mask is not None:
-                raise ValueError("attention_mask was given without input_ids")
+        if not self._check_caption_tensors(input_ids, attention_mask):
             return
         batch, experts = pixel_values.shape[0], self.config.num_semantic_experts
         if input_ids.dim() == 3:
@@ -465,20 +455,10 @@ class NextModel(ReIDPreTrainedModel):
                 f"input_ids must have shape ({batch}, 3, length) (one caption per modality: RGB, NIR, TIR) or "
                 f"({batch}, {experts}, 3, length) (one per semantic expert and modality), got {tuple(input_ids.shape)}"
             )
-        if attention_mask is not None and attention_mask.shape != input_ids.shape:
-            raise ValueError(
-                f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, "
-                f"got {tuple(attention_mask.shape)}"
-            )
-        if not self.config.uses_text:
-            return  # captions are ignored (use_text=False or no TMSE)
-        text = self.config.text_config
-        if input_ids.shape[-1] > text.max_position_embeddings:
-            raise ValueError(
-                f"input_ids has {input_ids.shape[-1]} tokens per caption but the text tower takes at most "
-                f"{text.max_position_embeddings}; tokenize with truncation=True, "
-                f"max_length={text.max_position_embeddings}"
-            )
+        text = self.config.text_config if self.config.uses_text else None  # unused captions: only the mask's shape
+        self._check_caption_length(input_ids, attention_mask, text)
+        if text is None:
+            return
         if is_tracing():
             return  # the checks below read token values, which a traced graph (torch.compile, torch.export) cannot branch on
         used = input_ids if attention_mask is None else input_ids[attention_mask.bool().any(-1)]

@@ -528,6 +528,36 @@ class ReIDPreTrainedModel(PreTrainedModel):
             raise ValueError(f"pixel_values holds NaN or infinite values (sample(s) {bad[:8]}); check the images and "
                              "their normalisation")
 
+    @staticmethod
+    def _check_caption_tensors(input_ids, attention_mask) -> bool:
+        """The checks every captioned model makes first (types; no mask without ids): whether captions were given."""
+        for name, value in (("input_ids", input_ids), ("attention_mask", attention_mask)):
+            if value is not None and not isinstance(value, torch.Tensor):
+                raise TypeError(
+                    f"{name} must be a torch.Tensor, got {type(value).__module__}.{type(value).__name__}; "
+                    "tokenize with return_tensors='pt'"
+                )
+            if value is not None and (value.is_floating_point() or value.is_complex()):
+                raise TypeError(f"{name} must be an integer tensor (torch.long), got dtype {value.dtype}")
+        if input_ids is None and attention_mask is not None:
+            raise ValueError("attention_mask was given without input_ids")
+        return input_ids is not None
+
+    @staticmethod
+    def _check_caption_length(input_ids, attention_mask, text_config=None) -> None:
+        """A mask of the ids' shape, and (given the text tower's config) captions no longer than its context."""
+        if attention_mask is not None and attention_mask.shape != input_ids.shape:
+            raise ValueError(f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, "
+                             f"got {tuple(attention_mask.shape)}")
+        if text_config is None:
+            return
+        limit = text_config.max_position_embeddings
+        if input_ids.shape[-1] > limit:
+            raise ValueError(
+                f"input_ids has {input_ids.shape[-1]} tokens per caption but the text tower takes at most {limit}; "
+                f"tokenize with truncation=True, max_length={limit}"
+            )
+
     @torch.no_grad()
     def _init_weights(self, module):
         """Chosen per module class: the tower as HF initialises CLIP / ViT (class token normal(D^-0.5), position
