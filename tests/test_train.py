@@ -487,6 +487,11 @@ def test_help_lists_every_option_in_reading_order():
                    "DeMo options", "NEXT options", "Trainer options"):
         position = help_text.index(needle, position)  # raises if out of order
     assert help_text.index("ReID options:") < help_text.index("--bf16")
+    # A flag two models read is listed once, and its help gives each model's own default (IDEA's differ from NEXT's)
+    flat = " ".join(help_text.split())
+    assert flat.count("--num_text_prompts NUM_TEXT_PROMPTS") == 1
+    assert "IdeaConfig reads it too (its default: 2)" in flat
+    assert "IdeaConfig reads it too (its default: 'rgbnt201')" in flat
 
 
 def test_gradient_checkpointing_option_trains(tiny_dataset, tmp_path):

@@ -407,18 +407,23 @@ def _model_option_classes() -> dict[str, type]:
     """One option dataclass per model group. An option several models declare (the same name and type, e.g.
     `caption_prefix` of NEXT and IDEA) is one flag, listed in the group of the first model that declares it; each
     model reads it with its own default when the run leaves it out."""
-    classes, first = {}, {}
+    classes, first, also = {}, {}, {}
     for cls, group in MODEL_OPTION_GROUPS:
         hints = typing.get_type_hints(cls.__init__)
-        own = [p.name for p in option_parameters(cls, SET_BY_THE_RUN)]
-        shared = [name for name in own if name in first]
+        parameters = {p.name: p for p in option_parameters(cls, SET_BY_THE_RUN)}
+        shared = [name for name in parameters if name in first]
         for name in shared:
             if hints[name] != first[name][1]:
                 raise TypeError(f"option {name}: {cls.__name__} declares it as {hints[name]}, "
                                 f"{first[name][0].__name__} as {first[name][1]}; one flag needs one type")
+            also.setdefault(name, []).append(f"{cls.__name__} reads it too (its default: {parameters[name].default!r})")
         classes[f"model:{cls.__name__}"] = options_dataclass(cls, group, exclude=(*SET_BY_THE_RUN, *shared),
                                                              optional=True)
-        first.update({name: (cls, hints[name]) for name in own if name not in first})
+        first.update({name: (cls, hints[name]) for name in parameters if name not in first})
+    for name, notes in also.items():  # the flag's help names every model that reads it, with that model's default
+        owner = classes[f"model:{first[name][0].__name__}"]
+        flag = next(f for f in dataclasses.fields(owner) if f.name == name)
+        flag.metadata = {**flag.metadata, "help": f"{flag.metadata.get('help', '')} {'; '.join(notes)}."}
     return classes
 
 
