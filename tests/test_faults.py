@@ -68,7 +68,14 @@ def _run_signalled(argv, tmp_path, sig="SIGTERM", step=4, rank=None, launcher=(s
     script = tmp_path / "signalled.py"
     script.write_text(SIGNALLER.format(repo=str(REPO), signal=sig, step=step, rank=rank))
     return subprocess.run([*launcher, str(script), *argv], cwd=tmp_path, env=_env(threads), capture_output=True,
-                          text=True, timeout=600)
+                          text=True, timeout=600, preexec_fn=_default_signal_handling)
+
+
+def _default_signal_handling():
+    """The child starts as from a terminal: a signal that something earlier in this test process set to be ignored
+    (an ignored disposition survives exec) would otherwise be ignored by the child too, and the run not stop."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_DFL)
 
 
 def _assert_same_weights(dir_a, dir_b):
