@@ -132,10 +132,16 @@ def _swap_all(module: nn.Module) -> None:
 
 def inference_accelerator():
     """An ``Accelerator`` for eval.py / embed.py under this launch. Under torchrun / accelerate launch without CUDA it
-    needs ``cpu=True`` to use gloo, otherwise every process would silently run alone."""
+    needs ``cpu=True`` to use gloo, otherwise every process would silently run alone. Its process group is destroyed
+    at exit (``end_training``): a gloo group left to the interpreter's teardown can abort a process that has
+    finished its work ("terminate called without an active exception"), failing the whole launch."""
+    import atexit
     import os
 
     from accelerate import Accelerator
 
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 or os.environ.get("LOCAL_RANK") is not None
-    return Accelerator(cpu=launched and not torch.cuda.is_available())
+    accelerator = Accelerator(cpu=launched and not torch.cuda.is_available())
+    if launched:
+        atexit.register(accelerator.end_training)
+    return accelerator
