@@ -10,7 +10,6 @@ Ships with every checkpoint of the family.
 """
 
 import math
-import re
 from dataclasses import dataclass
 
 import torch
@@ -771,7 +770,7 @@ SOURCE_RENAMES = (
 # Position tables as transformers stores them.
 SOURCE_POSITION_KEYS = ("embeddings.position_embedding.weight", "embeddings.position_embeddings")
 # Parts a ReID model has no use for: the mask token of masked-image pretraining, position ids, a ViT pooler.
-SOURCE_DROPPED = re.compile(r"^(embeddings\.mask_token|embeddings\.position_ids|pooler\.|classifier\.)")
+SOURCE_DROPPED = ("embeddings.mask_token", "embeddings.position_ids", "pooler.", "classifier.")
 
 
 def tower_state_dict_from_hf(state: dict, backbone_type: str, grid: tuple[int, int], resize_positions=None) -> dict:
@@ -784,7 +783,7 @@ def tower_state_dict_from_hf(state: dict, backbone_type: str, grid: tuple[int, i
     out = {}
     for key, value in state.items():
         name = next((key[len(p):] for p in SOURCE_PREFIXES if key.startswith(p)), key)
-        if SOURCE_DROPPED.match(name):
+        if name.startswith(SOURCE_DROPPED):
             continue
         if name in SOURCE_POSITION_KEYS:
             out["embeddings.position_embedding"] = resize_positions(value.reshape(-1, value.shape[-1]))
