@@ -50,6 +50,22 @@ def pytest_collection_modifyitems(config, items):
         items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
 
 
+# The start of a fresh-process script that must run without the named top-level packages (`.format(modules=...)`):
+# a checkpoint's remote code may not fall back on the project (or peft, ...) installed beside it.
+IMPORT_BLOCKER = '''
+import json, sys, importlib.abc
+
+
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {modules!r}:
+            raise ImportError(f"{{name}} is blocked in this process")
+
+
+sys.meta_path.insert(0, Block())
+'''
+
+
 def load_data_script(name: str):
     """``data_scripts/<name>.py`` as a module (the scripts are not a package), without running it as __main__."""
     import importlib.util

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import build_tiny_dataset, tiny_train_args
+from conftest import IMPORT_BLOCKER, build_tiny_dataset, tiny_train_args
 from transformers import CLIPConfig, CLIPModel, ViTModel
 
 REPO = Path(__file__).resolve().parents[1]
@@ -184,17 +184,7 @@ def test_tokenizer_problem_accepts_a_tokenizer_that_reads_the_captions():
 
 
 OLD = REPO / "tests" / "fixtures" / "old_checkpoints"
-FRESH_PROCESS = '''
-import json, sys, importlib.abc
-
-
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {modules!r}:
-            raise ImportError(f"{{name}} is blocked in this process")
-
-
-sys.meta_path.insert(0, Block())
+FRESH_PROCESS = IMPORT_BLOCKER + '''
 import torch
 from PIL import Image
 from safetensors.torch import save_file

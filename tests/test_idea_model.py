@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_train_args
+from conftest import IMPORT_BLOCKER, tiny_train_args
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -164,17 +164,7 @@ def test_training_moves_the_inverse_net_the_prompts_and_the_offsets(captioned_da
         assert params[name].grad is not None and params[name].grad.abs().max() > 0, name
 
 
-FRESH_PROCESS = '''
-import json, sys, importlib.abc
-
-
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {modules!r}:
-            raise ImportError(f"{{name}} is blocked in this process")
-
-
-sys.meta_path.insert(0, Block())
+FRESH_PROCESS = IMPORT_BLOCKER + '''
 import torch
 from PIL import Image
 from safetensors.torch import save_file

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import load_data_script, run_in_fresh_process
+from conftest import IMPORT_BLOCKER, load_data_script, run_in_fresh_process
 from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -18,17 +18,7 @@ SCRIPT = REPO / "data_scripts" / "convert_original_checkpoint.py"
 FIXTURES = REPO / "tests" / "fixtures" / "idea_reference"
 CASES = json.loads((FIXTURES / "cases.json").read_text())
 
-FRESH_PROCESS = '''
-import json, sys, importlib.abc
-
-
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {modules!r}:
-            raise ImportError(f"{{name}} is blocked in this process")
-
-
-sys.meta_path.insert(0, Block())
+FRESH_PROCESS = IMPORT_BLOCKER + '''
 import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel
