@@ -224,18 +224,21 @@ def run_retrieval_suite(sizes=(100_000, 1_000_000), nprobes=(128, 256, 512, 768,
 
 # ------------------------------------------------------------------------------------- FAISS beside Milvus
 # Each Milvus case: label -> (where: "lite" = a Milvus Lite file, "server" = the --milvus-uri server; the Milvus index
-# type; its build params; its search params). None: nlist 4 sqrt(N) and nprobe 40 % of it, FAISS ivfpq's defaults.
-# Milvus Lite 3.2 builds FLAT, IVF_FLAT, IVF_SQ8, HNSW and HNSW_SQ (not IVF_PQ); a server also builds IVF_PQ.
+# type; its build params; its search params). IVF kinds and SCANN get nlist 4 sqrt(rows of one segment) and, with
+# search params None, the store's defaults: nprobe 40 % of nlist (FAISS ivfpq's share), SCANN re-scores 20 x k
+# candidates (FAISS ivfpq's refine). Milvus Lite 3.2 builds FLAT, IVF_FLAT, IVF_SQ8, HNSW and HNSW_SQ (not IVF_PQ or
+# SCANN); a server builds them all.
 MILVUS_CASES = {
     "lite FLAT": ("lite", "FLAT", {}, {}),
     "lite HNSW": ("lite", "HNSW", {"M": 16, "efConstruction": 100}, {"ef": 64}),
-    "lite IVF_SQ8": ("lite", "IVF_SQ8", None, None),
+    "lite IVF_SQ8": ("lite", "IVF_SQ8", {}, None),
     "server IVF_PQ": ("server", "IVF_PQ", {"m": 64, "nbits": 8}, None),  # 64 bytes a row, as FAISS ivfpq's PQ64x8
+    "server SCANN": ("server", "SCANN", {}, None),  # cells + 4-bit codes + re-scoring, as FAISS ivfpq's chain
     "server HNSW": ("server", "HNSW", {"M": 16, "efConstruction": 100}, {"ef": 64}),
     "server FLAT": ("server", "FLAT", {}, {}),
 }
 DEFAULT_LITE_CASES = ("lite FLAT", "lite HNSW", "lite IVF_SQ8")
-DEFAULT_SERVER_CASES = ("server IVF_PQ", "server HNSW")
+DEFAULT_SERVER_CASES = ("server SCANN", "server HNSW", "server IVF_PQ")
 APPEND_ROWS = 10_000
 INDEX_WAIT_S = 3600
 
@@ -306,20 +309,18 @@ def _milvus_case(label, data, queries, exact_rows, extra, k, location, log, serv
     """Insert every row into a Milvus collection (Lite file or server) through the project's MilvusStore, wait for
     its index, append ``extra`` (and wait again), and time single queries through the store (the client's gRPC
     round trip included)."""
-    import math
     import shutil
 
     from mmreid.retrieval import milvus_store
     from mmreid.retrieval.store import new_info, open_gallery
 
     where, index_type, build, search = MILVUS_CASES[label]
-    nlist = max(1, int(4 * math.sqrt(data.num_rows)))
-    build = {"nlist": nlist, **(build or {})} if index_type.startswith("IVF") else build
-    search = {"nprobe": math.ceil(0.4 * nlist)} if search is None else search
+    if index_type.startswith("IVF") or index_type == "SCANN":
+        build = {"nlist": milvus_store._nlist(data.num_rows, data.dim), **build}
     lite = where == "lite"
     if lite:
         shutil.rmtree(location, ignore_errors=True)
-    milvus_store.MILVUS_INDEX_KINDS["bench"] = lambda n: (index_type, build)
+    milvus_store.MILVUS_INDEX_KINDS["bench"] = lambda n, dim: (index_type, build)
     info = new_info("synthetic", "synthetic", data.dim, None)
     collection = f"bench_{index_type.lower()}_{data.dim}_{os.getpid()}"  # runs side by side do not collide
     rss_pid = None if lite else server_pid
@@ -336,7 +337,9 @@ def _milvus_case(label, data, queries, exact_rows, extra, k, location, log, serv
         store.client.flush(store.collection)
         append_s = time.perf_counter() - start
         append_index_s = _wait_for_index(store)
-        store.search_params = dict(search)
+        if search is not None:
+            store.search_params = dict(search)
+        search = store._search_params(k)
         store.search(queries[:5], k)  # warm-up
         times, found = [], []
         with _PinnedServer(rss_pid):

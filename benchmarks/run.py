@@ -65,10 +65,10 @@ def parse_args(argv=None):
                         "and ivfpq, Milvus Lite FLAT / HNSW / IVF_SQ8) instead of the FAISS ivfpq nprobe sweep")
     p.add_argument("--milvus-uri", default=None,
                    help="--store milvus: a Milvus server (http://host:19530, token in $MILVUS_TOKEN); its cases "
-                        "(IVF_PQ, HNSW by default) run there instead of Milvus Lite's")
+                        "(SCANN, HNSW, IVF_PQ by default) run there instead of Milvus Lite's")
     p.add_argument("--milvus-cases", nargs="+", default=None,
-                   help="--store milvus: which Milvus cases to run (lite FLAT, lite HNSW, lite IVF_SQ8, server IVF_PQ, "
-                        "server HNSW, server FLAT; quote each)")
+                   help="--store milvus: which Milvus cases to run (lite FLAT, lite HNSW, lite IVF_SQ8, server SCANN, "
+                        "server HNSW, server IVF_PQ, server FLAT; quote each)")
     p.add_argument("--milvus-server-pid", type=int, default=None,
                    help="--milvus-uri on this machine: the server's process id, to record its memory and pin it to "
                         "one core (taskset) while single queries are timed")

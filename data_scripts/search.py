@@ -48,7 +48,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--since", default=None, help="only rows taken at or after this time (ISO 8601 or unix seconds)")
     p.add_argument("--until", default=None, help="only rows taken before this time (ISO 8601 or unix seconds)")
     p.add_argument("--nprobe", type=int, default=None, help="ivf / ivfpq: cells visited (default: the index's)")
-    p.add_argument("--refine", type=int, default=None, help="ivfpq: candidates re-scored, x k (default: the index's)")
+    p.add_argument("--refine", type=int, default=None, help="ivfpq / scann: candidates re-scored, x k (default: the index's)")
     p.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking of the --rerank-top nearest rows")
     p.add_argument("--rerank-top", type=int, default=rerank.top)
     p.add_argument("--rerank-k1", type=int, default=rerank.k1)
@@ -123,9 +123,7 @@ def run(args) -> list:
         if gallery.kind == "faiss" and gallery.index is not None:
             gallery.index.set_search(nprobe=args.nprobe, refine=args.refine)
         elif gallery.kind == "milvus":
-            if args.refine is not None:
-                raise UsageError("--refine is for a FAISS ivfpq index; a Milvus gallery takes --nprobe")
-            gallery.set_search(nprobe=args.nprobe)
+            gallery.set_search(nprobe=args.nprobe, refine=args.refine)
         vector = query_embedding(args, gallery)
         rerank = (Rerank(args.rerank_top, args.rerank_k1, args.rerank_k2, args.rerank_lambda) if args.rerank
                   else None)

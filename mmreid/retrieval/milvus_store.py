@@ -7,7 +7,9 @@ append completes it); each insert call adds whole rows. An overwrite fills a hid
 name an alias of it (one step), so readers never see a half-written gallery. The gallery's manifest (model fingerprint, dimension,
 sources) is a collection property, checked on every append and query. Filters are Milvus boolean expressions
 evaluated before ranking. Index kinds: ``exact`` = FLAT (eval.py's ranking), ``ivf`` = IVF_FLAT, ``hnsw`` = HNSW,
-``ivfpq`` = IVF_PQ (a Milvus server only: Milvus Lite 3.2 builds FLAT, IVF_FLAT, IVF_SQ8, HNSW and HNSW_SQ).
+``ivfpq`` = IVF_PQ, ``scann`` = SCANN (cells, 4-bit codes, then ``refine`` x k candidates re-scored on the stored
+embeddings, as FAISS ivfpq's chain does). IVF_PQ and SCANN need a Milvus server: Milvus Lite 3.2 builds FLAT,
+IVF_FLAT, IVF_SQ8, HNSW and HNSW_SQ.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import logging
 import math
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
 
@@ -31,14 +34,19 @@ __all__ = ["DEFAULT_COLLECTION", "MILVUS_INDEX_KINDS", "MilvusStore", "TOKEN_VAR
 DEFAULT_COLLECTION = "gallery"
 TOKEN_VARIABLE = "MILVUS_TOKEN"
 INFO_PROPERTY = "reid.gallery"  # the collection property holding the manifest (JSON)
-# --index kind -> Milvus index type and its build parameters for a gallery of n rows
+# --index kind -> Milvus index type and its build parameters for a gallery of n rows of dim floats
 MILVUS_INDEX_KINDS = {
-    "exact": lambda n: ("FLAT", {}),
-    "ivf": lambda n: ("IVF_FLAT", {"nlist": _nlist(n)}),
-    "hnsw": lambda n: ("HNSW", {"M": 16, "efConstruction": 200}),
-    "ivfpq": lambda n: ("IVF_PQ", {"nlist": _nlist(n), "m": 64, "nbits": 8}),
+    "exact": lambda n, dim: ("FLAT", {}),
+    "ivf": lambda n, dim: ("IVF_FLAT", {"nlist": _nlist(n, dim)}),
+    "hnsw": lambda n, dim: ("HNSW", {"M": 16, "efConstruction": 200}),
+    "ivfpq": lambda n, dim: ("IVF_PQ", {"nlist": _nlist(n, dim), "m": 64, "nbits": 8}),
+    "scann": lambda n, dim: ("SCANN", {"nlist": _nlist(n, dim)}),  # keeps the raw embeddings for re-scoring
 }
+# Milvus indexes each sealed segment on its own; a segment closes at dataCoord.segment.maxSize (512 MB by default)
+SEGMENT_BYTES = 512 * 2**20
+DEFAULT_REFINE = 20  # scann: re-score refine x k candidates (FAISS ivfpq's default, mmreid.retrieval.index)
 INSERT_BATCH = 1000  # rows per insert call (each call is whole rows)
+INSERT_THREADS = 2  # insert calls in flight: one batch is converted while the previous one is on the wire
 STAGING = "__overwrite_"  # <collection>__overwrite_<ns>: the hidden collection an --overwrite writes first
 MAX_TOPK = 16384  # Milvus's largest limit per search
 OUTPUT_FIELDS = ["name", "pid", "camid", "sceneid", "time"]
@@ -48,8 +56,10 @@ OUTPUT_FIELDS = ["name", "pid", "camid", "sceneid", "time"]
 SEARCH_CONSISTENCY = "Session"
 
 
-def _nlist(n: int) -> int:
-    return max(1, min(65536, int(4 * math.sqrt(max(n, 1)))))
+def _nlist(n: int, dim: int) -> int:
+    """4 sqrt(rows) cells, counting the rows of one segment (each segment has its own index), not the gallery's."""
+    rows = min(max(n, 1), SEGMENT_BYTES // (4 * dim))
+    return max(1, min(65536, int(4 * math.sqrt(rows))))
 
 
 def _quiet_client_logs() -> None:
@@ -153,7 +163,7 @@ class MilvusStore(GalleryStore):
 
         if index_kind not in MILVUS_INDEX_KINDS:
             raise UsageError(f"--index {index_kind}: a Milvus gallery takes {', '.join(MILVUS_INDEX_KINDS)}")
-        index_type, params = MILVUS_INDEX_KINDS[index_kind](expected_rows)
+        index_type, params = MILVUS_INDEX_KINDS[index_kind](expected_rows, int(info["dim"]))
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("name", DataType.VARCHAR, is_primary=True, max_length=1024)
         for name in ("pid", "camid", "sceneid", "time"):
@@ -170,7 +180,8 @@ class MilvusStore(GalleryStore):
         except Exception as exc:
             client.drop_collection(collection) if client.has_collection(collection) else None
             raise UsageError(f"--index {index_kind}: {location} cannot build {index_type} "
-                             f"({_milvus_message(exc)}); Milvus Lite builds exact, ivf and hnsw") from None
+                             f"({_milvus_message(exc)}); Milvus Lite builds exact, ivf and hnsw, a server also "
+                             "ivfpq and scann") from None
         return cls(client, location, collection, info, replaces)
 
     @classmethod
@@ -199,25 +210,32 @@ class MilvusStore(GalleryStore):
         names, found = list(names), set()
         for start in range(0, len(names), INSERT_BATCH):
             chunk = names[start:start + INSERT_BATCH]
-            rows = self.client.query(self.collection, filter=f"name in {json.dumps(chunk)}", output_fields=["name"])
+            rows = self.client.query(self.collection, filter=f"name in {json.dumps(chunk)}", output_fields=["name"],
+                                     consistency_level=SEARCH_CONSISTENCY)
             found.update(r["name"] for r in rows)
         return found
 
-    def set_search(self, nprobe: Optional[int] = None, ef: Optional[int] = None) -> None:
-        if nprobe is not None:
-            self.search_params["nprobe"] = int(nprobe)
-        if ef is not None:
-            self.search_params["ef"] = int(ef)
+    def set_search(self, nprobe: Optional[int] = None, ef: Optional[int] = None, refine: Optional[int] = None) -> None:
+        if refine is not None and self.info.get("index_type") != "SCANN":
+            raise UsageError(f"--refine is for a FAISS ivfpq index or a Milvus scann one; {self.location} "
+                             f"collection {self.collection!r} is {self.info.get('index', 'exact')}: pass --nprobe")
+        for name, value in (("nprobe", nprobe), ("ef", ef), ("refine", refine)):
+            if value is not None:
+                self.search_params[name] = int(value)
 
     def _search_params(self, k: int) -> dict:
         """The index's search parameters: ``set_search``'s, else nprobe 40 % of the cells (FAISS ivfpq's default
-        share) for IVF kinds, ef = max(64, k) for HNSW."""
+        share) for IVF kinds and SCANN, ef = max(64, k) for HNSW, refine x k candidates re-scored for SCANN."""
         params = dict(self.search_params)
+        refine = params.pop("refine", DEFAULT_REFINE)
         nlist = (self.info.get("index_params") or {}).get("nlist")
         if nlist:
             params.setdefault("nprobe", max(1, math.ceil(0.4 * nlist)))
-        if str(self.info.get("index_type", "")).startswith("HNSW"):
+        index_type = str(self.info.get("index_type", ""))
+        if index_type.startswith("HNSW"):
             params["ef"] = max(params.get("ef", 64), k)
+        if index_type == "SCANN":
+            params["reorder_k"] = max(k, refine * k)
         return params
 
     def search(self, queries: np.ndarray, k: int, where: Optional[RowFilter] = None) -> list[list[Hit]]:
@@ -253,12 +271,15 @@ class MilvusStore(GalleryStore):
                              f"{self.collection!r} holds {self.dim}-d ones")
         present = self.existing_names(rows.names)
         rows = rows.select([n not in present for n in rows.names])
-        for start in range(0, len(rows), INSERT_BATCH):
+        def insert(start: int) -> None:
             stop = min(start + INSERT_BATCH, len(rows))
             self.client.insert(self.collection, [
                 {"name": rows.names[i], "pid": int(rows.pids[i]), "camid": int(rows.camids[i]),
                  "sceneid": int(rows.sceneids[i]), "time": int(rows.times[i]), "source": rows.sources[i],
-                 EMBEDDING_COLUMN: rows.embeddings[i].tolist()} for i in range(start, stop)])
+                 EMBEDDING_COLUMN: vector} for i, vector in zip(range(start, stop), rows.embeddings[start:stop].tolist())])
+
+        with ThreadPoolExecutor(INSERT_THREADS) as pool:
+            list(pool.map(insert, range(0, len(rows), INSERT_BATCH)))  # list(): the first failed call raises here
         add_source(self.info, source, len(rows))
         self._save_info()
         self._settle()
