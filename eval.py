@@ -112,11 +112,13 @@ def expert_names_of(model) -> tuple[str, ...]:
     return tuple(names)
 
 
-def complexity_of(model) -> dict:
+def complexity_of(model, caption_length: int | None = None) -> dict:
+    """Trainable parameters and MACs per triple; with ``caption_length`` (an evaluation that reads captions) the
+    MACs include the text tower on three captions of that length, the longest the tokenizer makes."""
     from mmreid.evaluation.complexity import count_macs, count_trainable_parameters
 
-    return {"params": int(count_trainable_parameters(model)), "macs": int(count_macs(model)),
-            "image_size": list(model.config.image_size)}
+    return {"params": int(count_trainable_parameters(model)), "macs": int(count_macs(model, None, caption_length)),
+            "image_size": list(model.config.image_size), "caption_length": caption_length}
 
 
 def write_figures(args, model, dsdict, query, gallery, sweep, out_dir: Path, feature_name: str,
@@ -260,7 +262,8 @@ def run(args) -> dict:
         "cpu": describe_cpu(),  # the instruction sets decide the float rounding, so the exact figures depend on them
         "results": results,
         "missing_sweep": sweep,
-        "complexity": None if args.no_complexity else complexity_of(accelerator.unwrap_model(model)),
+        "complexity": None if args.no_complexity else complexity_of(
+            accelerator.unwrap_model(model), tokenizer.model_max_length if captions == CAPTIONS_USED else None),
     }
     if args.visualize:
         shown = args.features or query.headline

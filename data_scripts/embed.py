@@ -25,8 +25,8 @@ import sys
 from pathlib import Path
 
 from mmreid.errors import UsageError, first_line, run_cli
-from mmreid.retrieval.index import INDEX_KINDS, NPROBE_SHARE, IndexSpec
-from mmreid.retrieval.milvus_store import MILVUS_INDEX_KINDS
+from mmreid.retrieval.index import INDEX_KINDS, NPROBE_SHARE, SPEC_OPTIONS, IndexSpec
+from mmreid.retrieval.milvus_store import MILVUS_INDEX_KINDS, check_index_options
 from mmreid.retrieval.store import store_kind
 
 
@@ -55,15 +55,18 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "the gallery has grown several times past the rows it was trained on; docs/retrieval.md)")
     p.add_argument("--index", choices=("none", *dict.fromkeys((*INDEX_KINDS, *MILVUS_INDEX_KINDS))), default=None,
                    help="the index: exact (eval.py's ranking), ivf, ivfpq (FAISS: PCA + IVF + PQ + re-scoring; "
-                        "Milvus: IVF_PQ, servers only), hnsw (Milvus only); FAISS default none (embeddings only), "
-                        "Milvus default exact (FLAT)")
-    p.add_argument("--nlist", type=int, default=None, help="ivf / ivfpq: k-means cells (default about 4 sqrt(rows))")
-    p.add_argument("--nprobe", type=int, default=None, help=f"ivf / ivfpq: cells visited per query (default "
+                        "Milvus: IVF_PQ, servers only), hnsw, scann (Milvus only; scann: servers only); FAISS "
+                        "default none (embeddings only), Milvus default exact (FLAT)")
+    p.add_argument("--nlist", type=int, default=None, help="ivf / ivfpq / scann: k-means cells (default about 4 "
+                   "sqrt(rows); Milvus: rows of one segment)")
+    p.add_argument("--nprobe", type=int, default=None, help=f"ivf / ivfpq / scann: cells visited per query (default "
                    f"{NPROBE_SHARE:.0%}% of --nlist; saved as the default, search.py --nprobe overrides)")
-    p.add_argument("--pca-dim", type=int, default=None, help="ivfpq: PCA output size (default min(256, dim))")
-    p.add_argument("--pq-m", type=int, default=None, help="ivfpq: code bytes per row (default pca-dim / 4)")
-    p.add_argument("--refine", type=int, default=defaults.refine,
-                   help="ivfpq: re-score refine x k candidates on stored 4-bit embeddings (0: off)")
+    p.add_argument("--pca-dim", type=int, default=None, help="FAISS ivfpq: PCA output size (default min(256, dim))")
+    p.add_argument("--pq-m", type=int, default=None, help="ivfpq: code bytes per row (default FAISS pca-dim / 4, "
+                   "Milvus 64)")
+    p.add_argument("--refine", type=int, default=None, help=f"FAISS ivfpq / Milvus scann: re-score refine x k "
+                   f"candidates (default {defaults.refine}; FAISS: on stored 4-bit embeddings, 0: off; saved as the "
+                   "default, search.py --refine overrides)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--push-to-hub", metavar="REPO_ID", default=None,
@@ -77,7 +80,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    if args.refine < 0:
+    if args.refine is not None and args.refine < 0:
         raise UsageError(f"--refine must be >= 0, got {args.refine}")
     kind = store_kind(args.output)
     if args.store is not None and args.store != kind:
@@ -86,8 +89,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.store = kind
     if kind == "faiss":
         args.output = str(Path(args.output).expanduser().absolute())
-        if args.index == "hnsw":
-            raise UsageError("--index hnsw is a Milvus index; a FAISS folder takes exact, ivf or ivfpq")
+        if args.index not in (None, "none", *INDEX_KINDS):
+            raise UsageError(f"--index {args.index} is a Milvus index; a FAISS folder takes exact, ivf or ivfpq")
         if args.collection is not None:
             raise UsageError(f"--collection {args.collection}: a FAISS folder holds one gallery; --collection is for "
                              "Milvus (a .db file or a server URI)")
@@ -102,14 +105,33 @@ def parse_args(argv=None) -> argparse.Namespace:
     elif args.push_to_hub:
         raise UsageError("--push-to-hub pushes a FAISS folder's embeddings Dataset; a Milvus gallery stays in Milvus")
     elif args.index == "none":
-        raise UsageError("--index none: a Milvus collection always has an index (exact, ivf, hnsw or ivfpq)")
+        raise UsageError(f"--index none: a Milvus collection always has an index ({', '.join(MILVUS_INDEX_KINDS)})")
     if args.append and args.overwrite:
         raise UsageError("--append adds to the gallery, --overwrite replaces it: give one")
     if args.append and args.index is not None:
         raise UsageError(f"--index {args.index}: an append keeps the gallery's index (--retrain trains it again)")
     if args.retrain and not args.append:
         raise UsageError("--retrain retrains the index of an existing gallery: use it with --append")
+    check_index_settings(args)
     return args
+
+
+def check_index_settings(args) -> None:
+    """--nlist, --nprobe, --pca-dim, --pq-m and --refine set up a new index of a kind that uses them."""
+    given = {name: getattr(args, name) for name in SPEC_OPTIONS if getattr(args, name) is not None}
+    if not given:
+        return
+    flag = "--" + next(iter(given)).replace("_", "-")
+    if args.append:
+        raise UsageError(f"{flag}: an append keeps the gallery's index and its saved settings (search.py takes "
+                         "--nprobe and --refine per query)")
+    if args.store == "milvus":
+        check_index_options(args.index or "exact", {("m" if k == "pq_m" else k): v for k, v in given.items()})
+        return
+    for name in given:
+        if (args.index or "none") not in SPEC_OPTIONS[name]:
+            raise UsageError(f"--{name.replace('_', '-')} is for a FAISS {' / '.join(SPEC_OPTIONS[name])} index, "
+                             f"not --index {args.index or 'none'}")
 
 
 def run(args):
@@ -123,11 +145,13 @@ def run(args):
         datasets.disable_progress_bars()
     spec = None
     if args.store == "faiss" and args.index not in (None, "none"):
-        spec = IndexSpec(kind=args.index, nlist=args.nlist, nprobe=args.nprobe, pca_dim=args.pca_dim, pq_m=args.pq_m,
-                         refine=args.refine)
+        spec = IndexSpec(kind=args.index, **{name: getattr(args, name) for name in SPEC_OPTIONS
+                                             if getattr(args, name) is not None})
     result = embed_into_gallery(args.model, args.dataset, args.output, split=args.split, layout=args.layout,
                                 revision=args.dataset_revision, index_spec=spec,
                                 index_kind=args.index if args.store == "milvus" else None,
+                                index_options={"nlist": args.nlist, "m": args.pq_m, "nprobe": args.nprobe,
+                                               "refine": args.refine} if args.store == "milvus" else None,
                                 collection=args.collection, append=args.append, retrain=args.retrain,
                                 overwrite=args.overwrite, batch_size=args.batch_size, progress=not args.no_progress)
     if result is None:  # not rank 0

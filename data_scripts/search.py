@@ -115,13 +115,20 @@ def quiet_progress() -> None:
 
 
 def run(args) -> list:
+    from mmreid.retrieval.index import SPEC_OPTIONS
     from mmreid.retrieval.search import Rerank, search_gallery
     from mmreid.retrieval.store import open_gallery
 
     quiet_progress()
     with open_gallery(args.index, args.collection) as gallery:
-        if gallery.kind == "faiss" and gallery.index is not None:
-            gallery.index.set_search(nprobe=args.nprobe, refine=args.refine)
+        if gallery.kind == "faiss":
+            kind = gallery.index.spec.kind if gallery.index is not None else "none (embeddings only)"
+            for name in ("nprobe", "refine"):
+                if getattr(args, name) is not None and kind not in SPEC_OPTIONS[name]:
+                    raise UsageError(f"--{name} is for a FAISS {' / '.join(SPEC_OPTIONS[name])} index; {args.index} "
+                                     f"has {kind}")
+            if gallery.index is not None:
+                gallery.index.set_search(nprobe=args.nprobe, refine=args.refine)
         elif gallery.kind == "milvus":
             gallery.set_search(nprobe=args.nprobe, refine=args.refine)
         vector = query_embedding(args, gallery)

@@ -306,6 +306,25 @@ def test_bad_input_is_one_line_and_changes_nothing(checkpoint, data_dir, splits,
         (embed_script, ["--model", checkpoint, "--dataset", data_dir, "--output", db, "--append", "--retrain"],
          "--retrain"),
         (gallery_script, ["delete", "--index", db], "one rule"),
+        # index settings for an index that has no use for them, or on an append, are refused
+        (embed_script, ["--model", checkpoint, "--dataset", data_dir, "--output", tmp_path / "f", "--index", "exact",
+                        "--nlist", "4"], "--nlist is for a FAISS ivf / ivfpq index, not --index exact"),
+        (embed_script, ["--model", checkpoint, "--dataset", data_dir, "--output", tmp_path / "f", "--refine", "4"],
+         "--refine is for a FAISS ivfpq index, not --index none"),
+        (embed_script, ["--model", checkpoint, "--dataset", data_dir, "--output", tmp_path / "f", "--index", "scann"],
+         "--index scann is a Milvus index"),
+        (embed_script, ["--model", checkpoint, "--dataset", data_dir, "--output", tmp_path / "n.db", "--index",
+                        "ivfpq", "--pca-dim", "8"], "--pca-dim is for a FAISS folder's ivfpq index"),
+        (embed_script, ["--model", checkpoint, "--dataset", data_dir, "--output", tmp_path / "n.db", "--index",
+                        "hnsw", "--refine", "3"], "--refine is for a Milvus scann index, not --index hnsw"),
+        (embed_script, ["--model", checkpoint, "--dataset", data_dir, "--output", tmp_path / "n.db", "--index",
+                        "scann"], "Milvus Lite"),
+        (embed_script, ["--model", checkpoint, "--dataset", data_dir, "--output", db, "--append", "--nprobe", "2"],
+         "an append keeps the gallery's index"),
+        (search_script, ["--index", folder, "--embedding", tmp_path / "q.npy", "--nprobe", "2"],
+         "--nprobe is for a FAISS ivf / ivfpq index"),
+        (search_script, ["--index", db, "--embedding", tmp_path / "q.npy", "--refine", "2"],
+         "--refine is for a Milvus scann index"),
     ]
     for script, args, needle in cases:
         capsys.readouterr()
@@ -313,6 +332,26 @@ def test_bad_input_is_one_line_and_changes_nothing(checkpoint, data_dir, splits,
         assert needle in one_line_error(capsys, Path(script.__file__).name), args
     with open_gallery(db) as store:
         assert len(store) == rows_before
+    assert not (tmp_path / "f").exists() and not (tmp_path / "n.db").exists()
+
+
+def test_milvus_index_settings_reach_the_engine(checkpoint, data_dir, tmp_path, capsys):
+    """--nlist is the cell count Milvus itself reports for the built index; --nprobe is saved with the gallery and
+    used by every search, --nprobe at search time overrides it."""
+    from pymilvus import MilvusClient
+
+    db = tmp_path / "ivf.db"
+    embed("--model", checkpoint, "--dataset", data_dir, "--output", db, "--index", "ivf", "--nlist", "3",
+          "--nprobe", "1")
+    client = MilvusClient(str(db))
+    try:
+        assert client.describe_index("gallery", "embedding")["nlist"] == "3"
+    finally:
+        client.close()
+    with open_gallery(str(db)) as store:
+        assert store.info["search_defaults"] == {"nprobe": 1} and store._search_params(10)["nprobe"] == 1
+        store.set_search(nprobe=3)
+        assert store._search_params(10)["nprobe"] == 3
 
 
 def test_another_model_is_refused_on_append_and_query(checkpoint, data_dir, splits, tmp_path, capsys):
@@ -431,6 +470,21 @@ def milvus_uri(tmp_path_factory):
         log.close()
 
 
+def wait_until_indexed(store, timeout=300) -> None:
+    """Seal the collection's segments, wait until Milvus has indexed every row, and reload it so that searches use
+    the index (a search before that scans unindexed rows whole)."""
+    store.client.flush(store.collection)
+    deadline = time.monotonic() + timeout
+    while True:
+        state = store.client.describe_index(store.collection, "embedding")
+        if int(state["indexed_rows"]) >= int(state["total_rows"]) > 0 and not int(state["pending_index_rows"]):
+            break
+        assert time.monotonic() < deadline, state
+        time.sleep(1)
+    store.client.release_collection(store.collection)
+    store.client.load_collection(store.collection)
+
+
 def test_a_milvus_server_takes_the_same_calls(milvus_uri, tmp_path):
     """Against a real server: create, append, filter, delete, overwrite, drop; and what an append or a delete changed
     is seen by a search from another process as soon as it returns (searches read at Session consistency, writes
@@ -464,9 +518,23 @@ def test_a_milvus_server_takes_the_same_calls(milvus_uri, tmp_path):
             writer.append(rows.select(np.arange(1, 50)))  # an alias swap on the server too
             with open_gallery(milvus_uri, collection) as reader:
                 assert len(reader) == 49
+        # SCANN (a server's): with every cell probed, the re-scoring on the stored embeddings gives the exact top-10
+        # and exact distances (4-bit codes alone would not). Milvus indexes segments of 1024 rows or more only.
+        many = synthetic_rows(3000)
+        d2 = ((many.embeddings[:5, None] - many.embeddings[None]) ** 2).sum(-1)
+        with open_gallery(milvus_uri, f"{collection}_scann", create_info=info, index_kind="scann",
+                          expected_rows=len(many)) as store:
+            store.append(many)
+            wait_until_indexed(store)
+            store.set_search(nprobe=int(store.info["index_params"]["nlist"]), refine=50)
+            for i, hits in enumerate(store.search(many.embeddings[:5], 10)):
+                want = np.argsort(d2[i])[:10]
+                assert [h.name for h in hits] == [many.names[j] for j in want]
+                np.testing.assert_allclose([h.distance for h in hits], d2[i, want], atol=1e-5)
     finally:
         client = MilvusClient(uri=milvus_uri, token=os.environ.get("MILVUS_TOKEN", ""))
         drop_gallery(client, collection)
+        drop_gallery(client, f"{collection}_scann")
         client.close()
 
 

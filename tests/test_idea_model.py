@@ -298,3 +298,18 @@ def test_each_preset_carries_the_authors_idea_recipe(preset, expected, tmp_path)
     demo = parse_args(["--model", "demo", "--preset", preset, "--dataset", str(tmp_path), "--output-dir",
                        str(tmp_path / "out")])
     assert "cda_offset_factor" not in demo.model_options
+
+
+def test_macs_with_captions_count_the_text_tower():
+    """eval.py's complexity row of a model that reads captions: three captions of L tokens add at least the text
+    encoder's own multiply-accumulates (counted by hand from its config; IDEA's caption-guided heads add more).
+    Before, the row counted the images alone."""
+    from mmreid.evaluation.complexity import count_macs
+
+    model, length = IdeaModel(tiny_config()), 12
+    text = model.config.text_config
+    h, i = text.hidden_size, text.intermediate_size
+    per_layer = length * (4 * h * h + 2 * h * i) + 2 * length * length * h  # q, k, v, out; MLP; scores and mix
+    encoder = 3 * (text.num_hidden_layers * per_layer + h * text.projection_dim)
+    added = count_macs(model, caption_length=length) - count_macs(model)
+    assert added >= encoder > 0

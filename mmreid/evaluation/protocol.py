@@ -355,7 +355,8 @@ def format_markdown(report: dict) -> str:
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
     cx = report.get("complexity")
     if cx:
-        lines += ["", "## Complexity (paper Table 5)", "", "| Params (M) | MACs per triple (G) |", "|---|---|",
+        text = f" (with three {cx['caption_length']}-token captions)" if cx.get("caption_length") else ""
+        lines += ["", "## Complexity (paper Table 5)", "", f"| Params (M) | MACs per triple{text} (G) |", "|---|---|",
                   f"| {cx['params'] / 1e6:.2f} | {cx['macs'] / 1e9:.3f} |"]
     if report.get("figures"):
         lines += ["", "## Figures", ""] + [f"- `{f}`" for f in report["figures"]]

@@ -101,13 +101,15 @@ def _share(positions: Optional[np.ndarray], length: int, accelerator) -> np.ndar
 
 def embed_into_gallery(model_path: str, source: str, output, split: str = "gallery", layout: Optional[str] = None,
                        revision: Optional[str] = None, index_spec=None, index_kind: Optional[str] = None,
-                       collection: Optional[str] = None, append: bool = False, retrain: bool = False,
+                       index_options: Optional[dict] = None, collection: Optional[str] = None, append: bool = False,
+                       retrain: bool = False,
                        overwrite: bool = False, batch_size: int = 64, progress: bool = True):
     """Embed ``split`` of ``source`` with the checkpoint at ``model_path`` on this launch's processes into the
     gallery at ``output`` (a FAISS folder, a Milvus Lite ``.db`` file or a server URI). A new gallery is written
     (``overwrite`` replaces one), or, with ``append``, the rows it lacks are added. Rank 0 gets
     ``(store, rows added)``, the other ranks None. ``index_spec``: the FAISS index (None: embeddings only);
-    ``index_kind``: the Milvus index kind (default exact)."""
+    ``index_kind``: the Milvus index kind (default exact), ``index_options`` its settings
+    (:func:`~mmreid.retrieval.milvus_store.check_index_options`)."""
     from ..hub.loading import load_checkpoint, load_checkpoint_tokenizer
     from ..training.distributed import inference_accelerator
     from .sources import open_collection
@@ -131,7 +133,7 @@ def embed_into_gallery(model_path: str, source: str, output, split: str = "galle
                 store.close()
                 raise
         else:
-            check_new_gallery(output, collection, overwrite, index_spec, index_kind)
+            check_new_gallery(output, collection, overwrite, index_spec, index_kind, index_options)
             checkpoint = Path(model_path).expanduser()
             info = new_info(str(checkpoint.absolute()) if checkpoint.exists() else str(model_path), fingerprint, 0,
                             None) | origin
@@ -153,7 +155,7 @@ def embed_into_gallery(model_path: str, source: str, output, split: str = "galle
         if store is None:
             store = open_gallery(output, collection, create_info=dict(info, dim=dim), what="--output",
                                  index_spec=index_spec, index_kind=index_kind or "exact", expected_rows=len(todo),
-                                 overwrite=overwrite)
+                                 overwrite=overwrite, index_options=index_options)
         try:
             store.check_model(None, dim, f"--model {model_path}")
             return store, store.append(gallery_rows(todo, embeddings), source=origin, retrain=retrain)
@@ -164,7 +166,8 @@ def embed_into_gallery(model_path: str, source: str, output, split: str = "galle
         accelerator.wait_for_everyone()
 
 
-def check_new_gallery(output, collection: Optional[str], overwrite: bool, index_spec, index_kind) -> None:
+def check_new_gallery(output, collection: Optional[str], overwrite: bool, index_spec, index_kind,
+                      index_options: Optional[dict] = None) -> None:
     """Before any embedding: a new gallery may be written at ``output`` with these index settings."""
     if store_kind(output) == "faiss":
         if index_kind is not None:
@@ -181,4 +184,4 @@ def check_new_gallery(output, collection: Optional[str], overwrite: bool, index_
         return
     from .milvus_store import check_new_collection
 
-    check_new_collection(str(output), collection, overwrite, index_kind or "exact")
+    check_new_collection(str(output), collection, overwrite, index_kind or "exact", index_options)

@@ -34,9 +34,13 @@ import numpy as np
 
 from .store import EMBEDDING_COLUMN
 
-__all__ = ["INDEX_FILE", "INDEX_INFO", "INDEX_KINDS", "NPROBE_SHARE", "GalleryIndex", "IndexSpec", "import_faiss"]
+__all__ = ["INDEX_FILE", "INDEX_INFO", "INDEX_KINDS", "NPROBE_SHARE", "SPEC_OPTIONS", "GalleryIndex", "IndexSpec",
+           "import_faiss"]
 
 INDEX_KINDS = ("exact", "ivf", "ivfpq")
+# IndexSpec's settings and the kinds that use them (embed.py refuses one given for another kind)
+SPEC_OPTIONS = {"nlist": ("ivf", "ivfpq"), "nprobe": ("ivf", "ivfpq"), "pca_dim": ("ivfpq",), "pq_m": ("ivfpq",),
+                "refine": ("ivfpq",)}
 INDEX_FILE = "index.faiss"
 INDEX_INFO = "index.json"
 # Default share of the cells an ivf / ivfpq query visits: what a million synthetic rows need for recall@10 >= 0.95

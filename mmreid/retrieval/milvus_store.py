@@ -45,6 +45,10 @@ MILVUS_INDEX_KINDS = {
 # Milvus indexes each sealed segment on its own; a segment closes at dataCoord.segment.maxSize (512 MB by default)
 SEGMENT_BYTES = 512 * 2**20
 DEFAULT_REFINE = 20  # scann: re-score refine x k candidates (FAISS ivfpq's default, mmreid.retrieval.index)
+# embed.py's index options a Milvus index type takes: build parameters, and search defaults saved with the gallery
+BUILD_OPTIONS = {"nlist": ("IVF_FLAT", "IVF_PQ", "SCANN"), "m": ("IVF_PQ",)}
+SEARCH_OPTIONS = {"nprobe": ("IVF_FLAT", "IVF_PQ", "SCANN"), "refine": ("SCANN",)}
+LITE_INDEX_TYPES = ("FLAT", "IVF_FLAT", "IVF_SQ8", "HNSW", "HNSW_SQ")  # what Milvus Lite 3.2 builds
 INSERT_BATCH = 1000  # rows per insert call (each call is whole rows)
 INSERT_THREADS = 2  # insert calls in flight: one batch is converted while the previous one is on the wire
 STAGING = "__overwrite_"  # <collection>__overwrite_<ns>: the hidden collection an --overwrite writes first
@@ -98,11 +102,15 @@ def _lite_locked(path: Path) -> bool:
     return False
 
 
+def is_lite(location: str) -> bool:
+    return not location.startswith(("http://", "https://", "tcp://", "grpc://"))
+
+
 def connect(location: str, what: str, create: bool):
     """A ``MilvusClient`` for a Lite file or a server URI, or one line saying why not."""
     pymilvus = _import_pymilvus()
     _quiet_client_logs()
-    lite = not location.startswith(("http://", "https://", "tcp://", "grpc://"))
+    lite = is_lite(location)
     if lite:
         path = Path(location).expanduser().absolute()
         if not path.exists() and not create:
@@ -158,12 +166,18 @@ class MilvusStore(GalleryStore):
     # -- creating / opening -------------------------------------------------------------------------------------
     @classmethod
     def create(cls, client, location: str, collection: str, info: dict, index_kind: str, expected_rows: int,
-               replaces: Optional[str] = None):
+               replaces: Optional[str] = None, index_options: Optional[dict] = None):
+        """``index_options``: build parameters (``nlist``, ``m``) that replace the index kind's defaults, and search
+        defaults (``nprobe``, ``refine``) saved with the gallery (:data:`BUILD_OPTIONS`, :data:`SEARCH_OPTIONS`)."""
         from pymilvus import DataType, MilvusClient
 
         if index_kind not in MILVUS_INDEX_KINDS:
             raise UsageError(f"--index {index_kind}: a Milvus gallery takes {', '.join(MILVUS_INDEX_KINDS)}")
         index_type, params = MILVUS_INDEX_KINDS[index_kind](expected_rows, int(info["dim"]))
+        options = {k: v for k, v in (index_options or {}).items() if v is not None}
+        check_index_options(index_kind, options)
+        params = {**params, **{k: int(v) for k, v in options.items() if k in BUILD_OPTIONS}}
+        info = dict(info, search_defaults={k: int(v) for k, v in options.items() if k in SEARCH_OPTIONS})
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("name", DataType.VARCHAR, is_primary=True, max_length=1024)
         for name in ("pid", "camid", "sceneid", "time"):
@@ -215,18 +229,20 @@ class MilvusStore(GalleryStore):
             found.update(r["name"] for r in rows)
         return found
 
-    def set_search(self, nprobe: Optional[int] = None, ef: Optional[int] = None, refine: Optional[int] = None) -> None:
-        if refine is not None and self.info.get("index_type") != "SCANN":
-            raise UsageError(f"--refine is for a FAISS ivfpq index or a Milvus scann one; {self.location} "
-                             f"collection {self.collection!r} is {self.info.get('index', 'exact')}: pass --nprobe")
-        for name, value in (("nprobe", nprobe), ("ef", ef), ("refine", refine)):
-            if value is not None:
-                self.search_params[name] = int(value)
+    def set_search(self, nprobe: Optional[int] = None, refine: Optional[int] = None) -> None:
+        """Search-time settings of an IVF or SCANN index (:data:`SEARCH_OPTIONS`); refused for other indexes."""
+        for name, value in (("nprobe", nprobe), ("refine", refine)):
+            if value is None:
+                continue
+            if self.info.get("index_type") not in SEARCH_OPTIONS[name]:
+                raise UsageError(f"--{name} is for a Milvus {' / '.join(_kinds_taking(SEARCH_OPTIONS[name]))} index; collection {self.collection!r} "
+                                 f"at {self.location} has {self.info.get('index', 'exact')}")
+            self.search_params[name] = int(value)
 
     def _search_params(self, k: int) -> dict:
         """The index's search parameters: ``set_search``'s, else nprobe 40 % of the cells (FAISS ivfpq's default
         share) for IVF kinds and SCANN, ef = max(64, k) for HNSW, refine x k candidates re-scored for SCANN."""
-        params = dict(self.search_params)
+        params = {**(self.info.get("search_defaults") or {}), **self.search_params}
         refine = params.pop("refine", DEFAULT_REFINE)
         nlist = (self.info.get("index_params") or {}).get("nlist")
         if nlist:
@@ -324,10 +340,27 @@ class MilvusStore(GalleryStore):
         self.client.alter_collection_properties(self.collection, properties={INFO_PROPERTY: json.dumps(self.info)})
 
 
+def _kinds_taking(index_types) -> list[str]:
+    return [kind for kind, make in MILVUS_INDEX_KINDS.items() if make(1, 1)[0] in index_types]
+
+
+def check_index_options(index_kind: str, options: dict) -> None:
+    """Each option set (embed.py's: nlist, m = --pq-m, nprobe, refine, pca_dim) applies to ``index_kind``."""
+    index_type = MILVUS_INDEX_KINDS[index_kind](1, 1)[0]
+    takes = {**BUILD_OPTIONS, **SEARCH_OPTIONS}
+    for name in options:
+        flag = "--pq-m" if name == "m" else f"--{name.replace('_', '-')}"
+        if name not in takes:
+            raise UsageError(f"{flag} is for a FAISS folder's ivfpq index; a Milvus index has no such setting")
+        if index_type not in takes[name]:
+            kinds = _kinds_taking(takes[name])
+            raise UsageError(f"{flag} is for a Milvus {' / '.join(kinds)} index, not --index {index_kind}")
+
+
 @register_store("milvus")
 def open_milvus(location: str, collection: Optional[str] = None, create_info: Optional[dict] = None,
                 what: str = "--index", index_kind: str = "exact", expected_rows: int = 0, overwrite: bool = False,
-                **_) -> MilvusStore:
+                index_options: Optional[dict] = None, **_) -> MilvusStore:
     """The collection at ``location``; created (``create_info`` given) when it does not exist, or replaced with
     ``overwrite``."""
     collection = collection or DEFAULT_COLLECTION
@@ -336,11 +369,12 @@ def open_milvus(location: str, collection: Optional[str] = None, create_info: Op
         exists = client.has_collection(collection)
         if create_info is not None and (overwrite or not exists):
             if not exists:
-                return MilvusStore.create(client, location, collection, create_info, index_kind, expected_rows)
+                return MilvusStore.create(client, location, collection, create_info, index_kind, expected_rows,
+                                          index_options=index_options)
             # the old gallery stays searchable until the new one is complete (MilvusStore._publish)
             _drop_unpublished(client, collection)
             return MilvusStore.create(client, location, f"{collection}{STAGING}{time.time_ns()}", create_info,
-                                      index_kind, expected_rows, replaces=collection)
+                                      index_kind, expected_rows, replaces=collection, index_options=index_options)
         return MilvusStore.open(client, location, collection, what)
     except BaseException:
         close_client(client, location)
@@ -374,10 +408,17 @@ def drop_gallery(client, collection: str) -> None:
         client.drop_collection(collection)
 
 
-def check_new_collection(location: str, collection: Optional[str], overwrite: bool, index_kind: str) -> None:
-    """Before any embedding: the server answers (or the Lite file opens) and the collection may be written."""
+def check_new_collection(location: str, collection: Optional[str], overwrite: bool, index_kind: str,
+                         index_options: Optional[dict] = None) -> None:
+    """Before any embedding: the index settings apply, the server answers (or the Lite file opens) and the
+    collection may be written."""
     if index_kind not in MILVUS_INDEX_KINDS:
         raise UsageError(f"--index {index_kind}: a Milvus gallery takes {', '.join(MILVUS_INDEX_KINDS)}")
+    check_index_options(index_kind, {k: v for k, v in (index_options or {}).items() if v is not None})
+    index_type = MILVUS_INDEX_KINDS[index_kind](1, 1)[0]
+    if is_lite(location) and index_type not in LITE_INDEX_TYPES:
+        raise UsageError(f"--index {index_kind}: Milvus Lite ({location}) cannot build {index_type}; it builds "
+                         f"{', '.join(_kinds_taking(LITE_INDEX_TYPES))}: serve the gallery from a Milvus server")
     collection = collection or DEFAULT_COLLECTION
     client = connect(location, "--output", create=True)
     try:
