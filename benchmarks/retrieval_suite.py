@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from mmreid.retrieval.index import IndexSpec, new_faiss_index, set_search_params
+from mmreid.retrieval.store import EMBEDDING_COLUMN
 from harness import PeakMemory
 
 CHUNK = 50_000
@@ -261,27 +262,42 @@ def _rows(data: ClusteredEmbeddings, x: np.ndarray, offset: int):
 
 
 def _wait_for_index(store) -> float:
-    """Flush, then wait until every row is in an indexed sealed segment (Milvus builds each segment's index after
-    it seals, in the background: a search before that scans the rows without the index), then reload so that the
-    query node serves the indexed segments. Returns the seconds waited."""
-    from mmreid.retrieval.store import EMBEDDING_COLUMN
-
+    """Flush, wait until every row is in an indexed sealed segment (Milvus builds each segment's index after it
+    seals, in the background: a search before that scans the rows without the index), compact the small sealed
+    segments into large ones and wait for their indexes too (left to itself the server does this later, in the
+    background, while queries are timed), then reload so that the query node serves the indexed segments.
+    Returns the seconds waited."""
     client, name = store.client, store.collection
     start = time.perf_counter()
     client.flush(name)
-    while time.perf_counter() - start < INDEX_WAIT_S:
-        state = client.describe_index(name, EMBEDDING_COLUMN)
-        total, indexed = int(state.get("total_rows", 0)), int(state.get("indexed_rows", 0))
-        pending = int(state.get("pending_index_rows", 0))
-        if state.get("index_type") == "FLAT" or (total and indexed >= total and not pending):
-            break
-        time.sleep(2)
-    else:
-        raise TimeoutError(f"{name}: index not built in {INDEX_WAIT_S} s")
+    _wait_until_indexed(store, start)
+    if client.describe_index(name, EMBEDDING_COLUMN).get("index_type") != "FLAT":
+        job = client.compact(name)
+        while client.get_compaction_state(job) != "Completed":
+            _check_deadline(name, start)
+            time.sleep(2)
+        _wait_until_indexed(store, start)
     waited = time.perf_counter() - start
     client.release_collection(name)
     client.load_collection(name)
     return waited
+
+
+def _wait_until_indexed(store, start: float) -> None:
+    client, name = store.client, store.collection
+    while True:
+        state = client.describe_index(name, EMBEDDING_COLUMN)
+        total, indexed = int(state.get("total_rows", 0)), int(state.get("indexed_rows", 0))
+        if state.get("index_type") == "FLAT" or (total and indexed >= total
+                                                 and not int(state.get("pending_index_rows", 0))):
+            return
+        _check_deadline(name, start)
+        time.sleep(2)
+
+
+def _check_deadline(name: str, start: float) -> None:
+    if time.perf_counter() - start > INDEX_WAIT_S:
+        raise TimeoutError(f"{name}: index not built in {INDEX_WAIT_S} s")
 
 
 def _rss_gib(pid) -> float | None:
