@@ -243,8 +243,9 @@ DEFAULT_SERVER_CASES = ("server SCANN", "server HNSW", "server IVF_PQ")
 # Search settings tried on each built Milvus index after its defaults (search-time only, no rebuild): the fastest
 # one within 0.02 of FAISS ivfpq's recall is what the goal compares
 MILVUS_SWEEPS = {
-    "SCANN": [{"nprobe": n} for n in (4, 8, 16, 32, 64, 128)] + [{"nprobe": n, "refine": 5} for n in (8, 16, 32)],
-    "HNSW": [{"ef": e} for e in (10, 16, 32, 128)],
+    "SCANN": [{"nprobe": n} for n in (16, 32, 64, 96, 128, 160, 192, 256)]
+    + [{"nprobe": n, "refine": 10} for n in (128, 160, 192)],
+    "HNSW": [{"ef": e} for e in (16, 32, 128, 256, 512)],
     "IVF_PQ": [{"nprobe": n} for n in (16, 64)],
     "IVF_SQ8": [{"nprobe": n} for n in (8, 32)],
 }
