@@ -24,9 +24,13 @@ def count_macs(model: torch.nn.Module, image_size: tuple[int, int] | None = None
     pixel_values = torch.zeros(1, 3, 3, height, width, dtype=parameter.dtype, device=parameter.device)
     camera_ids = torch.zeros(1, dtype=torch.long, device=parameter.device) if model.config.num_cameras else None
     text = {}
-    if caption_length:
-        text = {"input_ids": torch.ones(1, 3, caption_length, dtype=torch.long, device=parameter.device),
-                "attention_mask": torch.ones(1, 3, caption_length, dtype=torch.long, device=parameter.device)}
+    if caption_length:  # full-length captions that start and end as the tokenizer's do
+        ids = torch.ones(1, 3, caption_length, dtype=torch.long, device=parameter.device)
+        text_config = model.config.text_config
+        for position, token in ((0, text_config.bos_token_id), (-1, text_config.eos_token_id)):
+            if token is not None:
+                ids[..., position] = token
+        text = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     vision_config = model.config.vision_config
     was_training, attention = model.training, vision_config._attn_implementation
     model.eval()

@@ -252,6 +252,9 @@ class MilvusStore(GalleryStore):
             params["ef"] = max(params.get("ef", 64), k)
         if index_type == "SCANN":
             params["reorder_k"] = max(k, refine * k)
+        if "nprobe" in params and is_lite(self.location):
+            # Milvus Lite 3.2 returns at most nprobe rows from an IVF index: visit at least k cells to get k rows
+            params["nprobe"] = max(params["nprobe"], k)
         return params
 
     def search(self, queries: np.ndarray, k: int, where: Optional[RowFilter] = None) -> list[list[Hit]]:
