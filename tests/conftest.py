@@ -36,11 +36,11 @@ if XDIST_WORKER:
 # The longest files (measured with --durations), handed to the workers first so that no worker starts one of them
 # while the others run out of work; every other file follows in collection order. Only the order changes.
 LONGEST_FILES_FIRST = (
-    "test_third_party_model.py", "test_missing_modalities.py", "test_train.py", "test_faults.py",
-    "test_idea_reference.py", "test_idea_export.py", "test_tower_tuning.py", "test_towers.py", "test_processors.py", "test_hub_round_trip.py", "test_export_onnx.py", "test_docs_commands.py",
-    "test_gallery_stores.py", "test_retrieval.py", "test_space_page.py", "test_gpu_check.py",
-    "test_export_quantized.py", "test_reid_map_module.py", "test_multi_node.py", "test_run_checks.py",
-    "test_compile.py", "test_model.py",
+    "test_train.py", "test_third_party_model.py", "test_export_onnx.py", "test_docs_commands.py", "test_compile.py",
+    "test_faults.py", "test_missing_modalities.py", "test_hub_round_trip.py", "test_entry_points.py",
+    "test_idea_export.py", "test_idea_reference.py", "test_gallery_stores.py", "test_gpu_check.py",
+    "test_retrieval.py", "test_convert_original.py", "test_processors.py", "test_export_quantized.py",
+    "test_trainer_options.py", "test_space_page.py", "test_multi_node.py", "test_reid_map_module.py", "test_eval.py",
 )
 
 
