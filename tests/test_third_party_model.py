@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import build_tiny_dataset
+from conftest import IMPORT_BLOCKER, build_tiny_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -118,19 +118,7 @@ def code_files(shape: str) -> set[str]:
 
 # Loads the trained checkpoint with nothing of the project (nor the model's package) importable: AutoModel and the
 # checkpoint's pipeline embed fixed inputs.
-RELOAD = '''
-import sys
-import importlib.abc
-
-
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {blocked!r}:
-            raise ImportError(f"{{name}} is blocked in this process")
-
-
-sys.meta_path.insert(0, Block())
-sys.path = [p for p in sys.path if p not in ("", {repo!r})]
+RELOAD = IMPORT_BLOCKER + '''sys.path = [p for p in sys.path if p not in ("", {repo!r})]
 try:
     import mmreid
     raise SystemExit("the project is importable")
@@ -220,7 +208,7 @@ def test_every_saved_folder_holds_the_models_code_and_loads_without_the_project(
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     fresh = tmp_path / "fresh.safetensors"
-    code = RELOAD.format(repo=str(REPO), checkpoint=str(out), out=str(fresh), blocked=BLOCKED)
+    code = RELOAD.format(repo=str(REPO), checkpoint=str(out), out=str(fresh), modules=BLOCKED)
     proc = subprocess.run([sys.executable, "-c", code], cwd=elsewhere, env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -291,7 +279,7 @@ def test_a_remote_code_model_trains_evaluates_and_reloads(template, tmp_path):
     assert report["results"]["global"]["mAP"] == pytest.approx(final["mAP"], abs=1e-6)
 
     fresh = tmp_path / "fresh.safetensors"
-    code = RELOAD.format(repo=str(REPO), checkpoint=str(out), out=str(fresh), blocked=BLOCKED)
+    code = RELOAD.format(repo=str(REPO), checkpoint=str(out), out=str(fresh), modules=BLOCKED)
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

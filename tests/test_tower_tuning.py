@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import build_tiny_dataset, random_triples, run_in_fresh_process, tiny_train_args
+from conftest import IMPORT_BLOCKER, build_tiny_dataset, random_triples, run_in_fresh_process, tiny_train_args
 from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -107,18 +107,7 @@ def test_lora_trains_adapters_and_heads_and_saves_the_merged_tower(dataset, tmp_
     torch.testing.assert_close(got["2"], got["3"], rtol=0, atol=0)  # the final model is the last checkpoint
 
 
-NO_PEFT_PROCESS = '''
-import json, sys, importlib.abc
-
-
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {modules!r}:
-            raise ImportError(f"{{name}} is blocked in this process")
-
-
-sys.meta_path.insert(0, Block())
-sys.modules["peft"] = None  # as if peft were not installed: import fails, importlib.util.find_spec finds nothing
+NO_PEFT_PROCESS = IMPORT_BLOCKER + '''sys.modules["peft"] = None  # as if peft were not installed: import fails, importlib.util.find_spec finds nothing
 try:
     import peft  # noqa: F401
 except ImportError:
