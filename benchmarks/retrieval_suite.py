@@ -244,7 +244,7 @@ DEFAULT_SERVER_CASES = ("server SCANN", "server HNSW", "server IVF_PQ")
 # one within 0.02 of FAISS ivfpq's recall is what the goal compares
 MILVUS_SWEEPS = {
     "SCANN": [{"nprobe": n} for n in (16, 32, 64, 96, 128, 160, 192, 256)]
-    + [{"nprobe": n, "refine": 10} for n in (128, 160, 192)],
+    + [{"nprobe": n, "refine": 10} for n in (128, 160, 192, 256, 320)],
     "HNSW": [{"ef": e} for e in (16, 32, 128, 256, 512)],
     "IVF_PQ": [{"nprobe": n} for n in (16, 64)],
     "IVF_SQ8": [{"nprobe": n} for n in (8, 32)],
