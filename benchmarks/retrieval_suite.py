@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from mmreid.retrieval.index import IndexSpec, new_faiss_index, set_search_params
+from mmreid.retrieval.milvus_store import MILVUS_INDEX_KINDS
 from mmreid.retrieval.store import EMBEDDING_COLUMN
 from harness import PeakMemory
 
@@ -228,14 +229,21 @@ def run_retrieval_suite(sizes=(100_000, 1_000_000), nprobes=(128, 256, 512, 768,
 # type; its build params; its search params). IVF kinds and SCANN get nlist 4 sqrt(rows of one segment) and, with
 # search params None, the store's defaults: nprobe 40 % of nlist (FAISS ivfpq's share), SCANN re-scores 20 x k
 # candidates (FAISS ivfpq's refine). Milvus Lite 3.2 builds FLAT, IVF_FLAT, IVF_SQ8, HNSW and HNSW_SQ (not IVF_PQ or
-# SCANN); a server builds them all.
+# SCANN); a server builds them all. The store's own index kinds are built as `embed.py --index KIND` builds them.
+
+
+def _store_build(kind: str) -> dict:
+    """The build parameters of the store's ``--index kind``, less nlist (set from the benchmark's rows below)."""
+    return {name: value for name, value in MILVUS_INDEX_KINDS[kind](1, 1)[1].items() if name != "nlist"}
+
+
 MILVUS_CASES = {
     "lite FLAT": ("lite", "FLAT", {}, {}),
-    "lite HNSW": ("lite", "HNSW", {"M": 16, "efConstruction": 100}, {"ef": 64}),
+    "lite HNSW": ("lite", "HNSW", _store_build("hnsw"), {"ef": 64}),
     "lite IVF_SQ8": ("lite", "IVF_SQ8", {}, None),
-    "server IVF_PQ": ("server", "IVF_PQ", {"m": 64, "nbits": 8}, None),  # 64 bytes a row, as FAISS ivfpq's PQ64x8
-    "server SCANN": ("server", "SCANN", {}, None),  # cells + 4-bit codes + re-scoring, as FAISS ivfpq's chain
-    "server HNSW": ("server", "HNSW", {"M": 16, "efConstruction": 100}, {"ef": 64}),
+    "server IVF_PQ": ("server", "IVF_PQ", _store_build("ivfpq"), None),  # 64 bytes a row, as FAISS ivfpq's PQ64x8
+    "server SCANN": ("server", "SCANN", _store_build("scann"), None),  # FAISS ivfpq's chain
+    "server HNSW": ("server", "HNSW", _store_build("hnsw"), {"ef": 64}),
     "server FLAT": ("server", "FLAT", {}, {}),
 }
 DEFAULT_LITE_CASES = ("lite FLAT", "lite HNSW", "lite IVF_SQ8")
