@@ -527,6 +527,8 @@ def test_a_milvus_server_takes_the_same_calls(milvus_uri, tmp_path):
             wait_until_indexed(store)
             nlist = int(store.info["index_params"]["nlist"])
             assert store.client.describe_index(store.collection, "embedding")["nlist"] == str(nlist)
+            # the defaults measured in docs/benchmarks.md: a quarter of the cells, 10 x k re-scored
+            assert store._search_params(10) == {"nprobe": -(-nlist // 4), "reorder_k": 100}
             store.set_search(nprobe=nlist, refine=50)
             for i, hits in enumerate(store.search(many.embeddings[:5], 10)):
                 want = np.argsort(d2[i])[:10]

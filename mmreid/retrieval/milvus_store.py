@@ -27,6 +27,7 @@ import numpy as np
 
 from ..errors import UsageError, first_line
 from .filters import RowFilter
+from .index import NPROBE_SHARE
 from .store import EMBEDDING_COLUMN, GalleryRows, GalleryStore, Hit, add_source, register_store
 
 __all__ = ["DEFAULT_COLLECTION", "MILVUS_INDEX_KINDS", "MilvusStore", "TOKEN_VARIABLE", "drop_gallery"]
@@ -44,7 +45,11 @@ MILVUS_INDEX_KINDS = {
 }
 # Milvus indexes each sealed segment on its own; a segment closes at dataCoord.segment.maxSize (512 MB by default)
 SEGMENT_BYTES = 512 * 2**20
-DEFAULT_REFINE = 20  # scann: re-score refine x k candidates (FAISS ivfpq's default, mmreid.retrieval.index)
+# Default search settings: IVF kinds visit FAISS's share of the cells (NPROBE_SHARE). SCANN visits 25 % and re-scores
+# 10 x k: measured at 100k rows (docs/benchmarks.md), FAISS's 40 % and 20 x k gave recall@10 0.99 at 1.5-2.3x the
+# latency of these, which come within 0.02 of FAISS ivfpq's recall at both DeMo's and NEXT's dimensions.
+SCANN_NPROBE_SHARE = 0.25
+DEFAULT_REFINE = 10  # scann: re-score refine x k candidates on the stored embeddings
 # embed.py's index options a Milvus index type takes: build parameters, and search defaults saved with the gallery
 BUILD_OPTIONS = {"nlist": ("IVF_FLAT", "IVF_PQ", "SCANN"), "m": ("IVF_PQ",)}
 SEARCH_OPTIONS = {"nprobe": ("IVF_FLAT", "IVF_PQ", "SCANN"), "refine": ("SCANN",)}
@@ -240,14 +245,15 @@ class MilvusStore(GalleryStore):
             self.search_params[name] = int(value)
 
     def _search_params(self, k: int) -> dict:
-        """The index's search parameters: ``set_search``'s, else nprobe 40 % of the cells (FAISS ivfpq's default
-        share) for IVF kinds and SCANN, ef = max(64, k) for HNSW, refine x k candidates re-scored for SCANN."""
+        """The index's search parameters: ``set_search``'s or the gallery's saved ones, else a share of the cells
+        (``NPROBE_SHARE``, ``SCANN_NPROBE_SHARE``), ef = max(64, k) for HNSW, refine x k re-scored for SCANN."""
         params = {**(self.info.get("search_defaults") or {}), **self.search_params}
         refine = params.pop("refine", DEFAULT_REFINE)
         nlist = (self.info.get("index_params") or {}).get("nlist")
-        if nlist:
-            params.setdefault("nprobe", max(1, math.ceil(0.4 * nlist)))
         index_type = str(self.info.get("index_type", ""))
+        if nlist:
+            share = SCANN_NPROBE_SHARE if index_type == "SCANN" else NPROBE_SHARE
+            params.setdefault("nprobe", max(1, math.ceil(share * nlist)))
         if index_type.startswith("HNSW"):
             params["ef"] = max(params.get("ef", 64), k)
         if index_type == "SCANN":
