@@ -46,8 +46,8 @@ MILVUS_INDEX_KINDS = {
 # Milvus indexes each sealed segment on its own; a segment closes at dataCoord.segment.maxSize (512 MB by default)
 SEGMENT_BYTES = 512 * 2**20
 # Default search settings: IVF kinds visit FAISS's share of the cells (NPROBE_SHARE). SCANN visits 25 % and re-scores
-# 10 x k: measured at 100k rows (docs/benchmarks.md), FAISS's 40 % and 20 x k gave recall@10 0.99 at 1.5-2.3x the
-# latency of these, which come within 0.02 of FAISS ivfpq's recall at both DeMo's and NEXT's dimensions.
+# 10 x k: measured at 100k rows (docs/benchmarks.md), these come within 0.02 of FAISS ivfpq's recall@10 at DeMo's and
+# NEXT's dimensions, about 1.2x faster than visiting 40 % with 20 x k, which adds recall FAISS does not have.
 SCANN_NPROBE_SHARE = 0.25
 DEFAULT_REFINE = 10  # scann: re-score refine x k candidates on the stored embeddings
 # embed.py's index options a Milvus index type takes: build parameters, and search defaults saved with the gallery
