@@ -226,10 +226,10 @@ def run_retrieval_suite(sizes=(100_000, 1_000_000), nprobes=(128, 256, 512, 768,
 
 # ------------------------------------------------------------------------------------- FAISS beside Milvus
 # Each Milvus case: label -> (where: "lite" = a Milvus Lite file, "server" = the --milvus-uri server; the Milvus index
-# type; its build params; its search params). IVF kinds and SCANN get nlist 4 sqrt(rows of one segment) and, with
-# search params None, the store's defaults (IVF kinds: nprobe 40 % of nlist, FAISS ivfpq's share; SCANN: 25 %, 10 x k
-# re-scored). Milvus Lite 3.2 builds FLAT, IVF_FLAT, IVF_SQ8, HNSW and HNSW_SQ (not IVF_PQ or
-# SCANN); a server builds them all. The store's own index kinds are built as `embed.py --index KIND` builds them.
+# type; its build params; its search params). The store's own index kinds are built as `embed.py --index KIND`
+# builds them; IVF kinds and SCANN get nlist 4 sqrt(rows of one segment) and, with search params None, the store's
+# default search settings. Milvus Lite 3.2 builds FLAT, IVF_FLAT, IVF_SQ8, HNSW and HNSW_SQ (not IVF_PQ or SCANN); a
+# server builds them all.
 
 
 def _store_build(kind: str) -> dict:

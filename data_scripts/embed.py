@@ -26,8 +26,7 @@ from pathlib import Path
 
 from mmreid.errors import UsageError, first_line, run_cli
 from mmreid.retrieval.index import INDEX_KINDS, NPROBE_SHARE, SPEC_OPTIONS, IndexSpec
-from mmreid.retrieval.milvus_store import DEFAULT_REFINE as SCANN_REFINE
-from mmreid.retrieval.milvus_store import MILVUS_INDEX_KINDS, SCANN_NPROBE_SHARE, check_index_options
+from mmreid.retrieval.milvus_store import MILVUS_INDEX_KINDS, SCANN_NPROBE_SHARE, SCANN_REFINE, check_index_options
 from mmreid.retrieval.store import store_kind
 
 
@@ -61,13 +60,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--nlist", type=int, default=None, help="ivf / ivfpq / scann: k-means cells (default about 4 "
                    "sqrt(rows); Milvus: rows of one segment)")
     p.add_argument("--nprobe", type=int, default=None, help=f"ivf / ivfpq / scann: cells visited per query (default "
-                   f"{NPROBE_SHARE:.0%}% of --nlist, Milvus scann {SCANN_NPROBE_SHARE:.0%}%; saved as the default, search.py --nprobe overrides)")
+                   f"{NPROBE_SHARE:.0%}% of --nlist, Milvus scann {SCANN_NPROBE_SHARE:.0%}%; saved as the default, "
+                   "search.py --nprobe overrides)")
     p.add_argument("--pca-dim", type=int, default=None, help="FAISS ivfpq: PCA output size (default min(256, dim))")
     p.add_argument("--pq-m", type=int, default=None, help="ivfpq: code bytes per row (default FAISS pca-dim / 4, "
                    "Milvus 64)")
     p.add_argument("--refine", type=int, default=None, help=f"FAISS ivfpq / Milvus scann: re-score refine x k "
-                   f"candidates (default FAISS {defaults.refine}, Milvus {SCANN_REFINE}; FAISS: on stored 4-bit embeddings, 0: off; saved as the "
-                   "default, search.py --refine overrides)")
+                   f"candidates (default FAISS {defaults.refine}, Milvus {SCANN_REFINE}; FAISS: on stored 4-bit "
+                   "embeddings, 0: off; saved as the default, search.py --refine overrides)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--push-to-hub", metavar="REPO_ID", default=None,

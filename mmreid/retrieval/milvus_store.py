@@ -49,7 +49,7 @@ SEGMENT_BYTES = 512 * 2**20
 # 10 x k: measured at 100k rows (docs/benchmarks.md), these come within 0.02 of FAISS ivfpq's recall@10 at DeMo's and
 # NEXT's dimensions, about 1.2x faster than visiting 40 % with 20 x k, which adds recall FAISS does not have.
 SCANN_NPROBE_SHARE = 0.25
-DEFAULT_REFINE = 10  # scann: re-score refine x k candidates on the stored embeddings
+SCANN_REFINE = 10  # re-score refine x k candidates on the stored embeddings
 # embed.py's index options a Milvus index type takes: build parameters, and search defaults saved with the gallery
 BUILD_OPTIONS = {"nlist": ("IVF_FLAT", "IVF_PQ", "SCANN"), "m": ("IVF_PQ",)}
 SEARCH_OPTIONS = {"nprobe": ("IVF_FLAT", "IVF_PQ", "SCANN"), "refine": ("SCANN",)}
@@ -248,7 +248,7 @@ class MilvusStore(GalleryStore):
         """The index's search parameters: ``set_search``'s or the gallery's saved ones, else a share of the cells
         (``NPROBE_SHARE``, ``SCANN_NPROBE_SHARE``), ef = max(64, k) for HNSW, refine x k re-scored for SCANN."""
         params = {**(self.info.get("search_defaults") or {}), **self.search_params}
-        refine = params.pop("refine", DEFAULT_REFINE)
+        refine = params.pop("refine", SCANN_REFINE)
         nlist = (self.info.get("index_params") or {}).get("nlist")
         index_type = str(self.info.get("index_type", ""))
         if nlist:
