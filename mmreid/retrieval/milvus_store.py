@@ -282,7 +282,7 @@ class MilvusStore(GalleryStore):
     def embeddings_of(self, hits) -> np.ndarray:
         names = [h.name for h in hits]
         rows = self.client.query(self.collection, filter=f"name in {json.dumps(names)}",
-                                 output_fields=["name", EMBEDDING_COLUMN])
+                                 output_fields=["name", EMBEDDING_COLUMN], consistency_level=SEARCH_CONSISTENCY)
         by_name = {r["name"]: r[EMBEDDING_COLUMN] for r in rows}
         return np.asarray([by_name[n] for n in names], dtype=np.float32)
 
