@@ -59,9 +59,10 @@ INSERT_THREADS = 2  # insert calls in flight: one batch is converted while the p
 STAGING = "__overwrite_"  # <collection>__overwrite_<ns>: the hidden collection an --overwrite writes first
 MAX_TOPK = 16384  # Milvus's largest limit per search
 OUTPUT_FIELDS = ["name", "pid", "camid", "sceneid", "time"]
-# Searches read at Session consistency (this client's own writes, and everything the server has applied); a Strong
-# search waits for the server's next time tick (about 0.4 s a query on a Milvus 2.3 server). Writes are made
-# visible to every later reader before they return instead (:meth:`MilvusStore._settle`).
+# Searches and re-ranking's fetch of the candidates' embeddings read at Session consistency (this client's own
+# writes, and everything the server has applied); a Strong read waits for the server's next time tick (about 0.4 s
+# a call on a Milvus 2.3 server). Writes are made visible to every later reader before they return instead
+# (:meth:`MilvusStore._settle`).
 SEARCH_CONSISTENCY = "Session"
 
 
