@@ -1,7 +1,8 @@
 #!/usr/bin/env python
-"""What re-scoring outside Milvus would cost: the time to fetch the embeddings of 10 x k candidates from a Milvus
-server through the project's store (``MilvusStore.embeddings_of``, one query by name), against FAISS ivfpq's
-whole search.
+"""What re-scoring outside Milvus would cost: the time to fetch 10 x k candidates' embeddings from a Milvus server.
+
+The fetch is the project's store's (``MilvusStore.embeddings_of``, one query by name); compare it with FAISS
+ivfpq's whole search (docs/benchmarks.md).
 
 Why: FAISS's ivfpq chain finds candidates in a PCA-256 projection and re-scores them on the whole embedding. A
 Milvus 2.3 collection holds one vector field, so the same chain there would search a projected collection and
@@ -71,9 +72,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--milvus-uri", required=True, help="a Milvus server, e.g. http://127.0.0.1:19530")
     p.add_argument("--milvus-server-pid", type=int, help="pin this server process to one core while timing")
-    p.add_argument("--dims", type=int, nargs="+", default=[3072, 5120])
-    p.add_argument("--rows", type=int, default=20_000)
-    p.add_argument("--queries", type=int, default=100)
+    p.add_argument("--dims", type=int, nargs="+", default=[3072, 5120], help="embedding sizes (NEXT's, DeMo's)")
+    p.add_argument("--rows", type=int, default=20_000, help="rows in the collection")
+    p.add_argument("--queries", type=int, default=100, help="timed fetches (each query's exact top 100)")
     p.add_argument("--output", type=Path, help="write the results here (JSON)")
     args = p.parse_args()
     from mmreid.machine import describe_cpu
