@@ -1,6 +1,7 @@
 """`torch.compile(model, fullgraph=True)`: every DeMo ablation / gating variant and NEXT with and without captions
 compile to one graph (no graph break, hence no host sync in the forward), in training (forward + backward) and
-evaluation mode, and give the eager model's outputs; the input checks keep their eager errors where they can.
+evaluation mode, and give the eager model's outputs; so do NEXT with text prompts and a DeMo whose tower has peft's
+LoRA adapters; the input checks keep their eager errors where they can.
 
 fullgraph=True is what proves the absence of graph breaks: Dynamo raises on the first one, whatever the backend.
 The variants run on the `eager` backend in evaluation (Dynamo alone) and `aot_eager` in training (Dynamo + AOT
@@ -14,6 +15,7 @@ from torch._dynamo.testing import CompileCounterWithBackend
 
 from mmreid.data.text import build_caption_tokenizer, tokenize_captions
 from mmreid.hub.backbones import tiny_demo_config, tiny_next_config
+from mmreid.training.tuning import TowerTuning, apply_tower_tuning
 from modeling_demo import DeMoModel
 from modeling_next import NextModel
 from configuration_reid import BACKBONE_MODEL_TYPES
@@ -44,6 +46,7 @@ NEXT_VARIANTS = {
     "use_text_false": {"use_text": False},
     "no_tmse": {"use_tmse": False},
     "no_csse": {"use_csse": False},
+    "text_prompts": {"num_text_prompts": 2},  # the prompted caption pass IDEA shares (its gradient reaches them)
 }
 
 
@@ -129,6 +132,20 @@ def test_demo_default_trains_compiled_with_inductor():
 def test_next_with_captions_compiles_with_inductor(tokenizer):
     model, inputs = next_case("captions", tokenizer)
     compiled_matches_eager(model, inputs, "inductor", False, atol=1e-4)
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_lora_tower_trains_compiled_to_one_graph(backend):
+    """train.py --tower-tuning lora --torch-compile: peft's adapters compile into the one graph, with adapters that
+    act (B != 0, as after training; peft starts B at zero) and their gradients equal to eager's."""
+    model, inputs = demo_case("default")
+    apply_tower_tuning(model, TowerTuning("lora", lora_rank=2, lora_dropout=0.0))
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if ".lora_B." in name:
+                param.copy_(0.1 * torch.randn(param.shape, generator=generator))
+    compiled_matches_eager(model, inputs, backend, True, atol=1e-5 if backend == "aot_eager" else 1e-4)
 
 
 def test_compiled_model_keeps_the_shape_and_type_errors():

@@ -282,6 +282,26 @@ def test_next_onnx_matches_pytorch(next_export, tokenizer, batch):
     assert np.abs(noisy_got["embeddings"] - got["embeddings"]).max() < TOLERANCE
 
 
+def test_next_with_text_prompts_exports_its_prompt_vectors(tokenizer, tmp_path):
+    """num_text_prompts > 0 encodes captions through the prompted pass (shared with IDEA): the graph matches PyTorch
+    with the model's prompt vectors and not with other ones, so the vectors are in the graph, not dropped."""
+    torch.manual_seed(0)
+    config = tiny_next_config(tokenizer, num_labels=6, num_cameras=3, image_size=(32, 16), num_text_prompts=2)
+    model = trained_looking(NextModel(config))
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert load_script().main(["--model", str(tmp_path / "model"), "--output", str(tmp_path / "next.onnx")]) == 0
+    inputs = dict(pixel_values=random_triples(3, seed=50), modality_mask=masks(3),
+                  camera_ids=torch.tensor([0, 2, 1]), **tokenize_captions(tokenizer, [CAPTIONS[:3]] * 3))
+    got = run_onnx(tmp_path / "next.onnx", **inputs)
+    with torch.no_grad():
+        assert_matches(got, model(**inputs))
+        model.text_prompts.normal_(generator=torch.Generator().manual_seed(2))
+        other_prompts = model(**inputs)
+    assert np.abs(got["features_semantic"] - other_prompts.feature_sets["semantic"].numpy()).max() > 1e-3
+
+
 # ------------------------------------------------------------------------------------------------ failures, bad input
 
 
