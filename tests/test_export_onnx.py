@@ -19,6 +19,8 @@ import torch
 from conftest import REPO_ROOT, load_data_script, random_triples
 
 import mmreid.export.checkpoint as export_checkpoint
+import mmreid.export.writer as onnx_writer
+from mmreid.export.graph import OnnxGraph, graph_inputs_of
 from mmreid.hub.backbones import tiny_demo_config, tiny_next_config
 from mmreid.data.text import build_caption_tokenizer, tokenize_captions
 from modeling_demo import DeMoModel
@@ -283,15 +285,15 @@ def test_next_onnx_matches_pytorch(next_export, tokenizer, batch):
 
 
 def test_next_with_text_prompts_exports_its_prompt_vectors(tokenizer, tmp_path):
-    """num_text_prompts > 0 encodes captions through the prompted pass (shared with IDEA): the graph matches PyTorch
-    with the model's prompt vectors and not with other ones, so the vectors are in the graph, not dropped."""
+    """num_text_prompts > 0 encodes captions through the prompted pass (shared with IDEA): the graph with every input
+    matches PyTorch with the model's prompt vectors and not with other ones, so the vectors are in the graph."""
     torch.manual_seed(0)
     config = tiny_next_config(tokenizer, num_labels=6, num_cameras=3, image_size=(32, 16), num_text_prompts=2)
     model = trained_looking(NextModel(config))
-    model.save_pretrained(tmp_path / "model")
-    tokenizer.save_pretrained(tmp_path / "model")
-    with contextlib.redirect_stdout(io.StringIO()):
-        assert load_script().main(["--model", str(tmp_path / "model"), "--output", str(tmp_path / "next.onnx")]) == 0
+    full = graph_inputs_of(config)[0]  # the first graph is the one with every input (export_checkpoint's --output)
+    graph = OnnxGraph(model, full)
+    assert graph.input_names == ["pixel_values", "modality_mask", "camera_ids", "input_ids", "attention_mask"]
+    onnx_writer.export(graph, tmp_path / "next.onnx", None)
     inputs = dict(pixel_values=random_triples(3, seed=50), modality_mask=masks(3),
                   camera_ids=torch.tensor([0, 2, 1]), **tokenize_captions(tokenizer, [CAPTIONS[:3]] * 3))
     got = run_onnx(tmp_path / "next.onnx", **inputs)
