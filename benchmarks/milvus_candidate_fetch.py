@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from harness import describe_machine
 from retrieval_suite import CHUNK, ClusteredEmbeddings, ExactTopK, _PinnedServer, _rows, _wait_for_index
 
 CANDIDATES = 100  # 10 x k at k = 10: the store's SCANN re-scoring share
@@ -77,10 +78,9 @@ def main() -> None:
     p.add_argument("--queries", type=int, default=100, help="timed fetches (each query's exact top 100)")
     p.add_argument("--output", type=Path, help="write the results here (JSON)")
     args = p.parse_args()
-    from mmreid.machine import describe_cpu
-
     result = {"command": "python benchmarks/milvus_candidate_fetch.py " + " ".join(sys.argv[1:]),
-              "machine": {**describe_cpu(), "load_average": os.getloadavg()}, "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "cases": []}
+              "machine": describe_machine("cpu"), "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+              "cases": []}
     for dim in args.dims:
         result["cases"].append(fetch_case(args.milvus_uri, dim, args.rows, args.queries, args.milvus_server_pid))
         print(json.dumps(result["cases"][-1]), flush=True)
